@@ -1,0 +1,733 @@
+//! Code that runs in a cloned child, between `clone` and `exec` (or `_exit`).
+//!
+//! The children here share the lane's memory (`CLONE_VM`) while the lane waits for them
+//! (`CLONE_VFORK`). So, without exception, the code in this module:
+//! - allocates nothing, takes no lock, and cannot panic (no indexing that could fail, no
+//!   formatting, no `unwrap`);
+//! - calls only async-signal-safe libc functions;
+//! - reports a failure by writing a [`Failure`] into its argument block and calling `_exit`.
+//!
+//! It contains the one interpreter of [`SetupOp`] plans and the entry points the lane clones:
+//! the job itself ([`job_main`]), the builder of a template mount namespace
+//! ([`template_main`]), and the makers of pooled network and IPC namespaces ([`netns_main`],
+//! [`ipcns_main`]).
+//!
+//! # Safety
+//!
+//! Every `unsafe` block is a libc call whose pointers come from validated, NUL-terminated
+//! archived strings or from buffers on this stack, and whose fds are owned by the argument block.
+
+#![expect(unsafe_code, reason = "this module is one of the two that own raw syscalls")]
+
+use std::ffi::{c_char, c_int, c_void};
+use std::ptr;
+
+use maelstrom_wire::zygote::{ArchivedSetupOp, ArchivedSpawnRequest, FsKind, SLOTS_MAX, Step};
+
+/// Where a child stopped and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Failure {
+    pub(crate) step: Step,
+    pub(crate) errno: i32,
+}
+
+type Res<T = ()> = Result<T, Failure>;
+
+fn errno() -> i32 {
+    // SAFETY: __errno_location has no preconditions.
+    let slot = unsafe { libc::__errno_location() };
+    // SAFETY: it returns this thread's errno slot, always valid to read.
+    unsafe { *slot }
+}
+
+/// Turns a libc return value into a result tagged with `step`.
+fn check(ret: libc::c_long, step: Step) -> Res<c_int> {
+    if ret < 0 { Err(Failure { step, errno: errno() }) } else { Ok(ret as c_int) }
+}
+
+fn close(fd: &mut c_int) {
+    if *fd >= 0 {
+        // SAFETY: the argument block owns `fd`; it is forgotten right after.
+        unsafe { libc::close(*fd) };
+        *fd = -1;
+    }
+}
+
+fn exit(code: c_int) -> ! {
+    // SAFETY: _exit ends the process without running any user-space cleanup.
+    unsafe { libc::_exit(code) }
+}
+
+/// Detached-mount fds held between `CloneTree`/`NewFs` and `Attach`.
+#[derive(Debug)]
+pub(crate) struct Slots(pub(crate) [c_int; SLOTS_MAX as usize]);
+
+impl Slots {
+    pub(crate) fn new() -> Self {
+        Self([-1; SLOTS_MAX as usize])
+    }
+
+    fn put(&mut self, slot: u8, fd: c_int) {
+        if let Some(s) = self.0.get_mut(usize::from(slot)) {
+            *s = fd;
+        }
+    }
+
+    fn take(&mut self, slot: u8) -> c_int {
+        match self.0.get_mut(usize::from(slot)) {
+            Some(s) => std::mem::replace(s, -1),
+            None => -1,
+        }
+    }
+}
+
+/// A fixed buffer for building NUL-terminated strings without allocating.
+struct StackString {
+    bytes: [u8; 4096],
+    len: usize,
+}
+
+impl StackString {
+    fn new() -> Self {
+        Self { bytes: [0; 4096], len: 0 }
+    }
+
+    fn push(&mut self, b: &[u8]) -> bool {
+        let Some(room) = self.bytes.get_mut(self.len..self.len + b.len()) else { return false };
+        room.copy_from_slice(b);
+        self.len += b.len();
+        true
+    }
+
+    /// Appends `b` escaping the characters overlayfs option parsing treats specially.
+    fn push_escaped(&mut self, b: &[u8]) -> bool {
+        b.iter()
+            .all(|&c| if matches!(c, b',' | b':' | b'\\') { self.push(&[b'\\', c]) } else { self.push(&[c]) })
+    }
+
+    fn push_int(&mut self, mut n: u32) -> bool {
+        let mut digits = [0u8; 10];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            if let Some(d) = digits.get_mut(i) {
+                *d = b'0' + (n % 10) as u8;
+            }
+            n /= 10;
+            if n == 0 || i == 0 {
+                break;
+            }
+        }
+        match digits.get(i..) {
+            Some(d) => self.push(d),
+            None => false,
+        }
+    }
+
+    /// NUL-terminates and returns the string, or `None` if it did not fit.
+    fn finish(&mut self) -> Option<*const c_char> {
+        if self.push(&[0]) { Some(self.bytes.as_ptr().cast()) } else { None }
+    }
+}
+
+fn fs_name(kind: FsKind) -> *const c_char {
+    match kind {
+        FsKind::Proc => c"proc".as_ptr(),
+        FsKind::Sys => c"sysfs".as_ptr(),
+        FsKind::Tmp => c"tmpfs".as_ptr(),
+        FsKind::Mqueue => c"mqueue".as_ptr(),
+        FsKind::Devpts => c"devpts".as_ptr(),
+    }
+}
+
+fn mount_attributes(kind: FsKind) -> u64 {
+    match kind {
+        FsKind::Proc | FsKind::Mqueue => {
+            libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC
+        }
+        FsKind::Sys => {
+            libc::MOUNT_ATTR_NOSUID
+                | libc::MOUNT_ATTR_NODEV
+                | libc::MOUNT_ATTR_NOEXEC
+                | libc::MOUNT_ATTR_RDONLY
+        }
+        FsKind::Tmp => libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
+        FsKind::Devpts => libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NOEXEC,
+    }
+}
+
+fn mount_flags(kind: FsKind) -> libc::c_ulong {
+    let attributes = mount_attributes(kind);
+    let mut flags = 0;
+    for (attribute, flag) in [
+        (libc::MOUNT_ATTR_NOSUID, libc::MS_NOSUID),
+        (libc::MOUNT_ATTR_NODEV, libc::MS_NODEV),
+        (libc::MOUNT_ATTR_NOEXEC, libc::MS_NOEXEC),
+        (libc::MOUNT_ATTR_RDONLY, libc::MS_RDONLY),
+    ] {
+        if attributes & attribute != 0 {
+            flags |= flag;
+        }
+    }
+    flags
+}
+
+fn mount_data(kind: FsKind) -> *const c_void {
+    match kind {
+        FsKind::Tmp => c"mode=1777".as_ptr().cast(),
+        FsKind::Devpts => c"newinstance,ptmxmode=0666,mode=0620".as_ptr().cast(),
+        _ => ptr::null(),
+    }
+}
+
+/// Creates a detached filesystem of `kind` with the new mount API and returns its mount fd.
+fn new_fs(kind: FsKind, step: Step) -> Res<c_int> {
+    // SAFETY: fsopen takes a NUL-terminated literal and flags.
+    let mut fs =
+        check(unsafe { libc::syscall(libc::SYS_fsopen, fs_name(kind), libc::FSOPEN_CLOEXEC) }, step)?;
+    // SAFETY: FSCONFIG_CMD_CREATE takes no key or value.
+    let created = check(
+        unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs,
+                libc::FSCONFIG_CMD_CREATE,
+                ptr::null::<c_char>(),
+                ptr::null::<c_void>(),
+                0,
+            )
+        },
+        step,
+    );
+    let mounted = created.and_then(|_| {
+        // SAFETY: fsmount takes the fs context fd and flag words.
+        check(
+            unsafe { libc::syscall(libc::SYS_fsmount, fs, libc::FSMOUNT_CLOEXEC, mount_attributes(kind)) },
+            step,
+        )
+    });
+    close(&mut fs);
+    mounted
+}
+
+/// Clones the tree at `path` as a detached mount, optionally recursive and read-only.
+fn clone_tree(path: *const c_char, recursive: bool, attributes: u64, step: Step) -> Res<c_int> {
+    let flags = libc::OPEN_TREE_CLONE
+        | libc::OPEN_TREE_CLOEXEC
+        | if recursive { libc::AT_RECURSIVE as u32 } else { 0 };
+    // SAFETY: `path` is NUL-terminated; open_tree takes a dirfd, a path and flags.
+    let mut fd = check(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path, flags) }, step)?;
+    if attributes != 0 {
+        let attr = libc::mount_attr { attr_set: attributes, attr_clr: 0, propagation: 0, userns_fd: 0 };
+        let at = libc::AT_EMPTY_PATH | if recursive { libc::AT_RECURSIVE } else { 0 };
+        // SAFETY: `attr` is a live mount_attr of the size passed; the path is an empty literal.
+        let set = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                fd,
+                c"".as_ptr(),
+                at,
+                &raw const attr,
+                size_of::<libc::mount_attr>(),
+            )
+        };
+        if let Err(failure) = check(set, step) {
+            close(&mut fd);
+            return Err(failure);
+        }
+    }
+    Ok(fd)
+}
+
+/// Attaches detached mount `fd` at `target` and closes it.
+fn attach(mut fd: c_int, target: *const c_char, step: Step) -> Res {
+    // SAFETY: `fd` is a detached mount owned here; `target` is NUL-terminated.
+    let moved = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            fd,
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target,
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    close(&mut fd);
+    check(moved, step).map(drop)
+}
+
+fn chdir(path: *const c_char, step: Step) -> Res {
+    // SAFETY: `path` is NUL-terminated.
+    check(unsafe { libc::chdir(path) }.into(), step).map(drop)
+}
+
+/// Builds the root: a bind of the only layer, or an overlay of all of them, mounted over the
+/// top layer's path; then moves there.
+fn make_root(layers: &[maelstrom_wire::ArchivedCBytes], writable: bool, step: Step) -> Res {
+    let Some(top) = layers.last() else { return Err(Failure { step, errno: libc::EINVAL }) };
+    let top = top.as_ptr();
+    let guard = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
+    if !writable && layers.len() == 1 {
+        let fd = clone_tree(top, false, guard | libc::MOUNT_ATTR_RDONLY, step)?;
+        attach(fd, top, step)?;
+        return chdir(top, step);
+    }
+    let mut options = StackString::new();
+    let mut ok = options.push(b"lowerdir=");
+    for (i, layer) in layers.iter().rev().enumerate() {
+        ok = ok && (i == 0 || options.push(b":")) && options.push_escaped(layer.as_bytes());
+    }
+    let mut upper = -1;
+    if writable {
+        upper = new_fs(FsKind::Tmp, step)?;
+        if let Err(failure) = make_upper(upper, top, step) {
+            close(&mut upper);
+            return Err(failure);
+        }
+        let fd = upper as u32;
+        ok = ok
+            && options.push(b",upperdir=/proc/self/fd/")
+            && options.push_int(fd)
+            && options.push(b"/upper,workdir=/proc/self/fd/")
+            && options.push_int(fd)
+            && options.push(b"/work,userxattr");
+    }
+    let result = match options.finish() {
+        Some(data) if ok => {
+            let flags = libc::MS_NOSUID | libc::MS_NODEV | if writable { 0 } else { libc::MS_RDONLY };
+            // SAFETY: all strings are NUL-terminated; `data` lives on this stack.
+            check(
+                unsafe { libc::mount(c"overlay".as_ptr(), top, c"overlay".as_ptr(), flags, data.cast()) }
+                    .into(),
+                step,
+            )
+            .map(drop)
+        }
+        _ => Err(Failure { step, errno: libc::E2BIG }),
+    };
+    close(&mut upper);
+    result?;
+    chdir(top, step)
+}
+
+/// Makes the overlay's `upper` and `work` directories in the tmpfs at `upper`. The upper
+/// directory is the writable root's root, so it takes the owner and mode of the top layer's.
+fn make_upper(upper: c_int, top: *const c_char, step: Step) -> Res {
+    for dir in [c"upper", c"work"] {
+        // SAFETY: `upper` is the tmpfs mount fd; `dir` is a literal.
+        check(unsafe { libc::mkdirat(upper, dir.as_ptr(), 0o755) }.into(), step)?;
+    }
+    // SAFETY: an all-zero stat is valid storage; `top` is NUL-terminated.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `st` is writable.
+    check(unsafe { libc::stat(top, &raw mut st) }.into(), step)?;
+    // SAFETY: literal name under an open directory fd; plain integers.
+    check(unsafe { libc::fchownat(upper, c"upper".as_ptr(), st.st_uid, st.st_gid, 0) }.into(), step)?;
+    // SAFETY: as above.
+    check(unsafe { libc::fchmodat(upper, c"upper".as_ptr(), st.st_mode & 0o7777, 0) }.into(), step).map(drop)
+}
+
+fn pivot_root(step: Step) -> Res {
+    // SAFETY: "." names the current directory for both arguments (the stacked-pivot idiom).
+    check(unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) }, step)?;
+    // SAFETY: detaches the old root, now stacked on ".".
+    check(unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) }.into(), step)?;
+    chdir(c"/".as_ptr(), step)
+}
+
+/// The interpreter: runs `ops` in order. `step(i)` names op `i` in a failure.
+pub(crate) fn run_ops(ops: &[ArchivedSetupOp], slots: &mut Slots, step: fn(u32) -> Step) -> Res {
+    for (i, op) in ops.iter().enumerate() {
+        let step = step(i as u32);
+        match op {
+            ArchivedSetupOp::Root { layers, writable } => make_root(layers, *writable, step)?,
+            ArchivedSetupOp::CloneTree { source, read_only, slot } => {
+                let attributes = if *read_only { libc::MOUNT_ATTR_RDONLY } else { 0 };
+                slots.put(*slot, clone_tree(source.as_ptr(), true, attributes, step)?);
+            }
+            ArchivedSetupOp::NewFs { kind, slot } => slots.put(*slot, new_fs(kind.native(), step)?),
+            ArchivedSetupOp::PivotRoot => pivot_root(step)?,
+            ArchivedSetupOp::Attach { slot, target } => attach(slots.take(*slot), target.as_ptr(), step)?,
+            ArchivedSetupOp::Mount { kind, target } => {
+                let kind = kind.native();
+                let name = fs_name(kind);
+                // SAFETY: all strings are NUL-terminated literals or validated archived strings.
+                let ret =
+                    unsafe { libc::mount(name, target.as_ptr(), name, mount_flags(kind), mount_data(kind)) };
+                check(ret.into(), step)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A line for `/proc/<pid>/{uid,gid}_map`, formatted by the lane.
+#[derive(Debug)]
+pub(crate) struct MapLine {
+    pub(crate) bytes: [u8; 40],
+    pub(crate) len: usize,
+}
+
+impl MapLine {
+    /// `"<inside> <outside> 1\n"`: maps one id of the job's user namespace onto one of the
+    /// zygote's.
+    pub(crate) fn new(inside: u32, outside: u32) -> Self {
+        let mut s = StackString::new();
+        let ok = s.push_int(inside) && s.push(b" ") && s.push_int(outside) && s.push(b" 1\n");
+        debug_assert!(ok);
+        let mut bytes = [0; 40];
+        let len = s.len.min(bytes.len());
+        bytes[..len].copy_from_slice(&s.bytes[..len]);
+        Self { bytes, len }
+    }
+}
+
+/// Everything a job child needs, prepared by the lane before the clone.
+#[derive(Debug)]
+pub(crate) struct JobArgs<'a> {
+    pub(crate) request: &'a ArchivedSpawnRequest,
+    /// A template mount namespace to join, or -1 to build the root from the lane's namespace.
+    pub(crate) template_fd: c_int,
+    /// A network namespace to join, or -1 to keep the lane's (the host's).
+    pub(crate) netns_fd: c_int,
+    /// A fresh or scrubbed IPC namespace to join.
+    pub(crate) ipcns_fd: c_int,
+    pub(crate) stdin_fd: c_int,
+    pub(crate) stdout_fd: c_int,
+    pub(crate) stderr_fd: c_int,
+    /// A pidfd of the worker: the job must not outlive it.
+    pub(crate) worker_pidfd: c_int,
+    /// The zygote-namespace id to become before entering the job's own user namespace, when
+    /// not the zygote's root (see `lane::NOBODY`).
+    pub(crate) drop_to: Option<u32>,
+    pub(crate) uid_map: MapLine,
+    pub(crate) gid_map: MapLine,
+    pub(crate) argv: *const *const c_char,
+    pub(crate) envp: *const *const c_char,
+    pub(crate) slots: Slots,
+    pub(crate) failure: Option<Failure>,
+}
+
+/// Entry point of a job process. `arg` is a `*mut JobArgs`.
+pub(crate) extern "C" fn job_main(arg: *mut c_void) -> c_int {
+    // SAFETY: the lane passes a JobArgs that stays alive and untouched until this child execs or
+    // exits (CLONE_VFORK).
+    let args = unsafe { &mut *arg.cast::<JobArgs<'_>>() };
+    if let Err(failure) = job_setup(args) {
+        args.failure = Some(failure);
+    }
+    exit(127)
+}
+
+fn job_setup(args: &mut JobArgs<'_>) -> Res {
+    let prepare = Step::Prepare;
+    // Die with the worker; and if it already died, do not start at all.
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number.
+    let ret = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
+    check(ret.into(), prepare)?;
+    let mut worker = libc::pollfd { fd: args.worker_pidfd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one live pollfd, zero timeout.
+    if unsafe { libc::poll(&raw mut worker, 1, 0) } != 0 {
+        return Err(Failure { step: prepare, errno: libc::ESRCH });
+    }
+
+    // The user-namespace maps are written through this directory after the pivot hides /proc.
+    // SAFETY: literal path, plain flags.
+    let mut proc_self = check(
+        unsafe { libc::open(c"/proc/self".as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) }
+            .into(),
+        prepare,
+    )?;
+
+    if args.netns_fd >= 0 {
+        // SAFETY: setns takes an fd owned by the lane and a namespace type.
+        check(unsafe { libc::setns(args.netns_fd, libc::CLONE_NEWNET) }.into(), Step::JoinNetwork)?;
+    }
+
+    // SAFETY: as above.
+    check(unsafe { libc::setns(args.ipcns_fd, libc::CLONE_NEWIPC) }.into(), Step::JoinIpc)?;
+
+    let request = args.request;
+    if args.template_fd >= 0 {
+        // SAFETY: as above.
+        check(unsafe { libc::setns(args.template_fd, libc::CLONE_NEWNS) }.into(), Step::JoinTemplate)?;
+    }
+    if args.template_fd < 0 || !request.job.is_empty() {
+        // SAFETY: unshare takes flags.
+        check(unsafe { libc::unshare(libc::CLONE_NEWNS) }.into(), Step::UnshareMounts)?;
+    }
+    run_ops(&request.job, &mut args.slots, |op| Step::Job { op })?;
+
+    let hostname = request.hostname.as_bytes();
+    // SAFETY: `hostname` is a live slice of the length passed.
+    check(unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) }.into(), Step::Hostname)?;
+    chdir(request.working_directory.as_ptr(), Step::WorkingDirectory)?;
+
+    // From here on the job holds no capability over its namespaces: it is root, if at all, only
+    // in a user namespace of its own.
+    let userns = Step::UserNamespace;
+    if let Some(id) = args.drop_to {
+        // SAFETY: setgroups with an empty list, then setres[ug]id and prctl with integers.
+        check(unsafe { libc::setgroups(0, ptr::null()) }.into(), userns)?;
+        // SAFETY: as above.
+        check(unsafe { libc::setresgid(id, id, id) }.into(), userns)?;
+        // SAFETY: as above.
+        check(unsafe { libc::setresuid(id, id, id) }.into(), userns)?;
+        // Changing uid made us undumpable, which would put /proc/self out of our reach.
+        // SAFETY: as above.
+        check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) }.into(), userns)?;
+    }
+    // SAFETY: unshare takes flags.
+    check(unsafe { libc::unshare(libc::CLONE_NEWUSER) }.into(), userns)?;
+    write_at(proc_self, c"setgroups", b"deny", userns)?;
+    write_at(proc_self, c"uid_map", args.uid_map.bytes.get(..args.uid_map.len).unwrap_or(&[]), userns)?;
+    write_at(proc_self, c"gid_map", args.gid_map.bytes.get(..args.gid_map.len).unwrap_or(&[]), userns)?;
+    close(&mut proc_self);
+
+    let stdio = Step::Stdio;
+    // SAFETY: setsid takes no arguments.
+    check(unsafe { libc::setsid() }.into(), stdio)?;
+    for (fd, target) in [(args.stdin_fd, 0), (args.stdout_fd, 1), (args.stderr_fd, 2)] {
+        // SAFETY: dup2 takes two fds; `fd` is owned by the lane, `target` is a standard fd.
+        check(unsafe { libc::dup2(fd, target) }.into(), stdio)?;
+    }
+
+    for limit in request.rlimits.iter() {
+        let value = libc::rlimit { rlim_cur: limit.soft.to_native(), rlim_max: limit.hard.to_native() };
+        // SAFETY: `value` is a live rlimit; the resource number was chosen by the planner.
+        let ret = unsafe { libc::setrlimit(limit.resource.to_native() as _, &raw const value) };
+        check(ret.into(), Step::Rlimit)?;
+    }
+
+    // SAFETY: closes every fd above stderr in this child's own fd table.
+    check(unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) }, stdio)?;
+
+    // No-new-privileges and the seccomp filter were installed in the lane and are inherited.
+    exec(request, args.argv, args.envp)
+}
+
+/// Tries each candidate like execvp: on to the next while it is missing, and reports
+/// "permission denied" over "not found" if any candidate was denied.
+fn exec(request: &ArchivedSpawnRequest, argv: *const *const c_char, envp: *const *const c_char) -> Res {
+    let mut denied = false;
+    let mut last = libc::ENOENT;
+    for candidate in request.program.iter() {
+        // SAFETY: the candidate, argv and envp are NUL-terminated strings and null-terminated
+        // pointer arrays built by the lane from the validated request.
+        unsafe { libc::execve(candidate.as_ptr(), argv, envp) };
+        last = errno();
+        match last {
+            libc::EACCES => denied = true,
+            libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
+            _ => break,
+        }
+    }
+    Err(Failure { step: Step::Exec, errno: if denied && last == libc::ENOENT { libc::EACCES } else { last } })
+}
+
+fn write_at(dir: c_int, name: &std::ffi::CStr, bytes: &[u8], step: Step) -> Res {
+    // SAFETY: `name` is NUL-terminated; `dir` is an open directory fd.
+    let mut fd =
+        check(unsafe { libc::openat(dir, name.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) }.into(), step)?;
+    // SAFETY: `bytes` is a live slice of the length passed.
+    let written = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+    close(&mut fd);
+    if written != bytes.len() as isize {
+        return Err(Failure { step, errno: if written < 0 { errno() } else { libc::EIO } });
+    }
+    Ok(())
+}
+
+/// Inputs and results of a template builder. The builder shares the lane's fd table
+/// (`CLONE_FILES`), so every fd it leaves in here belongs to the lane afterwards.
+#[derive(Debug)]
+pub(crate) struct TemplateArgs<'a> {
+    pub(crate) ops: &'a [ArchivedSetupOp],
+    pub(crate) slots: Slots,
+    pub(crate) ns_dir: c_int,
+    /// The template's mount namespace, on success.
+    pub(crate) mount_ns: c_int,
+    pub(crate) failure: Option<Failure>,
+}
+
+/// Entry point of a template builder, cloned into a new mount namespace. `arg` is a
+/// `*mut TemplateArgs`.
+pub(crate) extern "C" fn template_main(arg: *mut c_void) -> c_int {
+    // SAFETY: as for `job_main`.
+    let args = unsafe { &mut *arg.cast::<TemplateArgs<'_>>() };
+    let builder = Step::Template { op: u32::MAX };
+    let result = (|| {
+        // SAFETY: literal path, plain flags.
+        let ns_dir = unsafe {
+            libc::open(c"/proc/thread-self/ns".as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        };
+        args.ns_dir = check(ns_dir.into(), builder)?;
+        run_ops(args.ops, &mut args.slots, |op| Step::Template { op })?;
+        // SAFETY: `ns_dir` is open; the name is a literal.
+        let mount_ns =
+            unsafe { libc::openat(args.ns_dir, c"mnt".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        args.mount_ns = check(mount_ns.into(), builder)?;
+        close(&mut args.ns_dir);
+        Ok(())
+    })();
+    match result {
+        Ok(()) => exit(0),
+        Err(failure) => {
+            args.failure = Some(failure);
+            exit(1)
+        }
+    }
+}
+
+/// Inputs and results of a network-namespace maker (shares the lane's fd table).
+#[derive(Debug)]
+pub(crate) struct NetnsArgs {
+    pub(crate) owner_fd: c_int,
+    pub(crate) loopback: bool,
+    pub(crate) netns: c_int,
+    pub(crate) sockstat: c_int,
+    pub(crate) sockstat6: c_int,
+    pub(crate) failure: Option<Failure>,
+}
+
+/// Entry point of a network-namespace maker: joins the owner user namespace, unshares a network
+/// namespace, brings `lo` up if asked, and leaves fds to the namespace and its socket counters.
+pub(crate) extern "C" fn netns_main(arg: *mut c_void) -> c_int {
+    // SAFETY: as for `job_main`.
+    let args = unsafe { &mut *arg.cast::<NetnsArgs>() };
+    let step = Step::CreateNetwork;
+    let result = (|| {
+        // SAFETY: setns and unshare take an fd and flags.
+        check(unsafe { libc::setns(args.owner_fd, libc::CLONE_NEWUSER) }.into(), step)?;
+        // SAFETY: as above.
+        check(unsafe { libc::unshare(libc::CLONE_NEWNET) }.into(), step)?;
+        if args.loopback {
+            loopback_up(step)?;
+        }
+        let open = |path: &std::ffi::CStr| {
+            // SAFETY: literal paths, plain flags.
+            unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) }
+        };
+        args.netns = check(open(c"/proc/thread-self/ns/net").into(), step)?;
+        args.sockstat = check(open(c"/proc/thread-self/net/sockstat").into(), step)?;
+        args.sockstat6 = open(c"/proc/thread-self/net/sockstat6");
+        Ok(())
+    })();
+    match result {
+        Ok(()) => exit(0),
+        Err(failure) => {
+            args.failure = Some(failure);
+            exit(1)
+        }
+    }
+}
+
+/// Sets `lo` up with `SIOC[GS]IFFLAGS` on a unix socket, which (unlike a netlink socket, freed
+/// after an RCU grace period) is gone from the namespace's socket count as soon as it closes.
+fn loopback_up(step: Step) -> Res {
+    // SAFETY: socket takes integers.
+    let mut sock =
+        check(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) }.into(), step)?;
+    // SAFETY: ifreq is plain data; all-zero is valid.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in request.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as c_char;
+    }
+    // SAFETY: `request` is a live ifreq naming lo; the kernel fills in its flags.
+    let result = check(unsafe { libc::ioctl(sock, libc::SIOCGIFFLAGS, &raw mut request) }.into(), step)
+        .and_then(|_| {
+            // SAFETY: reading and writing the flags member of the union the kernel just filled.
+            unsafe { request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+            // SAFETY: as above.
+            check(unsafe { libc::ioctl(sock, libc::SIOCSIFFLAGS, &raw const request) }.into(), step)
+        });
+    close(&mut sock);
+    result.map(drop)
+}
+
+/// Inputs and results of an IPC-namespace maker (shares the lane's fd table).
+#[derive(Debug)]
+pub(crate) struct IpcnsArgs {
+    pub(crate) owner_fd: c_int,
+    pub(crate) ipcns: c_int,
+    /// /proc/sysvipc/{shm,sem,msg} of the new namespace.
+    pub(crate) sysv: [c_int; 3],
+    /// The root of the namespace's mqueue filesystem.
+    pub(crate) mqueue: c_int,
+    pub(crate) failure: Option<Failure>,
+}
+
+/// Entry point of an IPC-namespace maker: joins the owner user namespace, unshares an IPC
+/// namespace, and leaves fds to it and to the listings that tell whether it is empty.
+pub(crate) extern "C" fn ipcns_main(arg: *mut c_void) -> c_int {
+    // SAFETY: as for `job_main`.
+    let args = unsafe { &mut *arg.cast::<IpcnsArgs>() };
+    let step = Step::CreateIpc;
+    let result = (|| {
+        // SAFETY: setns and unshare take an fd and flags.
+        check(unsafe { libc::setns(args.owner_fd, libc::CLONE_NEWUSER) }.into(), step)?;
+        // A mount namespace of our own too: mounting the namespace's mqueue filesystem takes
+        // privilege over the mount namespace, which the lane's is not.
+        // SAFETY: as above.
+        check(unsafe { libc::unshare(libc::CLONE_NEWIPC | libc::CLONE_NEWNS) }.into(), step)?;
+        let open = |path: &std::ffi::CStr| {
+            // SAFETY: literal paths, plain flags.
+            unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) }
+        };
+        args.ipcns = check(open(c"/proc/thread-self/ns/ipc").into(), step)?;
+        for (slot, path) in
+            args.sysv.iter_mut().zip([c"/proc/sysvipc/shm", c"/proc/sysvipc/sem", c"/proc/sysvipc/msg"])
+        {
+            *slot = check(open(path).into(), step)?;
+        }
+        let mut mount = new_fs(FsKind::Mqueue, step)?;
+        // SAFETY: `mount` is the mqueue mount fd; "." opens its root for reading.
+        let root = unsafe {
+            libc::openat(mount, c".".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        };
+        close(&mut mount);
+        args.mqueue = check(root.into(), step)?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => exit(0),
+        Err(failure) => {
+            args.failure = Some(failure);
+            exit(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stack_strings_escape_and_format() {
+        let mut s = StackString::new();
+        assert!(
+            s.push(b"lowerdir=")
+                && s.push_escaped(b"/a:b,c\\d")
+                && s.push_int(0)
+                && s.push_int(4_294_967_295)
+        );
+        s.finish().unwrap();
+        assert_eq!(&s.bytes[..s.len], b"lowerdir=/a\\:b\\,c\\\\d04294967295\0");
+    }
+
+    #[test]
+    fn stack_strings_refuse_overflow() {
+        let mut s = StackString::new();
+        assert!(s.push(&[b'x'; 4096]));
+        assert!(!s.push(b"y"));
+        assert!(s.finish().is_none());
+    }
+
+    #[test]
+    fn map_lines_point_at_zygote_root() {
+        let line = MapLine::new(1000, 0);
+        assert_eq!(&line.bytes[..line.len], b"1000 0 1\n");
+        let line = MapLine::new(0, 65534);
+        assert_eq!(&line.bytes[..line.len], b"0 65534 1\n");
+    }
+}

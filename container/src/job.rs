@@ -1,0 +1,238 @@
+//! A running job, known by its pidfd: wait, kill, and run to completion with bounded output.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use maelstrom_wire::zygote::SpawnRequest;
+
+use crate::sys::{self, ExitStatus};
+use crate::zygote::{SpawnError, Zygote};
+
+/// A started job. It is PID 1 of its own pid namespace, so when it exits every process it
+/// started is gone too. Dropping an unreaped `Job` kills and reaps it: no job outlives its
+/// handle.
+#[derive(Debug)]
+pub struct Job {
+    pid: libc::pid_t,
+    pidfd: OwnedFd,
+    status: Option<ExitStatus>,
+}
+
+impl Job {
+    pub(crate) fn new(pid: libc::pid_t, pidfd: OwnedFd) -> Self {
+        Self { pid, pidfd, status: None }
+    }
+
+    /// The job's pid in the worker's pid namespace.
+    pub fn pid(&self) -> libc::pid_t {
+        self.pid
+    }
+
+    /// Readable once the job has exited; for an event loop.
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// Sends SIGKILL through the pidfd; the kernel then kills everything in the job's pid
+    /// namespace. Killing a job that already exited is not an error.
+    pub fn kill(&self) -> io::Result<()> {
+        if self.status.is_some() {
+            return Ok(());
+        }
+        match sys::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGKILL) {
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Waits for the job to exit and reaps it.
+    pub fn wait(&mut self) -> io::Result<ExitStatus> {
+        if let Some(status) = self.status {
+            return Ok(status);
+        }
+        let status = sys::waitid_pidfd(self.pidfd.as_fd(), true)?
+            .ok_or_else(|| io::Error::other("waitid returned without a status"))?;
+        self.status = Some(status);
+        Ok(status)
+    }
+
+    /// Reaps the job if it has exited.
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        if self.status.is_none() {
+            self.status = sys::waitid_pidfd(self.pidfd.as_fd(), false)?;
+        }
+        Ok(self.status)
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.kill();
+            let _ = self.wait();
+        }
+    }
+}
+
+/// Default cap on each of stdout and stderr, in bytes.
+pub const OUTPUT_BYTES_MAX_DEFAULT: usize = 1 << 20;
+
+/// How long to keep reading output after the job exited, in case a writer lingers.
+const DRAIN_AFTER_EXIT_MS: u64 = 1_000;
+
+/// Bounds on one run.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub timeout: Option<Duration>,
+    /// Bytes kept of each of stdout and stderr; the rest is counted, not kept.
+    pub output_bytes_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { timeout: None, output_bytes_max: OUTPUT_BYTES_MAX_DEFAULT }
+    }
+}
+
+/// What one output stream left behind.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Captured {
+    pub bytes: Vec<u8>,
+    /// Bytes written past the cap and discarded.
+    pub cut: u64,
+}
+
+impl Captured {
+    fn keep(&mut self, chunk: &[u8], max: usize) {
+        let room = max.saturating_sub(self.bytes.len()).min(chunk.len());
+        self.bytes.extend_from_slice(&chunk[..room]);
+        self.cut += (chunk.len() - room) as u64;
+    }
+}
+
+/// How a job ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Exited(i32),
+    Signaled(i32),
+    /// Killed at its deadline.
+    TimedOut,
+}
+
+/// A finished job.
+#[derive(Clone, Debug)]
+pub struct Completed {
+    pub outcome: Outcome,
+    pub stdout: Captured,
+    pub stderr: Captured,
+    /// From the spawn request to the reap.
+    pub duration: Duration,
+}
+
+impl Zygote {
+    /// Runs a job to completion, capturing its output within `limits`.
+    pub fn run(&self, request: &SpawnRequest, limits: &Limits) -> Result<Completed, SpawnError> {
+        let start = Instant::now();
+        let (out_read, out_write) = sys::pipe().map_err(SpawnError::Pipes)?;
+        let (err_read, err_write) = sys::pipe().map_err(SpawnError::Pipes)?;
+        let job = self.spawn(request, out_write.as_fd(), err_write.as_fd())?;
+        drop((out_write, err_write));
+        supervise(job, out_read, err_read, limits, start).map_err(SpawnError::Pipes)
+    }
+}
+
+/// Collects output until the job exits and its pipes close, enforcing the timeout.
+pub fn supervise(
+    mut job: Job,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    limits: &Limits,
+    start: Instant,
+) -> io::Result<Completed> {
+    sys::set_nonblocking(stdout.as_fd())?;
+    sys::set_nonblocking(stderr.as_fd())?;
+    let deadline = limits.timeout.map(|t| start + t);
+    let mut streams = [(Some(stdout), Captured::default()), (Some(stderr), Captured::default())];
+    let mut exited_at: Option<Instant> = None;
+    let mut timed_out = false;
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let open: Vec<usize> = (0..2).filter(|&i| streams[i].0.is_some()).collect();
+        if exited_at.is_some() && open.is_empty() {
+            break;
+        }
+        let mut polls: Vec<libc::pollfd> = open
+            .iter()
+            .map(|&i| libc::pollfd {
+                fd: streams[i].0.as_ref().map_or(-1, AsRawFd::as_raw_fd),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        if exited_at.is_none() {
+            polls.push(libc::pollfd { fd: job.pidfd().as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        }
+        let now = Instant::now();
+        let wait = match (exited_at, deadline) {
+            (Some(at), _) => {
+                Some((at + Duration::from_millis(DRAIN_AFTER_EXIT_MS)).saturating_duration_since(now))
+            }
+            (None, Some(deadline)) if !timed_out => Some(deadline.saturating_duration_since(now)),
+            _ => None,
+        };
+        let ready = sys::poll(&mut polls, wait)?;
+        if ready == 0 {
+            if exited_at.is_some() {
+                break;
+            }
+            job.kill()?;
+            timed_out = true;
+            continue;
+        }
+        for (slot, poll) in open.iter().zip(&polls) {
+            if poll.revents == 0 {
+                continue;
+            }
+            let (fd, captured) = &mut streams[*slot];
+            let Some(open_fd) = fd else { continue };
+            loop {
+                match sys::read(open_fd.as_fd(), &mut chunk)? {
+                    Some(0) => {
+                        *fd = None;
+                        break;
+                    }
+                    Some(n) => captured.keep(&chunk[..n], limits.output_bytes_max),
+                    None => break,
+                }
+            }
+        }
+        if exited_at.is_none() && polls.last().is_some_and(|p| p.revents != 0) {
+            exited_at = Some(Instant::now());
+        }
+    }
+    let status = job.wait()?;
+    let [(_, stdout), (_, stderr)] = streams;
+    let outcome = match status {
+        _ if timed_out => Outcome::TimedOut,
+        ExitStatus::Exited(code) => Outcome::Exited(code),
+        ExitStatus::Signaled(signal) => Outcome::Signaled(signal),
+    };
+    Ok(Completed { outcome, stdout, stderr, duration: start.elapsed() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captured_output_is_cut_at_the_limit() {
+        let mut c = Captured::default();
+        c.keep(b"hello", 8);
+        c.keep(b"world", 8);
+        assert_eq!(c.bytes, b"hellowor");
+        assert_eq!(c.cut, 2);
+        c.keep(b"!!!", 8);
+        assert_eq!(c.cut, 5);
+    }
+}

@@ -1,0 +1,656 @@
+//! A zygote lane: the single-threaded process that clones jobs.
+//!
+//! A lane is forked by [`crate::Zygote::start`] before the worker starts any thread, and stays
+//! single-threaded for its whole life. The first lane creates the zygote's user namespace (one
+//! id mapped: the worker's uid and gid become 0) and a private copy of the host's mount
+//! namespace; the others join both. Then each lane loops: receive a spawn request, validate
+//! it, find or build its template mount namespace, take a network namespace from the pool,
+//! clone the job (`CLONE_VM | CLONE_VFORK`, so the job's setup runs on this memory while the
+//! lane waits), and reply with the job's pidfd or the failure as data.
+//!
+//! The jobs are cloned with `CLONE_PARENT`: they are the worker's children, so the worker waits
+//! for them through their pidfds. The lane never reaps a job; it only watches each job's pidfd to
+//! learn when its network namespace can go back to the pool.
+
+#![expect(unsafe_code, reason = "this module is one of the two that own raw syscalls")]
+
+use std::ffi::c_char;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use maelstrom_wire::zygote::{
+    self, ArchivedNetworkMode, ArchivedSetupOp, ArchivedSpawnRequest, BootStep, FsKind,
+    LANE_PROTOCOL_VERSION, LaneHello, SPAWN_REQUEST_BYTES_MAX, SetupOp, SpawnReply, Step,
+};
+use rkyv::util::AlignedVec;
+use rkyv::vec::ArchivedVec;
+
+use crate::child::{self, Failure, IpcnsArgs, JobArgs, MapLine, NetnsArgs, Slots, TemplateArgs};
+use crate::sys::{self, ChildStack};
+
+/// Template mount namespaces one lane keeps (least recently used go first).
+pub(crate) const TEMPLATES_MAX: usize = 32;
+
+/// Idle namespaces one lane keeps per kind (IPC, network with `lo` down, network with `lo` up).
+pub(crate) const POOL_IDLE_MAX: usize = 32;
+
+/// The id jobs run as when the worker is real root: the host's nobody.
+///
+/// An unprivileged worker's jobs run as the worker's own uid, which the kernel trusts with
+/// nothing. Real root's uid, though, is trusted by uid alone in places (procfs files such as
+/// /proc/sysrq-trigger, every sysctl), so a root worker's jobs must never hold it.
+pub(crate) const NOBODY: u32 = 65534;
+
+/// How the lane joins the zygote's namespaces.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Boot {
+    /// Create them (the first lane), mapping the worker's `uid` and `gid`.
+    Create { uid: u32, gid: u32 },
+    /// Join the first lane's. `root`: whether the worker is real root.
+    Join { first: libc::pid_t, root: bool },
+}
+
+impl Boot {
+    fn root(self) -> bool {
+        match self {
+            Boot::Create { uid, .. } => uid == 0,
+            Boot::Join { root, .. } => root,
+        }
+    }
+}
+
+/// Runs a lane in the freshly forked child. Never returns.
+pub(crate) fn main(
+    sock: OwnedFd,
+    boot: Boot,
+    worker: libc::pid_t,
+    seccomp: &[seccompiler::sock_filter],
+) -> ! {
+    let code = match Lane::boot(sock.as_fd(), boot, worker, seccomp) {
+        Ok(mut lane) => match lane.serve(sock.as_fd()) {
+            Ok(()) => 0,
+            Err(_) => 2,
+        },
+        Err((step, error)) => {
+            let hello = LaneHello::Failed {
+                version: LANE_PROTOCOL_VERSION,
+                step,
+                errno: error.raw_os_error().unwrap_or(libc::EIO),
+            };
+            let mut buf = AlignedVec::new();
+            if zygote::encode(&hello, &mut buf).is_ok() {
+                let _ = sys::send_with_fds(sock.as_fd(), &buf, &[]);
+            }
+            1
+        }
+    };
+    // SAFETY: ends this lane without running the worker's atexit handlers or destructors.
+    unsafe { libc::_exit(code) }
+}
+
+/// A pooled network namespace and the fds that tell whether it is empty.
+#[derive(Debug)]
+struct Netns {
+    ns: OwnedFd,
+    sockstat: OwnedFd,
+    sockstat6: Option<OwnedFd>,
+}
+
+impl Netns {
+    /// Whether no socket, connection in TIME_WAIT, or fragment is left in the namespace.
+    fn is_clean(&self, scratch: &mut [u8]) -> bool {
+        let mut files = vec![&self.sockstat];
+        files.extend(&self.sockstat6);
+        files.into_iter().all(|fd| match sys::pread0(fd.as_fd(), scratch) {
+            Ok(n) => sockstat_is_clean(&scratch[..n]),
+            Err(_) => false,
+        })
+    }
+}
+
+/// Parses a `/proc/net/sockstat{,6}` text: clean when every per-namespace count is zero.
+/// (`orphan`, `alloc` and `mem` are global to the host and ignored.)
+pub(crate) fn sockstat_is_clean(text: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(text) else { return false };
+    text.lines().all(|line| {
+        let mut words = line.split_whitespace();
+        let _protocol = words.next();
+        let mut counts_zero = true;
+        while let (Some(key), Some(value)) = (words.next(), words.next()) {
+            if matches!(key, "used" | "inuse" | "tw") {
+                counts_zero &= value == "0";
+            }
+        }
+        counts_zero
+    })
+}
+
+/// A pooled IPC namespace and the fds that tell whether it is empty.
+#[derive(Debug)]
+struct Ipcns {
+    ns: OwnedFd,
+    /// /proc/sysvipc/{shm,sem,msg}, as seen from inside.
+    sysv: [OwnedFd; 3],
+    /// The root of its mqueue filesystem.
+    mqueue: OwnedFd,
+}
+
+impl Ipcns {
+    /// Whether no System V object and no POSIX message queue is left in the namespace.
+    fn is_clean(&self, scratch: &mut [u8]) -> bool {
+        let header_only = |fd: &OwnedFd| match sys::pread0(fd.as_fd(), scratch) {
+            Ok(n) => scratch[..n].iter().filter(|&&b| b == b'\n').count() <= 1,
+            Err(_) => false,
+        };
+        self.sysv.iter().all(header_only) && sys::dir_is_empty(self.mqueue.as_fd()).unwrap_or(false)
+    }
+}
+
+/// The namespaces a running job borrowed from the pools.
+#[derive(Debug)]
+struct Borrowed {
+    ipc: Ipcns,
+    /// With whether `lo` is up.
+    net: Option<(Netns, bool)>,
+}
+
+#[derive(Debug)]
+struct Busy {
+    job: OwnedFd,
+    borrowed: Borrowed,
+}
+
+#[derive(Debug)]
+struct Template {
+    ops: Vec<SetupOp>,
+    mount_ns: OwnedFd,
+    last_used: u64,
+}
+
+#[derive(Debug)]
+struct Lane {
+    /// The zygote-namespace uid and gid jobs run as: 0 (the worker's own ids) or [`NOBODY`].
+    job_id: u32,
+    devnull: OwnedFd,
+    worker_pidfd: OwnedFd,
+    netns_owner: OwnedFd,
+    stack: ChildStack,
+    templates: Vec<Template>,
+    clock: u64,
+    idle_net: [Vec<Netns>; 2],
+    idle_ipc: Vec<Ipcns>,
+    busy: Vec<Busy>,
+    argv: Vec<*const c_char>,
+    envp: Vec<*const c_char>,
+    scratch: Vec<u8>,
+}
+
+type BootResult<T> = Result<T, (BootStep, io::Error)>;
+
+fn at(step: BootStep) -> impl FnOnce(io::Error) -> (BootStep, io::Error) {
+    move |e| (step, e)
+}
+
+impl Lane {
+    fn boot(
+        sock: BorrowedFd<'_>,
+        boot: Boot,
+        worker: libc::pid_t,
+        seccomp: &[seccompiler::sock_filter],
+    ) -> BootResult<Self> {
+        sys::set_parent_death_signal(libc::SIGKILL).map_err(at(BootStep::WatchWorker))?;
+        if sys::getppid() != worker {
+            return Err((BootStep::WatchWorker, io::Error::from_raw_os_error(libc::ESRCH)));
+        }
+        let worker_pidfd = sys::pidfd_open(worker).map_err(at(BootStep::WatchWorker))?;
+        match boot {
+            Boot::Create { uid, gid } => {
+                // Real root may map more than itself: root stays root (to reach any layer or bind
+                // source), and nobody is mapped for the jobs. Anyone else maps just themselves.
+                let maps = if boot.root() {
+                    let map = format!("0 0 1\n{NOBODY} {NOBODY} 1\n");
+                    Maps { uid: map.clone(), gid: map, deny_setgroups: false }
+                } else {
+                    Maps { uid: format!("0 {uid} 1\n"), gid: format!("0 {gid} 1\n"), deny_setgroups: true }
+                };
+                let (user, mnt) = new_user_namespace(&maps, true).map_err(at(BootStep::UserNamespace))?;
+                let mnt = mnt.expect("asked for a mount namespace");
+                sys::setns(user.as_fd(), libc::CLONE_NEWUSER).map_err(at(BootStep::JoinUserNamespace))?;
+                sys::setns(mnt.as_fd(), libc::CLONE_NEWNS).map_err(at(BootStep::JoinMountNamespace))?;
+                sys::make_mounts_private().map_err(at(BootStep::PrivateMounts))?;
+            }
+            Boot::Join { first, .. } => {
+                let open = |ns: &str, step| {
+                    let path = std::ffi::CString::new(format!("/proc/{first}/ns/{ns}")).expect("no NUL");
+                    sys::open(&path, libc::O_RDONLY).map_err(at(step))
+                };
+                let user = open("user", BootStep::JoinUserNamespace)?;
+                let mnt = open("mnt", BootStep::JoinMountNamespace)?;
+                sys::setns(user.as_fd(), libc::CLONE_NEWUSER).map_err(at(BootStep::JoinUserNamespace))?;
+                sys::setns(mnt.as_fd(), libc::CLONE_NEWNS).map_err(at(BootStep::JoinMountNamespace))?;
+            }
+        }
+        let devnull = sys::open(c"/dev/null", libc::O_RDWR).map_err(at(BootStep::OpenDevNull))?;
+        // Jobs get their stdio by dup2 onto 0-2; keep those slots from being reused by our fds.
+        sys::dup2(devnull.as_fd(), 0).map_err(at(BootStep::OpenDevNull))?;
+        for fd in [1, 2] {
+            if !sys::fd_is_open(fd) {
+                sys::dup2(devnull.as_fd(), fd).map_err(at(BootStep::OpenDevNull))?;
+            }
+        }
+        let stack = ChildStack::new().map_err(at(BootStep::ChildStack))?;
+        let job_id = if boot.root() { NOBODY } else { 0 };
+        let mut lane = Lane {
+            job_id,
+            devnull,
+            worker_pidfd,
+            netns_owner: sys::open(c"/dev/null", libc::O_RDONLY).map_err(at(BootStep::OpenDevNull))?,
+            stack,
+            templates: Vec::new(),
+            clock: 0,
+            idle_net: [Vec::new(), Vec::new()],
+            idle_ipc: Vec::new(),
+            busy: Vec::new(),
+            argv: Vec::new(),
+            envp: Vec::new(),
+            scratch: vec![0; 4096],
+        };
+        // The owner of the pooled network and IPC namespaces maps only `1 → job_id`. Jobs can
+        // join what it owns but hold no capability there; its root maps to no one, so sysctls
+        // there belong to nobody a job could be; and its one id is the jobs' own, so they can
+        // still create message queues in it.
+        let owner_map = format!("1 {job_id} 1\n");
+        let owner = Maps { uid: owner_map.clone(), gid: owner_map, deny_setgroups: false };
+        lane.netns_owner = new_user_namespace(&owner, false).map_err(at(BootStep::NetworkOwner))?.0;
+        // Installed once here, the filter is inherited by every job: no job pays to load it.
+        sys::install_seccomp(seccomp).map_err(at(BootStep::Seccomp))?;
+        let hello = LaneHello::Ready { version: LANE_PROTOCOL_VERSION, pid: sys::getpid() };
+        let mut buf = AlignedVec::new();
+        zygote::encode(&hello, &mut buf)
+            .map_err(|e| (BootStep::Protocol, io::Error::other(e.to_string())))?;
+        sys::send_with_fds(sock, &buf, &[]).map_err(at(BootStep::Protocol))?;
+        Ok(lane)
+    }
+
+    fn serve(&mut self, sock: BorrowedFd<'_>) -> io::Result<()> {
+        let mut request = AlignedVec::<16>::with_capacity(SPAWN_REQUEST_BYTES_MAX);
+        request.resize(SPAWN_REQUEST_BYTES_MAX, 0);
+        let mut reply = AlignedVec::new();
+        let mut fds = Vec::new();
+        loop {
+            let len = sys::recv_with_fds(sock, &mut request, &mut fds)?;
+            if len == 0 {
+                return Ok(());
+            }
+            let (answer, pidfd) = match zygote::decode_request(&request[..len]) {
+                Err(e) => (SpawnReply::Rejected { reason: e.to_string() }, None),
+                Ok(_) if fds.len() != 2 => {
+                    let reason = format!("expected stdout and stderr fds, got {} fds", fds.len());
+                    (SpawnReply::Rejected { reason }, None)
+                }
+                Ok(req) => self.spawn(req, fds[0].as_fd(), fds[1].as_fd()),
+            };
+            fds.clear();
+            zygote::encode(&answer, &mut reply).map_err(|e| io::Error::other(e.to_string()))?;
+            let attached: Vec<BorrowedFd<'_>> = pidfd.iter().map(AsFd::as_fd).collect();
+            sys::send_with_fds(sock, &reply, &attached)?;
+        }
+    }
+
+    fn spawn(
+        &mut self,
+        request: &ArchivedSpawnRequest,
+        stdout: BorrowedFd<'_>,
+        stderr: BorrowedFd<'_>,
+    ) -> (SpawnReply, Option<OwnedFd>) {
+        let failed = |f: Failure| (SpawnReply::Failed { step: f.step, errno: f.errno, pid: 0 }, None);
+        self.reclaim();
+        let loopback = match request.network {
+            ArchivedNetworkMode::Disabled => Some(false),
+            ArchivedNetworkMode::Loopback => Some(true),
+            ArchivedNetworkMode::Local => None,
+        };
+        let borrowed = match self.borrow(loopback) {
+            Ok(borrowed) => borrowed,
+            Err(f) => return failed(f),
+        };
+        let template_fd = if request.template.is_empty() {
+            -1
+        } else {
+            match self.template(&request.template) {
+                Ok(fd) => fd,
+                Err(f) => {
+                    self.give_back(borrowed);
+                    return failed(f);
+                }
+            }
+        };
+
+        self.argv.clear();
+        self.argv.extend(request.arguments.iter().map(|a| a.as_ptr()));
+        self.argv.push(std::ptr::null());
+        self.envp.clear();
+        self.envp.extend(request.environment.iter().map(|e| e.as_ptr()));
+        self.envp.push(std::ptr::null());
+
+        let mut args = JobArgs {
+            request,
+            template_fd,
+            netns_fd: borrowed.net.as_ref().map_or(-1, |(n, _)| n.ns.as_raw_fd()),
+            ipcns_fd: borrowed.ipc.ns.as_raw_fd(),
+            stdin_fd: self.devnull.as_raw_fd(),
+            stdout_fd: stdout.as_raw_fd(),
+            stderr_fd: stderr.as_raw_fd(),
+            worker_pidfd: self.worker_pidfd.as_raw_fd(),
+            drop_to: (self.job_id != 0).then_some(self.job_id),
+            uid_map: MapLine::new(request.user.to_native(), self.job_id),
+            gid_map: MapLine::new(request.group.to_native(), self.job_id),
+            argv: self.argv.as_ptr(),
+            envp: self.envp.as_ptr(),
+            slots: Slots::new(),
+            failure: None,
+        };
+        // No CLONE_NEWIPC or CLONE_NEWNET: the job joins pooled ones, which costs far less.
+        let flags = libc::CLONE_VM
+            | libc::CLONE_VFORK
+            | libc::CLONE_PIDFD
+            | libc::CLONE_PARENT
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWCGROUP
+            | libc::SIGCHLD;
+        let mut pidfd: RawFd = -1;
+        // SAFETY: `job_main` follows the child rules (no allocation, locks or unwinding), runs on
+        // this lane's child stack, and `args` (with everything it points at) lives on this frame,
+        // untouched until the child execs or exits, which CLONE_VFORK waits for.
+        let cloned =
+            unsafe { sys::clone(child::job_main, &self.stack, flags, (&raw mut args).cast(), &mut pidfd) };
+        let pid = match cloned {
+            Ok(pid) => pid,
+            Err(e) => {
+                self.give_back(borrowed);
+                return failed(Failure { step: Step::Clone, errno: e.raw_os_error().unwrap_or(libc::EIO) });
+            }
+        };
+        // SAFETY: CLONE_PIDFD stored a new pidfd that nothing else owns.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+        // Without a way to watch the job, its namespaces can never be proven empty: drop them.
+        if let Ok(job) = pidfd.try_clone() {
+            self.busy.push(Busy { job, borrowed });
+        }
+        let reply = match args.failure {
+            None => SpawnReply::Started { pid },
+            Some(f) => SpawnReply::Failed { step: f.step, errno: f.errno, pid },
+        };
+        (reply, Some(pidfd))
+    }
+
+    /// The template mount namespace for `ops`, built on first use.
+    fn template(&mut self, ops: &ArchivedVec<ArchivedSetupOp>) -> Result<RawFd, Failure> {
+        self.clock += 1;
+        if let Some(t) =
+            self.templates.iter_mut().find(|t| ops.len() == t.ops.len() && ops.as_slice() == t.ops.as_slice())
+        {
+            t.last_used = self.clock;
+            return Ok(t.mount_ns.as_raw_fd());
+        }
+        let needs_netns = ops
+            .iter()
+            .any(|op| matches!(op, ArchivedSetupOp::NewFs { kind, .. } if kind.native() == FsKind::Sys));
+        let mut args = TemplateArgs {
+            ops: ops.as_slice(),
+            slots: Slots::new(),
+            ns_dir: -1,
+            mount_ns: -1,
+            failure: None,
+        };
+        let flags = libc::CLONE_VM
+            | libc::CLONE_VFORK
+            | libc::CLONE_FILES
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWPID
+            | if needs_netns { libc::CLONE_NEWNET } else { 0 }
+            | libc::SIGCHLD;
+        // SAFETY: as in `spawn`; the builder shares our fd table and records every fd it leaves.
+        let built = unsafe { self.clone_helper(child::template_main, flags, (&raw mut args).cast()) };
+        let leftovers = args.slots.0.iter().copied().chain([args.ns_dir]);
+        close_all(leftovers);
+        let step = Step::Template { op: u32::MAX };
+        built.map_err(|errno| Failure { step, errno })?;
+        if let Some(f) = args.failure {
+            close_all([args.mount_ns]);
+            return Err(f);
+        }
+        // SAFETY: the builder opened `mount_ns` in our shared fd table and nothing else owns it.
+        let mount_ns = unsafe { OwnedFd::from_raw_fd(args.mount_ns) };
+        let owned = rkyv::deserialize::<Vec<SetupOp>, rkyv::rancor::Error>(ops)
+            .map_err(|_| Failure { step, errno: libc::EINVAL })?;
+        if self.templates.len() >= TEMPLATES_MAX {
+            let oldest =
+                (0..self.templates.len()).min_by_key(|&i| self.templates[i].last_used).expect("non-empty");
+            self.templates.swap_remove(oldest);
+        }
+        let fd = mount_ns.as_raw_fd();
+        self.templates.push(Template { ops: owned, mount_ns, last_used: self.clock });
+        Ok(fd)
+    }
+
+    /// Clones a helper child that shares our memory and fds, and reaps it.
+    ///
+    /// # Safety
+    ///
+    /// As for [`sys::clone`].
+    unsafe fn clone_helper(
+        &self,
+        entry: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+        flags: libc::c_int,
+        arg: *mut libc::c_void,
+    ) -> Result<(), i32> {
+        let mut unused = -1;
+        // SAFETY: forwarded from the caller.
+        let pid = unsafe { sys::clone(entry, &self.stack, flags, arg, &mut unused) }
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+        sys::waitpid(pid).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+        Ok(())
+    }
+
+    /// Namespaces for one job: from the pools if any is idle, else made now.
+    fn borrow(&mut self, loopback: Option<bool>) -> Result<Borrowed, Failure> {
+        let net = match loopback {
+            None => None,
+            Some(lo) => {
+                Some((self.idle_net[usize::from(lo)].pop().map_or_else(|| self.make_netns(lo), Ok)?, lo))
+            }
+        };
+        let ipc = self.idle_ipc.pop().map_or_else(|| self.make_ipcns(), Ok)?;
+        Ok(Borrowed { ipc, net })
+    }
+
+    fn give_back(&mut self, borrowed: Borrowed) {
+        if self.idle_ipc.len() < POOL_IDLE_MAX {
+            self.idle_ipc.push(borrowed.ipc);
+        }
+        if let Some((netns, lo)) = borrowed.net {
+            let idle = &mut self.idle_net[usize::from(lo)];
+            if idle.len() < POOL_IDLE_MAX {
+                idle.push(netns);
+            }
+        }
+    }
+
+    fn make_netns(&self, loopback: bool) -> Result<Netns, Failure> {
+        let mut args = NetnsArgs {
+            owner_fd: self.netns_owner.as_raw_fd(),
+            loopback,
+            netns: -1,
+            sockstat: -1,
+            sockstat6: -1,
+            failure: None,
+        };
+        let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES | libc::SIGCHLD;
+        // SAFETY: `netns_main` follows the child rules; `args` lives on this frame.
+        let built = unsafe { self.clone_helper(child::netns_main, flags, (&raw mut args).cast()) };
+        let (ns, sockstat, sockstat6) = (adopt(args.netns), adopt(args.sockstat), adopt(args.sockstat6));
+        built.map_err(|errno| Failure { step: Step::CreateNetwork, errno })?;
+        if let Some(f) = args.failure {
+            return Err(f);
+        }
+        match (ns, sockstat) {
+            (Some(ns), Some(sockstat)) => Ok(Netns { ns, sockstat, sockstat6 }),
+            _ => Err(Failure { step: Step::CreateNetwork, errno: libc::EBADF }),
+        }
+    }
+
+    fn make_ipcns(&self) -> Result<Ipcns, Failure> {
+        let mut args = IpcnsArgs {
+            owner_fd: self.netns_owner.as_raw_fd(),
+            ipcns: -1,
+            sysv: [-1; 3],
+            mqueue: -1,
+            failure: None,
+        };
+        let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES | libc::SIGCHLD;
+        // SAFETY: `ipcns_main` follows the child rules; `args` lives on this frame.
+        let built = unsafe { self.clone_helper(child::ipcns_main, flags, (&raw mut args).cast()) };
+        let [shm, sem, msg] = args.sysv.map(adopt);
+        let (ns, mqueue) = (adopt(args.ipcns), adopt(args.mqueue));
+        built.map_err(|errno| Failure { step: Step::CreateIpc, errno })?;
+        if let Some(f) = args.failure {
+            return Err(f);
+        }
+        match (ns, shm, sem, msg, mqueue) {
+            (Some(ns), Some(shm), Some(sem), Some(msg), Some(mqueue)) => {
+                Ok(Ipcns { ns, sysv: [shm, sem, msg], mqueue })
+            }
+            _ => Err(Failure { step: Step::CreateIpc, errno: libc::EBADF }),
+        }
+    }
+
+    /// Returns the namespaces of exited jobs to the pools, if they are empty. A namespace with
+    /// anything left in it (a socket whose release is deferred, a connection in TIME_WAIT, a
+    /// System V object or message queue nobody removed) is dropped instead, so no job ever sees
+    /// a trace of another.
+    fn reclaim(&mut self) {
+        if self.busy.is_empty() {
+            return;
+        }
+        let mut polls: Vec<libc::pollfd> = self
+            .busy
+            .iter()
+            .map(|b| libc::pollfd { fd: b.job.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+            .collect();
+        if sys::poll(&mut polls, Some(std::time::Duration::ZERO)).unwrap_or(0) == 0 {
+            return;
+        }
+        for i in (0..self.busy.len()).rev() {
+            if polls[i].revents == 0 {
+                continue;
+            }
+            let Borrowed { ipc, net } = self.busy.swap_remove(i).borrowed;
+            if ipc.is_clean(&mut self.scratch) && self.idle_ipc.len() < POOL_IDLE_MAX {
+                self.idle_ipc.push(ipc);
+            }
+            if let Some((netns, lo)) = net {
+                let idle = &mut self.idle_net[usize::from(lo)];
+                if netns.is_clean(&mut self.scratch) && idle.len() < POOL_IDLE_MAX {
+                    idle.push(netns);
+                }
+            }
+        }
+    }
+}
+
+/// The id maps of a new user namespace.
+#[derive(Debug)]
+struct Maps {
+    uid: String,
+    gid: String,
+    deny_setgroups: bool,
+}
+
+/// Makes a user namespace (and a mount namespace it owns, if asked) with `maps`, and returns
+/// fds to them.
+///
+/// A process cannot write privileged maps of a namespace it is inside, so a forked child
+/// unshares while this process, still outside, writes the maps; the child then exits and the
+/// fds keep the namespaces alive. Used at boot only.
+fn new_user_namespace(maps: &Maps, with_mounts: bool) -> io::Result<(OwnedFd, Option<OwnedFd>)> {
+    let (ready_read, ready_write) = sys::pipe()?;
+    let (go_read, go_write) = sys::pipe()?;
+    let flags = libc::CLONE_NEWUSER | if with_mounts { libc::CLONE_NEWNS } else { 0 };
+    // SAFETY: lanes are single-threaded (this runs before any job, in the lane process).
+    match unsafe { sys::fork() }? {
+        sys::Forked::Child => {
+            drop((ready_read, go_write));
+            let status = match sys::unshare(flags) {
+                Ok(()) => 0,
+                Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            };
+            let _ = sys::write_all(ready_write.as_fd(), &status.to_ne_bytes());
+            let _ = sys::read(go_read.as_fd(), &mut [0]);
+            // SAFETY: leaves the forked copy without running the lane's destructors.
+            unsafe { libc::_exit(0) }
+        }
+        sys::Forked::Parent { pid } => {
+            drop((ready_write, go_read));
+            let mut status = [0u8; 4];
+            let result = match sys::read(ready_read.as_fd(), &mut status) {
+                Ok(Some(4)) => match i32::from_ne_bytes(status) {
+                    0 => write_maps(pid, maps, with_mounts),
+                    errno => Err(io::Error::from_raw_os_error(errno)),
+                },
+                Ok(_) => Err(io::Error::other("the namespace helper died")),
+                Err(e) => Err(e),
+            };
+            drop(go_write);
+            sys::waitpid(pid)?;
+            result
+        }
+    }
+}
+
+fn write_maps(pid: libc::pid_t, maps: &Maps, with_mounts: bool) -> io::Result<(OwnedFd, Option<OwnedFd>)> {
+    if maps.deny_setgroups {
+        std::fs::write(format!("/proc/{pid}/setgroups"), "deny")?;
+    }
+    std::fs::write(format!("/proc/{pid}/uid_map"), &maps.uid)?;
+    std::fs::write(format!("/proc/{pid}/gid_map"), &maps.gid)?;
+    let open = |ns: &str| {
+        let path = std::ffi::CString::new(format!("/proc/{pid}/ns/{ns}")).expect("no NUL");
+        sys::open(&path, libc::O_RDONLY)
+    };
+    Ok((open("user")?, if with_mounts { Some(open("mnt")?) } else { None }))
+}
+
+/// Takes ownership of an fd a helper opened in our shared fd table (-1 for none).
+fn adopt(fd: RawFd) -> Option<OwnedFd> {
+    // SAFETY: the helper opened `fd` in our fd table and nothing else owns it.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn close_all(fds: impl IntoIterator<Item = RawFd>) {
+    for fd in fds.into_iter().filter(|&fd| fd >= 0) {
+        // SAFETY: fds a helper left in our shared table, owned by nothing else.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockstat_of_an_empty_namespace_is_clean() {
+        let text = b"sockets: used 0\nTCP: inuse 0 orphan 3 tw 0 alloc 9 mem 2\nUDP: inuse 0 mem 0\n\
+                     UDPLITE: inuse 0\nRAW: inuse 0\nFRAG: inuse 0 memory 0\n";
+        assert!(sockstat_is_clean(text));
+    }
+
+    #[test]
+    fn sockets_and_time_wait_are_not_clean() {
+        assert!(!sockstat_is_clean(b"sockets: used 1\nTCP: inuse 0 orphan 0 tw 0 alloc 1 mem 0\n"));
+        assert!(!sockstat_is_clean(b"sockets: used 0\nTCP: inuse 0 orphan 0 tw 1 alloc 1 mem 0\n"));
+        assert!(!sockstat_is_clean(b"TCP6: inuse 2\n"));
+        assert!(!sockstat_is_clean(b"\xff"));
+    }
+}

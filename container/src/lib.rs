@@ -1,0 +1,25 @@
+//! The sandbox: a zygote that clones each job into fresh namespaces in microseconds.
+//!
+//! Reading order: [`plan`] turns a [`Spec`] into a setup plan (pure data); [`Zygote`] forks
+//! single-threaded lanes before the worker starts any thread; each lane (`lane.rs`) builds or
+//! reuses a template mount namespace for the plan, takes a network namespace from its pool, and
+//! clones the job, whose setup runs in `child.rs` (no allocation, no locks) up to `execve`; the
+//! worker gets back a [`Job`] holding the pidfd, which it waits on, kills, or [`supervise`]s.
+//! `README.md` beside this file has the diagram and the invariants.
+//!
+//! Owns every raw syscall and raw fd of the workspace (with `wire`'s `CBytes` pointers);
+//! nothing outside this crate needs `unsafe`.
+
+mod child;
+mod job;
+mod lane;
+pub mod plan;
+pub mod seccomp;
+mod sys;
+mod zygote;
+
+pub use job::{Captured, Completed, Job, Limits, OUTPUT_BYTES_MAX_DEFAULT, Outcome, supervise};
+pub use maelstrom_wire::zygote::{NetworkMode, Rlimit, SpawnRequest, Step};
+pub use plan::{Device, Mount, PlanError, Spec, compile};
+pub use sys::{ExitStatus, pipe, posix_spawn_wait};
+pub use zygote::{SpawnError, StartError, Zygote, ZygoteConfig, describe};

@@ -1,0 +1,593 @@
+//! The planner: turns what a job needs ([`Spec`]) into the setup plan a lane executes
+//! ([`SpawnRequest`]). Pure: no syscalls, so every plan can be printed and tested anywhere.
+//!
+//! The split into template and job ops is where the speed comes from. Everything that is the
+//! same for every job with this root (the layers, bind mounts, device nodes) goes into the
+//! template, which a lane builds once and keeps as a mount namespace. Only what must be fresh
+//! per job (proc for its pid namespace, tmpfs, mqueue, devpts, sysfs for its network) is
+//! mounted by the job itself. A static mount is hoisted into the template only when that cannot
+//! change what the job sees: its path must be disjoint from every per-job mount that came
+//! before it. A writable root cannot be shared, so such jobs build everything themselves.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use maelstrom_wire::zygote::{
+    FsKind, NetworkMode, PROGRAM_CANDIDATES_MAX, Rlimit, SLOTS_MAX, SetupOp, SpawnRequest,
+};
+use maelstrom_wire::{CBytes, InteriorNul};
+
+/// A device a `devices` mount can expose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Device {
+    Full,
+    Fuse,
+    Null,
+    Random,
+    /// A fresh tmpfs at /dev/shm (never the host's).
+    Shm,
+    Tty,
+    Urandom,
+    Zero,
+}
+
+impl Device {
+    pub const ALL: [Device; 8] = [
+        Device::Full,
+        Device::Fuse,
+        Device::Null,
+        Device::Random,
+        Device::Shm,
+        Device::Tty,
+        Device::Urandom,
+        Device::Zero,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Device::Full => "full",
+            Device::Fuse => "fuse",
+            Device::Null => "null",
+            Device::Random => "random",
+            Device::Shm => "shm",
+            Device::Tty => "tty",
+            Device::Urandom => "urandom",
+            Device::Zero => "zero",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.name() == name)
+    }
+}
+
+/// A mount inside the container. Mount points must already exist in the layers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mount {
+    /// The host's `source` (absolute) at `target`, recursively.
+    Bind {
+        source: PathBuf,
+        target: PathBuf,
+        read_only: bool,
+    },
+    /// Host device nodes at `/dev/<name>`.
+    Devices(Vec<Device>),
+    Devpts {
+        target: PathBuf,
+    },
+    Mqueue {
+        target: PathBuf,
+    },
+    Proc {
+        target: PathBuf,
+    },
+    Sys {
+        target: PathBuf,
+    },
+    Tmp {
+        target: PathBuf,
+    },
+}
+
+/// Everything the sandbox needs to run one job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spec {
+    /// Directories stacked into the root, bottom first. Absolute.
+    pub layers: Vec<PathBuf>,
+    /// A writable root (changes go to a tmpfs and vanish with the job); read-only otherwise.
+    pub writable_root: bool,
+    /// Applied in order.
+    pub mounts: Vec<Mount>,
+    pub network: NetworkMode,
+    pub hostname: String,
+    /// uid and gid inside the container.
+    pub user: u32,
+    pub group: u32,
+    /// Absolute, inside the container.
+    pub working_directory: PathBuf,
+    /// The job's whole environment.
+    pub environment: Vec<(OsString, OsString)>,
+    pub rlimits: Vec<Rlimit>,
+    /// Looked up in the environment's `PATH` when it has no slash.
+    pub program: OsString,
+    pub arguments: Vec<OsString>,
+}
+
+/// The hostname a container gets unless its spec says otherwise.
+pub const HOSTNAME_DEFAULT: &str = "maelstrom";
+
+/// `PATH` for lookups when the job's environment has none (what execvp uses).
+pub const PATH_DEFAULT: &str = "/bin:/usr/bin";
+
+/// Resource limits every job gets unless its spec says otherwise: no core dumps (a core
+/// handler on the host would otherwise run on the job's behalf).
+pub fn rlimits_default() -> Vec<Rlimit> {
+    vec![Rlimit { resource: libc::RLIMIT_CORE, soft: 0, hard: 0 }]
+}
+
+impl Spec {
+    /// A spec that runs `program` with `layers` as a read-only root and nothing else.
+    pub fn new(layers: Vec<PathBuf>, program: impl Into<OsString>) -> Self {
+        Self {
+            layers,
+            writable_root: false,
+            mounts: Vec::new(),
+            network: NetworkMode::Disabled,
+            hostname: HOSTNAME_DEFAULT.to_owned(),
+            user: 0,
+            group: 0,
+            working_directory: PathBuf::from("/"),
+            environment: Vec::new(),
+            rlimits: rlimits_default(),
+            program: program.into(),
+            arguments: Vec::new(),
+        }
+    }
+}
+
+/// A spec that cannot be planned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("a container needs at least one layer")]
+    NoLayers,
+    #[error("layer {0:?} must be an absolute path")]
+    RelativeLayer(PathBuf),
+    #[error("bind mount source {0:?} must be an absolute path")]
+    RelativeSource(PathBuf),
+    #[error("mount point {target:?} {why}")]
+    BadTarget { target: PathBuf, why: &'static str },
+    #[error("working directory {0:?} must be an absolute path")]
+    RelativeWorkingDirectory(PathBuf),
+    #[error("a sys mount needs a private network: use network \"disabled\" or \"loopback\", not \"local\"")]
+    SysNeedsPrivateNetwork,
+    #[error("the program is empty")]
+    EmptyProgram,
+    #[error("environment variable name {0:?} is empty or contains '='")]
+    BadVariableName(OsString),
+    #[error("more than {SLOTS_MAX} bind, device, proc and sys mounts")]
+    TooManyMounts,
+    #[error("PATH has more than {PROGRAM_CANDIDATES_MAX} entries")]
+    PathTooLong,
+    #[error("hostname {0:?} must be 1 to 64 bytes")]
+    BadHostname(String),
+    #[error("{0}")]
+    Nul(#[from] InteriorNul),
+}
+
+fn cbytes(s: impl AsRef<OsStr>) -> Result<CBytes, PlanError> {
+    Ok(CBytes::new(s.as_ref().as_bytes())?)
+}
+
+/// Checks a mount point: absolute, normalized, not the root.
+fn target(path: &Path) -> Result<CBytes, PlanError> {
+    let bad = |why| Err(PlanError::BadTarget { target: path.to_owned(), why });
+    if !path.is_absolute() {
+        return bad("must be an absolute path");
+    }
+    if path.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
+        return bad("must not contain '.' or '..'");
+    }
+    if path.components().count() < 2 {
+        return bad("must not be the root");
+    }
+    cbytes(path)
+}
+
+/// Whether one path lies within the other (or they are equal), by components.
+fn overlapping(a: &Path, b: &Path) -> bool {
+    a.starts_with(b) || b.starts_with(a)
+}
+
+/// One mount, lowered: static (`CloneTree` + `Attach`) or per job (`Mount`, or `NewFs` + `Attach`
+/// when no template provides a visible instance).
+enum Lowered {
+    Static { source: CBytes, read_only: bool, target: CBytes, path: PathBuf },
+    PerJob { kind: FsKind, target: CBytes, path: PathBuf },
+}
+
+fn lower(mounts: &[Mount]) -> Result<Vec<Lowered>, PlanError> {
+    let mut lowered = Vec::new();
+    for mount in mounts {
+        let per_job = |kind, t: &PathBuf| {
+            Ok::<_, PlanError>(Lowered::PerJob { kind, target: target(t)?, path: t.clone() })
+        };
+        match mount {
+            Mount::Bind { source, target: t, read_only } => {
+                if !source.is_absolute() {
+                    return Err(PlanError::RelativeSource(source.clone()));
+                }
+                lowered.push(Lowered::Static {
+                    source: cbytes(source)?,
+                    read_only: *read_only,
+                    target: target(t)?,
+                    path: t.clone(),
+                });
+            }
+            Mount::Devices(devices) => {
+                let mut devices = devices.clone();
+                devices.sort();
+                devices.dedup();
+                for device in devices {
+                    let path = PathBuf::from(format!("/dev/{}", device.name()));
+                    if device == Device::Shm {
+                        lowered.push(per_job(FsKind::Tmp, &path)?);
+                    } else {
+                        let t = target(&path)?;
+                        lowered.push(Lowered::Static {
+                            source: t.clone(),
+                            read_only: false,
+                            target: t,
+                            path,
+                        });
+                    }
+                }
+            }
+            Mount::Devpts { target: t } => lowered.push(per_job(FsKind::Devpts, t)?),
+            Mount::Mqueue { target: t } => lowered.push(per_job(FsKind::Mqueue, t)?),
+            Mount::Proc { target: t } => lowered.push(per_job(FsKind::Proc, t)?),
+            Mount::Sys { target: t } => lowered.push(per_job(FsKind::Sys, t)?),
+            Mount::Tmp { target: t } => lowered.push(per_job(FsKind::Tmp, t)?),
+        }
+    }
+    Ok(lowered)
+}
+
+/// Proc and sysfs can only be mounted while an instance is visible: before the pivot, or over
+/// a placeholder the template left.
+fn needs_visible_instance(kind: FsKind) -> bool {
+    matches!(kind, FsKind::Proc | FsKind::Sys)
+}
+
+/// Plans `spec`.
+pub fn compile(spec: &Spec) -> Result<SpawnRequest, PlanError> {
+    if spec.layers.is_empty() {
+        return Err(PlanError::NoLayers);
+    }
+    if let Some(layer) = spec.layers.iter().find(|l| !l.is_absolute()) {
+        return Err(PlanError::RelativeLayer(layer.clone()));
+    }
+    if !spec.working_directory.is_absolute() {
+        return Err(PlanError::RelativeWorkingDirectory(spec.working_directory.clone()));
+    }
+    if spec.hostname.is_empty() || spec.hostname.len() > 64 {
+        return Err(PlanError::BadHostname(spec.hostname.clone()));
+    }
+    let lowered = lower(&spec.mounts)?;
+    let has_sys = lowered.iter().any(|l| matches!(l, Lowered::PerJob { kind: FsKind::Sys, .. }));
+    if has_sys && spec.network == NetworkMode::Local {
+        return Err(PlanError::SysNeedsPrivateNetwork);
+    }
+    let slots = lowered
+        .iter()
+        .filter(|l| {
+            matches!(l, Lowered::Static { .. } | Lowered::PerJob { kind: FsKind::Proc | FsKind::Sys, .. })
+        })
+        .count();
+    if slots > usize::from(SLOTS_MAX) {
+        return Err(PlanError::TooManyMounts);
+    }
+    let layers = spec.layers.iter().map(cbytes).collect::<Result<Vec<_>, _>>()?;
+
+    let hoistable = lowered.iter().enumerate().all(|(i, l)| match l {
+        Lowered::PerJob { .. } => true,
+        Lowered::Static { path, .. } => lowered[..i]
+            .iter()
+            .all(|earlier| !matches!(earlier, Lowered::PerJob { path: p, .. } if overlapping(p, path))),
+    });
+    let (template, job) = if spec.writable_root || !hoistable {
+        (Vec::new(), self_built(layers, spec.writable_root, lowered))
+    } else {
+        templated(layers, lowered)
+    };
+
+    let (program, arguments) = exec_plan(spec)?;
+    let environment = spec
+        .environment
+        .iter()
+        .map(|(name, value)| {
+            if name.is_empty() || name.as_bytes().contains(&b'=') {
+                return Err(PlanError::BadVariableName(name.clone()));
+            }
+            let mut entry = name.clone();
+            entry.push("=");
+            entry.push(value);
+            cbytes(entry)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(SpawnRequest {
+        template,
+        job,
+        network: spec.network,
+        hostname: cbytes(&spec.hostname)?,
+        user: spec.user,
+        group: spec.group,
+        working_directory: cbytes(&spec.working_directory)?,
+        rlimits: spec.rlimits.clone(),
+        program,
+        arguments,
+        environment,
+    })
+}
+
+/// The job builds its whole root: prepare every mount before the pivot, attach after it.
+fn self_built(layers: Vec<CBytes>, writable: bool, lowered: Vec<Lowered>) -> Vec<SetupOp> {
+    let mut before = vec![SetupOp::Root { layers, writable }];
+    let mut after = Vec::new();
+    let mut slots = 0u8..;
+    for l in lowered {
+        match l {
+            Lowered::Static { source, read_only, target, .. } => {
+                let slot = slots.next().expect("INVARIANT: compile checked the slot count");
+                before.push(SetupOp::CloneTree { source, read_only, slot });
+                after.push(SetupOp::Attach { slot, target });
+            }
+            Lowered::PerJob { kind, target, .. } if needs_visible_instance(kind) => {
+                let slot = slots.next().expect("INVARIANT: compile checked the slot count");
+                before.push(SetupOp::NewFs { kind, slot });
+                after.push(SetupOp::Attach { slot, target });
+            }
+            Lowered::PerJob { kind, target, .. } => after.push(SetupOp::Mount { kind, target }),
+        }
+    }
+    before.push(SetupOp::PivotRoot);
+    before.extend(after);
+    before
+}
+
+/// A shared template with the static mounts (and placeholders for proc and sysfs), and a job
+/// part of fresh mounts only.
+fn templated(layers: Vec<CBytes>, lowered: Vec<Lowered>) -> (Vec<SetupOp>, Vec<SetupOp>) {
+    let mut before = vec![SetupOp::Root { layers, writable: false }];
+    let mut after = Vec::new();
+    let mut job = Vec::new();
+    let mut slots = 0u8..;
+    let mut placeholders: Vec<FsKind> = Vec::new();
+    for l in lowered {
+        match l {
+            Lowered::Static { source, read_only, target, .. } => {
+                let slot = slots.next().expect("INVARIANT: compile checked the slot count");
+                before.push(SetupOp::CloneTree { source, read_only, slot });
+                after.push(SetupOp::Attach { slot, target });
+            }
+            Lowered::PerJob { kind, target, .. } => {
+                if needs_visible_instance(kind) && !placeholders.contains(&kind) {
+                    placeholders.push(kind);
+                    let slot = slots.next().expect("INVARIANT: compile checked the slot count");
+                    before.push(SetupOp::NewFs { kind, slot });
+                    after.push(SetupOp::Attach { slot, target: target.clone() });
+                }
+                job.push(SetupOp::Mount { kind, target });
+            }
+        }
+    }
+    before.push(SetupOp::PivotRoot);
+    before.extend(after);
+    (before, job)
+}
+
+/// The exec candidates and argv: `argv[0]` is the program as given.
+fn exec_plan(spec: &Spec) -> Result<(Vec<CBytes>, Vec<CBytes>), PlanError> {
+    let program = spec.program.as_bytes();
+    if program.is_empty() {
+        return Err(PlanError::EmptyProgram);
+    }
+    let candidates = if program.contains(&b'/') {
+        vec![cbytes(&spec.program)?]
+    } else {
+        let path = spec
+            .environment
+            .iter()
+            .find(|(name, _)| name == "PATH")
+            .map_or(OsStr::new(PATH_DEFAULT), |(_, value)| value.as_os_str());
+        let entries: Vec<&[u8]> = path.as_bytes().split(|&b| b == b':').collect();
+        if entries.len() > PROGRAM_CANDIDATES_MAX {
+            return Err(PlanError::PathTooLong);
+        }
+        entries
+            .into_iter()
+            .map(|dir| {
+                let mut full = dir.to_vec();
+                if !full.is_empty() && full.last() != Some(&b'/') {
+                    full.push(b'/');
+                }
+                full.extend_from_slice(program);
+                Ok(CBytes::new(full)?)
+            })
+            .collect::<Result<Vec<_>, PlanError>>()?
+    };
+    let mut arguments = vec![cbytes(&spec.program)?];
+    for argument in &spec.arguments {
+        arguments.push(cbytes(argument)?);
+    }
+    Ok((candidates, arguments))
+}
+
+/// A plan, one op per line, for people.
+#[derive(Debug)]
+pub struct Printed<'a>(pub &'a SpawnRequest);
+
+impl fmt::Display for Printed<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = self.0;
+        for op in &r.template {
+            writeln!(f, "template: {op}")?;
+        }
+        for op in &r.job {
+            writeln!(f, "job: {op}")?;
+        }
+        writeln!(f, "network: {:?}", r.network)?;
+        writeln!(f, "hostname: {}", r.hostname)?;
+        writeln!(f, "user: {} group: {}", r.user, r.group)?;
+        writeln!(f, "working directory: {}", r.working_directory)?;
+        let argv: Vec<String> = r.arguments.iter().map(ToString::to_string).collect();
+        writeln!(f, "exec: {} {:?}", r.program.first().map(ToString::to_string).unwrap_or_default(), argv)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> PathBuf {
+        PathBuf::from(s)
+    }
+
+    fn typical() -> Spec {
+        let mut spec = Spec::new(vec![p("/layers/libs"), p("/layers/bin")], "test-binary");
+        spec.mounts = vec![
+            Mount::Tmp { target: p("/tmp") },
+            Mount::Proc { target: p("/proc") },
+            Mount::Devices(vec![Device::Null, Device::Zero, Device::Shm]),
+        ];
+        spec.environment = vec![("PATH".into(), "/usr/bin:/bin".into())];
+        spec
+    }
+
+    fn printed(spec: &Spec) -> String {
+        Printed(&compile(spec).unwrap()).to_string()
+    }
+
+    #[test]
+    fn typical_job_shares_a_template_and_mounts_only_fresh_filesystems() {
+        assert_eq!(
+            printed(&typical()),
+            "template: root read-only from /layers/libs /layers/bin\n\
+             template: new proc into slot 0\n\
+             template: clone /dev/null into slot 1\n\
+             template: clone /dev/zero into slot 2\n\
+             template: pivot root\n\
+             template: attach slot 0 at /proc\n\
+             template: attach slot 1 at /dev/null\n\
+             template: attach slot 2 at /dev/zero\n\
+             job: mount tmpfs at /tmp\n\
+             job: mount proc at /proc\n\
+             job: mount tmpfs at /dev/shm\n\
+             network: Disabled\n\
+             hostname: maelstrom\n\
+             user: 0 group: 0\n\
+             working directory: /\n\
+             exec: /usr/bin/test-binary [\"test-binary\"]\n"
+        );
+    }
+
+    #[test]
+    fn writable_root_builds_everything_in_the_job() {
+        let mut spec = typical();
+        spec.writable_root = true;
+        let plan = compile(&spec).unwrap();
+        assert!(plan.template.is_empty());
+        let text: Vec<String> = plan.job.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "root writable from /layers/libs /layers/bin",
+                "new proc into slot 0",
+                "clone /dev/null into slot 1",
+                "clone /dev/zero into slot 2",
+                "pivot root",
+                "mount tmpfs at /tmp",
+                "attach slot 0 at /proc",
+                "attach slot 1 at /dev/null",
+                "mount tmpfs at /dev/shm",
+                "attach slot 2 at /dev/zero",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_static_mount_under_an_earlier_fresh_one_is_not_hoisted() {
+        let mut spec = Spec::new(vec![p("/l")], "/bin/x");
+        spec.mounts = vec![
+            Mount::Tmp { target: p("/data") },
+            Mount::Bind { source: p("/host/in"), target: p("/data/in"), read_only: true },
+        ];
+        let plan = compile(&spec).unwrap();
+        assert!(plan.template.is_empty(), "order must be kept, so the job builds everything");
+        let text: Vec<String> = plan.job.iter().map(ToString::to_string).collect();
+        assert_eq!(&text[3..], ["mount tmpfs at /data", "attach slot 0 at /data/in"]);
+
+        spec.mounts.reverse();
+        assert!(!compile(&spec).unwrap().template.is_empty(), "a bind first can be hoisted");
+    }
+
+    #[test]
+    fn the_plan_validates_on_the_wire() {
+        for writable in [false, true] {
+            let mut spec = typical();
+            spec.writable_root = writable;
+            spec.mounts.push(Mount::Sys { target: p("/sys") });
+            let plan = compile(&spec).unwrap();
+            let mut buf = rkyv::util::AlignedVec::new();
+            maelstrom_wire::zygote::encode(&plan, &mut buf).unwrap();
+            maelstrom_wire::zygote::decode_request(&buf).unwrap();
+        }
+    }
+
+    #[test]
+    fn program_lookup_follows_path_like_execvp() {
+        let mut spec = Spec::new(vec![p("/l")], "tool");
+        let (candidates, argv) = exec_plan(&spec).unwrap();
+        assert_eq!(candidates, [CBytes::new("/bin/tool").unwrap(), CBytes::new("/usr/bin/tool").unwrap()]);
+        assert_eq!(argv, [CBytes::new("tool").unwrap()]);
+
+        spec.environment = vec![("PATH".into(), ":/opt/".into())];
+        let (candidates, _) = exec_plan(&spec).unwrap();
+        assert_eq!(candidates, [CBytes::new("tool").unwrap(), CBytes::new("/opt/tool").unwrap()]);
+
+        spec.program = "./tool".into();
+        assert_eq!(exec_plan(&spec).unwrap().0, [CBytes::new("./tool").unwrap()]);
+    }
+
+    #[test]
+    fn bad_specs_get_one_clear_error() {
+        let base = || Spec::new(vec![p("/l")], "/bin/x");
+        let cases: Vec<(Spec, &str)> = vec![
+            (Spec { layers: vec![], ..base() }, "at least one layer"),
+            (Spec { layers: vec![p("rel")], ..base() }, "\"rel\" must be an absolute path"),
+            (
+                Spec { mounts: vec![Mount::Tmp { target: p("tmp") }], ..base() },
+                "\"tmp\" must be an absolute path",
+            ),
+            (Spec { mounts: vec![Mount::Tmp { target: p("/") }], ..base() }, "must not be the root"),
+            (Spec { mounts: vec![Mount::Tmp { target: p("/a/../b") }], ..base() }, "'..'"),
+            (
+                Spec {
+                    mounts: vec![Mount::Sys { target: p("/sys") }],
+                    network: NetworkMode::Local,
+                    ..base()
+                },
+                "network \"disabled\" or \"loopback\"",
+            ),
+            (Spec { program: "".into(), ..base() }, "program is empty"),
+            (Spec { arguments: vec!["a\0b".into()], ..base() }, "NUL byte at offset 1"),
+            (Spec { environment: vec![("A=B".into(), "c".into())], ..base() }, "contains '='"),
+            (Spec { hostname: String::new(), ..base() }, "hostname"),
+        ];
+        for (spec, expected) in cases {
+            let error = compile(&spec).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error:?} should contain {expected:?}");
+        }
+    }
+}

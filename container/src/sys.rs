@@ -1,0 +1,632 @@
+//! Safe wrappers for the syscalls the worker side and the lanes make.
+//!
+//! This module and [`crate::child`] are the only places in the workspace that call `libc` with
+//! raw fds. Everything here returns `OwnedFd` or takes `BorrowedFd`; raw fds appear only where
+//! they cross into a child's argument block or arrive over `SCM_RIGHTS`.
+//!
+//! # Safety
+//!
+//! Each `unsafe` block calls one libc function whose pointer arguments point at live, correctly
+//! sized memory owned by the caller for the duration of the call, and whose fd arguments are
+//! borrowed from an owner that outlives the call.
+
+#![expect(unsafe_code, reason = "this module is one of the two that own raw syscalls")]
+
+use std::ffi::CStr;
+use std::io;
+use std::mem::{MaybeUninit, size_of};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+pub(crate) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+}
+
+fn cvt_long(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+}
+
+/// Takes ownership of an fd a syscall just returned.
+fn owned(fd: libc::c_int) -> io::Result<OwnedFd> {
+    Ok(adopt(cvt(fd)?))
+}
+
+/// Wraps a valid fd that a successful syscall just created for this call.
+fn adopt(fd: RawFd) -> OwnedFd {
+    debug_assert!(fd >= 0);
+    // SAFETY: callers pass only fds the kernel just returned to them, which nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// A connected pair of `SOCK_SEQPACKET` unix sockets, close-on-exec.
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two fds socketpair writes.
+    cvt(unsafe {
+        libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr())
+    })?;
+    Ok((adopt(fds[0]), adopt(fds[1])))
+}
+
+/// Sizes both socket buffers so one datagram of `bytes` fits.
+pub fn set_socket_buffers(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    for option in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
+        // SAFETY: `value` is a live c_int and its size is passed.
+        cvt(unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&raw const value).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Most fds one message carries.
+pub const MESSAGE_FDS_MAX: usize = 4;
+
+const CMSG_SPACE_FDS: usize = 64;
+
+#[repr(C, align(8))]
+struct CmsgBuf([u8; CMSG_SPACE_FDS]);
+
+/// Sends one datagram with `fds` attached.
+pub fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    assert!(fds.len() <= MESSAGE_FDS_MAX);
+    let mut iov = libc::iovec { iov_base: bytes.as_ptr().cast_mut().cast(), iov_len: bytes.len() };
+    let mut cmsg = CmsgBuf([0; CMSG_SPACE_FDS]);
+    // SAFETY: zeroed msghdr is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        let payload = (fds.len() * size_of::<RawFd>()) as libc::c_uint;
+        // SAFETY: CMSG_SPACE only computes a size.
+        let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
+        assert!(space <= CMSG_SPACE_FDS);
+        msg.msg_control = cmsg.0.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        // SAFETY: msg_control points at `space` bytes, enough for one header and its fds.
+        let header = unsafe { libc::CMSG_FIRSTHDR(&raw const msg) };
+        // SAFETY: non-null (the buffer holds a header) and inside `cmsg`, which we own.
+        let header = unsafe { &mut *header };
+        header.cmsg_level = libc::SOL_SOCKET;
+        header.cmsg_type = libc::SCM_RIGHTS;
+        // SAFETY: CMSG_LEN only computes a size.
+        header.cmsg_len = unsafe { libc::CMSG_LEN(payload) } as usize;
+        // SAFETY: CMSG_DATA points inside `cmsg`, with room for `fds.len()` RawFds (checked above).
+        let data = unsafe { libc::CMSG_DATA(header) }.cast::<RawFd>();
+        for (i, fd) in fds.iter().enumerate() {
+            // SAFETY: `i < fds.len()`, within the room checked above.
+            let slot = unsafe { data.add(i) };
+            // SAFETY: `slot` lies inside `cmsg`; an unaligned write is allowed.
+            unsafe { slot.write_unaligned(fd.as_raw_fd()) };
+        }
+    }
+    loop {
+        // SAFETY: `msg` and everything it points at are live for the call.
+        let sent = unsafe { libc::sendmsg(sock.as_raw_fd(), &raw const msg, libc::MSG_NOSIGNAL) };
+        match cvt_long(sent as libc::c_long) {
+            Ok(n) if n as usize == bytes.len() => return Ok(()),
+            Ok(n) => return Err(io::Error::other(format!("short datagram: {n} of {} bytes", bytes.len()))),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Receives one datagram into `buf` (whose capacity bounds it) and the fds attached to it.
+/// Returns 0 bytes at end of stream. A datagram or fd list that did not fit is an error.
+pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+    fds.clear();
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut cmsg = CmsgBuf([0; CMSG_SPACE_FDS]);
+    // SAFETY: zeroed msghdr is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.0.as_mut_ptr().cast();
+    msg.msg_controllen = CMSG_SPACE_FDS;
+    let n = loop {
+        // SAFETY: `msg` and the buffers it points at are live and writable for the call.
+        let got = unsafe { libc::recvmsg(sock.as_raw_fd(), &raw mut msg, libc::MSG_CMSG_CLOEXEC) };
+        match cvt_long(got as libc::c_long) {
+            Ok(n) => break n as usize,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    // SAFETY: the kernel filled `msg_controllen` bytes of `cmsg`; the CMSG macros walk only those.
+    let mut header = unsafe { libc::CMSG_FIRSTHDR(&raw const msg) };
+    while !header.is_null() {
+        // SAFETY: non-null headers returned by CMSG_FIRSTHDR/NXTHDR lie inside `cmsg`.
+        let h = unsafe { &*header };
+        if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_LEN(0) only computes the header size.
+            let count = (h.cmsg_len - unsafe { libc::CMSG_LEN(0) } as usize) / size_of::<RawFd>();
+            // SAFETY: the payload holds `count` fds written by the kernel.
+            let data = unsafe { libc::CMSG_DATA(header) }.cast::<RawFd>();
+            for i in 0..count {
+                // SAFETY: `i < count`, inside the payload.
+                let slot = unsafe { data.add(i) };
+                // SAFETY: the kernel wrote an fd there; an unaligned read is allowed.
+                let fd = unsafe { slot.read_unaligned() };
+                // Each fd arrived new in this process with the message.
+                fds.push(adopt(fd));
+            }
+        }
+        // SAFETY: `header` is a valid header inside `msg`'s control buffer.
+        header = unsafe { libc::CMSG_NXTHDR(&raw const msg, header) };
+    }
+    if msg.msg_flags & libc::MSG_TRUNC != 0 {
+        return Err(io::Error::other(format!("datagram larger than the {} byte buffer", buf.len())));
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::other("too many fds attached to one datagram"));
+    }
+    Ok(n)
+}
+
+/// A pipe, both ends close-on-exec.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two fds pipe2 writes.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    Ok((adopt(fds[0]), adopt(fds[1])))
+}
+
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL take and return plain ints.
+    let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+    Ok(())
+}
+
+/// `read(2)`, retried on EINTR; `Ok(None)` when it would block.
+pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    loop {
+        // SAFETY: `buf` is live and writable for `buf.len()` bytes.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        match cvt_long(n as libc::c_long) {
+            Ok(n) => return Ok(Some(n as usize)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes all of `bytes`, retrying on EINTR and short writes.
+pub fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: `bytes` is a live slice of the length passed.
+        let n = unsafe { libc::write(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
+        match cvt_long(n as libc::c_long) {
+            Ok(n) => bytes = &bytes[n as usize..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// `pread(2)` at offset 0, for re-reading a generated /proc file through the same fd.
+pub fn pread0(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is live and writable for `buf.len()` bytes.
+    let n = unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    Ok(cvt_long(n as libc::c_long)? as usize)
+}
+
+/// Whether the directory open at `dir` has no entries but `.` and `..` (re-read from the start).
+pub fn dir_is_empty(dir: BorrowedFd<'_>) -> io::Result<bool> {
+    // SAFETY: lseek takes integers.
+    if unsafe { libc::lseek(dir.as_raw_fd(), 0, libc::SEEK_SET) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[repr(C, align(8))]
+    struct Buf([u8; 1024]);
+    let mut buf = Buf([0; 1024]);
+    // SAFETY: `buf` is writable for its length.
+    let n = unsafe { libc::syscall(libc::SYS_getdents64, dir.as_raw_fd(), buf.0.as_mut_ptr(), buf.0.len()) };
+    let n = cvt_long(n)? as usize;
+    let mut offset = 0;
+    // struct linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, then the NUL-terminated name.
+    while offset + 19 < n {
+        let reclen = usize::from(u16::from_ne_bytes([buf.0[offset + 16], buf.0[offset + 17]]));
+        let name = &buf.0[offset + 19..(offset + reclen).min(n)];
+        let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+        if name != b"." && name != b".." {
+            return Ok(false);
+        }
+        if reclen == 0 {
+            break;
+        }
+        offset += reclen;
+    }
+    Ok(true)
+}
+
+/// Opens `path` with `flags | O_CLOEXEC`.
+pub fn open(path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: `path` is NUL-terminated and live for the call.
+    owned(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) })
+}
+
+/// What `fork` returned in this process.
+#[derive(Debug)]
+pub enum Forked {
+    Parent { pid: libc::pid_t },
+    Child,
+}
+
+/// `fork(2)`.
+///
+/// # Safety
+///
+/// The caller must be single-threaded, so that the child does not inherit a lock held by a
+/// thread that does not exist in it.
+pub unsafe fn fork() -> io::Result<Forked> {
+    // SAFETY: the caller guarantees the process is single-threaded.
+    match cvt(unsafe { libc::fork() })? {
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent { pid }),
+    }
+}
+
+/// The number of threads in this process, from /proc/self/task.
+pub fn thread_count() -> io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/task")?.count())
+}
+
+pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes two integers.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    owned(fd as libc::c_int)
+}
+
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: a null siginfo is allowed and means "as if sent by kill(2)".
+    let ret = unsafe {
+        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal, std::ptr::null::<u8>(), 0)
+    };
+    cvt(ret as libc::c_int).map(drop)
+}
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    Exited(i32),
+    Signaled(i32),
+}
+
+/// `waitid(P_PIDFD)` for an exited child. With `block == false`, `Ok(None)` if it still runs.
+pub fn waitid_pidfd(pidfd: BorrowedFd<'_>, block: bool) -> io::Result<Option<ExitStatus>> {
+    let flags = libc::WEXITED | if block { 0 } else { libc::WNOHANG };
+    loop {
+        let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
+        // SAFETY: `info` is writable siginfo_t storage.
+        let ret =
+            unsafe { libc::waitid(libc::P_PIDFD, pidfd.as_raw_fd() as libc::id_t, info.as_mut_ptr(), flags) };
+        match cvt(ret) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        // SAFETY: zero-initialised and possibly filled by waitid; all-zero is a valid siginfo_t.
+        let info = unsafe { info.assume_init() };
+        // SAFETY: si_pid is valid to read for SIGCHLD-style siginfo (and zero when WNOHANG
+        // found nothing).
+        let pid = unsafe { info.si_pid() };
+        // SAFETY: as above, for si_status.
+        let status = unsafe { info.si_status() };
+        if pid == 0 {
+            return Ok(None);
+        }
+        return Ok(Some(match info.si_code {
+            libc::CLD_EXITED => ExitStatus::Exited(status),
+            _ => ExitStatus::Signaled(status),
+        }));
+    }
+}
+
+/// `waitpid(pid, 0)` for a lane's own helper children.
+pub fn waitpid(pid: libc::pid_t) -> io::Result<ExitStatus> {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a writable int.
+        match cvt(unsafe { libc::waitpid(pid, &raw mut status, libc::__WALL) }) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(if libc::WIFEXITED(status) {
+        ExitStatus::Exited(libc::WEXITSTATUS(status))
+    } else {
+        ExitStatus::Signaled(libc::WTERMSIG(status))
+    })
+}
+
+/// Polls `fds` for `events`; returns how many are ready. `None` waits forever.
+pub fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<usize> {
+    let timeout_ms = match timeout {
+        None => -1,
+        Some(t) => {
+            libc::c_int::try_from(t.as_millis().max(u128::from(!t.is_zero()))).unwrap_or(libc::c_int::MAX)
+        }
+    };
+    loop {
+        // SAFETY: `fds` is a live, writable slice of pollfd.
+        match cvt(unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) }) {
+            Ok(n) => return Ok(n as usize),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Restores the default SIGCHLD disposition, so that exited children stay waitable.
+pub fn default_sigchld() -> io::Result<()> {
+    // SAFETY: SIG_DFL is a valid disposition; no handler code is installed.
+    if unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) } == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub fn getpid() -> libc::pid_t {
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() }
+}
+
+pub fn getppid() -> libc::pid_t {
+    // SAFETY: getppid has no preconditions.
+    unsafe { libc::getppid() }
+}
+
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+pub fn getegid() -> u32 {
+    // SAFETY: getegid has no preconditions.
+    unsafe { libc::getegid() }
+}
+
+pub fn unshare(flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: unshare takes an integer.
+    cvt(unsafe { libc::unshare(flags) }).map(drop)
+}
+
+pub fn setns(fd: BorrowedFd<'_>, nstype: libc::c_int) -> io::Result<()> {
+    // SAFETY: setns takes an fd borrowed for the call and an integer.
+    cvt(unsafe { libc::setns(fd.as_raw_fd(), nstype) }).map(drop)
+}
+
+/// Makes every mount in this mount namespace private, so nothing propagates to or from the host.
+pub fn make_mounts_private() -> io::Result<()> {
+    // SAFETY: the path is a NUL-terminated literal; the other pointers may be null for this call.
+    cvt(unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    })
+    .map(drop)
+}
+
+/// Asks for `signal` when the parent thread exits.
+pub fn set_parent_death_signal(signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: PR_SET_PDEATHSIG takes an integer signal number.
+    cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) }).map(drop)
+}
+
+/// Replaces `target` (0, 1 or 2) with a duplicate of `fd`.
+pub fn dup2(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
+    // SAFETY: dup2 takes two integers; `target` is one of the standard fds, owned by the process.
+    cvt(unsafe { libc::dup2(fd.as_raw_fd(), target) }).map(drop)
+}
+
+/// Whether fd `n` is open in this process.
+pub fn fd_is_open(n: RawFd) -> bool {
+    // SAFETY: F_GETFD on any integer is harmless; a closed fd fails with EBADF.
+    unsafe { libc::fcntl(n, libc::F_GETFD) >= 0 }
+}
+
+/// Closes fds `first..=last` (ignoring failure: used right after fork, where there is no one to
+/// tell).
+pub fn close_range(first: libc::c_int, last: libc::c_int) {
+    if first > last || first < 0 {
+        return;
+    }
+    // SAFETY: close_range takes integers; it only closes fds of this process, which the caller
+    // (a freshly forked child) no longer uses.
+    unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, last as libc::c_uint, 0u32) };
+}
+
+/// Sets no-new-privileges and installs `filter` on the calling thread; children inherit both.
+pub fn install_seccomp(filter: &[seccompiler::sock_filter]) -> io::Result<()> {
+    const _: () = assert!(size_of::<seccompiler::sock_filter>() == size_of::<libc::sock_filter>());
+    let len = u16::try_from(filter.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes integers.
+    cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
+    // Both types are the kernel's `struct sock_filter` (size asserted above).
+    let program = libc::sock_fprog { len, filter: filter.as_ptr().cast_mut().cast::<libc::sock_filter>() };
+    // SAFETY: `program` points at `filter`, alive for the call; the kernel copies it.
+    let ret =
+        unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &raw const program) };
+    cvt(ret as libc::c_int).map(drop)
+}
+
+/// Stack memory for a `CLONE_VM` child, with a guard page below it.
+#[derive(Debug)]
+pub struct ChildStack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl ChildStack {
+    pub const BYTES: usize = 256 << 10;
+    const GUARD_BYTES: usize = 4096;
+
+    pub fn new() -> io::Result<Self> {
+        let len = Self::BYTES + Self::GUARD_BYTES;
+        // SAFETY: an anonymous private mapping with no address hint.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the first page lies inside the mapping just made.
+        if unsafe { libc::mprotect(base, Self::GUARD_BYTES, libc::PROT_NONE) } != 0 {
+            let error = io::Error::last_os_error();
+            // SAFETY: unmapping the mapping just made, which nothing else references.
+            unsafe { libc::munmap(base, len) };
+            return Err(error);
+        }
+        Ok(Self { base, len })
+    }
+
+    /// The initial stack pointer (stacks grow down on every architecture we build for).
+    pub fn top(&self) -> *mut libc::c_void {
+        // SAFETY: one past the end of the mapping, which is how clone expects the stack.
+        unsafe { self.base.cast::<u8>().add(self.len) }.cast()
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made in `new` and no child runs on it once its owner drops it.
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+/// Clones a child that runs `entry(arg)` on `stack`. With `CLONE_PIDFD` in `flags`, `pidfd`
+/// receives the child's pidfd.
+///
+/// # Safety
+///
+/// `entry` must be safe to run on `stack` with `arg` under `flags`: with `CLONE_VM` it shares
+/// this process's memory, so it must not allocate, take locks, or unwind, and `arg` must stay
+/// valid until the child has exec'd or exited (`CLONE_VFORK` guarantees that on return).
+pub unsafe fn clone(
+    entry: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    stack: &ChildStack,
+    flags: libc::c_int,
+    arg: *mut libc::c_void,
+    pidfd: &mut RawFd,
+) -> io::Result<libc::pid_t> {
+    // SAFETY: the caller guarantees `entry`, `stack` and `arg` suit `flags`; `pidfd` is a live
+    // int the kernel writes to under CLONE_PIDFD.
+    cvt(unsafe { libc::clone(entry, stack.top(), flags, arg, std::ptr::from_mut(pidfd)) })
+}
+
+/// Starts `path` with no arguments, no environment, and stdio on `/dev/null` via
+/// `posix_spawn`, and waits for it: the unisolated floor the startup benches compare against.
+pub fn posix_spawn_wait(path: &CStr, devnull: BorrowedFd<'_>) -> io::Result<ExitStatus> {
+    let mut actions = MaybeUninit::<libc::posix_spawn_file_actions_t>::uninit();
+    // SAFETY: `actions` is storage for one file-actions object, initialised here.
+    let ret = unsafe { libc::posix_spawn_file_actions_init(actions.as_mut_ptr()) };
+    if ret != 0 {
+        return Err(io::Error::from_raw_os_error(ret));
+    }
+    for target in 0..3 {
+        // SAFETY: `actions` was initialised above; both fds are plain integers.
+        unsafe { libc::posix_spawn_file_actions_adddup2(actions.as_mut_ptr(), devnull.as_raw_fd(), target) };
+    }
+    let argv = [path.as_ptr().cast_mut(), std::ptr::null_mut()];
+    let envp = [std::ptr::null_mut()];
+    let mut pid = 0;
+    // SAFETY: every pointer is live for the call; argv and envp are null-terminated arrays.
+    let ret = unsafe {
+        libc::posix_spawn(
+            &raw mut pid,
+            path.as_ptr(),
+            actions.as_ptr(),
+            std::ptr::null(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+        )
+    };
+    // SAFETY: destroys the object initialised above, once.
+    unsafe { libc::posix_spawn_file_actions_destroy(actions.as_mut_ptr()) };
+    if ret != 0 {
+        return Err(io::Error::from_raw_os_error(ret));
+    }
+    let mut status = 0;
+    // SAFETY: `status` is a writable int; `pid` is our child.
+    cvt(unsafe { libc::waitpid(pid, &raw mut status, 0) })?;
+    Ok(if libc::WIFEXITED(status) {
+        ExitStatus::Exited(libc::WEXITSTATUS(status))
+    } else {
+        ExitStatus::Signaled(libc::WTERMSIG(status))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn fds_travel_with_datagrams() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let (r, w) = pipe().unwrap();
+        send_with_fds(a.as_fd(), b"hello", &[r.as_fd(), w.as_fd()]).unwrap();
+        let mut buf = [0u8; 16];
+        let mut fds = Vec::new();
+        let n = recv_with_fds(b.as_fd(), &mut buf, &mut fds).unwrap();
+        assert_eq!(&buf[..n], b"hello");
+        assert_eq!(fds.len(), 2);
+        drop(a);
+        assert_eq!(recv_with_fds(b.as_fd(), &mut buf, &mut fds).unwrap(), 0);
+    }
+
+    #[test]
+    fn empty_directories_are_told_apart() {
+        let dir = tempfile_dir();
+        let fd = open(
+            &std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap(),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+        )
+        .unwrap();
+        assert!(dir_is_empty(fd.as_fd()).unwrap());
+        std::fs::write(dir.join("q"), b"").unwrap();
+        assert!(!dir_is_empty(fd.as_fd()).unwrap());
+        std::fs::remove_file(dir.join("q")).unwrap();
+        assert!(dir_is_empty(fd.as_fd()).unwrap());
+        std::fs::remove_dir(&dir).unwrap();
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("maelstrom-sys-test-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn oversized_datagram_is_an_error() {
+        let (a, b) = seqpacket_pair().unwrap();
+        send_with_fds(a.as_fd(), &[7; 64], &[]).unwrap();
+        let mut buf = [0u8; 16];
+        let err = recv_with_fds(b.as_fd(), &mut buf, &mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("larger than"), "{err}");
+    }
+}

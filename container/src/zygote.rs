@@ -1,0 +1,367 @@
+//! The worker's handle on its zygote lanes.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use maelstrom_wire::zygote::{
+    self, ArchivedLaneHello, ArchivedSpawnReply, BootStep, LANE_PROTOCOL_VERSION, REPLY_BYTES_MAX,
+    SPAWN_REQUEST_BYTES_MAX, SetupOp, SpawnRequest, Step,
+};
+use rkyv::util::AlignedVec;
+
+use crate::job::Job;
+use crate::lane::{self, Boot};
+use crate::seccomp;
+use crate::sys::{self, ExitStatus, Forked};
+
+/// How many lanes to fork.
+#[derive(Clone, Debug)]
+pub struct ZygoteConfig {
+    /// Lanes clone jobs in parallel; one per core is plenty.
+    pub lanes: usize,
+}
+
+impl Default for ZygoteConfig {
+    fn default() -> Self {
+        Self { lanes: std::thread::available_parallelism().map_or(1, usize::from) }
+    }
+}
+
+/// A zygote that could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "the zygote must be started before any other thread exists, but this process has {threads} \
+         threads (call Zygote::start first thing in main)"
+    )]
+    Threaded { threads: usize },
+    #[error("compile the seccomp policy: {0}")]
+    Seccomp(String),
+    #[error("start zygote lane {lane}: {what}")]
+    Io {
+        lane: usize,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("start zygote lane {lane}: {step}: {source}{hint}")]
+    Boot {
+        lane: usize,
+        step: BootStep,
+        #[source]
+        source: io::Error,
+        hint: &'static str,
+    },
+    #[error("zygote lane {lane} died while starting ({status})")]
+    Died { lane: usize, status: String },
+}
+
+/// A job that could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The job's own setup failed before exec: its spec is at fault, or the host lacks something.
+    #[error("{step}{}{what}: {source}", if what.is_empty() { "" } else { ": " })]
+    Setup {
+        step: Step,
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("zygote lane {lane} died ({status})")]
+    LaneDied { lane: usize, status: String },
+    #[error("zygote lane {lane}: {what}")]
+    Io {
+        lane: usize,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("zygote lane {lane} rejected the spawn request: {reason}")]
+    Rejected { lane: usize, reason: String },
+    #[error(
+        "spawn request of {len} bytes exceeds the limit of {max} bytes (shorten the arguments or environment)"
+    )]
+    TooLarge { len: usize, max: usize },
+    #[error("encode the spawn request: {0}")]
+    Encode(String),
+    #[error("create pipes for the job's output")]
+    Pipes(#[source] io::Error),
+}
+
+impl SpawnError {
+    /// Whether the job's spec (rather than the worker) is at fault.
+    pub fn is_setup(&self) -> bool {
+        matches!(self, SpawnError::Setup { .. })
+    }
+}
+
+#[derive(Debug)]
+struct LaneIo {
+    sock: OwnedFd,
+    request: AlignedVec,
+    reply: AlignedVec,
+    fds: Vec<OwnedFd>,
+    died: Option<String>,
+}
+
+#[derive(Debug)]
+struct LaneHandle {
+    index: usize,
+    pid: libc::pid_t,
+    pidfd: OwnedFd,
+    io: Mutex<LaneIo>,
+}
+
+/// The zygote: single-threaded lanes, forked before any thread, that clone each job into fresh
+/// namespaces inside one long-lived user namespace and hand back its pidfd. Dropping it ends
+/// the lanes (jobs already started keep running until their [`Job`]s are dropped).
+#[derive(Debug)]
+pub struct Zygote {
+    lanes: Vec<LaneHandle>,
+    next: AtomicUsize,
+}
+
+impl Zygote {
+    /// Forks the lanes. Must run while this process has a single thread.
+    #[expect(unsafe_code, reason = "fork: sound because the process is checked to be single-threaded")]
+    pub fn start(config: ZygoteConfig) -> Result<Self, StartError> {
+        let threads = sys::thread_count().map_err(|source| StartError::Io {
+            lane: 0,
+            what: "count threads",
+            source,
+        })?;
+        if threads != 1 {
+            return Err(StartError::Threaded { threads });
+        }
+        sys::default_sigchld().map_err(|source| StartError::Io { lane: 0, what: "reset SIGCHLD", source })?;
+        let policy = seccomp::compile().map_err(|e| StartError::Seccomp(e.to_string()))?;
+        let worker = sys::getpid();
+        let (uid, gid) = (sys::geteuid(), sys::getegid());
+        let mut lanes: Vec<LaneHandle> = Vec::new();
+        for index in 0..config.lanes.max(1) {
+            let io_error = |what| move |source| StartError::Io { lane: index, what, source };
+            let (ours, theirs) = sys::seqpacket_pair().map_err(io_error("create its socket"))?;
+            for sock in [&ours, &theirs] {
+                sys::set_socket_buffers(sock.as_fd(), SPAWN_REQUEST_BYTES_MAX + (64 << 10))
+                    .map_err(io_error("size its socket buffers"))?;
+            }
+            let boot = match lanes.first() {
+                None => Boot::Create { uid, gid },
+                Some(first) => Boot::Join { first: first.pid, root: uid == 0 },
+            };
+            // SAFETY: the thread count was 1 above, and nothing since started a thread.
+            match unsafe { sys::fork() }.map_err(io_error("fork"))? {
+                Forked::Child => {
+                    close_fds_except(theirs.as_raw_fd());
+                    lane::main(theirs, boot, worker, &policy)
+                }
+                Forked::Parent { pid } => {
+                    drop(theirs);
+                    let pidfd = sys::pidfd_open(pid).map_err(io_error("open its pidfd"))?;
+                    lanes.push(LaneHandle::greet(index, pid, pidfd, ours)?);
+                }
+            }
+        }
+        Ok(Self { lanes, next: AtomicUsize::new(0) })
+    }
+
+    /// The number of lanes.
+    pub fn lanes(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// Starts a job with `stdout` and `stderr` as its output. Returns once the job has exec'd,
+    /// or with the reason its setup failed.
+    pub fn spawn(
+        &self,
+        request: &SpawnRequest,
+        stdout: BorrowedFd<'_>,
+        stderr: BorrowedFd<'_>,
+    ) -> Result<Job, SpawnError> {
+        let (lane, mut io) = self.pick();
+        if let Some(status) = &io.died {
+            return Err(SpawnError::LaneDied { lane: lane.index, status: status.clone() });
+        }
+        zygote::encode(request, &mut io.request).map_err(|e| SpawnError::Encode(e.to_string()))?;
+        if io.request.len() > SPAWN_REQUEST_BYTES_MAX {
+            return Err(SpawnError::TooLarge { len: io.request.len(), max: SPAWN_REQUEST_BYTES_MAX });
+        }
+        let LaneIo { sock, request: bytes, reply, fds, .. } = &mut *io;
+        let exchanged = sys::send_with_fds(sock.as_fd(), bytes, &[stdout, stderr])
+            .and_then(|()| sys::recv_with_fds(sock.as_fd(), reply, fds));
+        let len = match exchanged {
+            Ok(0) => return Err(lane.died(&mut io)),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)) => {
+                return Err(lane.died(&mut io));
+            }
+            Err(source) => {
+                return Err(SpawnError::Io { lane: lane.index, what: "exchange a spawn request", source });
+            }
+            Ok(len) => len,
+        };
+        let pidfd = io.fds.pop();
+        let decoded = zygote::decode_reply(&io.reply[..len]).map_err(|e| SpawnError::Io {
+            lane: lane.index,
+            what: "decode its reply",
+            source: io::Error::other(e.to_string()),
+        })?;
+        match (decoded, pidfd) {
+            (ArchivedSpawnReply::Started { pid }, Some(pidfd)) => Ok(Job::new(pid.to_native(), pidfd)),
+            (ArchivedSpawnReply::Failed { step, errno, pid }, pidfd) => {
+                let step = step.native();
+                let errno = errno.to_native();
+                if let (true, Some(pidfd)) = (pid.to_native() != 0, pidfd) {
+                    drop(Job::new(pid.to_native(), pidfd));
+                }
+                Err(SpawnError::Setup {
+                    step,
+                    what: describe(request, step),
+                    source: io::Error::from_raw_os_error(errno),
+                })
+            }
+            (ArchivedSpawnReply::Rejected { reason }, _) => {
+                Err(SpawnError::Rejected { lane: lane.index, reason: reason.as_str().to_owned() })
+            }
+            (ArchivedSpawnReply::Started { .. }, None) => Err(SpawnError::Io {
+                lane: lane.index,
+                what: "receive the job's pidfd",
+                source: io::Error::other("the reply came without it"),
+            }),
+        }
+    }
+
+    /// A free lane if there is one, else the next in turn.
+    fn pick(&self) -> (&LaneHandle, MutexGuard<'_, LaneIo>) {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = self.lanes.len();
+        for i in 0..n {
+            let lane = &self.lanes[(start + i) % n];
+            if let Ok(io) = lane.io.try_lock()
+                && io.died.is_none()
+            {
+                return (lane, io);
+            }
+        }
+        let lane = &self.lanes[start % n];
+        (lane, lane.io.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+}
+
+impl LaneHandle {
+    /// Waits for the lane's hello.
+    fn greet(index: usize, pid: libc::pid_t, pidfd: OwnedFd, sock: OwnedFd) -> Result<Self, StartError> {
+        let mut buf = AlignedVec::<16>::with_capacity(REPLY_BYTES_MAX);
+        buf.resize(REPLY_BYTES_MAX, 0);
+        let mut fds = Vec::new();
+        let len = sys::recv_with_fds(sock.as_fd(), &mut buf, &mut fds).map_err(|source| StartError::Io {
+            lane: index,
+            what: "read its hello",
+            source,
+        })?;
+        let status = |pidfd: &OwnedFd| describe_status(sys::waitid_pidfd(pidfd.as_fd(), true));
+        if len == 0 {
+            return Err(StartError::Died { lane: index, status: status(&pidfd) });
+        }
+        let hello = zygote::decode_hello(&buf[..len]).map_err(|e| StartError::Io {
+            lane: index,
+            what: "decode its hello",
+            source: io::Error::other(e.to_string()),
+        })?;
+        match hello {
+            ArchivedLaneHello::Ready { version, .. } if version.to_native() == LANE_PROTOCOL_VERSION => {}
+            ArchivedLaneHello::Ready { version, .. } | ArchivedLaneHello::Failed { version, .. }
+                if version.to_native() != LANE_PROTOCOL_VERSION =>
+            {
+                return Err(StartError::Io {
+                    lane: index,
+                    what: "check its protocol version",
+                    source: io::Error::other(format!(
+                        "lane speaks {version}, we speak {LANE_PROTOCOL_VERSION}"
+                    )),
+                });
+            }
+            ArchivedLaneHello::Failed { step, errno, .. } => {
+                let _ = sys::waitid_pidfd(pidfd.as_fd(), true);
+                let step = step.native();
+                return Err(StartError::Boot {
+                    lane: index,
+                    step,
+                    source: io::Error::from_raw_os_error(errno.to_native()),
+                    hint: boot_hint(step),
+                });
+            }
+            ArchivedLaneHello::Ready { .. } => unreachable!("version checked by the arms above"),
+        }
+        let mut reply = AlignedVec::with_capacity(REPLY_BYTES_MAX);
+        reply.resize(REPLY_BYTES_MAX, 0);
+        let io = LaneIo { sock, request: AlignedVec::new(), reply, fds: Vec::new(), died: None };
+        Ok(Self { index, pid, pidfd, io: Mutex::new(io) })
+    }
+
+    /// Records that the lane died and says how.
+    fn died(&self, io: &mut LaneIo) -> SpawnError {
+        let status = describe_status(sys::waitid_pidfd(self.pidfd.as_fd(), true));
+        io.died = Some(status.clone());
+        SpawnError::LaneDied { lane: self.index, status }
+    }
+}
+
+fn boot_hint(step: BootStep) -> &'static str {
+    match step {
+        BootStep::UserNamespace | BootStep::Setgroups | BootStep::UidMap | BootStep::GidMap => {
+            " (unprivileged user namespaces look disabled: set the sysctls kernel.unprivileged_userns_clone=1 \
+             and user.max_user_namespaces to a positive number; on Ubuntu 23.10 and later also \
+             kernel.apparmor_restrict_unprivileged_userns=0)"
+        }
+        BootStep::PrivateMounts => " (the kernel refused mounts in a user namespace)",
+        _ => "",
+    }
+}
+
+fn describe_status(status: io::Result<Option<ExitStatus>>) -> String {
+    match status {
+        Ok(Some(ExitStatus::Exited(code))) => format!("exited with code {code}"),
+        Ok(Some(ExitStatus::Signaled(signal))) => format!("killed by signal {signal}"),
+        Ok(None) => "still running but not answering".to_owned(),
+        Err(e) => format!("status unknown: {e}"),
+    }
+}
+
+/// Closes every fd of this (freshly forked) process above stderr except `keep`.
+fn close_fds_except(keep: libc::c_int) {
+    sys::close_range(3, keep - 1);
+    sys::close_range(keep + 1, libc::c_int::MAX);
+}
+
+/// Names what a failed step was doing, from the request the worker sent.
+pub fn describe(request: &SpawnRequest, step: Step) -> String {
+    let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    match step {
+        Step::Template { op } => describe_op(&request.template, op),
+        Step::Job { op } => describe_op(&request.job, op),
+        Step::Exec => request.arguments.first().map(|a| lossy(a.as_bytes())).unwrap_or_default(),
+        Step::WorkingDirectory => lossy(request.working_directory.as_bytes()),
+        Step::Hostname => lossy(request.hostname.as_bytes()),
+        _ => String::new(),
+    }
+}
+
+fn describe_op(ops: &[SetupOp], index: u32) -> String {
+    let Some(op) = ops.get(index as usize) else { return String::new() };
+    let filled_by = |wanted: u8| {
+        ops.iter().find(|op| matches!(op, SetupOp::CloneTree { slot, .. } | SetupOp::NewFs { slot, .. } if *slot == wanted))
+    };
+    match op {
+        SetupOp::Attach { slot, target } => match filled_by(*slot) {
+            Some(SetupOp::CloneTree { source, .. }) => format!("bind {source} at {target}"),
+            Some(SetupOp::NewFs { kind, .. }) => format!("mount {} at {target}", kind.name()),
+            _ => op.to_string(),
+        },
+        SetupOp::CloneTree { source, .. } => format!("open {source} for a bind mount"),
+        SetupOp::NewFs { kind, .. } => format!("create a {} filesystem", kind.name()),
+        SetupOp::PivotRoot => "pivot into the new root".to_owned(),
+        SetupOp::Root { .. } | SetupOp::Mount { .. } => op.to_string(),
+    }
+}

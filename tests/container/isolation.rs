@@ -1,0 +1,156 @@
+//! What a job can see from inside its container, checked by the probe.
+
+use maelstrom_container::{Device, Mount, Outcome, Spec};
+
+use crate::{Case, Ctx, Layer, expect_fact, job_host_uid, open_to_all, probe, report, run};
+
+pub const CASES: &[(&str, Case)] = &[
+    ("isolation::job_is_pid_1_with_its_own_hostname_and_ids", job_is_pid_1_with_its_own_hostname_and_ids),
+    ("isolation::only_the_layers_files_are_visible", only_the_layers_files_are_visible),
+    ("isolation::root_is_read_only_unless_asked", root_is_read_only_unless_asked),
+    ("isolation::tmp_is_private_to_each_job", tmp_is_private_to_each_job),
+    ("isolation::environment_is_exactly_the_given_one", environment_is_exactly_the_given_one),
+    ("isolation::only_stdio_fds_are_open", only_stdio_fds_are_open),
+    ("isolation::denied_syscall_fails_with_eperm", denied_syscall_fails_with_eperm),
+    ("isolation::no_process_outside_can_be_signalled", no_process_outside_can_be_signalled),
+    ("isolation::proc_shows_only_the_job", proc_shows_only_the_job),
+    ("isolation::core_dumps_are_off", core_dumps_are_off),
+    ("isolation::jobs_never_hold_host_root", jobs_never_hold_host_root),
+];
+
+fn job_is_pid_1_with_its_own_hostname_and_ids(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    let mut spec = probe(&layer, &["report"]);
+    spec.hostname = "box-7".into();
+    spec.user = 1000;
+    spec.group = 1001;
+    spec.working_directory = "/work".into();
+    let facts = report(ctx, &spec)?;
+    expect_fact(&facts, "pid", "1")?;
+    expect_fact(&facts, "ppid", "0")?;
+    expect_fact(&facts, "hostname", "box-7")?;
+    expect_fact(&facts, "uid", "1000")?;
+    expect_fact(&facts, "gid", "1001")?;
+    expect_fact(&facts, "cwd", "/work")
+}
+
+fn only_the_layers_files_are_visible(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    let facts = report(ctx, &probe(&layer, &["report"]))?;
+    expect_fact(&facts, "root", "bin,data,dev,mq,proc,sys,tmp,work")?;
+    let done = run(ctx, &probe(&layer, &["ls", "/dev"]))?;
+    anyhow::ensure!(
+        String::from_utf8_lossy(&done.stdout.bytes).trim()
+            == "full,fuse,null,ptmx,pts,random,shm,tty,urandom,zero"
+    );
+    Ok(())
+}
+
+fn root_is_read_only_unless_asked(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    let facts = report(ctx, &probe(&layer, &["report"]))?;
+    expect_fact(&facts, "root_writable", &format!("no:{}", libc::EROFS))?;
+
+    let mut spec = probe(&layer, &["report"]);
+    spec.writable_root = true;
+    open_to_all(&layer.path());
+    open_to_all(&layer.path().join("data"));
+    let facts = report(ctx, &spec)?;
+    expect_fact(&facts, "root_writable", "yes")?;
+    let done = run(ctx, &Spec { arguments: vec!["write".into(), "/data/new".into(), "x".into()], ..spec })?;
+    anyhow::ensure!(String::from_utf8_lossy(&done.stdout.bytes).trim() == "ok");
+    anyhow::ensure!(!layer.path().join("data/new").exists(), "a write to a writable root reached the layer");
+    anyhow::ensure!(
+        !layer.path().join("tmp/left-by-probe").exists(),
+        "a write to a writable root reached the layer"
+    );
+    Ok(())
+}
+
+fn tmp_is_private_to_each_job(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    let mut spec = probe(&layer, &["report"]);
+    spec.mounts = vec![Mount::Tmp { target: "/tmp".into() }];
+    for _ in 0..3 {
+        let facts = report(ctx, &spec)?;
+        expect_fact(&facts, "tmp", "")?;
+        expect_fact(&facts, "tmp_writable", "yes")?;
+    }
+    anyhow::ensure!(
+        std::fs::read_dir(layer.path().join("tmp"))?.next().is_none(),
+        "a job's /tmp reached the layer"
+    );
+    Ok(())
+}
+
+fn environment_is_exactly_the_given_one(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    let mut spec = probe(&layer, &["report"]);
+    spec.environment = vec![("A".into(), "1".into()), ("B".into(), "two words".into())];
+    let facts = report(ctx, &spec)?;
+    expect_fact(&facts, "env", "A=1\u{1f}B=two words")?;
+    spec.environment.clear();
+    expect_fact(&report(ctx, &spec)?, "env", "")
+}
+
+fn only_stdio_fds_are_open(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    let facts = report(ctx, &probe(&layer, &["report"]))?;
+    expect_fact(&facts, "fds", "0,1,2")
+}
+
+fn denied_syscall_fails_with_eperm(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    let facts = report(ctx, &probe(&layer, &["report"]))?;
+    expect_fact(&facts, "keyctl", &libc::EPERM.to_string())
+}
+
+fn no_process_outside_can_be_signalled(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    let ours = std::process::id().to_string();
+    let facts = report(ctx, &probe(&layer, &["report", "--outside-pid", &ours]))?;
+    expect_fact(&facts, "kill_outside", &libc::ESRCH.to_string())?;
+    let facts = report(ctx, &probe(&layer, &["report", "--outside-pid", "-1"]))?;
+    expect_fact(&facts, "kill_outside", &libc::ESRCH.to_string())
+}
+
+fn proc_shows_only_the_job(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    let mut spec = probe(&layer, &["report"]);
+    spec.mounts = vec![Mount::Proc { target: "/proc".into() }, Mount::Devices(vec![Device::Null])];
+    let facts = report(ctx, &spec)?;
+    expect_fact(&facts, "proc_pids", "1")
+}
+
+fn core_dumps_are_off(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    let facts = report(ctx, &probe(&layer, &["report"]))?;
+    expect_fact(&facts, "rlimit_core", "0,0")?;
+    let done = run(ctx, &probe(&layer, &["segfault"]))?;
+    anyhow::ensure!(done.outcome == Outcome::Signaled(libc::SIGSEGV), "{:?}", done.outcome);
+    Ok(())
+}
+
+/// Whatever the worker runs as, a job's files on the host belong to an unprivileged uid (the
+/// worker's own, or nobody for a root worker), and global sysctls stay out of its reach.
+fn jobs_never_hold_host_root(ctx: &Ctx) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let layer = Layer::new();
+    let host = tempfile::tempdir()?;
+    open_to_all(host.path());
+    let mut spec = probe(&layer, &["write", "/data/made-by-job", "x"]);
+    spec.mounts =
+        vec![Mount::Bind { source: host.path().to_owned(), target: "/data".into(), read_only: false }];
+    let done = run(ctx, &spec)?;
+    anyhow::ensure!(done.stdout.bytes == b"ok\n", "{:?}", String::from_utf8_lossy(&done.stdout.bytes));
+    let owner = std::fs::metadata(host.path().join("made-by-job"))?.uid();
+    anyhow::ensure!(owner == job_host_uid(), "the job's file belongs to uid {owner}, not {}", job_host_uid());
+
+    let current = std::fs::read_to_string("/proc/sys/vm/stat_interval")?;
+    let mut spec = probe(&layer, &["write", "/proc/sys/vm/stat_interval", current.trim()]);
+    spec.mounts = vec![Mount::Proc { target: "/proc".into() }];
+    let done = run(ctx, &spec)?;
+    let said = String::from_utf8_lossy(&done.stdout.bytes).trim().to_owned();
+    anyhow::ensure!(said == format!("error:{}", libc::EACCES), "a job wrote a global sysctl: {said}");
+    Ok(())
+}

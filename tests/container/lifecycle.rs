@@ -1,0 +1,121 @@
+//! How jobs end: exit codes, signals, timeouts, kills, bounded output, and no survivors.
+
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use maelstrom_container::{ExitStatus, Limits, Outcome};
+
+use crate::{Case, Ctx, Layer, probe, run, run_with};
+
+pub const CASES: &[(&str, Case)] = &[
+    ("lifecycle::exit_codes_pass_through", exit_codes_pass_through),
+    ("lifecycle::timeout_kills_the_job", timeout_kills_the_job),
+    ("lifecycle::orphans_die_with_the_job", orphans_die_with_the_job),
+    ("lifecycle::output_past_the_cap_is_counted_not_kept", output_past_the_cap_is_counted_not_kept),
+    ("lifecycle::stderr_is_captured_apart", stderr_is_captured_apart),
+    ("lifecycle::stdin_is_empty", stdin_is_empty),
+    ("lifecycle::kill_goes_through_the_pidfd", kill_goes_through_the_pidfd),
+    ("lifecycle::many_jobs_run_at_once", many_jobs_run_at_once),
+];
+
+fn exit_codes_pass_through(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    for code in [0, 3, 255] {
+        let done = run(ctx, &probe(&layer, &["exit", &code.to_string()]))?;
+        anyhow::ensure!(done.outcome == Outcome::Exited(code), "exit {code}: got {:?}", done.outcome);
+    }
+    Ok(())
+}
+
+fn timeout_kills_the_job(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    let limits = Limits { timeout: Some(Duration::from_millis(200)), ..Limits::default() };
+    let done = run_with(ctx, &probe(&layer, &["hang"]), &limits)?;
+    anyhow::ensure!(done.outcome == Outcome::TimedOut, "{:?}", done.outcome);
+    Ok(())
+}
+
+/// Processes whose command line starts with `/bin/probe\0<command>`.
+fn probes_running(command: &str) -> Vec<u32> {
+    let wanted = format!("/bin/probe\0{command}\0");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(wanted.as_bytes()))
+        })
+        .collect()
+}
+
+fn orphans_die_with_the_job(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    let done = run(ctx, &probe(&layer, &["orphan"]))?;
+    anyhow::ensure!(done.outcome == Outcome::Exited(0), "{:?}", done.outcome);
+    anyhow::ensure!(String::from_utf8_lossy(&done.stdout.bytes).contains("left a child behind"));
+    let survivors = probes_running("orphan");
+    anyhow::ensure!(survivors.is_empty(), "processes outlived their job: {survivors:?}");
+    Ok(())
+}
+
+fn output_past_the_cap_is_counted_not_kept(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    let limits = Limits { output_bytes_max: 1 << 20, ..Limits::default() };
+    let done = run_with(ctx, &probe(&layer, &["spew", &(3 << 20).to_string()]), &limits)?;
+    anyhow::ensure!(done.outcome == Outcome::Exited(0), "{:?}", done.outcome);
+    anyhow::ensure!(done.stdout.bytes.len() == 1 << 20, "kept {} bytes", done.stdout.bytes.len());
+    anyhow::ensure!(done.stdout.cut == 2 << 20, "cut {} bytes", done.stdout.cut);
+    anyhow::ensure!(done.stdout.bytes.iter().all(|&b| b == b'x'));
+    Ok(())
+}
+
+fn stderr_is_captured_apart(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    let done = run(ctx, &probe(&layer, &["stderr", "to the error stream"]))?;
+    anyhow::ensure!(
+        done.stderr.bytes == b"to the error stream",
+        "{:?}",
+        String::from_utf8_lossy(&done.stderr.bytes)
+    );
+    anyhow::ensure!(done.stdout.bytes.is_empty());
+    Ok(())
+}
+
+fn stdin_is_empty(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    let done = run(ctx, &probe(&layer, &["stdin"]))?;
+    anyhow::ensure!(done.stdout.bytes == b"0\n", "{:?}", String::from_utf8_lossy(&done.stdout.bytes));
+    Ok(())
+}
+
+fn kill_goes_through_the_pidfd(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    let request = maelstrom_container::compile(&probe(&layer, &["hang"]))?;
+    let devnull = std::fs::File::options().write(true).open("/dev/null")?;
+    let mut job = ctx.zygote.spawn(&request, devnull.as_fd(), devnull.as_fd())?;
+    anyhow::ensure!(job.try_wait()?.is_none(), "a hanging job already exited");
+    job.kill()?;
+    anyhow::ensure!(job.wait()? == ExitStatus::Signaled(libc::SIGKILL));
+    job.kill()?;
+    Ok(())
+}
+
+fn many_jobs_run_at_once(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    let request = maelstrom_container::compile(&probe(&layer, &["hang"]))?;
+    let devnull = std::fs::File::options().write(true).open("/dev/null")?;
+    let mut jobs = (0..16)
+        .map(|_| ctx.zygote.spawn(&request, devnull.as_fd(), devnull.as_fd()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut pids: Vec<_> = jobs.iter().map(|j| j.pid()).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    anyhow::ensure!(pids.len() == 16, "pids were reused while jobs ran: {pids:?}");
+    for job in &jobs {
+        job.kill()?;
+    }
+    for job in &mut jobs {
+        anyhow::ensure!(job.wait()? == ExitStatus::Signaled(libc::SIGKILL));
+    }
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! Network modes, and hermeticity of the pooled network and IPC namespaces: nothing one job
+//! leaves behind (a listener, a connection in TIME_WAIT, an IPC object) is visible to the next.
+
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::fd::AsFd;
+
+use maelstrom_container::{Mount, NetworkMode, Spec};
+
+use crate::{Case, Ctx, Layer, expect_fact, facts, probe, report, run};
+
+pub const CASES: &[(&str, Case)] = &[
+    ("network::host_listener_is_unreachable_unless_local", host_listener_is_unreachable_unless_local),
+    ("network::lo_is_down_when_disabled_and_up_with_loopback", lo_is_down_when_disabled_and_up_with_loopback),
+    ("network::a_listener_is_never_visible_to_the_next_job", a_listener_is_never_visible_to_the_next_job),
+    (
+        "network::a_running_jobs_listener_is_invisible_to_others",
+        a_running_jobs_listener_is_invisible_to_others,
+    ),
+    ("network::time_wait_is_never_inherited", time_wait_is_never_inherited),
+    ("network::ipc_objects_are_never_inherited", ipc_objects_are_never_inherited),
+    ("network::namespace_sysctls_are_read_only", namespace_sysctls_are_read_only),
+];
+
+fn with_network(mut spec: Spec, network: NetworkMode) -> Spec {
+    spec.network = network;
+    spec
+}
+
+fn host_listener_is_unreachable_unless_local(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    let port = listener.local_addr()?.port().to_string();
+    let spec = probe(&layer, &["report", "--host-port", &port]);
+    let expected = [
+        (NetworkMode::Disabled, libc::ENETUNREACH.to_string()),
+        (NetworkMode::Loopback, libc::ECONNREFUSED.to_string()),
+        (NetworkMode::Local, "connected".to_string()),
+    ];
+    for (network, outcome) in expected {
+        let facts = report(ctx, &with_network(spec.clone(), network))?;
+        expect_fact(&facts, "connect_host", &outcome)
+            .map_err(|e| e.context(format!("network {network:?}")))?;
+    }
+    Ok(())
+}
+
+fn lo_is_down_when_disabled_and_up_with_loopback(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    let spec = probe(&layer, &["report"]);
+    expect_fact(
+        &report(ctx, &with_network(spec.clone(), NetworkMode::Disabled))?,
+        "lo",
+        &format!("down:{}", libc::ENETUNREACH),
+    )?;
+    expect_fact(&report(ctx, &with_network(spec, NetworkMode::Loopback))?, "lo", "up")
+}
+
+fn serve_facts(
+    ctx: &Ctx,
+    layer: &Layer,
+    port: u16,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let done = run(ctx, &with_network(probe(layer, &["serve", &port.to_string()]), NetworkMode::Loopback))?;
+    Ok(facts(&done.stdout.bytes))
+}
+
+fn expect_nothing_listening(facts: &std::collections::BTreeMap<String, String>) -> anyhow::Result<()> {
+    let refused = libc::ECONNREFUSED.to_string();
+    expect_fact(facts, "connect", &refused)?;
+    expect_fact(facts, "listen", "ok")?;
+    expect_fact(facts, "unix_connect", &refused)?;
+    expect_fact(facts, "unix_listen", "ok")
+}
+
+fn a_listener_is_never_visible_to_the_next_job(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    // Each job listens on the port and exits; namespaces are pooled, so later jobs often get
+    // the very namespace an earlier one listened in.
+    for round in 0..20 {
+        expect_nothing_listening(&serve_facts(ctx, &layer, 4000)?)
+            .map_err(|e| e.context(format!("round {round}")))?;
+    }
+    Ok(())
+}
+
+fn a_running_jobs_listener_is_invisible_to_others(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    let hold =
+        maelstrom_container::compile(&with_network(probe(&layer, &["hold", "4001"]), NetworkMode::Loopback))?;
+    let (read, write) = maelstrom_container::pipe()?;
+    let devnull = std::fs::File::options().write(true).open("/dev/null")?;
+    let mut holder = ctx.zygote.spawn(&hold, write.as_fd(), devnull.as_fd())?;
+    drop(write);
+    let mut lines = BufReader::new(std::fs::File::from(read)).lines();
+    let mut told = Vec::new();
+    for line in lines.by_ref() {
+        let line = line?;
+        let done = line == "listening";
+        told.push(line);
+        if done {
+            break;
+        }
+    }
+    anyhow::ensure!(told == ["tcp=true", "unix=true", "listening"], "holder said {told:?}");
+    for _ in 0..4 {
+        expect_nothing_listening(&serve_facts(ctx, &layer, 4001)?)?;
+    }
+    holder.kill()?;
+    holder.wait()?;
+    Ok(())
+}
+
+fn time_wait_is_never_inherited(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    let mut leave = with_network(probe(&layer, &["timewait", "4002"]), NetworkMode::Loopback);
+    leave.mounts = vec![Mount::Proc { target: "/proc".into() }];
+    let look = Spec { arguments: vec!["report".into()], ..leave.clone() };
+    for round in 0..4 {
+        let done = run(ctx, &leave)?;
+        anyhow::ensure!(
+            done.stdout.bytes == b"closed\n",
+            "round {round}: {:?}",
+            String::from_utf8_lossy(&done.stdout.bytes)
+        );
+        let facts = report(ctx, &look)?;
+        let sockstat = facts.get("sockstat").cloned().unwrap_or_default();
+        anyhow::ensure!(
+            sockstat.contains(";TCP: inuse 0 ") && sockstat.contains(" tw 0 "),
+            "round {round}: a new job's network is not empty: {sockstat}"
+        );
+    }
+    Ok(())
+}
+
+fn ipc_objects_are_never_inherited(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    let mut leave = probe(&layer, &["ipc-leave"]);
+    leave.mounts = vec![Mount::Proc { target: "/proc".into() }];
+    let look = Spec { arguments: vec!["ipc-look".into()], ..leave.clone() };
+    for round in 0..4 {
+        let left = facts(&run(ctx, &leave)?.stdout.bytes);
+        for kind in ["shm", "sem", "msg", "mq"] {
+            expect_fact(&left, kind, "true")
+                .map_err(|e| e.context(format!("round {round}: could not leave {kind}")))?;
+        }
+        let seen = facts(&run(ctx, &look)?.stdout.bytes);
+        for kind in ["shm", "sem", "msg"] {
+            expect_fact(&seen, kind, "0").map_err(|e| e.context(format!("round {round}")))?;
+        }
+        expect_fact(&seen, "mq", &libc::ENOENT.to_string())
+            .map_err(|e| e.context(format!("round {round}")))?;
+    }
+    Ok(())
+}
+
+fn namespace_sysctls_are_read_only(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    for (network, sysctl) in [
+        (NetworkMode::Loopback, "/proc/sys/net/ipv4/ip_local_port_range"),
+        (NetworkMode::Disabled, "/proc/sys/kernel/msgmax"),
+    ] {
+        let mut spec = with_network(probe(&layer, &["write", sysctl, "2000 3000"]), network);
+        spec.mounts = vec![Mount::Proc { target: "/proc".into() }];
+        let done = run(ctx, &spec)?;
+        let said = String::from_utf8_lossy(&done.stdout.bytes).trim().to_owned();
+        anyhow::ensure!(said.starts_with("error:"), "a job could write {sysctl}: {said}");
+    }
+    Ok(())
+}

@@ -1,0 +1,186 @@
+//! The setup plan from the outside: mounts and layers as specified, and every failure before
+//! exec reported as data (step, errno, path) in one clear line.
+
+use std::path::Path;
+
+use maelstrom_container::{Device, Mount, NetworkMode, SpawnError, Spec};
+
+use crate::{Case, Ctx, Layer, open_to_all, probe, report, run};
+
+pub const CASES: &[(&str, Case)] = &[
+    ("setup::missing_program_is_an_exec_error", missing_program_is_an_exec_error),
+    ("setup::program_without_a_slash_is_found_on_path", program_without_a_slash_is_found_on_path),
+    ("setup::missing_mount_point_is_a_clear_error", missing_mount_point_is_a_clear_error),
+    ("setup::missing_working_directory_is_a_clear_error", missing_working_directory_is_a_clear_error),
+    ("setup::bind_mounts_honour_read_only", bind_mounts_honour_read_only),
+    ("setup::layers_stack_bottom_first", layers_stack_bottom_first),
+    ("setup::writable_overlay_changes_vanish_with_the_job", writable_overlay_changes_vanish_with_the_job),
+    ("setup::sys_shows_the_jobs_own_network", sys_shows_the_jobs_own_network),
+    ("setup::devpts_mqueue_and_shm_are_fresh", devpts_mqueue_and_shm_are_fresh),
+    ("setup::oversized_request_is_refused_before_sending", oversized_request_is_refused_before_sending),
+];
+
+fn stdout(ctx: &Ctx, spec: &Spec) -> anyhow::Result<String> {
+    let done = run(ctx, spec)?;
+    Ok(String::from_utf8_lossy(&done.stdout.bytes).trim_end().to_owned())
+}
+
+fn setup_error(ctx: &Ctx, spec: &Spec) -> anyhow::Result<String> {
+    match run(ctx, spec) {
+        Ok(done) => anyhow::bail!("expected a setup error, the job ran: {:?}", done.outcome),
+        Err(e) => match e.downcast_ref::<SpawnError>() {
+            Some(error @ SpawnError::Setup { .. }) => Ok(error.to_string()),
+            _ => anyhow::bail!("expected a setup error, got {e:#}"),
+        },
+    }
+}
+
+fn missing_program_is_an_exec_error(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    let spec = Spec::new(vec![layer.path()], "/bin/nope");
+    let error = setup_error(ctx, &spec)?;
+    anyhow::ensure!(
+        error == "execute the program: /bin/nope: No such file or directory (os error 2)",
+        "{error}"
+    );
+    let spec = Spec::new(vec![layer.path()], "nope");
+    let error = setup_error(ctx, &spec)?;
+    anyhow::ensure!(error == "execute the program: nope: No such file or directory (os error 2)", "{error}");
+    Ok(())
+}
+
+fn program_without_a_slash_is_found_on_path(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    let mut spec = Spec::new(vec![layer.path()], "probe");
+    spec.arguments = vec!["exit".into(), "7".into()];
+    spec.environment = vec![("PATH".into(), "/nowhere:/data:/bin".into())];
+    let done = run(ctx, &spec)?;
+    anyhow::ensure!(done.outcome == maelstrom_container::Outcome::Exited(7), "{:?}", done.outcome);
+    Ok(())
+}
+
+fn missing_mount_point_is_a_clear_error(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    std::fs::remove_file(layer.path().join("dev/zero"))?;
+    let mut spec = probe(&layer, &["exit", "0"]);
+    spec.mounts = vec![Mount::Devices(vec![Device::Null, Device::Zero])];
+    let error = setup_error(ctx, &spec)?;
+    anyhow::ensure!(
+        error
+            == "build the container template: bind /dev/zero at /dev/zero: No such file or directory (os error 2)",
+        "{error}"
+    );
+    spec.writable_root = true;
+    let error = setup_error(ctx, &spec)?;
+    anyhow::ensure!(
+        error == "set up the container: bind /dev/zero at /dev/zero: No such file or directory (os error 2)",
+        "{error}"
+    );
+    Ok(())
+}
+
+fn missing_working_directory_is_a_clear_error(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    let mut spec = probe(&layer, &["exit", "0"]);
+    spec.working_directory = "/nowhere".into();
+    let error = setup_error(ctx, &spec)?;
+    anyhow::ensure!(
+        error == "change to the working directory: /nowhere: No such file or directory (os error 2)",
+        "{error}"
+    );
+    Ok(())
+}
+
+fn bind_mounts_honour_read_only(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    let host = tempfile::tempdir()?;
+    open_to_all(host.path());
+    std::fs::write(host.path().join("in.txt"), "hello")?;
+    let bind = |read_only| Mount::Bind { source: host.path().to_owned(), target: "/data".into(), read_only };
+
+    let mut spec = probe(&layer, &["cat", "/data/in.txt"]);
+    spec.mounts = vec![bind(true)];
+    anyhow::ensure!(stdout(ctx, &spec)? == "hello");
+    spec.arguments = vec!["write".into(), "/data/out.txt".into(), "from the job".into()];
+    anyhow::ensure!(stdout(ctx, &spec)? == format!("error:{}", libc::EROFS));
+
+    spec.mounts = vec![bind(false)];
+    anyhow::ensure!(stdout(ctx, &spec)? == "ok");
+    anyhow::ensure!(std::fs::read_to_string(host.path().join("out.txt"))? == "from the job");
+    Ok(())
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(path.parent().expect("a parent"))?;
+    Ok(std::fs::write(path, text)?)
+}
+
+fn layers_stack_bottom_first(ctx: &Ctx) -> anyhow::Result<()> {
+    let bottom = Layer::new();
+    let top = tempfile::tempdir()?;
+    write(&bottom.path().join("data/a"), "1")?;
+    write(&bottom.path().join("data/x"), "bottom")?;
+    write(&top.path().join("data/b"), "2")?;
+    write(&top.path().join("data/x"), "top")?;
+    let mut spec = probe(&bottom, &["ls", "/data"]);
+    spec.layers.push(top.path().to_owned());
+    anyhow::ensure!(stdout(ctx, &spec)? == "a,b,x");
+    spec.arguments = vec!["cat".into(), "/data/x".into()];
+    anyhow::ensure!(stdout(ctx, &spec)? == "top");
+    Ok(())
+}
+
+fn writable_overlay_changes_vanish_with_the_job(ctx: &Ctx) -> anyhow::Result<()> {
+    let bottom = Layer::new();
+    let top = tempfile::tempdir()?;
+    write(&top.path().join("data/x"), "top")?;
+    open_to_all(&top.path().join("data/x"));
+    let mut spec = probe(&bottom, &["write", "/data/x", "changed"]);
+    spec.layers.push(top.path().to_owned());
+    spec.writable_root = true;
+    anyhow::ensure!(stdout(ctx, &spec)? == "ok");
+    anyhow::ensure!(std::fs::read_to_string(top.path().join("data/x"))? == "top");
+    spec.arguments = vec!["cat".into(), "/data/x".into()];
+    anyhow::ensure!(stdout(ctx, &spec)? == "top", "a change outlived its job");
+    Ok(())
+}
+
+fn sys_shows_the_jobs_own_network(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    for network in [NetworkMode::Disabled, NetworkMode::Loopback] {
+        let mut spec = probe(&layer, &["ls", "/sys/class/net"]);
+        spec.network = network;
+        spec.mounts = vec![Mount::Sys { target: "/sys".into() }];
+        anyhow::ensure!(stdout(ctx, &spec)? == "lo", "network {network:?}");
+    }
+    Ok(())
+}
+
+fn devpts_mqueue_and_shm_are_fresh(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    let mut spec = probe(&layer, &["ls", "/dev/pts"]);
+    spec.mounts = vec![
+        Mount::Devpts { target: "/dev/pts".into() },
+        Mount::Mqueue { target: "/mq".into() },
+        Mount::Devices(vec![Device::Shm, Device::Null]),
+    ];
+    anyhow::ensure!(stdout(ctx, &spec)? == "ptmx");
+    spec.arguments = vec!["ls".into(), "/mq".into()];
+    anyhow::ensure!(stdout(ctx, &spec)?.is_empty());
+    spec.arguments = vec!["write".into(), "/dev/shm/left".into(), "x".into()];
+    anyhow::ensure!(stdout(ctx, &spec)? == "ok");
+    spec.arguments = vec!["ls".into(), "/dev/shm".into()];
+    anyhow::ensure!(stdout(ctx, &spec)?.is_empty(), "/dev/shm kept a file from another job");
+    let facts = report(ctx, &Spec { arguments: vec!["report".into()], ..spec })?;
+    crate::expect_fact(&facts, "root", "bin,data,dev,mq,proc,sys,tmp,work")
+}
+
+fn oversized_request_is_refused_before_sending(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    let mut spec = probe(&layer, &["exit", "0"]);
+    spec.arguments = vec!["x".repeat(64 << 10).into(); 32];
+    match run(ctx, &spec) {
+        Err(e) if matches!(e.downcast_ref::<SpawnError>(), Some(SpawnError::TooLarge { .. })) => Ok(()),
+        other => anyhow::bail!("expected TooLarge, got {other:?}"),
+    }
+}

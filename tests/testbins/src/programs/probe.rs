@@ -1,0 +1,278 @@
+// The isolation probe: a static program that runs inside a container and reports, from the
+// inside, what the container lets it see and do. It depends on nothing but std and libc, so a
+// layer holding this one file is a complete root.
+//
+//   probe report [--outside-pid PID] [--host-port PORT]   facts, one `key=value` per line
+//   probe serve PORT       connect to 127.0.0.1:PORT and to the abstract unix socket
+//                          @probe-PORT, then listen on both; report all four; exit
+//   probe hold PORT        listen on both, print "listening", and sleep forever
+//   probe timewait PORT    connect to itself on PORT and close first, leaving TIME_WAIT
+//   probe ipc-leave        create a System V shm segment, semaphore set and message queue,
+//                          and a POSIX message queue /probe, and leave them all behind
+//   probe ipc-look         count what of those it can see (needs /proc)
+//   probe ls DIR           the sorted entries of DIR
+//   probe cat FILE         the contents of FILE
+//   probe write FILE TEXT  write TEXT to FILE; report ok or the errno
+//   probe exit CODE        exit with CODE
+//   probe segfault         die of SIGSEGV
+//   probe spew BYTES       write BYTES bytes to stdout
+//   probe stderr TEXT      write TEXT to stderr
+//   probe stdin            read stdin to its end and print how many bytes came
+//   probe hang             sleep forever
+//   probe orphan           leave a child sleeping forever, then exit 0
+//
+// Errors are reported as the errno number, so the tests compare them exactly.
+
+use std::io::{self, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener, UnixStream};
+use std::time::Duration;
+
+extern "C" {
+    fn getuid() -> u32;
+    fn getgid() -> u32;
+    fn gethostname(name: *mut u8, len: usize) -> i32;
+    fn fcntl(fd: i32, cmd: i32, ...) -> i32;
+    fn syscall(number: i64, ...) -> i64;
+    fn kill(pid: i32, signal: i32) -> i32;
+    fn fork() -> i32;
+    fn __errno_location() -> *mut i32;
+    fn getrlimit(resource: i32, limit: *mut [u64; 2]) -> i32;
+    fn shmget(key: i32, size: usize, flags: i32) -> i32;
+    fn semget(key: i32, count: i32, flags: i32) -> i32;
+    fn msgget(key: i32, flags: i32) -> i32;
+}
+
+const IPC_CREAT: i32 = 0o1000;
+#[cfg(target_arch = "x86_64")]
+const SYS_MQ_OPEN: i64 = 240;
+#[cfg(target_arch = "aarch64")]
+const SYS_MQ_OPEN: i64 = 180;
+const O_RDWR: i64 = 2;
+const O_CREAT: i64 = 0o100;
+
+const RLIMIT_CORE: i32 = 4;
+
+const F_GETFD: i32 = 1;
+#[cfg(target_arch = "x86_64")]
+const SYS_KEYCTL: i64 = 250;
+#[cfg(target_arch = "aarch64")]
+const SYS_KEYCTL: i64 = 219;
+const KEYCTL_GET_KEYRING_ID: i64 = 0;
+const KEY_SPEC_SESSION_KEYRING: i64 = -3;
+
+fn errno() -> i32 {
+    unsafe { *__errno_location() }
+}
+
+fn code(e: &io::Error) -> String {
+    e.raw_os_error().map_or_else(|| format!("{:?}", e.kind()), |n| n.to_string())
+}
+
+fn entries(dir: &str) -> String {
+    match std::fs::read_dir(dir) {
+        Ok(list) => {
+            let mut names: Vec<String> = list.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+            names.sort();
+            names.join(",")
+        }
+        Err(e) => format!("error:{}", code(&e)),
+    }
+}
+
+fn writable(dir: &str) -> String {
+    let path = format!("{}/.probe-write", dir.trim_end_matches('/'));
+    match std::fs::write(&path, b"x") {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&path);
+            "yes".into()
+        }
+        Err(e) => format!("no:{}", code(&e)),
+    }
+}
+
+fn flag(args: &[String], name: &str) -> Option<String> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
+
+fn report(args: &[String]) {
+    let mut out = String::new();
+    let mut fact = |key: &str, value: String| out.push_str(&format!("{key}={value}\n"));
+    fact("pid", std::process::id().to_string());
+    fact("ppid", std::os::unix::process::parent_id().to_string());
+    fact("uid", unsafe { getuid() }.to_string());
+    fact("gid", unsafe { getgid() }.to_string());
+    let mut name = [0u8; 256];
+    unsafe { gethostname(name.as_mut_ptr(), name.len()) };
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    fact("hostname", String::from_utf8_lossy(&name[..end]).into_owned());
+    fact("cwd", std::env::current_dir().map_or_else(|e| format!("error:{}", code(&e)), |d| d.display().to_string()));
+    let mut env: Vec<String> = std::env::vars_os().map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy())).collect();
+    env.sort();
+    fact("env", env.join("\u{1f}"));
+    let fds: Vec<String> = (0..1024).filter(|&fd| unsafe { fcntl(fd, F_GETFD) } >= 0).map(|fd: i32| fd.to_string()).collect();
+    fact("fds", fds.join(","));
+    fact("root", entries("/"));
+    fact("root_writable", writable("/"));
+    if std::path::Path::new("/tmp").is_dir() {
+        fact("tmp", entries("/tmp"));
+        fact("tmp_writable", writable("/tmp"));
+        let _ = std::fs::write("/tmp/left-by-probe", b"x");
+    }
+    let mut limit = [u64::MAX; 2];
+    unsafe { getrlimit(RLIMIT_CORE, &mut limit) };
+    fact("rlimit_core", format!("{},{}", limit[0], limit[1]));
+    if let Ok(sockstat) = std::fs::read_to_string("/proc/net/sockstat") {
+        fact("sockstat", sockstat.lines().take(2).collect::<Vec<_>>().join(";"));
+    }
+    if std::path::Path::new("/proc/self").exists() {
+        let pids: Vec<String> = entries("/proc").split(',').filter(|e| e.bytes().all(|b| b.is_ascii_digit())).map(String::from).collect();
+        fact("proc_pids", pids.join(","));
+    }
+    let ret = unsafe { syscall(SYS_KEYCTL, KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0i64) };
+    fact("keyctl", if ret >= 0 { "allowed".into() } else { errno().to_string() });
+    if let Some(pid) = flag(args, "--outside-pid") {
+        let ret = unsafe { kill(pid.parse().unwrap_or(0), 0) };
+        fact("kill_outside", if ret == 0 { "allowed".into() } else { errno().to_string() });
+    }
+    // Binding 127.0.0.1 succeeds even with lo down; only a connection tells.
+    let lo = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|listener| {
+        let address = listener.local_addr()?;
+        TcpStream::connect_timeout(&address, Duration::from_secs(2))
+    });
+    fact("lo", match lo {
+        Ok(_) => "up".into(),
+        Err(e) => format!("down:{}", code(&e)),
+    });
+    if let Some(port) = flag(args, "--host-port") {
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port.parse().unwrap_or(1)));
+        fact("connect_host", match TcpStream::connect_timeout(&address, Duration::from_secs(2)) {
+            Ok(_) => "connected".into(),
+            Err(e) => code(&e),
+        });
+    }
+    print!("{out}");
+}
+
+fn unix_name(port: u16) -> UnixAddr {
+    UnixAddr::from_abstract_name(format!("probe-{port}")).expect("a short abstract name")
+}
+
+fn serve(port: u16) {
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let connect = match TcpStream::connect_timeout(&address, Duration::from_secs(2)) {
+        Ok(_) => "connected".into(),
+        Err(e) => code(&e),
+    };
+    let listen = match TcpListener::bind(address) {
+        Ok(_listener) => "ok".into(),
+        Err(e) => code(&e),
+    };
+    let unix_connect = match UnixStream::connect_addr(&unix_name(port)) {
+        Ok(_) => "connected".into(),
+        Err(e) => code(&e),
+    };
+    let unix_listen = match UnixListener::bind_addr(&unix_name(port)) {
+        Ok(_listener) => "ok".into(),
+        Err(e) => code(&e),
+    };
+    println!("connect={connect}\nlisten={listen}\nunix_connect={unix_connect}\nunix_listen={unix_listen}");
+}
+
+fn hold(port: u16) -> ! {
+    let tcp = TcpListener::bind((Ipv4Addr::LOCALHOST, port));
+    let unix = UnixListener::bind_addr(&unix_name(port));
+    println!("tcp={}\nunix={}", tcp.is_ok(), unix.is_ok());
+    println!("listening");
+    let _ = io::stdout().flush();
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn timewait(port: u16) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).expect("listen");
+    let client = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect");
+    let (server, _) = listener.accept().expect("accept");
+    drop(server);
+    std::thread::sleep(Duration::from_millis(50));
+    drop(client);
+    std::thread::sleep(Duration::from_millis(50));
+    println!("closed");
+}
+
+fn ipc_leave() {
+    let shm = unsafe { shmget(0, 4096, IPC_CREAT | 0o600) };
+    let sem = unsafe { semget(0, 1, IPC_CREAT | 0o600) };
+    let msg = unsafe { msgget(0, IPC_CREAT | 0o600) };
+    let mq = unsafe { syscall(SYS_MQ_OPEN, c"probe".as_ptr(), O_RDWR | O_CREAT, 0o600i64, 0i64) };
+    println!("shm={}\nsem={}\nmsg={}\nmq={}", shm >= 0, sem >= 0, msg >= 0, mq >= 0);
+}
+
+fn ipc_look() {
+    for kind in ["shm", "sem", "msg"] {
+        let lines = std::fs::read_to_string(format!("/proc/sysvipc/{kind}")).map_or(0, |t| t.lines().count());
+        println!("{kind}={}", lines.saturating_sub(1));
+    }
+    let mq = unsafe { syscall(SYS_MQ_OPEN, c"probe".as_ptr(), O_RDWR, 0i64, 0i64) };
+    println!("mq={}", if mq >= 0 { "found".to_string() } else { errno().to_string() });
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+    match arg(0).as_str() {
+        "report" => report(&args),
+        "serve" => serve(arg(1).parse().expect("serve PORT")),
+        "hold" => hold(arg(1).parse().expect("hold PORT")),
+        "timewait" => timewait(arg(1).parse().expect("timewait PORT")),
+        "ls" => println!("{}", entries(&arg(1))),
+        "ipc-leave" => ipc_leave(),
+        "ipc-look" => ipc_look(),
+        "cat" => match std::fs::read(arg(1)) {
+            Ok(bytes) => io::stdout().write_all(&bytes).expect("stdout"),
+            Err(e) => println!("error:{}", code(&e)),
+        },
+        "write" => match std::fs::write(arg(1), arg(2)) {
+            Ok(()) => println!("ok"),
+            Err(e) => println!("error:{}", code(&e)),
+        },
+        "exit" => std::process::exit(arg(1).parse().expect("exit CODE")),
+        "segfault" => unsafe { std::ptr::null_mut::<u8>().write_volatile(1) },
+        "spew" => {
+            let total: usize = arg(1).parse().expect("spew BYTES");
+            let chunk = vec![b'x'; 65536];
+            let mut out = io::stdout().lock();
+            let mut left = total;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                if out.write_all(&chunk[..n]).is_err() {
+                    break;
+                }
+                left -= n;
+            }
+        }
+        "stderr" => eprint!("{}", arg(1)),
+        "stdin" => {
+            let mut bytes = Vec::new();
+            let read = io::Read::read_to_end(&mut io::stdin(), &mut bytes);
+            println!("{}", read.map_or_else(|e| format!("error:{}", code(&e)), |n| n.to_string()));
+        }
+        "hang" => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
+        "orphan" => {
+            if unsafe { fork() } == 0 {
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
+            println!("left a child behind");
+        }
+        other => {
+            eprintln!("probe: unknown command {other:?}");
+            std::process::exit(2);
+        }
+    }
+}

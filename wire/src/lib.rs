@@ -1,0 +1,27 @@
+//! Every message that crosses a process boundary, as rkyv types.
+//!
+//! This crate owns the data only: type definitions, their encoding, and the checks a receiver
+//! runs on bytes it did not write. It never does I/O and never trusts input: every decoder
+//! validates with bytecheck first and then checks the invariants the types cannot express
+//! (NUL-terminated strings, bounded counts), and every decoder has a fuzz target in `fuzz/`.
+//!
+//! Links so far:
+//! - [`zygote`]: the worker and its zygote lanes (spawn requests carrying a setup plan, and the
+//!   replies that carry a pidfd or an error as data).
+
+pub mod zygote;
+
+mod cbytes;
+
+pub use cbytes::{ArchivedCBytes, CBytes, InteriorNul};
+
+/// Failure to decode or validate bytes received from another process.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("message of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    #[error("message does not validate as {what}: {reason}")]
+    Invalid { what: &'static str, reason: String },
+    #[error("{what}: {reason}")]
+    Semantic { what: &'static str, reason: String },
+}
