@@ -4,7 +4,6 @@
 use std::ffi::CString;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 
 use maelstrom_container::{Device, Mount, NetworkMode, SpawnRequest, Spec};
 
@@ -36,7 +35,7 @@ impl TrivialContainer {
         for device in ["null", "zero", "urandom"] {
             std::fs::write(layer.path().join("dev").join(device), b"")?;
         }
-        std::fs::copy(maelstrom_testbins::STATIC_TRUE, layer.path().join("true"))?;
+        std::fs::copy(maelstrom_testbins::static_true(), layer.path().join("true"))?;
         let mut spec = Spec::new(vec![layer.path().to_owned()], "/true");
         spec.network = network;
         if mounts == Mounts::Typical {
@@ -47,7 +46,7 @@ impl TrivialContainer {
             ];
         }
         let request = maelstrom_container::compile(&spec).map_err(std::io::Error::other)?;
-        let host_binary = CString::new(Path::new(maelstrom_testbins::STATIC_TRUE).as_os_str().as_bytes())
+        let host_binary = CString::new(maelstrom_testbins::static_true().as_os_str().as_bytes())
             .map_err(std::io::Error::other)?;
         let devnull = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?.into();
         Ok(Self { _layer: layer, request, host_binary, devnull })

@@ -167,9 +167,9 @@ impl Zygote {
         Ok(Self { lanes, next: AtomicUsize::new(0) })
     }
 
-    /// The number of lanes.
-    pub fn lanes(&self) -> usize {
-        self.lanes.len()
+    /// The pids of the lanes (for monitoring, and for tests that kill one).
+    pub fn lane_pids(&self) -> Vec<libc::pid_t> {
+        self.lanes.iter().map(|lane| lane.pid).collect()
     }
 
     /// Starts a job with `stdout` and `stderr` as its output. Returns once the job has exec'd,
@@ -305,6 +305,18 @@ impl LaneHandle {
         let status = describe_status(sys::waitid_pidfd(self.pidfd.as_fd(), true));
         io.died = Some(status.clone());
         SpawnError::LaneDied { lane: self.index, status }
+    }
+}
+
+impl Drop for Zygote {
+    /// Ends and reaps the lanes. Jobs already started are the worker's children and live on
+    /// until their [`Job`]s drop.
+    fn drop(&mut self) {
+        for lane in self.lanes.drain(..) {
+            drop(lane.io);
+            let _ = sys::pidfd_send_signal(lane.pidfd.as_fd(), libc::SIGKILL);
+            let _ = sys::waitid_pidfd(lane.pidfd.as_fd(), true);
+        }
     }
 }
 

@@ -46,8 +46,8 @@ impl Layer {
             std::fs::write(dir.path().join("dev").join(device), b"").expect("create a device stub");
         }
         let probe = dir.path().join("bin/probe");
-        if std::fs::hard_link(maelstrom_testbins::PROBE, &probe).is_err() {
-            std::fs::copy(maelstrom_testbins::PROBE, &probe).expect("copy the probe");
+        if std::fs::hard_link(maelstrom_testbins::probe(), &probe).is_err() {
+            std::fs::copy(maelstrom_testbins::probe(), &probe).expect("copy the probe");
         }
         Self { dir }
     }

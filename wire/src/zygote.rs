@@ -693,6 +693,46 @@ mod tests {
         assert!(roundtrip(&r).unwrap_err().to_string().contains("arguments[2]"));
     }
 
+    /// Writes valid messages as fuzzing seeds when asked (see fuzz/README.md); otherwise only
+    /// checks that they encode.
+    #[test]
+    fn fuzz_seeds() {
+        let mut requests = vec![sample()];
+        let mut bare = sample();
+        bare.job = std::mem::take(&mut bare.template);
+        bare.job[0] = SetupOp::Root { layers: vec![c("/l")], writable: true };
+        requests.push(bare);
+        let replies = [
+            SpawnReply::Started { pid: 4242 },
+            SpawnReply::Failed { step: Step::Exec, errno: 2, pid: 7 },
+            SpawnReply::Rejected { reason: "bad".into() },
+        ];
+        let hellos = [
+            LaneHello::Ready { version: LANE_PROTOCOL_VERSION, pid: 1 },
+            LaneHello::Failed { version: LANE_PROTOCOL_VERSION, step: BootStep::UidMap, errno: 1 },
+        ];
+        let mut seeds: Vec<(&str, Vec<u8>)> = Vec::new();
+        let mut buf = AlignedVec::new();
+        for r in &requests {
+            encode(r, &mut buf).unwrap();
+            seeds.push(("zygote_request", buf.to_vec()));
+        }
+        for r in &replies {
+            encode(r, &mut buf).unwrap();
+            seeds.push(("zygote_reply", buf.to_vec()));
+        }
+        for h in &hellos {
+            encode(h, &mut buf).unwrap();
+            seeds.push(("zygote_reply", buf.to_vec()));
+        }
+        if std::env::var_os("MAELSTROM_WRITE_FUZZ_SEEDS").is_some() {
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
+            for (i, (target, bytes)) in seeds.iter().enumerate() {
+                std::fs::write(root.join(target).join(format!("seed-{i}")), bytes).unwrap();
+            }
+        }
+    }
+
     #[test]
     fn plan_prints_one_line_per_op() {
         let text: Vec<String> = sample().template.iter().map(ToString::to_string).collect();
