@@ -322,7 +322,7 @@ impl Drop for Zygote {
 
 fn boot_hint(step: BootStep) -> &'static str {
     match step {
-        BootStep::UserNamespace | BootStep::Setgroups | BootStep::UidMap | BootStep::GidMap => {
+        BootStep::UserNamespace => {
             " (unprivileged user namespaces look disabled: set the sysctls kernel.unprivileged_userns_clone=1 \
              and user.max_user_namespaces to a positive number; on Ubuntu 23.10 and later also \
              kernel.apparmor_restrict_unprivileged_userns=0)"

@@ -304,9 +304,6 @@ pub enum SpawnReply {
 #[rkyv(compare(PartialEq), derive(Debug, Clone, Copy, PartialEq, Eq))]
 pub enum BootStep {
     UserNamespace,
-    Setgroups,
-    UidMap,
-    GidMap,
     PrivateMounts,
     JoinUserNamespace,
     JoinMountNamespace,
@@ -322,9 +319,6 @@ impl ArchivedBootStep {
     pub fn native(self) -> BootStep {
         match self {
             ArchivedBootStep::UserNamespace => BootStep::UserNamespace,
-            ArchivedBootStep::Setgroups => BootStep::Setgroups,
-            ArchivedBootStep::UidMap => BootStep::UidMap,
-            ArchivedBootStep::GidMap => BootStep::GidMap,
             ArchivedBootStep::PrivateMounts => BootStep::PrivateMounts,
             ArchivedBootStep::JoinUserNamespace => BootStep::JoinUserNamespace,
             ArchivedBootStep::JoinMountNamespace => BootStep::JoinMountNamespace,
@@ -342,9 +336,6 @@ impl fmt::Display for BootStep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             BootStep::UserNamespace => "create the zygote's user namespace",
-            BootStep::Setgroups => "write /proc/self/setgroups",
-            BootStep::UidMap => "write /proc/self/uid_map",
-            BootStep::GidMap => "write /proc/self/gid_map",
             BootStep::PrivateMounts => "make the zygote's mounts private",
             BootStep::JoinUserNamespace => "join the zygote's user namespace",
             BootStep::JoinMountNamespace => "join the zygote's mount namespace",
@@ -709,7 +700,7 @@ mod tests {
         ];
         let hellos = [
             LaneHello::Ready { version: LANE_PROTOCOL_VERSION, pid: 1 },
-            LaneHello::Failed { version: LANE_PROTOCOL_VERSION, step: BootStep::UidMap, errno: 1 },
+            LaneHello::Failed { version: LANE_PROTOCOL_VERSION, step: BootStep::UserNamespace, errno: 1 },
         ];
         let mut seeds: Vec<(&str, Vec<u8>)> = Vec::new();
         let mut buf = AlignedVec::new();
