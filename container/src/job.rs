@@ -104,7 +104,8 @@ pub struct Captured {
 }
 
 impl Captured {
-    fn keep(&mut self, chunk: &[u8], max: usize) {
+    /// Keeps what fits of `chunk` under `max` bytes in all, and counts the rest as cut.
+    pub fn keep(&mut self, chunk: &[u8], max: usize) {
         let room = max.saturating_sub(self.bytes.len()).min(chunk.len());
         self.bytes.extend_from_slice(&chunk[..room]);
         self.cut += (chunk.len() - room) as u64;

@@ -19,7 +19,8 @@ mod sys;
 mod zygote;
 
 pub use job::{Captured, Completed, Job, Limits, OUTPUT_BYTES_MAX_DEFAULT, Outcome, supervise};
+pub use maelstrom_wire::zygote::REPLY_BYTES_MAX;
 pub use maelstrom_wire::zygote::{NetworkMode, Rlimit, SpawnRequest, Step};
 pub use plan::{Device, Mount, PlanError, Spec, compile};
-pub use sys::{ExitStatus, pipe, posix_spawn_wait};
-pub use zygote::{SpawnError, StartError, Zygote, ZygoteConfig, describe};
+pub use sys::{ExitStatus, eventfd, pipe, posix_spawn_wait, write_all};
+pub use zygote::{Lane, SpawnError, StartError, Zygote, ZygoteConfig, describe, encode_request};

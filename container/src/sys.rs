@@ -251,6 +251,12 @@ pub fn dir_is_empty(dir: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(true)
 }
 
+/// An eventfd (close-on-exec), for waking an event loop from another thread.
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd takes integers.
+    owned(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) })
+}
+
 /// Opens `path` with `flags | O_CLOEXEC`.
 pub fn open(path: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: `path` is NUL-terminated and live for the call.

@@ -97,113 +97,47 @@ impl SpawnError {
     }
 }
 
+/// One lane, seen from the worker: its socket, and the pidfd that tells when it died.
+///
+/// [`Zygote::spawn`] drives lanes with blocking calls. An event loop can take the lanes instead
+/// ([`Zygote::into_lanes`]) and drive each one itself: send [`encode_request`]'s bytes with the
+/// job's stdout and stderr attached, receive one datagram (up to [`REPLY_BYTES_MAX`] bytes, into
+/// a 16-byte-aligned buffer) and its fds, and hand them to [`Lane::finish_spawn`]. One request at
+/// a time per lane. Dropping a lane ends it.
 #[derive(Debug)]
-struct LaneIo {
-    sock: OwnedFd,
-    request: AlignedVec,
-    reply: AlignedVec,
-    fds: Vec<OwnedFd>,
-    died: Option<String>,
-}
-
-#[derive(Debug)]
-struct LaneHandle {
+pub struct Lane {
     index: usize,
     pid: libc::pid_t,
     pidfd: OwnedFd,
-    io: Mutex<LaneIo>,
+    sock: OwnedFd,
 }
 
-/// The zygote: single-threaded lanes, forked before any thread, that clone each job into fresh
-/// namespaces inside one long-lived user namespace and hand back its pidfd. Dropping it ends
-/// the lanes (jobs already started keep running until their [`Job`]s are dropped).
-#[derive(Debug)]
-pub struct Zygote {
-    lanes: Vec<LaneHandle>,
-    next: AtomicUsize,
-}
-
-impl Zygote {
-    /// Forks the lanes. Must run while this process has a single thread.
-    #[expect(unsafe_code, reason = "fork: sound because the process is checked to be single-threaded")]
-    pub fn start(config: ZygoteConfig) -> Result<Self, StartError> {
-        let threads = sys::thread_count().map_err(|source| StartError::Io {
-            lane: 0,
-            what: "count threads",
-            source,
-        })?;
-        if threads != 1 {
-            return Err(StartError::Threaded { threads });
-        }
-        sys::default_sigchld().map_err(|source| StartError::Io { lane: 0, what: "reset SIGCHLD", source })?;
-        let policy = seccomp::compile().map_err(|e| StartError::Seccomp(e.to_string()))?;
-        let worker = sys::getpid();
-        let (uid, gid) = (sys::geteuid(), sys::getegid());
-        let mut lanes: Vec<LaneHandle> = Vec::new();
-        for index in 0..config.lanes.max(1) {
-            let io_error = |what| move |source| StartError::Io { lane: index, what, source };
-            let (ours, theirs) = sys::seqpacket_pair().map_err(io_error("create its socket"))?;
-            for sock in [&ours, &theirs] {
-                sys::set_socket_buffers(sock.as_fd(), SPAWN_REQUEST_BYTES_MAX + (64 << 10))
-                    .map_err(io_error("size its socket buffers"))?;
-            }
-            let boot = match lanes.first() {
-                None => Boot::Create { uid, gid },
-                Some(first) => Boot::Join { first: first.pid, root: uid == 0 },
-            };
-            // SAFETY: the thread count was 1 above, and nothing since started a thread.
-            match unsafe { sys::fork() }.map_err(io_error("fork"))? {
-                Forked::Child => {
-                    close_fds_except(theirs.as_raw_fd());
-                    lane::main(theirs, boot, worker, &policy)
-                }
-                Forked::Parent { pid } => {
-                    drop(theirs);
-                    let pidfd = sys::pidfd_open(pid).map_err(io_error("open its pidfd"))?;
-                    lanes.push(LaneHandle::greet(index, pid, pidfd, ours)?);
-                }
-            }
-        }
-        Ok(Self { lanes, next: AtomicUsize::new(0) })
+impl Lane {
+    pub fn index(&self) -> usize {
+        self.index
     }
 
-    /// The pids of the lanes (for monitoring, and for tests that kill one).
-    pub fn lane_pids(&self) -> Vec<libc::pid_t> {
-        self.lanes.iter().map(|lane| lane.pid).collect()
+    pub fn pid(&self) -> libc::pid_t {
+        self.pid
     }
 
-    /// Starts a job with `stdout` and `stderr` as its output. Returns once the job has exec'd,
-    /// or with the reason its setup failed.
-    pub fn spawn(
+    /// The `SOCK_SEQPACKET` socket to the lane.
+    pub fn socket(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+
+    /// Turns the lane's reply to `request` (and the fds that came with it) into a started job,
+    /// or into the reason it did not start.
+    pub fn finish_spawn(
         &self,
         request: &SpawnRequest,
-        stdout: BorrowedFd<'_>,
-        stderr: BorrowedFd<'_>,
+        reply: &[u8],
+        fds: &mut Vec<OwnedFd>,
     ) -> Result<Job, SpawnError> {
-        let (lane, mut io) = self.pick();
-        if let Some(status) = &io.died {
-            return Err(SpawnError::LaneDied { lane: lane.index, status: status.clone() });
-        }
-        zygote::encode(request, &mut io.request).map_err(|e| SpawnError::Encode(e.to_string()))?;
-        if io.request.len() > SPAWN_REQUEST_BYTES_MAX {
-            return Err(SpawnError::TooLarge { len: io.request.len(), max: SPAWN_REQUEST_BYTES_MAX });
-        }
-        let LaneIo { sock, request: bytes, reply, fds, .. } = &mut *io;
-        let exchanged = sys::send_with_fds(sock.as_fd(), bytes, &[stdout, stderr])
-            .and_then(|()| sys::recv_with_fds(sock.as_fd(), reply, fds));
-        let len = match exchanged {
-            Ok(0) => return Err(lane.died(&mut io)),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)) => {
-                return Err(lane.died(&mut io));
-            }
-            Err(source) => {
-                return Err(SpawnError::Io { lane: lane.index, what: "exchange a spawn request", source });
-            }
-            Ok(len) => len,
-        };
-        let pidfd = io.fds.pop();
-        let decoded = zygote::decode_reply(&io.reply[..len]).map_err(|e| SpawnError::Io {
-            lane: lane.index,
+        let pidfd = fds.pop();
+        fds.clear();
+        let decoded = zygote::decode_reply(reply).map_err(|e| SpawnError::Io {
+            lane: self.index,
             what: "decode its reply",
             source: io::Error::other(e.to_string()),
         })?;
@@ -211,45 +145,32 @@ impl Zygote {
             (ArchivedSpawnReply::Started { pid }, Some(pidfd)) => Ok(Job::new(pid.to_native(), pidfd)),
             (ArchivedSpawnReply::Failed { step, errno, pid }, pidfd) => {
                 let step = step.native();
-                let errno = errno.to_native();
                 if let (true, Some(pidfd)) = (pid.to_native() != 0, pidfd) {
                     drop(Job::new(pid.to_native(), pidfd));
                 }
                 Err(SpawnError::Setup {
                     step,
                     what: describe(request, step),
-                    source: io::Error::from_raw_os_error(errno),
+                    source: io::Error::from_raw_os_error(errno.to_native()),
                 })
             }
             (ArchivedSpawnReply::Rejected { reason }, _) => {
-                Err(SpawnError::Rejected { lane: lane.index, reason: reason.as_str().to_owned() })
+                Err(SpawnError::Rejected { lane: self.index, reason: reason.as_str().to_owned() })
             }
             (ArchivedSpawnReply::Started { .. }, None) => Err(SpawnError::Io {
-                lane: lane.index,
+                lane: self.index,
                 what: "receive the job's pidfd",
                 source: io::Error::other("the reply came without it"),
             }),
         }
     }
 
-    /// A free lane if there is one, else the next in turn.
-    fn pick(&self) -> (&LaneHandle, MutexGuard<'_, LaneIo>) {
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let n = self.lanes.len();
-        for i in 0..n {
-            let lane = &self.lanes[(start + i) % n];
-            if let Ok(io) = lane.io.try_lock()
-                && io.died.is_none()
-            {
-                return (lane, io);
-            }
-        }
-        let lane = &self.lanes[start % n];
-        (lane, lane.io.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    /// The error for a lane whose socket closed: waits for the lane and says how it ended.
+    pub fn death(&self) -> SpawnError {
+        let status = describe_status(sys::waitid_pidfd(self.pidfd.as_fd(), true));
+        SpawnError::LaneDied { lane: self.index, status }
     }
-}
 
-impl LaneHandle {
     /// Waits for the lane's hello.
     fn greet(index: usize, pid: libc::pid_t, pidfd: OwnedFd, sock: OwnedFd) -> Result<Self, StartError> {
         let mut buf = AlignedVec::<16>::with_capacity(REPLY_BYTES_MAX);
@@ -260,9 +181,9 @@ impl LaneHandle {
             what: "read its hello",
             source,
         })?;
-        let status = |pidfd: &OwnedFd| describe_status(sys::waitid_pidfd(pidfd.as_fd(), true));
         if len == 0 {
-            return Err(StartError::Died { lane: index, status: status(&pidfd) });
+            let status = describe_status(sys::waitid_pidfd(pidfd.as_fd(), true));
+            return Err(StartError::Died { lane: index, status });
         }
         let hello = zygote::decode_hello(&buf[..len]).map_err(|e| StartError::Io {
             lane: index,
@@ -294,30 +215,164 @@ impl LaneHandle {
             }
             ArchivedLaneHello::Ready { .. } => unreachable!("version checked by the arms above"),
         }
-        let mut reply = AlignedVec::with_capacity(REPLY_BYTES_MAX);
-        reply.resize(REPLY_BYTES_MAX, 0);
-        let io = LaneIo { sock, request: AlignedVec::new(), reply, fds: Vec::new(), died: None };
-        Ok(Self { index, pid, pidfd, io: Mutex::new(io) })
-    }
-
-    /// Records that the lane died and says how.
-    fn died(&self, io: &mut LaneIo) -> SpawnError {
-        let status = describe_status(sys::waitid_pidfd(self.pidfd.as_fd(), true));
-        io.died = Some(status.clone());
-        SpawnError::LaneDied { lane: self.index, status }
+        Ok(Self { index, pid, pidfd, sock })
     }
 }
 
-impl Drop for Zygote {
-    /// Ends and reaps the lanes. Jobs already started are the worker's children and live on
-    /// until their [`Job`]s drop.
+impl Drop for Lane {
+    /// Ends and reaps the lane. Jobs it started are the worker's children and live on until
+    /// their [`Job`]s drop.
     fn drop(&mut self) {
-        for lane in self.lanes.drain(..) {
-            drop(lane.io);
-            let _ = sys::pidfd_send_signal(lane.pidfd.as_fd(), libc::SIGKILL);
-            let _ = sys::waitid_pidfd(lane.pidfd.as_fd(), true);
+        let _ = sys::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGKILL);
+        let _ = sys::waitid_pidfd(self.pidfd.as_fd(), true);
+    }
+}
+
+/// Encodes `request` into `out` for a lane, refusing one too large to send.
+pub fn encode_request(request: &SpawnRequest, out: &mut AlignedVec) -> Result<(), SpawnError> {
+    zygote::encode(request, out).map_err(|e| SpawnError::Encode(e.to_string()))?;
+    if out.len() > SPAWN_REQUEST_BYTES_MAX {
+        return Err(SpawnError::TooLarge { len: out.len(), max: SPAWN_REQUEST_BYTES_MAX });
+    }
+    Ok(())
+}
+
+/// Buffers for the blocking [`Zygote::spawn`] on one lane, and how the lane died, if it did.
+#[derive(Debug)]
+struct Exchange {
+    request: AlignedVec,
+    reply: AlignedVec,
+    fds: Vec<OwnedFd>,
+    died: Option<(usize, String)>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    lane: Lane,
+    exchange: Mutex<Exchange>,
+}
+
+/// The zygote: single-threaded lanes, forked before any thread, that clone each job into fresh
+/// namespaces inside one long-lived user namespace and hand back its pidfd. Dropping it ends
+/// the lanes (jobs already started keep running until their [`Job`]s are dropped).
+#[derive(Debug)]
+pub struct Zygote {
+    slots: Vec<Slot>,
+    next: AtomicUsize,
+}
+
+impl Zygote {
+    /// Forks the lanes. Must run while this process has a single thread.
+    #[expect(unsafe_code, reason = "fork: sound because the process is checked to be single-threaded")]
+    pub fn start(config: ZygoteConfig) -> Result<Self, StartError> {
+        let threads = sys::thread_count().map_err(|source| StartError::Io {
+            lane: 0,
+            what: "count threads",
+            source,
+        })?;
+        if threads != 1 {
+            return Err(StartError::Threaded { threads });
+        }
+        sys::default_sigchld().map_err(|source| StartError::Io { lane: 0, what: "reset SIGCHLD", source })?;
+        let policy = seccomp::compile().map_err(|e| StartError::Seccomp(e.to_string()))?;
+        let worker = sys::getpid();
+        let (uid, gid) = (sys::geteuid(), sys::getegid());
+        let mut lanes: Vec<Lane> = Vec::new();
+        for index in 0..config.lanes.max(1) {
+            let io_error = |what| move |source| StartError::Io { lane: index, what, source };
+            let (ours, theirs) = sys::seqpacket_pair().map_err(io_error("create its socket"))?;
+            for sock in [&ours, &theirs] {
+                sys::set_socket_buffers(sock.as_fd(), SPAWN_REQUEST_BYTES_MAX + (64 << 10))
+                    .map_err(io_error("size its socket buffers"))?;
+            }
+            let boot = match lanes.first() {
+                None => Boot::Create { uid, gid },
+                Some(first) => Boot::Join { first: first.pid, root: uid == 0 },
+            };
+            // SAFETY: the thread count was 1 above, and nothing since started a thread.
+            match unsafe { sys::fork() }.map_err(io_error("fork"))? {
+                Forked::Child => {
+                    close_fds_except(theirs.as_raw_fd());
+                    lane::main(theirs, boot, worker, &policy)
+                }
+                Forked::Parent { pid } => {
+                    drop(theirs);
+                    let pidfd = sys::pidfd_open(pid).map_err(io_error("open its pidfd"))?;
+                    lanes.push(Lane::greet(index, pid, pidfd, ours)?);
+                }
+            }
+        }
+        let slots = lanes
+            .into_iter()
+            .map(|lane| {
+                let mut reply = AlignedVec::with_capacity(REPLY_BYTES_MAX);
+                reply.resize(REPLY_BYTES_MAX, 0);
+                let exchange = Exchange { request: AlignedVec::new(), reply, fds: Vec::new(), died: None };
+                Slot { lane, exchange: Mutex::new(exchange) }
+            })
+            .collect();
+        Ok(Self { slots, next: AtomicUsize::new(0) })
+    }
+
+    /// The pids of the lanes (for monitoring, and for tests that kill one).
+    pub fn lane_pids(&self) -> Vec<libc::pid_t> {
+        self.slots.iter().map(|slot| slot.lane.pid).collect()
+    }
+
+    /// The lanes, for an event loop to drive (see [`Lane`]).
+    pub fn into_lanes(self) -> Vec<Lane> {
+        self.slots.into_iter().map(|slot| slot.lane).collect()
+    }
+
+    /// Starts a job with `stdout` and `stderr` as its output. Returns once the job has exec'd,
+    /// or with the reason its setup failed.
+    pub fn spawn(
+        &self,
+        request: &SpawnRequest,
+        stdout: BorrowedFd<'_>,
+        stderr: BorrowedFd<'_>,
+    ) -> Result<Job, SpawnError> {
+        let (lane, mut exchange) = self.pick();
+        if let Some((lane, status)) = &exchange.died {
+            return Err(SpawnError::LaneDied { lane: *lane, status: status.clone() });
+        }
+        encode_request(request, &mut exchange.request)?;
+        let Exchange { request: bytes, reply, fds, died } = &mut *exchange;
+        let exchanged = sys::send_with_fds(lane.socket(), bytes, &[stdout, stderr])
+            .and_then(|()| sys::recv_with_fds(lane.socket(), reply, fds));
+        match exchanged {
+            Ok(0) => Err(record(died, lane.death())),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)) => {
+                Err(record(died, lane.death()))
+            }
+            Err(source) => Err(SpawnError::Io { lane: lane.index, what: "exchange a spawn request", source }),
+            Ok(len) => lane.finish_spawn(request, &reply[..len], fds),
         }
     }
+
+    /// A free lane if there is one, else the next in turn.
+    fn pick(&self) -> (&Lane, MutexGuard<'_, Exchange>) {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = self.slots.len();
+        for i in 0..n {
+            let slot = &self.slots[(start + i) % n];
+            if let Ok(exchange) = slot.exchange.try_lock()
+                && exchange.died.is_none()
+            {
+                return (&slot.lane, exchange);
+            }
+        }
+        let slot = &self.slots[start % n];
+        (&slot.lane, slot.exchange.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+}
+
+/// Remembers a lane's death so later spawns on it fail the same way at once.
+fn record(died: &mut Option<(usize, String)>, death: SpawnError) -> SpawnError {
+    if let SpawnError::LaneDied { lane, status } = &death {
+        *died = Some((*lane, status.clone()));
+    }
+    death
 }
 
 fn boot_hint(step: BootStep) -> &'static str {

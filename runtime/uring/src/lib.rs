@@ -1,0 +1,479 @@
+//! The io_uring layer: one [`Ring`] per event loop, with safe operations.
+//!
+//! Every operation owns what the kernel may touch until its completion arrives: its buffer,
+//! its message header and control data, its timespec, and a shared handle on its fd. They live
+//! in a slot table keyed by the entry's `user_data`, and come back to the caller in the
+//! [`Completion`]. So a caller cannot free or reuse anything the kernel still uses, and
+//! dropping the ring cancels and drains whatever is in flight before freeing it.
+//!
+//! This crate and `container` are the only ones with `unsafe`: here, pushing entries that point
+//! into the slot table.
+
+#![expect(unsafe_code, reason = "this crate owns the ring: submission entries hold raw pointers")]
+
+use std::io;
+use std::mem::size_of;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use io_uring::{IoUring, Probe, opcode, squeue, types};
+
+/// What the caller uses to tell completions apart.
+pub type Token = u64;
+
+/// The ring could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RingError {
+    #[error(
+        "io_uring is unavailable ({0}): check the sysctl kernel.io_uring_disabled (0 allows it), and that no \
+         seccomp profile (such as a container runtime's default) blocks io_uring_setup"
+    )]
+    Setup(#[source] io::Error),
+    #[error("io_uring lacks {0} (the kernel is too old: 5.11 or later is needed)")]
+    Missing(&'static str),
+}
+
+/// Most fds one message carries.
+pub const MESSAGE_FDS_MAX: usize = 4;
+const CMSG_BYTES: usize = 64;
+
+#[repr(C, align(8))]
+struct Cmsg([u8; CMSG_BYTES]);
+
+struct SendState {
+    header: libc::msghdr,
+    iov: libc::iovec,
+    cmsg: Cmsg,
+    bytes: Vec<u8>,
+    _fds: Vec<Arc<OwnedFd>>,
+}
+
+struct RecvState {
+    header: libc::msghdr,
+    iov: libc::iovec,
+    cmsg: Cmsg,
+    buf: Vec<u8>,
+}
+
+/// What an in-flight operation keeps alive.
+enum Keep {
+    Poll,
+    Read(Vec<u8>),
+    /// Only kept alive: the kernel reads the header, iovec and control data.
+    Send {
+        _state: Box<SendState>,
+    },
+    Recv(Box<RecvState>),
+    /// Only kept alive: the kernel reads the timespec.
+    Timeout {
+        _spec: Box<types::Timespec>,
+    },
+    Cancel,
+}
+
+struct InFlight {
+    token: Token,
+    keep: Keep,
+    _fd: Option<Arc<OwnedFd>>,
+}
+
+/// What came back, with the buffers the operation owned.
+#[derive(Debug)]
+pub enum Done {
+    /// `buf` holds what was read (`result` bytes).
+    Read {
+        buf: Vec<u8>,
+    },
+    /// The fd became readable (`result` holds the poll mask).
+    Poll,
+    /// The message went out (`result` bytes).
+    Sent,
+    /// A message came in: `buf` holds it, `fds` what was attached. `truncated` when either did
+    /// not fit.
+    Received {
+        buf: Vec<u8>,
+        fds: Vec<OwnedFd>,
+        truncated: bool,
+    },
+    /// The timeout fired (`result` is `-ETIME`) or was cancelled (`-ECANCELED`).
+    Timeout,
+    Cancel,
+}
+
+/// One completion.
+#[derive(Debug)]
+pub struct Completion {
+    pub token: Token,
+    /// The syscall-style result: a count or a negated errno.
+    pub result: i32,
+    pub done: Done,
+}
+
+impl Completion {
+    /// The result as an `io::Result`.
+    pub fn io_result(&self) -> io::Result<usize> {
+        if self.result < 0 {
+            Err(io::Error::from_raw_os_error(-self.result))
+        } else {
+            Ok(self.result as usize)
+        }
+    }
+}
+
+/// An io_uring instance with its in-flight table.
+pub struct Ring {
+    ring: IoUring,
+    slots: Vec<Option<InFlight>>,
+    free: Vec<usize>,
+    unsubmitted: usize,
+}
+
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ring").field("in_flight", &self.in_flight()).finish()
+    }
+}
+
+impl Ring {
+    /// Sets up a ring of `entries` submission slots, and checks that the kernel supports every
+    /// operation this crate uses.
+    pub fn new(entries: u32) -> Result<Self, RingError> {
+        let ring = IoUring::new(entries).map_err(RingError::Setup)?;
+        let mut probe = Probe::new();
+        ring.submitter().register_probe(&mut probe).map_err(RingError::Setup)?;
+        for (code, name) in [
+            (opcode::Read::CODE, "IORING_OP_READ"),
+            (opcode::PollAdd::CODE, "IORING_OP_POLL_ADD"),
+            (opcode::SendMsg::CODE, "IORING_OP_SENDMSG"),
+            (opcode::RecvMsg::CODE, "IORING_OP_RECVMSG"),
+            (opcode::Timeout::CODE, "IORING_OP_TIMEOUT"),
+            (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL"),
+        ] {
+            if !probe.is_supported(code) {
+                return Err(RingError::Missing(name));
+            }
+        }
+        Ok(Self { ring, slots: Vec::new(), free: Vec::new(), unsubmitted: 0 })
+    }
+
+    /// Operations submitted (or queued) and not yet completed.
+    pub fn in_flight(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// Reads up to `buf`'s spare capacity from `fd` (at the current position).
+    pub fn read(&mut self, token: Token, fd: &Arc<OwnedFd>, mut buf: Vec<u8>) {
+        buf.clear();
+        let len = u32::try_from(buf.capacity()).unwrap_or(u32::MAX);
+        let entry =
+            opcode::Read::new(types::Fd(fd.as_raw_fd()), buf.as_mut_ptr(), len).offset(u64::MAX).build();
+        self.push(entry, InFlight { token, keep: Keep::Read(buf), _fd: Some(Arc::clone(fd)) });
+    }
+
+    /// Completes once `fd` is readable (for a pidfd: once the process has exited).
+    pub fn poll_readable(&mut self, token: Token, fd: &Arc<OwnedFd>) {
+        let entry = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), libc::POLLIN as u32).build();
+        self.push(entry, InFlight { token, keep: Keep::Poll, _fd: Some(Arc::clone(fd)) });
+    }
+
+    /// Sends `bytes` as one message on `sock`, with `fds` attached (`SCM_RIGHTS`).
+    pub fn send_with_fds(&mut self, token: Token, sock: &Arc<OwnedFd>, bytes: Vec<u8>, fds: &[Arc<OwnedFd>]) {
+        assert!(fds.len() <= MESSAGE_FDS_MAX, "at most {MESSAGE_FDS_MAX} fds per message");
+        // SAFETY: an all-zero msghdr is a valid empty header.
+        let header: libc::msghdr = unsafe { std::mem::zeroed() };
+        let iov = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+        let mut state =
+            Box::new(SendState { header, iov, cmsg: Cmsg([0; CMSG_BYTES]), bytes, _fds: fds.to_vec() });
+        state.iov = libc::iovec { iov_base: state.bytes.as_mut_ptr().cast(), iov_len: state.bytes.len() };
+        state.header.msg_iov = &raw mut state.iov;
+        state.header.msg_iovlen = 1;
+        if !fds.is_empty() {
+            let payload = (fds.len() * size_of::<RawFd>()) as u32;
+            // SAFETY: CMSG_SPACE only computes a size.
+            let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
+            // SAFETY: CMSG_LEN only computes a size.
+            let len = unsafe { libc::CMSG_LEN(payload) } as usize;
+            assert!(space <= CMSG_BYTES);
+            state.header.msg_control = state.cmsg.0.as_mut_ptr().cast();
+            state.header.msg_controllen = space;
+            // SAFETY: msg_control points at `space` bytes in `state`, room for one header.
+            let cmsg = unsafe { libc::CMSG_FIRSTHDR(&raw const state.header) };
+            // SAFETY: non-null (there is room for a header) and inside `state.cmsg`.
+            let cmsg = unsafe { &mut *cmsg };
+            cmsg.cmsg_level = libc::SOL_SOCKET;
+            cmsg.cmsg_type = libc::SCM_RIGHTS;
+            cmsg.cmsg_len = len;
+            // SAFETY: the payload area follows the header inside `state.cmsg` (checked above).
+            let data = unsafe { libc::CMSG_DATA(cmsg) }.cast::<RawFd>();
+            for (i, fd) in fds.iter().enumerate() {
+                // SAFETY: `i < fds.len()`, within the payload.
+                let slot = unsafe { data.add(i) };
+                // SAFETY: `slot` lies inside `state.cmsg`; unaligned writes are allowed.
+                unsafe { slot.write_unaligned(fd.as_raw_fd()) };
+            }
+        }
+        let entry = opcode::SendMsg::new(types::Fd(sock.as_raw_fd()), &raw const state.header)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build();
+        self.push(entry, InFlight { token, keep: Keep::Send { _state: state }, _fd: Some(Arc::clone(sock)) });
+    }
+
+    /// Receives one message of up to `buf`'s capacity from `sock`, with any fds attached.
+    pub fn recv_with_fds(&mut self, token: Token, sock: &Arc<OwnedFd>, mut buf: Vec<u8>) {
+        buf.clear();
+        // SAFETY: an all-zero msghdr is a valid empty header.
+        let header: libc::msghdr = unsafe { std::mem::zeroed() };
+        let iov = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+        let mut state = Box::new(RecvState { header, iov, cmsg: Cmsg([0; CMSG_BYTES]), buf });
+        state.iov = libc::iovec { iov_base: state.buf.as_mut_ptr().cast(), iov_len: state.buf.capacity() };
+        state.header.msg_iov = &raw mut state.iov;
+        state.header.msg_iovlen = 1;
+        state.header.msg_control = state.cmsg.0.as_mut_ptr().cast();
+        state.header.msg_controllen = CMSG_BYTES;
+        let entry = opcode::RecvMsg::new(types::Fd(sock.as_raw_fd()), &raw mut state.header)
+            .flags(libc::MSG_CMSG_CLOEXEC as u32)
+            .build();
+        self.push(entry, InFlight { token, keep: Keep::Recv(state), _fd: Some(Arc::clone(sock)) });
+    }
+
+    /// Completes after `after`.
+    pub fn timeout(&mut self, token: Token, after: Duration) {
+        let spec = Box::new(types::Timespec::new().sec(after.as_secs()).nsec(after.subsec_nanos()));
+        let entry = opcode::Timeout::new(&raw const *spec).build();
+        self.push(entry, InFlight { token, keep: Keep::Timeout { _spec: spec }, _fd: None });
+    }
+
+    /// Asks the kernel to cancel every in-flight operation of `token`; each still completes
+    /// (with `-ECANCELED` if the cancel won).
+    pub fn cancel(&mut self, token: Token) {
+        let targets: Vec<u64> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s, Some(f) if f.token == token && !matches!(f.keep, Keep::Cancel)))
+            .map(|(i, _)| i as u64)
+            .collect();
+        for user_data in targets {
+            let entry = opcode::AsyncCancel::new(user_data).build();
+            self.push(entry, InFlight { token, keep: Keep::Cancel, _fd: None });
+        }
+    }
+
+    /// Submits what was queued, waits for at least `want` completions (0: do not wait), and
+    /// appends every available completion to `out`.
+    pub fn submit_and_wait(&mut self, want: usize, out: &mut Vec<Completion>) -> io::Result<()> {
+        let want = want.min(self.in_flight());
+        loop {
+            match self.ring.submit_and_wait(want) {
+                Ok(_) => break,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    // The completion queue is full: reap first, then submit again.
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.unsubmitted = 0;
+        let entries: Vec<(u64, i32, u32)> =
+            self.ring.completion().map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())).collect();
+        for (user_data, result, _flags) in entries {
+            let index = user_data as usize;
+            let Some(in_flight) = self.slots.get_mut(index).and_then(Option::take) else { continue };
+            self.free.push(index);
+            out.push(Completion { token: in_flight.token, result, done: finish(in_flight.keep, result) });
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, entry: squeue::Entry, in_flight: InFlight) {
+        let index = match self.free.pop() {
+            Some(index) => index,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        self.slots[index] = Some(in_flight);
+        let entry = entry.user_data(index as u64);
+        loop {
+            // SAFETY: everything `entry` points at is owned by `self.slots[index]`, which stays
+            // put until this entry's completion is reaped (and `Drop` drains before freeing).
+            let pushed = unsafe { self.ring.submission().push(&entry) };
+            if pushed.is_ok() {
+                self.unsubmitted += 1;
+                return;
+            }
+            // The submission queue is full: hand it to the kernel and retry.
+            if let Err(e) = self.ring.submit() {
+                assert!(
+                    e.raw_os_error() == Some(libc::EBUSY) || e.raw_os_error() == Some(libc::EINTR),
+                    "{e}"
+                );
+            }
+        }
+    }
+}
+
+fn finish(keep: Keep, result: i32) -> Done {
+    match keep {
+        Keep::Poll => Done::Poll,
+        Keep::Read(mut buf) => {
+            if result > 0 {
+                // SAFETY: the kernel wrote `result` bytes into the spare capacity.
+                unsafe { buf.set_len(result as usize) };
+            }
+            Done::Read { buf }
+        }
+        Keep::Send { .. } => Done::Sent,
+        Keep::Recv(mut state) => {
+            let mut fds = Vec::new();
+            if result >= 0 {
+                // SAFETY: the kernel wrote `result` bytes into the buffer.
+                unsafe { state.buf.set_len(result as usize) };
+                // SAFETY: the kernel filled `msg_controllen` bytes of the control buffer.
+                let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&raw const state.header) };
+                while !cmsg.is_null() {
+                    // SAFETY: non-null headers from CMSG_FIRSTHDR/NXTHDR lie inside the buffer.
+                    let header = unsafe { &*cmsg };
+                    if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
+                        // SAFETY: CMSG_LEN(0) only computes the header size.
+                        let count =
+                            (header.cmsg_len - unsafe { libc::CMSG_LEN(0) } as usize) / size_of::<RawFd>();
+                        // SAFETY: the payload holds `count` fds written by the kernel.
+                        let data = unsafe { libc::CMSG_DATA(cmsg) }.cast::<RawFd>();
+                        for i in 0..count {
+                            // SAFETY: `i < count`, inside the payload.
+                            let slot = unsafe { data.add(i) };
+                            // SAFETY: the kernel wrote an fd there; unaligned reads are allowed.
+                            let fd = unsafe { slot.read_unaligned() };
+                            // SAFETY: each fd arrived new in this process with the message.
+                            fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                        }
+                    }
+                    // SAFETY: `cmsg` is a valid header inside the control buffer.
+                    cmsg = unsafe { libc::CMSG_NXTHDR(&raw const state.header, cmsg) };
+                }
+            }
+            let truncated = state.header.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0;
+            Done::Received { buf: std::mem::take(&mut state.buf), fds, truncated }
+        }
+        Keep::Timeout { .. } => Done::Timeout,
+        Keep::Cancel => Done::Cancel,
+    }
+}
+
+impl Drop for Ring {
+    /// Cancels everything in flight and waits for the kernel to let go of it.
+    fn drop(&mut self) {
+        let tokens: Vec<Token> = self.slots.iter().flatten().map(|f| f.token).collect();
+        for token in tokens {
+            self.cancel(token);
+        }
+        let mut sink = Vec::new();
+        while self.in_flight() > 0 {
+            sink.clear();
+            if self.submit_and_wait(1, &mut sink).is_err() {
+                // The kernel no longer answers; leak what it may still touch rather than free it.
+                std::mem::forget(std::mem::take(&mut self.slots));
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipe() -> (Arc<OwnedFd>, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for two fds.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        (Arc::new(adopt(fds[0])), adopt(fds[1]))
+    }
+
+    fn adopt(fd: RawFd) -> OwnedFd {
+        // SAFETY: the tests pass only fds a syscall just created, owned by nobody else.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    }
+
+    fn complete(ring: &mut Ring) -> Completion {
+        complete_n(ring, 1).remove(0)
+    }
+
+    fn complete_n(ring: &mut Ring, n: usize) -> Vec<Completion> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            ring.submit_and_wait(1, &mut out).unwrap();
+        }
+        assert_eq!(out.len(), n, "more completions than expected: {out:?}");
+        out
+    }
+
+    #[test]
+    fn reads_come_back_with_their_buffers() {
+        let mut ring = Ring::new(8).unwrap();
+        let (read, write) = pipe();
+        ring.read(7, &read, Vec::with_capacity(16));
+        // SAFETY: writing 5 bytes from a literal.
+        unsafe { libc::write(write.as_raw_fd(), b"hello".as_ptr().cast(), 5) };
+        let done = complete(&mut ring);
+        assert_eq!(done.token, 7);
+        assert!(matches!(done.done, Done::Read { ref buf } if buf == b"hello"));
+        drop(write);
+        ring.read(8, &read, Vec::with_capacity(16));
+        assert_eq!(complete(&mut ring).result, 0, "end of stream");
+    }
+
+    #[test]
+    fn messages_carry_fds_both_ways() {
+        let mut ring = Ring::new(8).unwrap();
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for two fds.
+        assert_eq!(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, fds.as_mut_ptr()) }, 0);
+        let (a, b) = (Arc::new(adopt(fds[0])), Arc::new(adopt(fds[1])));
+        let (attached, _) = pipe();
+        ring.send_with_fds(1, &a, b"payload".to_vec(), &[attached]);
+        ring.recv_with_fds(2, &b, Vec::with_capacity(64));
+        let mut got = complete_n(&mut ring, 2);
+        got.sort_by_key(|c| c.token);
+        assert!(matches!(got[0].done, Done::Sent));
+        match &got[1].done {
+            Done::Received { buf, fds, truncated } => {
+                assert_eq!(buf, b"payload");
+                assert_eq!(fds.len(), 1);
+                assert!(!truncated);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn timeouts_fire_and_cancels_land() {
+        let mut ring = Ring::new(8).unwrap();
+        ring.timeout(3, Duration::from_millis(1));
+        let done = complete(&mut ring);
+        assert_eq!((done.token, done.result), (3, -libc::ETIME));
+
+        let (read, _write) = pipe();
+        ring.read(4, &read, Vec::with_capacity(8));
+        ring.cancel(4);
+        let out = complete_n(&mut ring, 2);
+        let read_done = out.iter().find(|c| matches!(c.done, Done::Read { .. })).unwrap();
+        assert_eq!(read_done.result, -libc::ECANCELED);
+    }
+
+    #[test]
+    fn dropping_a_ring_with_work_in_flight_is_safe() {
+        let mut ring = Ring::new(8).unwrap();
+        let (read, _write) = pipe();
+        ring.read(1, &read, Vec::with_capacity(8));
+        ring.poll_readable(2, &read);
+        ring.timeout(3, Duration::from_secs(60));
+        let mut out = Vec::new();
+        ring.submit_and_wait(0, &mut out).unwrap();
+        drop(ring);
+    }
+}

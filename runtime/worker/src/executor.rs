@@ -1,0 +1,546 @@
+//! The executor: runs jobs through the zygote's lanes, on one thread, with every socket, pipe,
+//! pidfd and timer driven by one io_uring.
+//!
+//! A job waits in the [`Queue`] until a slot and an idle lane are free. The loop then sends the
+//! lane the job's plan with fresh stdout and stderr pipes, and receives the job's pidfd. From
+//! there three operations are in flight per job: a read on each pipe (re-armed until end of
+//! stream) and a poll on the pidfd; plus a timer when the job has a timeout. The job is
+//! finished once it has exited and both pipes are at end of stream; it is then reaped and
+//! reported. Every job ends in exactly one [`JobResult`].
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use maelstrom_container::{
+    Captured, Completed, ExitStatus, Job, Lane, Outcome, SpawnError, SpawnRequest, Zygote,
+};
+use maelstrom_uring::{Completion, Done, Ring, RingError, Token};
+use rkyv::util::AlignedVec;
+
+use crate::queue::Queue;
+
+/// Identifies a job within one executor. Must be below 2^60.
+pub type JobId = u64;
+
+/// Bytes asked for per read of a job's output.
+const OUTPUT_CHUNK_BYTES: usize = 64 << 10;
+
+/// How long to keep reading a job's output after it exited.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
+
+/// Submission-queue entries of the ring.
+const RING_ENTRIES: u32 = 256;
+
+/// A job to run.
+#[derive(Debug)]
+pub struct JobRequest {
+    pub id: JobId,
+    pub spawn: SpawnRequest,
+    pub priority: i8,
+    pub estimated: Option<Duration>,
+    pub timeout: Option<Duration>,
+}
+
+/// Why a job produced no outcome.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// The job's spec is at fault: its setup failed before exec (a missing program, a missing
+    /// mount point...).
+    #[error("{0}")]
+    Execution(String),
+    /// The worker is at fault.
+    #[error("{0}")]
+    System(String),
+}
+
+/// How one job ended.
+#[derive(Debug)]
+pub struct JobResult {
+    pub id: JobId,
+    pub result: Result<Completed, JobError>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ExecutorConfig {
+    /// Jobs running at once.
+    pub slots: usize,
+    /// Bytes kept of each of a job's stdout and stderr.
+    pub output_bytes_max: usize,
+}
+
+/// The executor could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    #[error(transparent)]
+    Ring(#[from] RingError),
+    #[error("create the executor's wake-up eventfd")]
+    EventFd(#[source] std::io::Error),
+    #[error("start the executor thread")]
+    Thread(#[source] std::io::Error),
+}
+
+enum Command {
+    Run(Box<JobRequest>),
+    Cancel(JobId),
+    Shutdown,
+}
+
+/// A handle on the executor thread. Dropping it kills what still runs, reports it, and ends
+/// the thread.
+#[derive(Debug)]
+pub struct Executor {
+    commands: Sender<Command>,
+    wake: Arc<OwnedFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Called on the executor thread with every result.
+pub type ResultSink = Box<dyn FnMut(JobResult) + Send>;
+
+impl Executor {
+    /// Takes over the zygote's lanes and starts the executor thread.
+    pub fn start(
+        zygote: Zygote,
+        config: ExecutorConfig,
+        on_result: ResultSink,
+    ) -> Result<Self, ExecutorError> {
+        let wake = Arc::new(maelstrom_container::eventfd().map_err(ExecutorError::EventFd)?);
+        let (commands, receiver) = channel();
+        let (ready_send, ready) = channel();
+        let lanes = zygote.into_lanes();
+        let loop_wake = Arc::clone(&wake);
+        let thread = std::thread::Builder::new()
+            .name("executor".into())
+            .spawn(move || match Ring::new(RING_ENTRIES) {
+                Err(e) => {
+                    let _ = ready_send.send(Err(e));
+                }
+                Ok(ring) => {
+                    let _ = ready_send.send(Ok(()));
+                    EventLoop::new(ring, lanes, config, receiver, loop_wake, on_result).run();
+                }
+            })
+            .map_err(ExecutorError::Thread)?;
+        match ready.recv() {
+            Ok(Ok(())) => Ok(Self { commands, wake, thread: Some(thread) }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e.into())
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(ExecutorError::Thread(std::io::Error::other("the executor thread died while starting")))
+            }
+        }
+    }
+
+    /// Queues a job. Its result comes through the sink.
+    pub fn submit(&self, job: JobRequest) {
+        self.send(Command::Run(Box::new(job)));
+    }
+
+    /// Cancels a job: it is dropped if still waiting, killed if running; either way its result
+    /// still comes, as an error or with the signal that killed it.
+    pub fn cancel(&self, id: JobId) {
+        self.send(Command::Cancel(id));
+    }
+
+    fn send(&self, command: Command) {
+        if self.commands.send(command).is_ok() {
+            // A failed wake-up can only mean the loop is gone; its results say why.
+            let _ = maelstrom_container::write_all(self.wake.as_fd(), &1u64.to_ne_bytes());
+        }
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        self.send(Command::Shutdown);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+const WAKE: Token = u64::MAX;
+const LANE_BIT: Token = 1 << 63;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Stdout = 0,
+    Stderr = 1,
+    Exit = 2,
+    Deadline = 3,
+    Drain = 4,
+}
+
+fn job_token(id: JobId, kind: Kind) -> Token {
+    (id << 3) | kind as u64
+}
+
+fn lane_token(lane: usize, recv: bool) -> Token {
+    LANE_BIT | ((lane as u64) << 1) | u64::from(recv)
+}
+
+/// A job whose spawn request is with a lane.
+struct Spawning {
+    job: JobRequest,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    started: Instant,
+}
+
+struct LaneState {
+    lane: Lane,
+    sock: Arc<OwnedFd>,
+    spawning: Option<Spawning>,
+    dead: Option<String>,
+}
+
+struct Stream {
+    fd: Arc<OwnedFd>,
+    open: bool,
+    captured: Captured,
+}
+
+struct Running {
+    job: Job,
+    pidfd: Arc<OwnedFd>,
+    streams: [Stream; 2],
+    exited: bool,
+    timed_out: bool,
+    started: Instant,
+    timers: Vec<Kind>,
+}
+
+struct EventLoop {
+    ring: Ring,
+    lanes: Vec<LaneState>,
+    queue: Queue<JobRequest>,
+    running: HashMap<JobId, Running>,
+    slots_free: usize,
+    config: ExecutorConfig,
+    commands: Receiver<Command>,
+    wake: Arc<OwnedFd>,
+    on_result: ResultSink,
+    shutting_down: bool,
+    buffers: Vec<Vec<u8>>,
+    request_bytes: AlignedVec,
+    reply_bytes: AlignedVec,
+}
+
+impl EventLoop {
+    fn new(
+        ring: Ring,
+        lanes: Vec<Lane>,
+        config: ExecutorConfig,
+        commands: Receiver<Command>,
+        wake: Arc<OwnedFd>,
+        on_result: ResultSink,
+    ) -> Self {
+        let lanes = lanes
+            .into_iter()
+            .map(|lane| {
+                let sock = Arc::new(lane.socket().try_clone_to_owned().expect("dup a lane socket"));
+                LaneState { lane, sock, spawning: None, dead: None }
+            })
+            .collect();
+        Self {
+            ring,
+            lanes,
+            queue: Queue::default(),
+            running: HashMap::new(),
+            slots_free: config.slots.max(1),
+            config,
+            commands,
+            wake,
+            on_result,
+            shutting_down: false,
+            buffers: Vec::new(),
+            request_bytes: AlignedVec::new(),
+            reply_bytes: AlignedVec::new(),
+        }
+    }
+
+    fn run(mut self) {
+        self.arm_wake();
+        let mut completions = Vec::new();
+        loop {
+            self.take_commands();
+            self.dispatch();
+            if self.shutting_down
+                && self.running.is_empty()
+                && self.lanes.iter().all(|l| l.spawning.is_none())
+            {
+                break;
+            }
+            completions.clear();
+            if let Err(e) = self.ring.submit_and_wait(1, &mut completions) {
+                self.fail_everything(&format!("the executor's io_uring failed: {e}"));
+                break;
+            }
+            for completion in completions.drain(..) {
+                self.handle(completion);
+            }
+        }
+    }
+
+    fn arm_wake(&mut self) {
+        self.ring.read(WAKE, &self.wake, Vec::with_capacity(8));
+    }
+
+    fn take_commands(&mut self) {
+        loop {
+            match self.commands.try_recv() {
+                Ok(Command::Run(job)) => {
+                    if self.shutting_down {
+                        self.report(job.id, Err(JobError::System("the worker is shutting down".into())));
+                    } else {
+                        self.queue.push(job.priority, job.estimated, *job);
+                    }
+                }
+                Ok(Command::Cancel(id)) => self.cancel(id),
+                Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => self.shut_down(),
+                Err(TryRecvError::Empty) => return,
+            }
+        }
+    }
+
+    fn cancel(&mut self, id: JobId) {
+        for job in self.queue.remove_where(|job| job.id == id) {
+            self.report(job.id, Err(JobError::System("cancelled".into())));
+        }
+        if let Some(running) = self.running.get(&id) {
+            let _ = running.job.kill();
+        }
+    }
+
+    fn shut_down(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        self.shutting_down = true;
+        for job in self.queue.remove_where(|_| true) {
+            self.report(job.id, Err(JobError::System("the worker is shutting down".into())));
+        }
+        for running in self.running.values() {
+            let _ = running.job.kill();
+        }
+    }
+
+    fn fail_everything(&mut self, why: &str) {
+        for job in self.queue.remove_where(|_| true) {
+            self.report(job.id, Err(JobError::System(why.to_owned())));
+        }
+        let spawning: Vec<JobId> =
+            self.lanes.iter_mut().filter_map(|l| l.spawning.take()).map(|s| s.job.id).collect();
+        let running: Vec<JobId> = self.running.keys().copied().collect();
+        for id in spawning.into_iter().chain(running) {
+            self.running.remove(&id);
+            self.report(id, Err(JobError::System(why.to_owned())));
+        }
+    }
+
+    /// Starts waiting jobs while slots and lanes allow.
+    fn dispatch(&mut self) {
+        while self.slots_free > 0 && !self.queue.is_empty() {
+            let Some(lane) = self.lanes.iter().position(|l| l.dead.is_none() && l.spawning.is_none()) else {
+                if let Some(why) = self.lanes.iter().find_map(|l| l.dead.clone())
+                    && self.lanes.iter().all(|l| l.dead.is_some())
+                {
+                    for job in self.queue.remove_where(|_| true) {
+                        self.report(job.id, Err(JobError::System(why.clone())));
+                    }
+                }
+                return;
+            };
+            let job = self.queue.pop().expect("checked non-empty");
+            self.slots_free -= 1;
+            if let Err(error) = self.send_to_lane(lane, job) {
+                self.slots_free += 1;
+                let (id, error) = error;
+                self.report(id, Err(error));
+            }
+        }
+    }
+
+    fn send_to_lane(&mut self, index: usize, job: JobRequest) -> Result<(), (JobId, JobError)> {
+        let system = |what: &str, e: std::io::Error| JobError::System(format!("{what}: {e}"));
+        let (out_read, out_write) =
+            maelstrom_container::pipe().map_err(|e| (job.id, system("create a pipe", e)))?;
+        let (err_read, err_write) =
+            maelstrom_container::pipe().map_err(|e| (job.id, system("create a pipe", e)))?;
+        if let Err(e) = maelstrom_container::encode_request(&job.spawn, &mut self.request_bytes) {
+            return Err((job.id, JobError::Execution(e.to_string())));
+        }
+        let lane = &mut self.lanes[index];
+        let fds = [Arc::new(out_write), Arc::new(err_write)];
+        self.ring.send_with_fds(lane_token(index, false), &lane.sock, self.request_bytes.to_vec(), &fds);
+        self.ring.recv_with_fds(
+            lane_token(index, true),
+            &lane.sock,
+            Vec::with_capacity(maelstrom_container::REPLY_BYTES_MAX),
+        );
+        lane.spawning = Some(Spawning { job, stdout: out_read, stderr: err_read, started: Instant::now() });
+        Ok(())
+    }
+
+    fn handle(&mut self, completion: Completion) {
+        let token = completion.token;
+        if token == WAKE {
+            self.arm_wake();
+        } else if token & LANE_BIT != 0 {
+            let lane = ((token & !LANE_BIT) >> 1) as usize;
+            if token & 1 == 1 {
+                self.lane_replied(lane, completion);
+            }
+            // A failed send shows up as a failed or empty receive too.
+        } else {
+            let id = token >> 3;
+            let kind = match token & 7 {
+                0 => Kind::Stdout,
+                1 => Kind::Stderr,
+                2 => Kind::Exit,
+                3 => Kind::Deadline,
+                _ => Kind::Drain,
+            };
+            self.job_event(id, kind, completion);
+        }
+    }
+
+    fn lane_replied(&mut self, index: usize, completion: Completion) {
+        let Some(lane_state) = self.lanes.get_mut(index) else { return };
+        let Some(spawning) = lane_state.spawning.take() else { return };
+        let Spawning { job, stdout, stderr, started } = spawning;
+        let outcome = match completion.done {
+            Done::Received { buf, mut fds, truncated } if completion.result > 0 && !truncated => {
+                self.reply_bytes.clear();
+                self.reply_bytes.extend_from_slice(&buf);
+                lane_state.lane.finish_spawn(&job.spawn, &self.reply_bytes, &mut fds)
+            }
+            _ => {
+                let death = lane_state.lane.death();
+                lane_state.dead = Some(death.to_string());
+                Err(death)
+            }
+        };
+        match outcome {
+            Ok(started_job) => self.watch(job, started_job, stdout, stderr, started),
+            Err(error) => {
+                self.slots_free += 1;
+                let error = match error {
+                    SpawnError::Setup { .. } | SpawnError::TooLarge { .. } => {
+                        JobError::Execution(error.to_string())
+                    }
+                    other => JobError::System(other.to_string()),
+                };
+                self.report(job.id, Err(error));
+            }
+        }
+    }
+
+    fn watch(&mut self, request: JobRequest, job: Job, stdout: OwnedFd, stderr: OwnedFd, started: Instant) {
+        let pidfd = match job.pidfd().try_clone_to_owned() {
+            Ok(fd) => Arc::new(fd),
+            Err(e) => {
+                drop(job);
+                self.slots_free += 1;
+                self.report(request.id, Err(JobError::System(format!("duplicate the job's pidfd: {e}"))));
+                return;
+            }
+        };
+        let id = request.id;
+        let streams =
+            [stdout, stderr].map(|fd| Stream { fd: Arc::new(fd), open: true, captured: Captured::default() });
+        for (stream, kind) in streams.iter().zip([Kind::Stdout, Kind::Stderr]) {
+            let buf = self.buffers.pop().unwrap_or_else(|| Vec::with_capacity(OUTPUT_CHUNK_BYTES));
+            self.ring.read(job_token(id, kind), &stream.fd, buf);
+        }
+        self.ring.poll_readable(job_token(id, Kind::Exit), &pidfd);
+        let mut timers = Vec::new();
+        if let Some(timeout) = request.timeout {
+            self.ring.timeout(job_token(id, Kind::Deadline), timeout.saturating_sub(started.elapsed()));
+            timers.push(Kind::Deadline);
+        }
+        self.running
+            .insert(id, Running { job, pidfd, streams, exited: false, timed_out: false, started, timers });
+    }
+
+    fn job_event(&mut self, id: JobId, kind: Kind, completion: Completion) {
+        let output_bytes_max = self.config.output_bytes_max;
+        let Some(running) = self.running.get_mut(&id) else {
+            // A late completion of a job already reported (a cancelled timer or read).
+            if let Done::Read { buf } = completion.done {
+                self.buffers.push(buf);
+            }
+            return;
+        };
+        match (kind, completion.done) {
+            (Kind::Stdout | Kind::Stderr, Done::Read { buf }) => {
+                let stream = &mut running.streams[kind as usize];
+                if completion.result > 0 {
+                    stream.captured.keep(&buf, output_bytes_max);
+                    self.ring.read(job_token(id, kind), &stream.fd, buf);
+                } else {
+                    stream.open = false;
+                    self.buffers.push(buf);
+                }
+            }
+            (Kind::Exit, _) => {
+                running.exited = true;
+                if running.streams.iter().any(|s| s.open) {
+                    self.ring.timeout(job_token(id, Kind::Drain), DRAIN_AFTER_EXIT);
+                    running.timers.push(Kind::Drain);
+                }
+            }
+            (Kind::Deadline, _) if completion.result == -libc::ETIME => {
+                running.timed_out = true;
+                let _ = running.job.kill();
+            }
+            (Kind::Drain, _) if completion.result == -libc::ETIME => {
+                for (stream, kind) in running.streams.iter_mut().zip([Kind::Stdout, Kind::Stderr]) {
+                    if stream.open {
+                        stream.open = false;
+                        self.ring.cancel(job_token(id, kind));
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.finish_if_done(id);
+    }
+
+    fn finish_if_done(&mut self, id: JobId) {
+        let done = self.running.get(&id).is_some_and(|r| r.exited && r.streams.iter().all(|s| !s.open));
+        if !done {
+            return;
+        }
+        let Some(mut running) = self.running.remove(&id) else { return };
+        for kind in std::mem::take(&mut running.timers) {
+            self.ring.cancel(job_token(id, kind));
+        }
+        self.slots_free += 1;
+        let result = match running.job.wait() {
+            Err(e) => Err(JobError::System(format!("reap the job: {e}"))),
+            Ok(status) => {
+                let outcome = match status {
+                    _ if running.timed_out => Outcome::TimedOut,
+                    ExitStatus::Exited(code) => Outcome::Exited(code),
+                    ExitStatus::Signaled(signal) => Outcome::Signaled(signal),
+                };
+                let [stdout, stderr] = running.streams.map(|s| s.captured);
+                Ok(Completed { outcome, stdout, stderr, duration: running.started.elapsed() })
+            }
+        };
+        drop(running.pidfd);
+        self.report(id, result);
+    }
+
+    fn report(&mut self, id: JobId, result: Result<Completed, JobError>) {
+        (self.on_result)(JobResult { id, result });
+    }
+}

@@ -1,0 +1,15 @@
+//! The worker: runs jobs in containers. Used by `maelstrom-worker` on cluster machines and,
+//! embedded, by every client in standalone mode (the same code either way).
+//!
+//! - [`executor`]: the io_uring event loop that drives the zygote's lanes and the jobs.
+//! - [`queue`]: the order waiting jobs start in.
+//! - [`cache`]: the layer cache: one extracted tree per layer artifact, shared by concurrent
+//!   runs, bounded, least recently used first out.
+
+pub mod cache;
+pub mod executor;
+pub mod queue;
+
+pub use executor::{
+    Executor, ExecutorConfig, ExecutorError, JobError, JobId, JobRequest, JobResult, ResultSink,
+};
