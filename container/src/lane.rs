@@ -273,12 +273,19 @@ impl Lane {
     }
 
     fn serve(&mut self, sock: BorrowedFd<'_>) -> io::Result<()> {
-        let mut request = AlignedVec::<16>::with_capacity(SPAWN_REQUEST_BYTES_MAX);
-        request.resize(SPAWN_REQUEST_BYTES_MAX, 0);
+        self.prewarm();
+        // Zeroed by the allocator's fresh pages rather than by a memset: most of it is never
+        // touched. u128 gives the 16-byte alignment rkyv needs.
+        let mut storage: Vec<u128> = vec![0; SPAWN_REQUEST_BYTES_MAX / 16];
+        // SAFETY: the u128s are plain initialised bytes; the slice covers exactly their storage
+        // and lives no longer than `storage`.
+        let request: &mut [u8] = unsafe {
+            std::slice::from_raw_parts_mut(storage.as_mut_ptr().cast::<u8>(), SPAWN_REQUEST_BYTES_MAX)
+        };
         let mut reply = AlignedVec::new();
         let mut fds = Vec::new();
         loop {
-            let len = sys::recv_with_fds(sock, &mut request, &mut fds)?;
+            let len = sys::recv_with_fds(sock, request, &mut fds)?;
             if len == 0 {
                 return Ok(());
             }
@@ -452,6 +459,18 @@ impl Lane {
             .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
         sys::waitpid(pid).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
         Ok(())
+    }
+
+    /// Makes one IPC namespace and one network namespace (the default mode's) ahead of the
+    /// first job, while the worker is still busy starting up. Failures are left for the job
+    /// that needs the namespace to report.
+    fn prewarm(&mut self) {
+        if let Ok(ipc) = self.make_ipcns() {
+            self.idle_ipc.push(ipc);
+        }
+        if let Ok(net) = self.make_netns(false) {
+            self.idle_net[0].push(net);
+        }
     }
 
     /// Namespaces for one job: from the pools if any is idle, else made now.

@@ -251,6 +251,27 @@ pub fn dir_is_empty(dir: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(true)
 }
 
+/// Ends this process the way a job ended: by `signal`, with its default action. Returns only
+/// if the signal does not end a process by default.
+pub fn die_by_signal(signal: libc::c_int) {
+    // SAFETY: SIG_DFL installs no handler; raise sends to this thread.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+    }
+    // SAFETY: as above.
+    unsafe {
+        libc::raise(signal);
+    }
+}
+
+/// Makes a FIFO at `path` with permission bits `mode`.
+pub fn mkfifo(path: &std::path::Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: `path` is NUL-terminated and live for the call.
+    cvt(unsafe { libc::mkfifo(path.as_ptr(), mode) }).map(drop)
+}
+
 /// An eventfd (close-on-exec), for waking an event loop from another thread.
 pub fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: eventfd takes integers.

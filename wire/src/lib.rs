@@ -6,9 +6,11 @@
 //! (NUL-terminated strings, bounded counts), and every decoder has a fuzz target in `fuzz/`.
 //!
 //! Links so far:
+//! - [`artifact`]: digests and layer manifests (content-addressed artifacts).
 //! - [`zygote`]: the worker and its zygote lanes (spawn requests carrying a setup plan, and the
 //!   replies that carry a pidfd or an error as data).
 
+pub mod artifact;
 pub mod zygote;
 
 mod cbytes;

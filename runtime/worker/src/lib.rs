@@ -3,11 +3,13 @@
 //!
 //! - [`executor`]: the io_uring event loop that drives the zygote's lanes and the jobs.
 //! - [`queue`]: the order waiting jobs start in.
+//! - [`layer`]: turning a manifest or a tar archive into a tree, refusing what could escape.
 //! - [`cache`]: the layer cache: one extracted tree per layer artifact, shared by concurrent
 //!   runs, bounded, least recently used first out.
 
 pub mod cache;
 pub mod executor;
+pub mod layer;
 pub mod queue;
 
 pub use executor::{

@@ -1,0 +1,14 @@
+//! The client library: what a runner (or a user writing one) needs to run jobs.
+//!
+//! - [`spec`]: the job and container spec formats (JSON and TOML).
+//! - [`resolve`]: container inheritance and environment evaluation.
+//! - [`layers`]: layer specs into artifacts (manifests or tars), with [`digests`] caching file
+//!   hashes and [`elf`] finding shared libraries.
+//! - [`local`]: standalone mode, with the worker embedded.
+
+pub mod digests;
+pub mod elf;
+pub mod layers;
+pub mod local;
+pub mod resolve;
+pub mod spec;

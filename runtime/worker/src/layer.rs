@@ -1,0 +1,365 @@
+//! Turning artifacts into trees: a manifest's entries, or a tar archive, written into a fresh
+//! directory that becomes one layer of a container's root.
+//!
+//! Both refuse anything that could write outside the directory: absolute or `..` paths, an
+//! entry below a symlink, a hard link to something outside, a relative symlink that climbs
+//! above the layer's root. Device nodes are refused too (an unprivileged worker cannot make
+//! them, and jobs get devices through `devices` mounts). File contents are checked against their
+//! digests as they are copied.
+
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use maelstrom_wire::artifact::{Digest, EntryKind, Hasher, Manifest};
+
+/// Size charged per entry beyond its bytes, roughly a filesystem block.
+const ENTRY_OVERHEAD_BYTES: u64 = 4096;
+
+/// Bits of a mode a layer may keep: permissions and sticky, never setuid or setgid.
+const MODE_KEPT: u32 = 0o1777;
+
+/// Joins `relative` (already checked) to `root`, refusing to go below a symlink on the way.
+fn place(root: &Path, relative: &Path) -> Result<PathBuf, String> {
+    let mut path = root.to_path_buf();
+    let mut components = relative.components().peekable();
+    while let Some(component) = components.next() {
+        path.push(component);
+        if components.peek().is_some()
+            && let Ok(metadata) = fs::symlink_metadata(&path)
+            && metadata.file_type().is_symlink()
+        {
+            return Err(format!("{} lies below the symlink {}", relative.display(), path.display()));
+        }
+    }
+    Ok(path)
+}
+
+/// Checks a path from an artifact and returns it relative to the layer's root.
+fn relative(path: &Path, absolute_allowed: bool) -> Result<PathBuf, String> {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::RootDir if absolute_allowed => {}
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(format!("{} is an absolute path", path.display()));
+            }
+            Component::CurDir => {}
+            Component::ParentDir => return Err(format!("{} contains '..'", path.display())),
+            Component::Normal(part) => out.push(part),
+        }
+    }
+    Ok(out)
+}
+
+/// Whether a relative symlink target, placed at `link` (relative to the root), climbs above
+/// the root.
+fn escapes(link: &Path, target: &Path) -> bool {
+    if target.is_absolute() {
+        // Resolved against the container's root at run time, so it cannot leave the container.
+        return false;
+    }
+    let mut depth: i64 = link.components().count() as i64 - 1;
+    for component in target.components() {
+        match component {
+            Component::ParentDir => depth -= 1,
+            Component::Normal(_) => depth += 1,
+            _ => {}
+        }
+        if depth < 0 {
+            return true;
+        }
+    }
+    false
+}
+
+fn create_parents(path: &Path) -> Result<(), String> {
+    match path.parent() {
+        Some(parent) => fs::create_dir_all(parent).map_err(|e| format!("create {}: {e}", parent.display())),
+        None => Ok(()),
+    }
+}
+
+/// Copies `source` into `dest`, checking it hashes to `digest`; returns its size.
+fn copy_verified(source: &Path, dest: &Path, digest: &Digest, mode: u32) -> Result<u64, String> {
+    let mut input = File::open(source).map_err(|e| format!("open {}: {e}", source.display()))?;
+    let mut output = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode & MODE_KEPT)
+        .open(dest)
+        .map_err(|e| format!("create {}: {e}", dest.display()))?;
+    let mut hasher = Hasher::default();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut size = 0u64;
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("read {}: {e}", source.display())),
+        };
+        hasher.update(&buf[..n]);
+        output.write_all(&buf[..n]).map_err(|e| format!("write {}: {e}", dest.display()))?;
+        size += n as u64;
+    }
+    if hasher.finish() != *digest {
+        return Err(format!("{} changed while it was being cached; run again", source.display()));
+    }
+    fs::set_permissions(dest, fs::Permissions::from_mode(mode & MODE_KEPT))
+        .map_err(|e| format!("chmod {}: {e}", dest.display()))?;
+    Ok(size)
+}
+
+/// Writes the tree `manifest` describes into `dir`, taking each file's bytes from the local
+/// path `source` gives for its digest. Returns the bytes written.
+pub fn materialize(
+    manifest: &Manifest,
+    source: &dyn Fn(&Digest) -> Option<PathBuf>,
+    dir: &Path,
+) -> Result<u64, String> {
+    let mut size = 0u64;
+    for entry in &manifest.entries {
+        let path = Path::new(OsStr::from_bytes(&entry.path));
+        let rel = relative(path, true)?;
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
+        let dest = place(dir, &rel)?;
+        create_parents(&dest)?;
+        size += ENTRY_OVERHEAD_BYTES;
+        match &entry.kind {
+            EntryKind::Directory { mode } => {
+                fs::create_dir_all(&dest).map_err(|e| format!("create {}: {e}", dest.display()))?;
+                fs::set_permissions(&dest, fs::Permissions::from_mode(mode & MODE_KEPT))
+                    .map_err(|e| format!("chmod {}: {e}", dest.display()))?;
+            }
+            EntryKind::File { digest, mode, .. } => {
+                let from =
+                    source(digest).ok_or_else(|| format!("no source for {} ({digest})", rel.display()))?;
+                size += copy_verified(&from, &dest, digest, *mode)?;
+            }
+            EntryKind::Symlink { target } => {
+                let target = Path::new(OsStr::from_bytes(target));
+                if escapes(&rel, target) {
+                    return Err(format!(
+                        "symlink {} -> {} points outside the layer",
+                        rel.display(),
+                        target.display()
+                    ));
+                }
+                std::os::unix::fs::symlink(target, &dest)
+                    .map_err(|e| format!("create {}: {e}", dest.display()))?;
+            }
+        }
+    }
+    Ok(size)
+}
+
+/// Extracts the tar archive at `archive` into `dir`. Returns the bytes written.
+pub fn extract_tar(archive: &Path, dir: &Path) -> Result<u64, String> {
+    let file = File::open(archive).map_err(|e| format!("open {}: {e}", archive.display()))?;
+    let mut tar = tar::Archive::new(io::BufReader::new(file));
+    let entries = tar.entries().map_err(|e| format!("read {}: {e}", archive.display()))?;
+    let mut size = 0u64;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| format!("read {}: {e}", archive.display()))?;
+        let raw =
+            entry.path().map_err(|e| format!("{}: bad entry name: {e}", archive.display()))?.into_owned();
+        let bad = |why: String| format!("{}: entry {}: {why}", archive.display(), raw.display());
+        let rel = relative(&raw, false).map_err(bad)?;
+        if let Some(name) = rel.file_name().and_then(|n| n.to_str())
+            && name.starts_with(".wh.")
+        {
+            return Err(bad("OCI whiteouts are not supported yet".into()));
+        }
+        let kind = entry.header().entry_type();
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
+        let dest = place(dir, &rel).map_err(bad)?;
+        create_parents(&dest).map_err(bad)?;
+        let mode = entry.header().mode().unwrap_or(0o644) & MODE_KEPT;
+        size += ENTRY_OVERHEAD_BYTES;
+        match kind {
+            tar::EntryType::Directory => {
+                fs::create_dir_all(&dest).map_err(|e| bad(e.to_string()))?;
+                fs::set_permissions(&dest, fs::Permissions::from_mode(mode | 0o700))
+                    .map_err(|e| bad(e.to_string()))?;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                if fs::symlink_metadata(&dest).is_ok() {
+                    fs::remove_file(&dest).map_err(|e| bad(e.to_string()))?;
+                }
+                let mut out = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(mode)
+                    .open(&dest)
+                    .map_err(|e| bad(e.to_string()))?;
+                size += io::copy(&mut entry, &mut out).map_err(|e| bad(e.to_string()))?;
+                fs::set_permissions(&dest, fs::Permissions::from_mode(mode))
+                    .map_err(|e| bad(e.to_string()))?;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name()
+                    .map_err(|e| bad(e.to_string()))?
+                    .ok_or_else(|| bad("symlink without a target".into()))?;
+                if escapes(&rel, &target) {
+                    return Err(bad(format!("symlink to {} points outside the layer", target.display())));
+                }
+                std::os::unix::fs::symlink(&target, &dest).map_err(|e| bad(e.to_string()))?;
+            }
+            tar::EntryType::Link => {
+                let target = entry
+                    .link_name()
+                    .map_err(|e| bad(e.to_string()))?
+                    .ok_or_else(|| bad("hard link without a target".into()))?;
+                let target_rel =
+                    relative(&target, false).map_err(|why| bad(format!("hard link target {why}")))?;
+                let source = place(dir, &target_rel).map_err(bad)?;
+                if !source.exists() {
+                    return Err(bad(format!(
+                        "hard link to {}, which is not in the archive before it",
+                        target.display()
+                    )));
+                }
+                fs::hard_link(&source, &dest).map_err(|e| bad(e.to_string()))?;
+            }
+            tar::EntryType::Fifo => {
+                maelstrom_container::mkfifo(&dest, mode).map_err(|e| bad(e.to_string()))?;
+            }
+            tar::EntryType::Char | tar::EntryType::Block => {
+                return Err(bad("device nodes are refused (use a devices mount instead)".into()));
+            }
+            tar::EntryType::XHeader
+            | tar::EntryType::XGlobalHeader
+            | tar::EntryType::GNULongName
+            | tar::EntryType::GNULongLink => {}
+            other => return Err(bad(format!("unsupported entry type {other:?}"))),
+        }
+    }
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use maelstrom_wire::artifact::Entry;
+
+    fn tar_with(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> tempfile::NamedTempFile {
+        let mut builder = tar::Builder::new(Vec::new());
+        build(&mut builder);
+        let bytes = builder.into_inner().unwrap();
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(&bytes).unwrap();
+        file
+    }
+
+    fn header(kind: tar::EntryType, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(0o644);
+        h
+    }
+
+    fn append(
+        b: &mut tar::Builder<Vec<u8>>,
+        kind: tar::EntryType,
+        path: &str,
+        data: &[u8],
+        link: Option<&str>,
+    ) {
+        let mut h = header(kind, data.len() as u64);
+        // Set names straight in the header: the builder's own checks would refuse the bad ones.
+        let name = path.as_bytes();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        if let Some(link) = link {
+            h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        }
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+
+    #[test]
+    fn a_plain_archive_extracts() {
+        let archive = tar_with(|b| {
+            append(b, tar::EntryType::Directory, "usr/", b"", None);
+            append(b, tar::EntryType::Regular, "usr/hello", b"hi", None);
+            append(b, tar::EntryType::Symlink, "usr/link", b"", Some("hello"));
+            append(b, tar::EntryType::Symlink, "usr/abs", b"", Some("/usr/hello"));
+            append(b, tar::EntryType::Link, "usr/hard", b"", Some("usr/hello"));
+            append(b, tar::EntryType::Fifo, "usr/fifo", b"", None);
+        });
+        let dir = tempfile::tempdir().unwrap();
+        extract_tar(archive.path(), dir.path()).unwrap();
+        assert_eq!(fs::read(dir.path().join("usr/hello")).unwrap(), b"hi");
+        assert_eq!(fs::read(dir.path().join("usr/link")).unwrap(), b"hi");
+        assert_eq!(fs::read(dir.path().join("usr/hard")).unwrap(), b"hi");
+        assert_eq!(fs::read_link(dir.path().join("usr/abs")).unwrap(), Path::new("/usr/hello"));
+    }
+
+    #[test]
+    fn hostile_archives_are_refused_with_the_reason() {
+        type Build = Box<dyn Fn(&mut tar::Builder<Vec<u8>>)>;
+        let cases: Vec<(Build, &str)> = vec![
+            (Box::new(|b| append(b, tar::EntryType::Regular, "../evil", b"x", None)), "contains '..'"),
+            (
+                Box::new(|b| append(b, tar::EntryType::Regular, "/etc/evil", b"x", None)),
+                "is an absolute path",
+            ),
+            (
+                Box::new(|b| append(b, tar::EntryType::Symlink, "up", b"", Some("../../etc"))),
+                "points outside the layer",
+            ),
+            (
+                Box::new(|b| {
+                    append(b, tar::EntryType::Symlink, "etc", b"", Some("/etc"));
+                    append(b, tar::EntryType::Regular, "etc/passwd", b"x", None);
+                }),
+                "lies below the symlink",
+            ),
+            (Box::new(|b| append(b, tar::EntryType::Link, "hard", b"", Some("../outside"))), "contains '..'"),
+            (
+                Box::new(|b| append(b, tar::EntryType::Char, "dev/null", b"", None)),
+                "device nodes are refused",
+            ),
+            (Box::new(|b| append(b, tar::EntryType::Regular, "a/.wh.b", b"", None)), "whiteouts"),
+        ];
+        for (build, expected) in cases {
+            let archive = tar_with(|b| build(b));
+            let dir = tempfile::tempdir().unwrap();
+            let error = extract_tar(archive.path(), dir.path()).unwrap_err();
+            assert!(error.contains(expected), "{error:?} should say {expected:?}");
+        }
+    }
+
+    #[test]
+    fn manifests_materialize_and_verify_contents() {
+        let src = tempfile::tempdir().unwrap();
+        fs::write(src.path().join("f"), b"content").unwrap();
+        let digest = Digest::of(b"content");
+        let manifest = Manifest::from_entries([
+            Entry { path: b"/bin/f".to_vec(), kind: EntryKind::File { digest, size: 7, mode: 0o4755 } },
+            Entry { path: b"/tmp".to_vec(), kind: EntryKind::Directory { mode: 0o1777 } },
+            Entry { path: b"/lib/l".to_vec(), kind: EntryKind::Symlink { target: b"../bin/f".to_vec() } },
+        ]);
+        let source = src.path().join("f");
+        let dir = tempfile::tempdir().unwrap();
+        materialize(&manifest, &|_| Some(source.clone()), dir.path()).unwrap();
+        assert_eq!(fs::read(dir.path().join("lib/l")).unwrap(), b"content");
+        let mode = fs::metadata(dir.path().join("bin/f")).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o755, "setuid must be dropped");
+        assert_eq!(fs::metadata(dir.path().join("tmp")).unwrap().permissions().mode() & 0o7777, 0o1777);
+
+        fs::write(&source, b"changed").unwrap();
+        let again = tempfile::tempdir().unwrap();
+        let error = materialize(&manifest, &|_| Some(source.clone()), again.path()).unwrap_err();
+        assert!(error.contains("changed while it was being cached"), "{error}");
+    }
+}
