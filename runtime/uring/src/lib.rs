@@ -26,8 +26,8 @@ pub type Token = u64;
 #[derive(Debug, thiserror::Error)]
 pub enum RingError {
     #[error(
-        "io_uring is unavailable ({0}): check the sysctl kernel.io_uring_disabled (0 allows it), and that no \
-         seccomp profile (such as a container runtime's default) blocks io_uring_setup"
+        "io_uring is unavailable (check the sysctl kernel.io_uring_disabled: 0 allows it; and that no \
+         seccomp profile, such as a container runtime's default, blocks io_uring_setup)"
     )]
     Setup(#[source] io::Error),
     #[error("io_uring lacks {0} (the kernel is too old: 5.11 or later is needed)")]

@@ -137,6 +137,14 @@ pub fn materialize(
                 fs::set_permissions(&dest, fs::Permissions::from_mode(mode & MODE_KEPT))
                     .map_err(|e| format!("chmod {}: {e}", dest.display()))?;
             }
+            EntryKind::File { digest, mode, size: 0 } if *digest == Digest::of(b"") => {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(mode & MODE_KEPT)
+                    .open(&dest)
+                    .map_err(|e| format!("create {}: {e}", dest.display()))?;
+            }
             EntryKind::File { digest, mode, .. } => {
                 let from =
                     source(digest).ok_or_else(|| format!("no source for {} ({digest})", rel.display()))?;

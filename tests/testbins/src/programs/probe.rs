@@ -20,6 +20,10 @@
 //   probe stdin            read stdin to its end and print how many bytes came
 //   probe hang             sleep forever
 //   probe orphan           leave a child sleeping forever, then exit 0
+//   probe deny WHAT -- PROGRAM ARGS...
+//                          run PROGRAM under a seccomp filter that makes io_uring_setup
+//                          (WHAT=io_uring) or the creation of user namespaces (WHAT=userns)
+//                          fail with EPERM, as on hosts that disable them
 //
 // Errors are reported as the errno number, so the tests compare them exactly.
 
@@ -42,6 +46,69 @@ extern "C" {
     fn shmget(key: i32, size: usize, flags: i32) -> i32;
     fn semget(key: i32, count: i32, flags: i32) -> i32;
     fn msgget(key: i32, flags: i32) -> i32;
+    fn prctl(option: i32, ...) -> i32;
+}
+
+#[repr(C)]
+struct SockFilter {
+    code: u16,
+    jt: u8,
+    jf: u8,
+    k: u32,
+}
+
+#[repr(C)]
+struct SockFprog {
+    len: u16,
+    filter: *const SockFilter,
+}
+
+const fn bpf(code: u16, jt: u8, jf: u8, k: u32) -> SockFilter {
+    SockFilter { code, jt, jf, k }
+}
+
+const LD_W_ABS: u16 = 0x20;
+const JEQ_K: u16 = 0x15;
+const JSET_K: u16 = 0x45;
+const RET_K: u16 = 0x06;
+const RET_ALLOW: u32 = 0x7fff_0000;
+const RET_EPERM: u32 = 0x0005_0000 | 1;
+const IO_URING_SETUP: u32 = 425;
+#[cfg(target_arch = "x86_64")]
+const UNSHARE: u32 = 272;
+#[cfg(target_arch = "aarch64")]
+const UNSHARE: u32 = 97;
+const CLONE_NEWUSER: u32 = 0x1000_0000;
+
+fn deny(what: &str, command: &[String]) -> ! {
+    let filter: Vec<SockFilter> = match what {
+        "io_uring" => vec![
+            bpf(LD_W_ABS, 0, 0, 0),
+            bpf(JEQ_K, 1, 0, IO_URING_SETUP),
+            bpf(RET_K, 0, 0, RET_ALLOW),
+            bpf(RET_K, 0, 0, RET_EPERM),
+        ],
+        "userns" => vec![
+            bpf(LD_W_ABS, 0, 0, 0),
+            bpf(JEQ_K, 0, 2, UNSHARE),
+            bpf(LD_W_ABS, 0, 0, 16),
+            bpf(JSET_K, 1, 0, CLONE_NEWUSER),
+            bpf(RET_K, 0, 0, RET_ALLOW),
+            bpf(RET_K, 0, 0, RET_EPERM),
+        ],
+        other => {
+            eprintln!("probe: deny what? {other:?}");
+            std::process::exit(2);
+        }
+    };
+    let program = SockFprog { len: filter.len() as u16, filter: filter.as_ptr() };
+    unsafe {
+        assert_eq!(prctl(38, 1i64, 0i64, 0i64, 0i64), 0, "PR_SET_NO_NEW_PRIVS");
+        assert_eq!(prctl(22, 2i64, &program as *const SockFprog, 0i64, 0i64), 0, "PR_SET_SECCOMP");
+    }
+    let error = std::os::unix::process::CommandExt::exec(std::process::Command::new(&command[0]).args(&command[1..]));
+    eprintln!("probe: exec {}: {error}", command[0]);
+    std::process::exit(127);
 }
 
 const IPC_CREAT: i32 = 0o1000;
@@ -229,6 +296,7 @@ fn main() {
         "timewait" => timewait(arg(1).parse().expect("timewait PORT")),
         "ls" => println!("{}", entries(&arg(1))),
         "ipc-leave" => ipc_leave(),
+        "deny" => deny(&arg(1), args.get(3..).unwrap_or_default()),
         "ipc-look" => ipc_look(),
         "cat" => match std::fs::read(arg(1)) {
             Ok(bytes) => io::stdout().write_all(&bytes).expect("stdout"),
