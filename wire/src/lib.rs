@@ -7,10 +7,12 @@
 //!
 //! Links so far:
 //! - [`artifact`]: digests and layer manifests (content-addressed artifacts).
+//! - [`cluster`]: clients, the broker, workers and admin tools, over TCP.
 //! - [`zygote`]: the worker and its zygote lanes (spawn requests carrying a setup plan, and the
 //!   replies that carry a pidfd or an error as data).
 
 pub mod artifact;
+pub mod cluster;
 pub mod zygote;
 
 mod cbytes;

@@ -268,6 +268,22 @@ pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, offset.min(text.len()) - line_start + 1)
 }
 
+/// An error and its causes on one line, skipping a cause whose text is already there (so a
+/// binary can end with `program: what went wrong: why`).
+pub fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let text = next.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = next.source();
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -153,19 +153,6 @@ fn settings(cli: &Cli, cores: u64) -> anyhow::Result<Settings> {
     Ok(settings)
 }
 
-/// The error and its causes on one line, skipping a cause whose text is already there.
-fn one_line(error: &anyhow::Error) -> String {
-    let mut line = error.to_string();
-    for cause in error.chain().skip(1) {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-    }
-    line
-}
-
 enum Event {
     Item { index: usize, request: Result<StreamRequest, String> },
     InputEnded,
@@ -178,7 +165,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("maelstrom-run: {}", one_line(&e));
+            eprintln!("maelstrom-run: {}", maelstrom_config::one_line(e.as_ref()));
             ExitCode::from(2)
         }
     }

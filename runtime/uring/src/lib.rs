@@ -69,6 +69,8 @@ enum Keep {
     Timeout {
         _spec: Box<types::Timespec>,
     },
+    Write(Vec<u8>),
+    Accept,
     Cancel,
 }
 
@@ -98,6 +100,12 @@ pub enum Done {
     },
     /// The timeout fired (`result` is `-ETIME`) or was cancelled (`-ECANCELED`).
     Timeout,
+    /// `result` bytes of `buf` went out.
+    Written {
+        buf: Vec<u8>,
+    },
+    /// `result` is the accepted connection's fd.
+    Accepted,
     Cancel,
 }
 
@@ -111,6 +119,16 @@ pub struct Completion {
 }
 
 impl Completion {
+    /// Takes ownership of the fd an accept returned.
+    pub fn take_fd(&self) -> Option<OwnedFd> {
+        match self.done {
+            // SAFETY: a successful accept's result is a new fd that nothing else owns; this is
+            // called once per completion by the event loop that asked for the accept.
+            Done::Accepted if self.result >= 0 => Some(unsafe { OwnedFd::from_raw_fd(self.result) }),
+            _ => None,
+        }
+    }
+
     /// The result as an `io::Result`.
     pub fn io_result(&self) -> io::Result<usize> {
         if self.result < 0 {
@@ -149,6 +167,8 @@ impl Ring {
             (opcode::RecvMsg::CODE, "IORING_OP_RECVMSG"),
             (opcode::Timeout::CODE, "IORING_OP_TIMEOUT"),
             (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL"),
+            (opcode::Write::CODE, "IORING_OP_WRITE"),
+            (opcode::Accept::CODE, "IORING_OP_ACCEPT"),
         ] {
             if !probe.is_supported(code) {
                 return Err(RingError::Missing(name));
@@ -169,6 +189,24 @@ impl Ring {
         let entry =
             opcode::Read::new(types::Fd(fd.as_raw_fd()), buf.as_mut_ptr(), len).offset(u64::MAX).build();
         self.push(entry, InFlight { token, keep: Keep::Read(buf), _fd: Some(Arc::clone(fd)) });
+    }
+
+    /// Writes `buf` to `fd` (at the current position); the completion's result says how much
+    /// went out, and the buffer comes back.
+    pub fn write(&mut self, token: Token, fd: &Arc<OwnedFd>, buf: Vec<u8>) {
+        let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+        let entry = opcode::Write::new(types::Fd(fd.as_raw_fd()), buf.as_ptr(), len).offset(u64::MAX).build();
+        self.push(entry, InFlight { token, keep: Keep::Write(buf), _fd: Some(Arc::clone(fd)) });
+    }
+
+    /// Accepts one connection on the listening socket `fd`; the result is the new fd
+    /// (close-on-exec), which the caller takes with [`Completion::take_fd`].
+    pub fn accept(&mut self, token: Token, fd: &Arc<OwnedFd>) {
+        let entry =
+            opcode::Accept::new(types::Fd(fd.as_raw_fd()), std::ptr::null_mut(), std::ptr::null_mut())
+                .flags(libc::SOCK_CLOEXEC)
+                .build();
+        self.push(entry, InFlight { token, keep: Keep::Accept, _fd: Some(Arc::clone(fd)) });
     }
 
     /// Completes once `fd` is readable (for a pidfd: once the process has exited).
@@ -360,6 +398,8 @@ fn finish(keep: Keep, result: i32) -> Done {
             Done::Received { buf: std::mem::take(&mut state.buf), fds, truncated }
         }
         Keep::Timeout { .. } => Done::Timeout,
+        Keep::Write(buf) => Done::Written { buf },
+        Keep::Accept => Done::Accepted,
         Keep::Cancel => Done::Cancel,
     }
 }
@@ -463,6 +503,24 @@ mod tests {
         let out = complete_n(&mut ring, 2);
         let read_done = out.iter().find(|c| matches!(c.done, Done::Read { .. })).unwrap();
         assert_eq!(read_done.result, -libc::ECANCELED);
+    }
+
+    #[test]
+    fn writes_and_accepts() {
+        let mut ring = Ring::new(8).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let listener = Arc::new(OwnedFd::from(listener));
+        ring.accept(1, &listener);
+        let mut client = std::net::TcpStream::connect(address).unwrap();
+        let accepted = complete(&mut ring);
+        let server = Arc::new(accepted.take_fd().expect("an accepted fd"));
+        ring.write(2, &server, b"over the wire".to_vec());
+        let written = complete(&mut ring);
+        assert_eq!(written.result, 13);
+        let mut got = [0u8; 13];
+        std::io::Read::read_exact(&mut client, &mut got).unwrap();
+        assert_eq!(&got, b"over the wire");
     }
 
     #[test]

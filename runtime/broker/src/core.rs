@@ -1,0 +1,915 @@
+//! The broker's core: a state machine with no I/O. The shell feeds it [`Event`]s and carries
+//! out the [`Effect`]s it returns, so a test can drive a whole cluster from one thread, under a
+//! seed, with workers vanishing and messages arriving late.
+//!
+//! A job is *waiting* until every artifact it needs is stored, *queued* until a worker has room,
+//! then *running* on one worker until that worker reports it done (it is reported to its client
+//! then, once) or disconnects (it is queued again). Scheduling: priority, then longest
+//! estimated; among workers with room (at most twice their slots in flight), the one that
+//! already holds most of the job's layers, then the least loaded.
+//!
+//! Artifacts: the broker asks a client only for what no one has stored, and each artifact only
+//! once while the ask is pending. Stored artifacts are pinned by the jobs that need them and
+//! evicted least recently used, unpinned, above the size bound.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+use maelstrom_wire::artifact::Digest;
+use maelstrom_wire::cluster::{ArchivedJobSpec, ArchivedLayerKind, Control, LayerRef, Outcome, Status};
+
+pub type PeerId = u64;
+pub type JobId = u64;
+
+/// A fast hasher for the small integer and digest keys here (they are not attacker-chosen
+/// in a way that matters: ids are ours, digests are uniformly random).
+#[derive(Debug, Default)]
+pub struct FastHasher(u64);
+
+impl Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+type Map<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+type Set<K> = HashSet<K, BuildHasherDefault<FastHasher>>;
+
+/// Layers a worker is remembered to hold, at most (the memory is a hint for placement).
+const WORKER_LAYERS_MAX: usize = 4096;
+
+/// Jobs a worker may have in flight per slot.
+const IN_FLIGHT_PER_SLOT: usize = 2;
+
+/// What happened.
+#[derive(Debug)]
+pub enum Event<'a> {
+    ClientConnected(PeerId),
+    WorkerConnected {
+        peer: PeerId,
+        slots: u32,
+    },
+    AdminConnected(PeerId),
+    Disconnected(PeerId),
+    /// A client's job, validated, read in place; `bytes` is its archived form, forwarded as is.
+    Submit {
+        peer: PeerId,
+        id: u64,
+        spec: &'a ArchivedJobSpec,
+        bytes: &'a [u8],
+    },
+    Cancel {
+        peer: PeerId,
+        id: u64,
+    },
+    /// A worker finished a job.
+    Done {
+        peer: PeerId,
+        id: JobId,
+        outcome: Outcome,
+    },
+    /// An artifact is now in the store, checked against its digest; for a manifest, the file
+    /// digests it names.
+    Stored {
+        digest: Digest,
+        size: u64,
+        files: Option<Vec<Digest>>,
+    },
+    /// A client could not upload an artifact.
+    Unavailable {
+        peer: PeerId,
+        digest: Digest,
+        reason: String,
+    },
+    StatusRequest(PeerId),
+    Stop(PeerId),
+}
+
+/// What to do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Effect {
+    Send {
+        peer: PeerId,
+        message: Control,
+    },
+    /// Send a job (its archived bytes) to a worker under the broker's id.
+    Start {
+        worker: PeerId,
+        id: JobId,
+        job: Arc<[u8]>,
+    },
+    /// Ask a client to upload an artifact.
+    Want {
+        client: PeerId,
+        digest: Digest,
+        manifest: bool,
+    },
+    /// Delete an artifact from the store.
+    Evict {
+        digest: Digest,
+    },
+    Exit,
+}
+
+#[derive(Debug)]
+enum State {
+    Waiting { missing: u32 },
+    Queued,
+    Running { worker: PeerId },
+}
+
+#[derive(Debug)]
+struct Job {
+    client: PeerId,
+    client_id: u64,
+    bytes: Arc<[u8]>,
+    priority: i8,
+    estimated_ms: u64,
+    layers: Vec<LayerRef>,
+    pins: Vec<Digest>,
+    state: State,
+}
+
+#[derive(Debug)]
+struct Worker {
+    slots: u32,
+    running: Set<JobId>,
+    layers: Set<Digest>,
+}
+
+#[derive(Debug, Default)]
+struct Client {
+    jobs: Map<u64, JobId>,
+}
+
+#[derive(Debug)]
+struct Stored {
+    size: u64,
+    last_use: u64,
+    pins: u32,
+}
+
+#[derive(Debug)]
+struct Wanted {
+    from: PeerId,
+    manifest: bool,
+    jobs: Vec<JobId>,
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Ranked {
+    priority: i8,
+    estimated_ms: u64,
+    /// Negated arrival order, so earlier comes first among equals.
+    order: std::cmp::Reverse<JobId>,
+}
+
+#[derive(Debug)]
+pub struct Broker {
+    clients: Map<PeerId, Client>,
+    workers: Map<PeerId, Worker>,
+    admins: Set<PeerId>,
+    jobs: Map<JobId, Job>,
+    queue: BinaryHeap<Ranked>,
+    queued: u64,
+    stored: Map<Digest, Stored>,
+    manifests: Map<Digest, Vec<Digest>>,
+    wanted: Map<Digest, Wanted>,
+    stored_bytes: u64,
+    stored_bytes_max: u64,
+    next_job: JobId,
+    clock: u64,
+    completed: u64,
+}
+
+impl Broker {
+    /// A broker whose artifact store holds about `stored_bytes_max` bytes.
+    pub fn new(stored_bytes_max: u64) -> Self {
+        Self {
+            clients: Map::default(),
+            workers: Map::default(),
+            admins: Set::default(),
+            jobs: Map::default(),
+            queue: BinaryHeap::new(),
+            queued: 0,
+            stored: Map::default(),
+            manifests: Map::default(),
+            wanted: Map::default(),
+            stored_bytes: 0,
+            stored_bytes_max,
+            next_job: 1,
+            clock: 0,
+            completed: 0,
+        }
+    }
+
+    /// Records an artifact found in the store at startup.
+    pub fn preload(&mut self, digest: Digest, size: u64, files: Option<Vec<Digest>>) {
+        self.stored_bytes += size;
+        self.stored.insert(digest, Stored { size, last_use: 0, pins: 0 });
+        if let Some(files) = files {
+            self.manifests.insert(digest, files);
+        }
+    }
+
+    /// Handles one event, appending what to do to `effects`.
+    pub fn handle(&mut self, event: Event<'_>, effects: &mut Vec<Effect>) {
+        self.clock += 1;
+        match event {
+            Event::ClientConnected(peer) => {
+                self.clients.insert(peer, Client::default());
+            }
+            Event::WorkerConnected { peer, slots } => {
+                self.workers.insert(
+                    peer,
+                    Worker { slots: slots.max(1), running: Set::default(), layers: Set::default() },
+                );
+            }
+            Event::AdminConnected(peer) => {
+                self.admins.insert(peer);
+            }
+            Event::Disconnected(peer) => self.disconnected(peer, effects),
+            Event::Submit { peer, id, spec, bytes } => self.submit(peer, id, spec, bytes, effects),
+            Event::Cancel { peer, id } => self.cancel(peer, id, effects),
+            Event::Done { peer, id, outcome } => self.done(peer, id, outcome, effects),
+            Event::Stored { digest, size, files } => self.stored(digest, size, files, effects),
+            Event::Unavailable { peer, digest, reason } => self.unavailable(peer, digest, &reason, effects),
+            Event::StatusRequest(peer) => {
+                effects.push(Effect::Send { peer, message: Control::Status(self.status()) })
+            }
+            Event::Stop(_) => effects.push(Effect::Exit),
+        }
+        self.dispatch(effects);
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            workers: self.workers.len() as u32,
+            slots: self.workers.values().map(|w| w.slots).sum(),
+            clients: self.clients.len() as u32,
+            queued: self.queued,
+            running: self.workers.values().map(|w| w.running.len() as u64).sum(),
+            completed: self.completed,
+            artifacts: self.stored.len() as u64,
+            artifact_bytes: self.stored_bytes,
+        }
+    }
+
+    fn submit(
+        &mut self,
+        peer: PeerId,
+        id: u64,
+        spec: &ArchivedJobSpec,
+        bytes: &[u8],
+        effects: &mut Vec<Effect>,
+    ) {
+        if !self.clients.contains_key(&peer) {
+            return;
+        }
+        let job_id = self.next_job;
+        self.next_job += 1;
+        let layers: Vec<LayerRef> = spec
+            .layers
+            .iter()
+            .map(|l| LayerRef {
+                kind: match l.kind {
+                    ArchivedLayerKind::Tar => maelstrom_wire::cluster::LayerKind::Tar,
+                    ArchivedLayerKind::Manifest => maelstrom_wire::cluster::LayerKind::Manifest,
+                },
+                digest: Digest(l.digest.0),
+            })
+            .collect();
+        let mut job = Job {
+            client: peer,
+            client_id: id,
+            bytes: Arc::from(bytes),
+            priority: spec.priority,
+            estimated_ms: spec.estimated_ms.to_native(),
+            layers: Vec::new(),
+            pins: Vec::new(),
+            state: State::Waiting { missing: 0 },
+        };
+        let mut missing = 0;
+        for layer in &layers {
+            let manifest = layer.kind == maelstrom_wire::cluster::LayerKind::Manifest;
+            missing += self.need(job_id, &mut job, peer, layer.digest, manifest, effects);
+            if manifest && let Some(files) = self.manifests.get(&layer.digest).cloned() {
+                for file in files {
+                    missing += self.need(job_id, &mut job, peer, file, false, effects);
+                }
+            }
+        }
+        job.layers = layers;
+        job.state = if missing == 0 { State::Queued } else { State::Waiting { missing } };
+        if missing == 0 {
+            self.enqueue(job_id, &job);
+        }
+        self.jobs.insert(job_id, job);
+        if let Some(client) = self.clients.get_mut(&peer) {
+            client.jobs.insert(id, job_id);
+        }
+    }
+
+    /// Pins `digest` for the job if stored; otherwise records the job as waiting for it, asking
+    /// the client the first time. Returns 1 if the job must wait for it.
+    fn need(
+        &mut self,
+        job_id: JobId,
+        job: &mut Job,
+        client: PeerId,
+        digest: Digest,
+        manifest: bool,
+        effects: &mut Vec<Effect>,
+    ) -> u32 {
+        if let Some(stored) = self.stored.get_mut(&digest) {
+            stored.pins += 1;
+            stored.last_use = self.clock;
+            job.pins.push(digest);
+            return 0;
+        }
+        match self.wanted.entry(digest) {
+            Entry::Occupied(mut wanted) => wanted.get_mut().jobs.push(job_id),
+            Entry::Vacant(vacant) => {
+                vacant.insert(Wanted { from: client, manifest, jobs: vec![job_id] });
+                effects.push(Effect::Want { client, digest, manifest });
+            }
+        }
+        1
+    }
+
+    fn enqueue(&mut self, job_id: JobId, job: &Job) {
+        self.queue.push(Ranked {
+            priority: job.priority,
+            estimated_ms: job.estimated_ms,
+            order: std::cmp::Reverse(job_id),
+        });
+        self.queued += 1;
+    }
+
+    fn stored(&mut self, digest: Digest, size: u64, files: Option<Vec<Digest>>, effects: &mut Vec<Effect>) {
+        if self.stored.contains_key(&digest) {
+            return;
+        }
+        self.stored_bytes += size;
+        self.stored.insert(digest, Stored { size, last_use: self.clock, pins: 0 });
+        if let Some(files) = &files {
+            self.manifests.insert(digest, files.clone());
+        }
+        let Some(wanted) = self.wanted.remove(&digest) else {
+            self.evict(effects);
+            return;
+        };
+        for job_id in wanted.jobs {
+            let Some(mut job) = self.jobs.remove(&job_id) else { continue };
+            let State::Waiting { mut missing } = job.state else {
+                self.jobs.insert(job_id, job);
+                continue;
+            };
+            if let Some(stored) = self.stored.get_mut(&digest) {
+                stored.pins += 1;
+            }
+            job.pins.push(digest);
+            missing -= 1;
+            if wanted.manifest
+                && let Some(files) = &files
+            {
+                let client = job.client;
+                for file in files.clone() {
+                    missing += self.need(job_id, &mut job, client, file, false, effects);
+                }
+            }
+            job.state = if missing == 0 { State::Queued } else { State::Waiting { missing } };
+            if missing == 0 {
+                self.enqueue(job_id, &job);
+            }
+            self.jobs.insert(job_id, job);
+        }
+        self.evict(effects);
+    }
+
+    fn unavailable(&mut self, peer: PeerId, digest: Digest, reason: &str, effects: &mut Vec<Effect>) {
+        let Some(wanted) = self.wanted.remove(&digest) else { return };
+        if wanted.from != peer {
+            self.wanted.insert(digest, wanted);
+            return;
+        }
+        for job_id in wanted.jobs {
+            let Some(job) = self.jobs.get(&job_id) else { continue };
+            if !matches!(job.state, State::Waiting { .. }) {
+                continue;
+            }
+            let message = format!("artifact {digest} could not be uploaded: {reason}");
+            self.finish(job_id, Outcome::SystemError(message), effects);
+        }
+    }
+
+    fn cancel(&mut self, peer: PeerId, id: u64, effects: &mut Vec<Effect>) {
+        let Some(job_id) = self.clients.get(&peer).and_then(|c| c.jobs.get(&id)).copied() else { return };
+        let Some(job) = self.jobs.get(&job_id) else { return };
+        match job.state {
+            State::Running { worker } => {
+                effects.push(Effect::Send { peer: worker, message: Control::Cancel { id: job_id } })
+            }
+            State::Waiting { .. } | State::Queued => {
+                self.finish(job_id, Outcome::SystemError("cancelled".into()), effects);
+            }
+        }
+    }
+
+    fn done(&mut self, peer: PeerId, id: JobId, outcome: Outcome, effects: &mut Vec<Effect>) {
+        let Some(worker) = self.workers.get_mut(&peer) else { return };
+        if !worker.running.remove(&id) {
+            // Not this worker's job (any more): a late or duplicate report. Ignore it, so no job
+            // is ever reported twice.
+            return;
+        }
+        match self.jobs.get(&id) {
+            Some(job) if matches!(job.state, State::Running { worker } if worker == peer) => {
+                self.completed += 1;
+                self.finish(id, outcome, effects);
+            }
+            _ => {}
+        }
+    }
+
+    /// Ends a job: reports it to its client (if still connected) and releases what it held.
+    fn finish(&mut self, job_id: JobId, outcome: Outcome, effects: &mut Vec<Effect>) {
+        let Some(job) = self.jobs.remove(&job_id) else { return };
+        if matches!(job.state, State::Queued) {
+            self.queued -= 1;
+        }
+        if let Some(client) = self.clients.get_mut(&job.client)
+            && client.jobs.remove(&job.client_id).is_some()
+        {
+            effects.push(Effect::Send {
+                peer: job.client,
+                message: Control::Done { id: job.client_id, outcome },
+            });
+        }
+        self.unpin(&job);
+    }
+
+    fn unpin(&mut self, job: &Job) {
+        for digest in &job.pins {
+            if let Some(stored) = self.stored.get_mut(digest) {
+                stored.pins = stored.pins.saturating_sub(1);
+            }
+        }
+    }
+
+    fn disconnected(&mut self, peer: PeerId, effects: &mut Vec<Effect>) {
+        self.admins.remove(&peer);
+        if let Some(worker) = self.workers.remove(&peer) {
+            for job_id in worker.running {
+                if let Some(job) = self.jobs.get_mut(&job_id) {
+                    job.state = State::Queued;
+                    let job = self.jobs.get(&job_id).expect("just seen");
+                    let ranked = Ranked {
+                        priority: job.priority,
+                        estimated_ms: job.estimated_ms,
+                        order: std::cmp::Reverse(job_id),
+                    };
+                    self.queue.push(ranked);
+                    self.queued += 1;
+                }
+            }
+        }
+        if let Some(client) = self.clients.remove(&peer) {
+            for job_id in client.jobs.into_values() {
+                let Some(job) = self.jobs.remove(&job_id) else { continue };
+                match job.state {
+                    State::Running { worker } => {
+                        effects.push(Effect::Send { peer: worker, message: Control::Cancel { id: job_id } });
+                    }
+                    State::Queued => self.queued -= 1,
+                    State::Waiting { .. } => {}
+                }
+                self.unpin(&job);
+            }
+            // Artifacts this client was asked for: ask another client that needs them.
+            let orphaned: Vec<Digest> =
+                self.wanted.iter().filter(|(_, w)| w.from == peer).map(|(digest, _)| *digest).collect();
+            for digest in orphaned {
+                let Some(mut wanted) = self.wanted.remove(&digest) else { continue };
+                wanted.jobs.retain(|j| self.jobs.contains_key(j));
+                if let Some(client) = wanted.jobs.first().and_then(|j| self.jobs.get(j)).map(|j| j.client) {
+                    wanted.from = client;
+                    effects.push(Effect::Want { client, digest, manifest: wanted.manifest });
+                    self.wanted.insert(digest, wanted);
+                }
+            }
+        }
+    }
+
+    /// Starts queued jobs on workers with room.
+    fn dispatch(&mut self, effects: &mut Vec<Effect>) {
+        while let Some(top) = self.queue.peek() {
+            let job_id = top.order.0;
+            let live = self.jobs.get(&job_id).is_some_and(|job| matches!(job.state, State::Queued));
+            if !live {
+                self.queue.pop();
+                continue;
+            }
+            let Some(worker_id) = self.pick_worker(job_id) else { return };
+            self.queue.pop();
+            self.queued -= 1;
+            let job = self.jobs.get_mut(&job_id).expect("checked live");
+            job.state = State::Running { worker: worker_id };
+            let worker = self.workers.get_mut(&worker_id).expect("picked");
+            worker.running.insert(job_id);
+            if worker.layers.len() + job.layers.len() > WORKER_LAYERS_MAX {
+                worker.layers.clear();
+            }
+            worker.layers.extend(job.layers.iter().map(|l| l.digest));
+            effects.push(Effect::Start { worker: worker_id, id: job_id, job: Arc::clone(&job.bytes) });
+        }
+    }
+
+    /// Among workers with room, the one holding most of the job's layers, then the least loaded.
+    fn pick_worker(&self, job_id: JobId) -> Option<PeerId> {
+        let job = self.jobs.get(&job_id)?;
+        let mut best: Option<(usize, u64, PeerId)> = None;
+        for (&peer, worker) in &self.workers {
+            let capacity = worker.slots as usize * IN_FLIGHT_PER_SLOT;
+            if worker.running.len() >= capacity {
+                continue;
+            }
+            let held = job.layers.iter().filter(|l| worker.layers.contains(&l.digest)).count();
+            // Load as a fraction of slots, scaled to compare without floats.
+            let load = (worker.running.len() as u64 * 1024) / u64::from(worker.slots);
+            let better = match best {
+                None => true,
+                Some((best_held, best_load, best_peer)) => {
+                    (held, std::cmp::Reverse(load), std::cmp::Reverse(peer))
+                        > (best_held, std::cmp::Reverse(best_load), std::cmp::Reverse(best_peer))
+                }
+            };
+            if better {
+                best = Some((held, load, peer));
+            }
+        }
+        best.map(|(_, _, peer)| peer)
+    }
+
+    fn evict(&mut self, effects: &mut Vec<Effect>) {
+        if self.stored_bytes <= self.stored_bytes_max {
+            return;
+        }
+        let mut candidates: Vec<(u64, Digest, u64)> = self
+            .stored
+            .iter()
+            .filter(|(_, s)| s.pins == 0)
+            .map(|(digest, s)| (s.last_use, *digest, s.size))
+            .collect();
+        candidates.sort_unstable();
+        for (_, digest, size) in candidates {
+            if self.stored_bytes <= self.stored_bytes_max {
+                break;
+            }
+            self.stored.remove(&digest);
+            self.manifests.remove(&digest);
+            self.stored_bytes -= size;
+            effects.push(Effect::Evict { digest });
+        }
+    }
+
+    /// Whether the broker asked `peer` to upload `digest` and still waits for it.
+    pub fn is_wanted_from(&self, digest: &Digest, peer: PeerId) -> bool {
+        self.wanted.get(digest).is_some_and(|w| w.from == peer)
+    }
+
+    /// Whether `digest` is in the store (for serving workers' fetches).
+    pub fn has(&self, digest: &Digest) -> bool {
+        self.stored.contains_key(digest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use maelstrom_wire::cluster::{JobSpec, LayerKind, Network, Output};
+    use rkyv::util::AlignedVec;
+
+    fn job(layers: Vec<LayerRef>, priority: i8, estimated_ms: u64) -> AlignedVec {
+        maelstrom_wire::cluster::encode_job(&JobSpec {
+            program: "/bin/true".into(),
+            arguments: vec![],
+            environment: vec![],
+            layers,
+            mounts: vec![],
+            network: Network::Disabled,
+            writable_root: false,
+            working_directory: "/".into(),
+            user: 0,
+            group: 0,
+            timeout_ms: 0,
+            priority,
+            estimated_ms,
+        })
+    }
+
+    fn submit(broker: &mut Broker, client: PeerId, id: u64, bytes: &AlignedVec, effects: &mut Vec<Effect>) {
+        let spec = rkyv::access::<ArchivedJobSpec, rkyv::rancor::Error>(bytes).unwrap();
+        broker.handle(Event::Submit { peer: client, id, spec, bytes }, effects);
+    }
+
+    fn tar(n: u8) -> LayerRef {
+        LayerRef { kind: LayerKind::Tar, digest: Digest::of(&[n]) }
+    }
+
+    fn exited() -> Outcome {
+        Outcome::Exited { code: 0, stdout: Output::default(), stderr: Output::default(), duration_us: 1 }
+    }
+
+    fn starts(effects: &[Effect]) -> Vec<(PeerId, JobId)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Start { worker, id, .. } => Some((*worker, *id)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn asks_only_for_missing_artifacts_once_then_runs() {
+        let mut b = Broker::new(1 << 30);
+        let mut fx = Vec::new();
+        b.preload(tar(1).digest, 10, None);
+        b.handle(Event::ClientConnected(1), &mut fx);
+        b.handle(Event::WorkerConnected { peer: 9, slots: 1 }, &mut fx);
+        let bytes = job(vec![tar(1), tar(2)], 0, 0);
+        submit(&mut b, 1, 100, &bytes, &mut fx);
+        submit(&mut b, 1, 101, &bytes, &mut fx);
+        let wants: Vec<_> = fx.iter().filter(|e| matches!(e, Effect::Want { .. })).collect();
+        assert_eq!(wants, [&Effect::Want { client: 1, digest: tar(2).digest, manifest: false }]);
+        assert!(starts(&fx).is_empty(), "nothing runs before its artifacts are stored");
+        fx.clear();
+        b.handle(Event::Stored { digest: tar(2).digest, size: 5, files: None }, &mut fx);
+        assert_eq!(starts(&fx).len(), 2, "two in flight on one slot: twice the slots");
+    }
+
+    #[test]
+    fn manifests_bring_their_files_into_the_wait() {
+        let mut b = Broker::new(1 << 30);
+        let mut fx = Vec::new();
+        b.handle(Event::ClientConnected(1), &mut fx);
+        b.handle(Event::WorkerConnected { peer: 9, slots: 1 }, &mut fx);
+        let manifest = LayerRef { kind: LayerKind::Manifest, digest: Digest::of(b"m") };
+        submit(&mut b, 1, 1, &job(vec![manifest], 0, 0), &mut fx);
+        assert_eq!(fx, [Effect::Want { client: 1, digest: manifest.digest, manifest: true }]);
+        fx.clear();
+        let files = vec![Digest::of(b"f1"), Digest::of(b"f2")];
+        b.handle(Event::Stored { digest: manifest.digest, size: 1, files: Some(files.clone()) }, &mut fx);
+        assert_eq!(fx.len(), 2, "both files wanted: {fx:?}");
+        fx.clear();
+        b.handle(Event::Stored { digest: files[0], size: 1, files: None }, &mut fx);
+        assert!(starts(&fx).is_empty());
+        b.handle(Event::Stored { digest: files[1], size: 1, files: None }, &mut fx);
+        assert_eq!(starts(&fx).len(), 1);
+    }
+
+    #[test]
+    fn priority_then_longest_estimated_first() {
+        let mut b = Broker::new(1 << 30);
+        let mut fx = Vec::new();
+        b.preload(tar(1).digest, 1, None);
+        b.handle(Event::ClientConnected(1), &mut fx);
+        for (id, priority, estimated) in [(1, 0, 10), (2, 0, 99), (3, 5, 1), (4, -1, 1000)] {
+            submit(&mut b, 1, id, &job(vec![tar(1)], priority, estimated), &mut fx);
+        }
+        fx.clear();
+        b.handle(Event::WorkerConnected { peer: 9, slots: 2 }, &mut fx);
+        let order: Vec<JobId> = starts(&fx).into_iter().map(|(_, id)| id).collect();
+        assert_eq!(order, [3, 2, 1, 4]);
+    }
+
+    #[test]
+    fn prefers_the_worker_that_holds_the_layers() {
+        let mut b = Broker::new(1 << 30);
+        let mut fx = Vec::new();
+        for n in 1..=2 {
+            b.preload(tar(n).digest, 1, None);
+        }
+        b.handle(Event::ClientConnected(1), &mut fx);
+        b.handle(Event::WorkerConnected { peer: 8, slots: 4 }, &mut fx);
+        b.handle(Event::WorkerConnected { peer: 9, slots: 4 }, &mut fx);
+        submit(&mut b, 1, 1, &job(vec![tar(1)], 0, 0), &mut fx);
+        submit(&mut b, 1, 2, &job(vec![tar(2)], 0, 0), &mut fx);
+        let placed = starts(&fx);
+        assert_ne!(placed[0].0, placed[1].0, "no affinity yet: spread by load");
+        fx.clear();
+        for n in [1, 2, 1, 2] {
+            submit(&mut b, 1, 10 + u64::from(n), &job(vec![tar(n)], 0, 0), &mut fx);
+        }
+        for (worker, id) in starts(&fx) {
+            let layer = if b.jobs[&id].layers[0] == tar(1) { placed[0].0 } else { placed[1].0 };
+            assert_eq!(worker, layer, "job {id} went to the worker without its layer");
+        }
+    }
+
+    #[test]
+    fn a_lost_worker_requeues_and_late_reports_are_ignored() {
+        let mut b = Broker::new(1 << 30);
+        let mut fx = Vec::new();
+        b.preload(tar(1).digest, 1, None);
+        b.handle(Event::ClientConnected(1), &mut fx);
+        b.handle(Event::WorkerConnected { peer: 8, slots: 1 }, &mut fx);
+        submit(&mut b, 1, 7, &job(vec![tar(1)], 0, 0), &mut fx);
+        let (_, id) = starts(&fx)[0];
+        fx.clear();
+        b.handle(Event::Disconnected(8), &mut fx);
+        b.handle(Event::Done { peer: 8, id, outcome: exited() }, &mut fx);
+        assert!(fx.is_empty(), "a report from a gone worker counts for nothing: {fx:?}");
+        b.handle(Event::WorkerConnected { peer: 9, slots: 1 }, &mut fx);
+        assert_eq!(starts(&fx), [(9, id)]);
+        fx.clear();
+        b.handle(Event::Done { peer: 9, id, outcome: exited() }, &mut fx);
+        b.handle(Event::Done { peer: 9, id, outcome: exited() }, &mut fx);
+        let reports =
+            fx.iter().filter(|e| matches!(e, Effect::Send { message: Control::Done { .. }, .. })).count();
+        assert_eq!(reports, 1);
+    }
+
+    #[test]
+    fn a_lost_client_cancels_its_jobs() {
+        let mut b = Broker::new(1 << 30);
+        let mut fx = Vec::new();
+        b.preload(tar(1).digest, 1, None);
+        b.handle(Event::ClientConnected(1), &mut fx);
+        b.handle(Event::WorkerConnected { peer: 9, slots: 1 }, &mut fx);
+        for id in 0..4 {
+            submit(&mut b, 1, id, &job(vec![tar(1)], 0, 0), &mut fx);
+        }
+        let running = starts(&fx);
+        assert_eq!(running.len(), 2);
+        fx.clear();
+        b.handle(Event::Disconnected(1), &mut fx);
+        let cancels: Vec<_> =
+            fx.iter().filter(|e| matches!(e, Effect::Send { message: Control::Cancel { .. }, .. })).collect();
+        assert_eq!(cancels.len(), 2);
+        fx.clear();
+        for (worker, id) in running {
+            b.handle(Event::Done { peer: worker, id, outcome: exited() }, &mut fx);
+        }
+        assert!(fx.is_empty(), "nothing is sent for a gone client, nothing else starts: {fx:?}");
+        assert_eq!(b.status().queued, 0);
+    }
+
+    #[test]
+    fn unpinned_artifacts_are_evicted_least_recently_used_first() {
+        let mut b = Broker::new(25);
+        let mut fx = Vec::new();
+        b.handle(Event::ClientConnected(1), &mut fx);
+        for n in 1..=3 {
+            b.handle(Event::Stored { digest: tar(n).digest, size: 10, files: None }, &mut fx);
+        }
+        assert_eq!(fx, [Effect::Evict { digest: tar(1).digest }]);
+        fx.clear();
+        submit(&mut b, 1, 1, &job(vec![tar(2)], 0, 0), &mut fx);
+        fx.clear();
+        b.handle(Event::Stored { digest: tar(4).digest, size: 10, files: None }, &mut fx);
+        assert_eq!(fx, [Effect::Evict { digest: tar(3).digest }], "tar 2 is pinned by a waiting job");
+    }
+
+    /// A tiny deterministic random source for the simulation.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+    }
+
+    /// Clients submit jobs; workers come and go (losing whatever they ran); every message is
+    /// delayed by a random number of steps but stays in order per connection. Every job must
+    /// be reported to its client exactly once.
+    fn simulate(seed: u64) {
+        let mut rng = Rng(seed | 1);
+        let mut b = Broker::new(1 << 20);
+        let mut fx = Vec::new();
+        let clients = [1u64, 2];
+        let jobs_per_client = 200u64;
+        for c in clients {
+            b.handle(Event::ClientConnected(c), &mut fx);
+        }
+        // In flight: (deliver at step, message), per destination, FIFO.
+        let mut to_worker: Map<PeerId, std::collections::VecDeque<(u64, Effect)>> = Map::default();
+        let mut running: Map<PeerId, Vec<(u64, JobId)>> = Map::default();
+        let mut reported: Map<(PeerId, u64), u32> = Map::default();
+        let mut next_worker = 100u64;
+        let mut live_workers: Vec<PeerId> = Vec::new();
+        let mut submitted = 0u64;
+        let mut step = 0u64;
+        while reported.len() < (clients.len() as u64 * jobs_per_client) as usize {
+            step += 1;
+            assert!(
+                step < 200_000,
+                "seed {seed}: stuck with {} of {} reported",
+                reported.len(),
+                clients.len() as u64 * jobs_per_client
+            );
+            match rng.below(10) {
+                0 if live_workers.len() < 4 => {
+                    let peer = next_worker;
+                    next_worker += 1;
+                    live_workers.push(peer);
+                    b.handle(Event::WorkerConnected { peer, slots: 1 + rng.below(3) as u32 }, &mut fx);
+                }
+                1 if !live_workers.is_empty() && rng.below(8) == 0 => {
+                    let peer = live_workers.remove(rng.below(live_workers.len() as u64) as usize);
+                    to_worker.remove(&peer);
+                    running.remove(&peer);
+                    b.handle(Event::Disconnected(peer), &mut fx);
+                }
+                2 | 3 if submitted < clients.len() as u64 * jobs_per_client => {
+                    let client = clients[(submitted % 2) as usize];
+                    let layers = vec![tar((submitted % 5) as u8)];
+                    let bytes = job(layers, (rng.below(3) as i8) - 1, rng.below(100));
+                    submit(&mut b, client, submitted, &bytes, &mut fx);
+                    submitted += 1;
+                }
+                _ => {
+                    // A worker finishes its oldest due job; sometimes it reports twice.
+                    let Some(&peer) = live_workers.get(rng.below(live_workers.len().max(1) as u64) as usize)
+                    else {
+                        continue;
+                    };
+                    let queue = to_worker.entry(peer).or_default();
+                    while queue.front().is_some_and(|(at, _)| *at <= step) {
+                        if let Some((_, Effect::Start { id, .. })) = queue.pop_front() {
+                            running.entry(peer).or_default().push((step + rng.below(20), id));
+                        }
+                    }
+                    let list = running.entry(peer).or_default();
+                    if let Some(i) = list.iter().position(|(at, _)| *at <= step) {
+                        let (_, id) = list.remove(i);
+                        b.handle(Event::Done { peer, id, outcome: exited() }, &mut fx);
+                        if rng.below(10) == 0 {
+                            b.handle(Event::Done { peer, id, outcome: exited() }, &mut fx);
+                        }
+                    }
+                }
+            }
+            for effect in fx.drain(..) {
+                match effect {
+                    Effect::Want { digest, .. } => {
+                        // The client uploads at once.
+                        let mut more = Vec::new();
+                        b.handle(Event::Stored { digest, size: 1, files: None }, &mut more);
+                        for e in more {
+                            if let Effect::Start { worker, .. } = &e {
+                                let delay = rng.below(30);
+                                to_worker.entry(*worker).or_default().push_back((step + delay, e));
+                            } else if let Effect::Send { peer, message: Control::Done { id, .. } } = e {
+                                *reported.entry((peer, id)).or_default() += 1;
+                            }
+                        }
+                    }
+                    Effect::Start { worker, .. } if live_workers.contains(&worker) => {
+                        let delay = rng.below(30);
+                        to_worker.entry(worker).or_default().push_back((step + delay, effect));
+                    }
+                    Effect::Send { peer, message: Control::Done { id, .. } } => {
+                        *reported.entry((peer, id)).or_default() += 1;
+                    }
+                    _ => {}
+                }
+            }
+            if live_workers.is_empty() && submitted == clients.len() as u64 * jobs_per_client {
+                let peer = next_worker;
+                next_worker += 1;
+                live_workers.push(peer);
+                b.handle(Event::WorkerConnected { peer, slots: 2 }, &mut fx);
+            }
+        }
+        assert!(reported.values().all(|&n| n == 1), "seed {seed}: a job was reported twice");
+        assert_eq!(b.status().queued, 0);
+        assert_eq!(b.completed, clients.len() as u64 * jobs_per_client);
+    }
+
+    #[test]
+    fn every_job_is_reported_exactly_once_under_faults() {
+        for seed in 1..=40 {
+            simulate(seed * 7919);
+        }
+    }
+}

@@ -1,0 +1,611 @@
+//! The broker's shell: one thread, one io_uring, every connection. It parses frames, feeds the
+//! [`Broker`] core, carries out its effects, and stores and serves artifacts.
+//!
+//! A peer that sends anything malformed (a bad header, an oversized frame, bytes that do not
+//! validate, a message its role may not send) is logged with the reason and disconnected; no
+//! other connection notices.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::{self, File};
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use maelstrom_uring::{Completion, Done, Ring, Token};
+use maelstrom_wire::artifact::{Digest, Hasher, Manifest};
+use maelstrom_wire::cluster::{
+    self, ArchivedControl, ArchivedRole, CHUNK_BYTES, ChunkHeader, Control, Frame, FrameReader, Kind,
+    PROTOCOL_VERSION,
+};
+
+use crate::core::{Broker, Effect, Event, PeerId};
+
+/// Bytes queued for one connection before the broker stops adding artifact chunks to it.
+const OUTGOING_BYTES_HIGH: usize = 8 << 20;
+
+/// Bytes asked for per read of a connection.
+const READ_BYTES: usize = 256 << 10;
+
+/// Connections at once.
+const CONNECTIONS_MAX: usize = 4096;
+
+const ACCEPT: Token = u64::MAX;
+
+fn token(peer: PeerId, write: bool) -> Token {
+    (peer << 1) | u64::from(write)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Client,
+    Worker,
+    Admin,
+}
+
+struct Upload {
+    file: File,
+    temp: PathBuf,
+    hasher: Hasher,
+    received: u64,
+}
+
+struct Serving {
+    digest: Digest,
+    file: File,
+    offset: u64,
+    total: u64,
+}
+
+struct Conn {
+    fd: Arc<OwnedFd>,
+    address: SocketAddr,
+    role: Option<Role>,
+    reader: FrameReader,
+    outgoing: VecDeque<Vec<u8>>,
+    outgoing_bytes: usize,
+    writing: bool,
+    reading: bool,
+    uploads: HashMap<Digest, Upload>,
+    serving: VecDeque<Serving>,
+}
+
+/// The store's layout version: a store with another layout is left alone, not misread.
+const LAYOUT: &str = "v1";
+
+const CACHEDIR_TAG: &str = "Signature: 8a477f597d28d172789f06886806bc55\n# This file is a cache directory tag created by maelstrom.\n";
+
+/// Where artifacts live: `v1/blobs/<hex>`, and manifests under `v1/manifests/<hex>` so a
+/// restart knows which are which.
+#[derive(Debug)]
+struct Store {
+    root: PathBuf,
+    _lock: File,
+}
+
+impl Store {
+    /// Opens the store under `root`, taking its lock: one broker per store.
+    fn open(root: &Path) -> anyhow::Result<Self> {
+        let versioned = root.join(LAYOUT);
+        for sub in ["blobs", "manifests", "tmp"] {
+            let dir = versioned.join(sub);
+            fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("create {}: {e}", dir.display()))?;
+        }
+        let tag = root.join("CACHEDIR.TAG");
+        if !tag.exists() {
+            fs::write(&tag, CACHEDIR_TAG).map_err(|e| anyhow::anyhow!("write {}: {e}", tag.display()))?;
+        }
+        let lock_path = versioned.join("lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| anyhow::anyhow!("open {}: {e}", lock_path.display()))?;
+        if lock.try_lock().is_err() {
+            anyhow::bail!(
+                "another broker is using the cache {}; give this one its own --cache-root",
+                root.display()
+            );
+        }
+        for entry in fs::read_dir(versioned.join("tmp"))?.flatten() {
+            let _ = fs::remove_file(entry.path());
+        }
+        Ok(Self { root: versioned, _lock: lock })
+    }
+
+    fn path(&self, digest: &Digest, manifest: bool) -> PathBuf {
+        self.root.join(if manifest { "manifests" } else { "blobs" }).join(digest.hex())
+    }
+
+    fn find(&self, digest: &Digest) -> Option<PathBuf> {
+        [true, false].into_iter().map(|m| self.path(digest, m)).find(|p| p.exists())
+    }
+
+    /// What the store already holds, for the core.
+    fn scan(&self) -> Vec<(Digest, u64, Option<Vec<Digest>>)> {
+        let mut found = Vec::new();
+        for manifest in [false, true] {
+            let dir = self.root.join(if manifest { "manifests" } else { "blobs" });
+            for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+                let Some(digest) = entry.file_name().to_str().and_then(Digest::from_hex) else { continue };
+                let Ok(metadata) = entry.metadata() else { continue };
+                let files = if manifest {
+                    match fs::read(entry.path()).ok().and_then(|b| manifest_files(&b)) {
+                        Some(files) => Some(files),
+                        None => continue,
+                    }
+                } else {
+                    None
+                };
+                found.push((digest, metadata.len(), files));
+            }
+        }
+        found
+    }
+}
+
+/// The file digests a manifest's bytes name, if they are a valid manifest.
+fn manifest_files(bytes: &[u8]) -> Option<Vec<Digest>> {
+    let mut aligned = rkyv::util::AlignedVec::<16>::new();
+    aligned.extend_from_slice(bytes);
+    let manifest =
+        rkyv::access::<maelstrom_wire::artifact::ArchivedManifest, rkyv::rancor::Error>(&aligned).ok()?;
+    let owned: Manifest = rkyv::deserialize::<Manifest, rkyv::rancor::Error>(manifest).ok()?;
+    Some(
+        owned
+            .entries
+            .iter()
+            .filter_map(|e| match &e.kind {
+                maelstrom_wire::artifact::EntryKind::File { digest, size, .. } if *size > 0 => Some(*digest),
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub store: PathBuf,
+    pub store_bytes_max: u64,
+    pub verbose: bool,
+}
+
+/// Serves until an admin says stop.
+pub fn serve(listener: TcpListener, config: ServerConfig) -> anyhow::Result<()> {
+    let store = Store::open(&config.store)?;
+    let mut broker = Broker::new(config.store_bytes_max);
+    for (digest, size, files) in store.scan() {
+        broker.preload(digest, size, files);
+    }
+    let mut ring = Ring::new(1024)?;
+    let listener = Arc::new(OwnedFd::from(listener));
+    ring.accept(ACCEPT, &listener);
+    let mut server = Server {
+        ring,
+        broker,
+        store,
+        conns: HashMap::new(),
+        next_peer: 1,
+        effects: Vec::new(),
+        expect_manifest: HashSet::new(),
+        exit: false,
+        verbose: config.verbose,
+    };
+    let mut completions = Vec::new();
+    while !server.exit {
+        completions.clear();
+        server.ring.submit_and_wait(1, &mut completions)?;
+        for completion in completions.drain(..) {
+            if completion.token == ACCEPT {
+                server.accepted(&completion);
+                server.ring.accept(ACCEPT, &listener);
+            } else {
+                server.completed(completion);
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Server {
+    ring: Ring,
+    broker: Broker,
+    store: Store,
+    conns: HashMap<PeerId, Conn>,
+    next_peer: PeerId,
+    effects: Vec<Effect>,
+    expect_manifest: HashSet<Digest>,
+    exit: bool,
+    verbose: bool,
+}
+
+impl Server {
+    fn log(&self, message: &str) {
+        eprintln!("maelstrom-broker: {message}");
+    }
+
+    fn accepted(&mut self, completion: &Completion) {
+        let Some(fd) = completion.take_fd() else {
+            self.log(&format!("accept failed: {}", io::Error::from_raw_os_error(-completion.result)));
+            return;
+        };
+        let stream = std::net::TcpStream::from(fd);
+        let mut address = stream.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        address.set_ip(address.ip().to_canonical());
+        if self.conns.len() >= CONNECTIONS_MAX {
+            self.log(&format!("{address}: refused, {CONNECTIONS_MAX} connections already"));
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let peer = self.next_peer;
+        self.next_peer += 1;
+        let fd = Arc::new(OwnedFd::from(stream));
+        self.conns.insert(
+            peer,
+            Conn {
+                fd,
+                address,
+                role: None,
+                reader: FrameReader::default(),
+                outgoing: VecDeque::new(),
+                outgoing_bytes: 0,
+                writing: false,
+                reading: false,
+                uploads: HashMap::new(),
+                serving: VecDeque::new(),
+            },
+        );
+        self.arm_read(peer, Vec::with_capacity(READ_BYTES));
+    }
+
+    fn arm_read(&mut self, peer: PeerId, buf: Vec<u8>) {
+        if let Some(conn) = self.conns.get_mut(&peer) {
+            conn.reading = true;
+            self.ring.read(token(peer, false), &conn.fd, buf);
+        }
+    }
+
+    fn completed(&mut self, completion: Completion) {
+        let peer = completion.token >> 1;
+        let write = completion.token & 1 == 1;
+        if write {
+            self.written(peer, completion);
+        } else {
+            self.read(peer, completion);
+        }
+        self.apply_effects();
+    }
+
+    fn read(&mut self, peer: PeerId, completion: Completion) {
+        let Done::Read { buf } = completion.done else { return };
+        let Some(conn) = self.conns.get_mut(&peer) else { return };
+        conn.reading = false;
+        if completion.result <= 0 {
+            let why = if completion.result == 0 {
+                "connection closed".to_owned()
+            } else {
+                io::Error::from_raw_os_error(-completion.result).to_string()
+            };
+            self.close(
+                peer,
+                &why,
+                self.conns.get(&peer).is_some_and(|c| c.role.is_none()) || completion.result < 0,
+            );
+            return;
+        }
+        // Each frame is handled in place, from the reader's aligned buffer.
+        let mut reader = std::mem::take(&mut conn.reader);
+        let mut failure = None;
+        let fed = reader.feed(&buf, &mut |kind, payload| match self.frame(peer, kind, payload) {
+            Ok(()) => self.conns.contains_key(&peer),
+            Err(why) => {
+                failure = Some(why);
+                false
+            }
+        });
+        let failure = failure.or_else(|| fed.err().map(|e| format!("malformed frame: {e}")));
+        if let Some(why) = failure {
+            self.close(peer, &why, true);
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(&peer) else { return };
+        conn.reader = reader;
+        self.arm_read(peer, buf);
+    }
+
+    /// Handles one frame; an error closes the connection with that reason.
+    fn frame(&mut self, peer: PeerId, kind: Kind, payload: &[u8]) -> Result<(), String> {
+        let frame = cluster::decode(kind, payload).map_err(|e| format!("bad frame: {e}"))?;
+        let role = self.conns.get(&peer).and_then(|c| c.role);
+        match (role, frame) {
+            (None, Frame::Control(ArchivedControl::Hello(hello))) => {
+                let version = hello.version.to_native();
+                if version != PROTOCOL_VERSION {
+                    let reason =
+                        format!("protocol version {version} is not this broker's {PROTOCOL_VERSION}");
+                    self.send(peer, &Control::Refused(reason.clone()));
+                    return Err(reason);
+                }
+                let (role, event) = match hello.role {
+                    ArchivedRole::Client => (Role::Client, Event::ClientConnected(peer)),
+                    ArchivedRole::Worker { slots } => {
+                        (Role::Worker, Event::WorkerConnected { peer, slots: slots.to_native() })
+                    }
+                    ArchivedRole::Admin => (Role::Admin, Event::AdminConnected(peer)),
+                };
+                if let Some(conn) = self.conns.get_mut(&peer) {
+                    conn.role = Some(role);
+                    let address = conn.address;
+                    if self.verbose || role == Role::Worker {
+                        self.log(&format!("{address}: {role:?} {} connected", hello.name.as_str()));
+                    }
+                }
+                self.send(peer, &Control::Welcome);
+                self.broker.handle(event, &mut self.effects);
+                Ok(())
+            }
+            (None, _) => Err("the first message must be a hello".into()),
+            (Some(Role::Client), Frame::Job { kind: Kind::Submit, id, spec, bytes }) => {
+                self.broker.handle(Event::Submit { peer, id, spec, bytes }, &mut self.effects);
+                Ok(())
+            }
+            (Some(Role::Client), Frame::Control(ArchivedControl::Cancel { id })) => {
+                self.broker.handle(Event::Cancel { peer, id: id.to_native() }, &mut self.effects);
+                Ok(())
+            }
+            (Some(Role::Client), Frame::Control(ArchivedControl::Unavailable { digest, reason })) => {
+                let event =
+                    Event::Unavailable { peer, digest: Digest(digest.0), reason: reason.as_str().to_owned() };
+                self.broker.handle(event, &mut self.effects);
+                Ok(())
+            }
+            (Some(Role::Client), Frame::Chunk { header, data }) => self.upload(peer, header, data),
+            (Some(Role::Worker), Frame::Control(ArchivedControl::Done { id, outcome })) => {
+                let outcome = rkyv::deserialize::<cluster::Outcome, rkyv::rancor::Error>(outcome)
+                    .map_err(|e| format!("bad outcome: {e}"))?;
+                self.broker.handle(Event::Done { peer, id: id.to_native(), outcome }, &mut self.effects);
+                Ok(())
+            }
+            (Some(Role::Worker), Frame::Control(ArchivedControl::Want { digest })) => {
+                self.serve_artifact(peer, Digest(digest.0));
+                Ok(())
+            }
+            (Some(Role::Admin), Frame::Control(ArchivedControl::StatusRequest)) => {
+                self.broker.handle(Event::StatusRequest(peer), &mut self.effects);
+                Ok(())
+            }
+            (Some(Role::Admin), Frame::Control(ArchivedControl::Stop)) => {
+                self.log("stopping at an admin's request");
+                self.broker.handle(Event::Stop(peer), &mut self.effects);
+                Ok(())
+            }
+            (Some(role), frame) => Err(format!("a {role:?} may not send {}", describe(&frame))),
+        }
+    }
+
+    fn upload(&mut self, peer: PeerId, header: ChunkHeader, data: &[u8]) -> Result<(), String> {
+        let Some(conn) = self.conns.get_mut(&peer) else { return Ok(()) };
+        let digest = header.digest;
+        let upload = match conn.uploads.entry(digest) {
+            std::collections::hash_map::Entry::Occupied(upload) => upload.into_mut(),
+            std::collections::hash_map::Entry::Vacant(vacant) => {
+                if !self.broker.is_wanted_from(&digest, peer) {
+                    return Err(format!("artifact {digest} was not asked for"));
+                }
+                if header.offset != 0 {
+                    return Err(format!(
+                        "artifact {digest}: a chunk at {} came before its start",
+                        header.offset
+                    ));
+                }
+                let temp = self.store.root.join("tmp").join(format!("{}-{peer}", digest.hex()));
+                let file = File::create(&temp).map_err(|e| format!("store artifact {digest}: {e}"))?;
+                vacant.insert(Upload { file, temp, hasher: Hasher::default(), received: 0 })
+            }
+        };
+        if header.offset != upload.received {
+            return Err(format!(
+                "artifact {digest}: chunk at {} but {} bytes received",
+                header.offset, upload.received
+            ));
+        }
+        upload
+            .file
+            .write_all_at(data, upload.received)
+            .map_err(|e| format!("store artifact {digest}: {e}"))?;
+        upload.hasher.update(data);
+        upload.received += data.len() as u64;
+        if upload.received < header.total {
+            return Ok(());
+        }
+        let upload = conn.uploads.remove(&digest).expect("present");
+        if upload.hasher.finish() != digest {
+            let _ = fs::remove_file(&upload.temp);
+            return Err(format!("artifact {digest}: the bytes uploaded do not match the digest"));
+        }
+        let manifest = self.expect_manifest.remove(&digest);
+        let files = if manifest {
+            match fs::read(&upload.temp).ok().and_then(|b| manifest_files(&b)) {
+                Some(files) => Some(files),
+                None => {
+                    let _ = fs::remove_file(&upload.temp);
+                    return Err(format!("artifact {digest}: not a valid manifest"));
+                }
+            }
+        } else {
+            None
+        };
+        fs::rename(&upload.temp, self.store.path(&digest, manifest))
+            .map_err(|e| format!("store artifact {digest}: {e}"))?;
+        self.broker.handle(Event::Stored { digest, size: upload.received, files }, &mut self.effects);
+        Ok(())
+    }
+
+    fn serve_artifact(&mut self, peer: PeerId, digest: Digest) {
+        let opened = self.store.find(&digest).and_then(|path| File::open(path).ok());
+        let Some(file) = opened else {
+            let reason = "not in the broker's store".to_owned();
+            self.send(peer, &Control::Unavailable { digest, reason });
+            return;
+        };
+        let total = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if let Some(conn) = self.conns.get_mut(&peer) {
+            conn.serving.push_back(Serving { digest, file, offset: 0, total });
+        }
+        self.pump(peer);
+    }
+
+    /// Queues artifact chunks for `peer` while its outgoing queue is short.
+    fn pump(&mut self, peer: PeerId) {
+        let Some(conn) = self.conns.get_mut(&peer) else { return };
+        let mut chunk = vec![0u8; CHUNK_BYTES];
+        while conn.outgoing_bytes < OUTGOING_BYTES_HIGH
+            && let Some(serving) = conn.serving.front_mut()
+        {
+            let len = ((serving.total - serving.offset) as usize).min(CHUNK_BYTES);
+            if serving.file.read_exact_at(&mut chunk[..len], serving.offset).is_err() {
+                // The artifact was evicted or damaged underneath: the worker will ask again.
+                let digest = serving.digest;
+                conn.serving.pop_front();
+                let mut frame = Vec::new();
+                cluster::encode_control(
+                    &Control::Unavailable { digest, reason: "read failed".into() },
+                    &mut frame,
+                );
+                conn.outgoing_bytes += frame.len();
+                conn.outgoing.push_back(frame);
+                continue;
+            }
+            let header = ChunkHeader { digest: serving.digest, offset: serving.offset, total: serving.total };
+            let mut frame = Vec::with_capacity(len + 64);
+            cluster::encode_chunk(&header, &chunk[..len], &mut frame);
+            serving.offset += len as u64;
+            // Round robin: every artifact asked for advances at once, so a small one is not
+            // stuck behind a large one.
+            let serving = conn.serving.pop_front().expect("front exists");
+            if serving.offset < serving.total {
+                conn.serving.push_back(serving);
+            }
+            conn.outgoing_bytes += frame.len();
+            conn.outgoing.push_back(frame);
+        }
+        self.flush(peer);
+    }
+
+    fn send(&mut self, peer: PeerId, message: &Control) {
+        let mut frame = Vec::new();
+        cluster::encode_control(message, &mut frame);
+        self.queue(peer, frame);
+    }
+
+    fn queue(&mut self, peer: PeerId, frame: Vec<u8>) {
+        let Some(conn) = self.conns.get_mut(&peer) else { return };
+        conn.outgoing_bytes += frame.len();
+        conn.outgoing.push_back(frame);
+        self.flush(peer);
+    }
+
+    /// Starts a write if none is in flight.
+    fn flush(&mut self, peer: PeerId) {
+        let Some(conn) = self.conns.get_mut(&peer) else { return };
+        if conn.writing {
+            return;
+        }
+        // Coalesce small frames into one write.
+        let mut batch: Vec<u8> = match conn.outgoing.pop_front() {
+            Some(frame) => frame,
+            None => return,
+        };
+        while batch.len() < (64 << 10)
+            && let Some(next) = conn.outgoing.front()
+            && batch.len() + next.len() <= (256 << 10)
+        {
+            let next = conn.outgoing.pop_front().expect("peeked");
+            batch.extend_from_slice(&next);
+        }
+        conn.writing = true;
+        self.ring.write(token(peer, true), &conn.fd, batch);
+    }
+
+    fn written(&mut self, peer: PeerId, completion: Completion) {
+        let Done::Written { buf } = completion.done else { return };
+        let Some(conn) = self.conns.get_mut(&peer) else { return };
+        conn.writing = false;
+        if completion.result < 0 {
+            let why = io::Error::from_raw_os_error(-completion.result).to_string();
+            self.close(peer, &why, false);
+            return;
+        }
+        let sent = completion.result as usize;
+        conn.outgoing_bytes = conn.outgoing_bytes.saturating_sub(sent);
+        if sent < buf.len() {
+            conn.outgoing.push_front(buf[sent..].to_vec());
+        }
+        if conn.serving.is_empty() {
+            self.flush(peer);
+        } else {
+            self.pump(peer);
+        }
+    }
+
+    fn close(&mut self, peer: PeerId, why: &str, loud: bool) {
+        let Some(conn) = self.conns.remove(&peer) else { return };
+        for upload in conn.uploads.values() {
+            let _ = fs::remove_file(&upload.temp);
+        }
+        if loud || self.verbose || conn.role == Some(Role::Worker) {
+            let role = conn.role.map_or("peer".to_owned(), |r| format!("{r:?}").to_lowercase());
+            self.log(&format!("{}: closing {role}: {why}", conn.address));
+        }
+        self.ring.cancel(token(peer, false));
+        self.ring.cancel(token(peer, true));
+        if conn.role.is_some() {
+            self.broker.handle(Event::Disconnected(peer), &mut self.effects);
+        }
+    }
+
+    fn apply_effects(&mut self) {
+        while !self.effects.is_empty() {
+            let effects = std::mem::take(&mut self.effects);
+            for effect in effects {
+                match effect {
+                    Effect::Send { peer, message } => self.send(peer, &message),
+                    Effect::Start { worker, id, job } => {
+                        let mut frame = Vec::with_capacity(job.len() + 32);
+                        cluster::encode_job_frame(Kind::Start, id, &job, &mut frame);
+                        self.queue(worker, frame);
+                    }
+                    Effect::Want { client, digest, manifest } => {
+                        if manifest {
+                            self.expect_manifest.insert(digest);
+                        }
+                        self.send(client, &Control::Want { digest });
+                    }
+                    Effect::Evict { digest } => {
+                        for manifest in [true, false] {
+                            let _ = fs::remove_file(self.store.path(&digest, manifest));
+                        }
+                    }
+                    Effect::Exit => self.exit = true,
+                }
+            }
+        }
+    }
+}
+
+fn describe(frame: &Frame<'_>) -> &'static str {
+    match frame {
+        Frame::Control(ArchivedControl::Hello(_)) => "a second hello",
+        Frame::Control(ArchivedControl::Done { .. }) => "a job result",
+        Frame::Control(ArchivedControl::Want { .. }) => "an artifact request",
+        Frame::Control(ArchivedControl::Cancel { .. }) => "a cancel",
+        Frame::Control(ArchivedControl::Stop | ArchivedControl::StatusRequest) => "an admin request",
+        Frame::Control(_) => "that message",
+        Frame::Job { kind: Kind::Start, .. } => "a start",
+        Frame::Job { .. } => "a job",
+        Frame::Chunk { .. } => "artifact bytes",
+    }
+}

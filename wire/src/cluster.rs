@@ -1,0 +1,591 @@
+//! The cluster protocol: what clients, the broker, workers and admin tools say to each other
+//! over TCP.
+//!
+//! Every message is one frame: an 8-byte header (payload length, kind) and a payload. The
+//! length is checked against [`FRAME_PAYLOAD_BYTES_MAX`] before anything is read or allocated.
+//! Three payload shapes:
+//! - control messages ([`Control`]): one rkyv archive;
+//! - jobs ([`Kind::Submit`], [`Kind::Start`]): a job id padded to 16 bytes, then an archived
+//!   [`JobSpec`], so the job stays 16-byte aligned in the receive buffer: it is validated and
+//!   read in place, and forwarded byte for byte (the broker never rebuilds a job);
+//! - artifact chunks ([`Kind::Chunk`]): a fixed [`ChunkHeader`] then raw bytes.
+//!
+//! A connection starts with [`Hello`] from the connecting side and [`Control::Welcome`] or
+//! [`Control::Refused`] from the broker.
+
+use std::fmt;
+
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+
+use crate::DecodeError;
+use crate::artifact::Digest;
+
+/// Bumped whenever a type in this module changes shape.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Bytes of a frame header.
+pub const HEADER_BYTES: usize = 8;
+
+/// Largest frame payload: a job with a large environment, or one artifact chunk.
+pub const FRAME_PAYLOAD_BYTES_MAX: usize = 4 << 20;
+
+/// Artifact bytes per chunk.
+pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// Captured output per stream a worker sends back.
+pub const OUTPUT_BYTES_MAX: usize = 1 << 20;
+
+/// What a frame holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Control = 1,
+    /// Client → broker: a job (id chosen by the client).
+    Submit = 2,
+    /// Broker → worker: a job (id chosen by the broker).
+    Start = 3,
+    /// Artifact bytes, either way.
+    Chunk = 4,
+}
+
+impl Kind {
+    fn from_byte(byte: u8) -> Option<Self> {
+        match byte {
+            1 => Some(Kind::Control),
+            2 => Some(Kind::Submit),
+            3 => Some(Kind::Start),
+            4 => Some(Kind::Chunk),
+            _ => None,
+        }
+    }
+}
+
+/// A frame header, parsed and checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub kind: Kind,
+    pub len: usize,
+}
+
+/// Parses and checks a frame header; the length limit is the first thing checked.
+pub fn parse_header(bytes: &[u8; HEADER_BYTES]) -> Result<Header, DecodeError> {
+    let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+    if len > FRAME_PAYLOAD_BYTES_MAX {
+        return Err(DecodeError::TooLarge { len, max: FRAME_PAYLOAD_BYTES_MAX });
+    }
+    let kind = Kind::from_byte(bytes[4]).ok_or_else(|| DecodeError::Invalid {
+        what: "frame header",
+        reason: format!("unknown kind {}", bytes[4]),
+    })?;
+    if bytes[5..] != [0, 0, 0] {
+        return Err(DecodeError::Invalid {
+            what: "frame header",
+            reason: "reserved bytes are not zero".into(),
+        });
+    }
+    Ok(Header { kind, len })
+}
+
+fn header(kind: Kind, len: usize) -> [u8; HEADER_BYTES] {
+    assert!(len <= FRAME_PAYLOAD_BYTES_MAX, "a frame of {len} bytes exceeds the limit");
+    let mut h = [0u8; HEADER_BYTES];
+    h[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    h[4] = kind as u8;
+    h
+}
+
+/// Who is on the other end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(compare(PartialEq), derive(Debug, Clone, Copy, PartialEq, Eq))]
+pub enum Role {
+    Client,
+    Worker { slots: u32 },
+    Admin,
+}
+
+/// The first message of every connection.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(compare(PartialEq), derive(Debug))]
+pub struct Hello {
+    pub version: u32,
+    pub role: Role,
+    /// For logs: a hostname or program name.
+    pub name: String,
+}
+
+/// How a layer's artifact is to be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(compare(PartialEq), derive(Debug, Clone, Copy, PartialEq, Eq, Hash))]
+pub enum LayerKind {
+    /// A tar archive.
+    Tar,
+    /// An encoded [`crate::artifact::Manifest`]; its files are artifacts too.
+    Manifest,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(compare(PartialEq), derive(Debug, Clone, Copy, PartialEq, Eq, Hash))]
+pub struct LayerRef {
+    pub kind: LayerKind,
+    pub digest: Digest,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(compare(PartialEq), derive(Debug, Clone, Copy, PartialEq, Eq))]
+pub enum Network {
+    Disabled,
+    Loopback,
+}
+
+/// A mount a remote job can have (bind mounts and the host's network tie a job to the client's
+/// machine, so such jobs never travel).
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(compare(PartialEq), derive(Debug))]
+pub enum Mount {
+    /// Device names: full, fuse, null, random, shm, tty, urandom, zero.
+    Devices(Vec<String>),
+    Devpts(String),
+    Mqueue(String),
+    Proc(String),
+    Sys(String),
+    Tmp(String),
+}
+
+/// A job as it travels: everything resolved, layers named by artifact.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(compare(PartialEq), derive(Debug))]
+pub struct JobSpec {
+    pub program: String,
+    pub arguments: Vec<String>,
+    pub environment: Vec<(String, String)>,
+    /// Bottom first.
+    pub layers: Vec<LayerRef>,
+    pub mounts: Vec<Mount>,
+    pub network: Network,
+    pub writable_root: bool,
+    pub working_directory: String,
+    pub user: u32,
+    pub group: u32,
+    /// 0: none.
+    pub timeout_ms: u64,
+    pub priority: i8,
+    /// 0: unknown.
+    pub estimated_ms: u64,
+}
+
+/// Output a job left on one stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(compare(PartialEq), derive(Debug))]
+pub struct Output {
+    pub bytes: Vec<u8>,
+    pub cut: u64,
+}
+
+/// How a job ended.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(compare(PartialEq), derive(Debug))]
+pub enum Outcome {
+    Exited {
+        code: i32,
+        stdout: Output,
+        stderr: Output,
+        duration_us: u64,
+    },
+    Signaled {
+        signal: i32,
+        stdout: Output,
+        stderr: Output,
+        duration_us: u64,
+    },
+    TimedOut {
+        stdout: Output,
+        stderr: Output,
+        duration_us: u64,
+    },
+    /// The job's spec is at fault (its setup failed before exec).
+    ExecutionError(String),
+    /// The cluster is at fault.
+    SystemError(String),
+}
+
+/// Everything but jobs and artifact bytes.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(compare(PartialEq), derive(Debug))]
+pub enum Control {
+    Hello(Hello),
+    Welcome,
+    /// The broker refuses the connection; it closes after this.
+    Refused(String),
+    /// Worker → broker, broker → client: a job ended.
+    Done {
+        id: u64,
+        outcome: Outcome,
+    },
+    /// Client → broker, broker → worker: stop a job (its result still comes, or not at all
+    /// if the client is gone).
+    Cancel {
+        id: u64,
+    },
+    /// Broker → client: upload this artifact. Worker → broker: send me this artifact.
+    Want {
+        digest: Digest,
+    },
+    /// The asked side cannot provide the artifact.
+    Unavailable {
+        digest: Digest,
+        reason: String,
+    },
+    /// Admin → broker.
+    StatusRequest,
+    /// Broker → admin.
+    Status(Status),
+    /// Admin → broker: exit.
+    Stop,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(compare(PartialEq), derive(Debug))]
+pub struct Status {
+    pub workers: u32,
+    pub slots: u32,
+    pub clients: u32,
+    pub queued: u64,
+    pub running: u64,
+    pub completed: u64,
+    pub artifacts: u64,
+    pub artifact_bytes: u64,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "workers: {}", self.workers)?;
+        writeln!(f, "slots: {}", self.slots)?;
+        writeln!(f, "clients: {}", self.clients)?;
+        writeln!(f, "queued jobs: {}", self.queued)?;
+        writeln!(f, "running jobs: {}", self.running)?;
+        writeln!(f, "completed jobs: {}", self.completed)?;
+        write!(f, "artifacts: {} ({} bytes)", self.artifacts, self.artifact_bytes)
+    }
+}
+
+/// The fixed part of a chunk frame's payload, followed by the bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkHeader {
+    pub digest: Digest,
+    /// Where these bytes go in the artifact.
+    pub offset: u64,
+    /// The artifact's whole size.
+    pub total: u64,
+}
+
+/// Bytes of a chunk header.
+pub const CHUNK_HEADER_BYTES: usize = 48;
+
+/// Appends a control frame to `out`.
+pub fn encode_control(message: &Control, out: &mut Vec<u8>) {
+    let bytes = rkyv::to_bytes::<rancor::Error>(message).expect("INVARIANT: control messages always encode");
+    out.extend_from_slice(&header(Kind::Control, bytes.len()));
+    out.extend_from_slice(&bytes);
+}
+
+/// Encodes a job once, for [`encode_job_frame`].
+pub fn encode_job(spec: &JobSpec) -> AlignedVec {
+    rkyv::to_bytes::<rancor::Error>(spec).expect("INVARIANT: jobs always encode")
+}
+
+/// Bytes before the job in a job frame's payload: the id, padded to keep the job aligned.
+pub const JOB_PREFIX_BYTES: usize = 16;
+
+/// Appends a job frame (`kind` is Submit or Start) around already-encoded job bytes.
+pub fn encode_job_frame(kind: Kind, id: u64, job: &[u8], out: &mut Vec<u8>) {
+    assert!(matches!(kind, Kind::Submit | Kind::Start));
+    out.extend_from_slice(&header(kind, JOB_PREFIX_BYTES + job.len()));
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&[0u8; JOB_PREFIX_BYTES - 8]);
+    out.extend_from_slice(job);
+}
+
+/// Appends a chunk frame.
+pub fn encode_chunk(chunk: &ChunkHeader, data: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&header(Kind::Chunk, CHUNK_HEADER_BYTES + data.len()));
+    out.extend_from_slice(&chunk.digest.0);
+    out.extend_from_slice(&chunk.offset.to_le_bytes());
+    out.extend_from_slice(&chunk.total.to_le_bytes());
+    out.extend_from_slice(data);
+}
+
+/// A received frame payload, validated.
+#[derive(Debug)]
+pub enum Frame<'a> {
+    Control(&'a ArchivedControl),
+    /// The job id, the job (read in place), and its raw bytes for forwarding.
+    Job {
+        kind: Kind,
+        id: u64,
+        spec: &'a ArchivedJobSpec,
+        bytes: &'a [u8],
+    },
+    Chunk {
+        header: ChunkHeader,
+        data: &'a [u8],
+    },
+}
+
+/// Validates a payload of `kind`. `payload` must start 16-byte aligned ([`FrameReader`] keeps
+/// each payload at the start of an aligned buffer).
+pub fn decode(kind: Kind, payload: &[u8]) -> Result<Frame<'_>, DecodeError> {
+    if payload.len() > FRAME_PAYLOAD_BYTES_MAX {
+        return Err(DecodeError::TooLarge { len: payload.len(), max: FRAME_PAYLOAD_BYTES_MAX });
+    }
+    match kind {
+        Kind::Control => Ok(Frame::Control(access::<ArchivedControl>(payload, "control message")?)),
+        Kind::Submit | Kind::Start => {
+            let (prefix, job) = payload.split_at_checked(JOB_PREFIX_BYTES).ok_or_else(|| {
+                DecodeError::Invalid { what: "job frame", reason: "shorter than its job id".into() }
+            })?;
+            let id = u64::from_le_bytes(prefix[..8].try_into().expect("8 bytes"));
+            let spec = access::<ArchivedJobSpec>(job, "job")?;
+            check_job(spec).map_err(|reason| DecodeError::Semantic { what: "job", reason })?;
+            Ok(Frame::Job { kind, id, spec, bytes: job })
+        }
+        Kind::Chunk => {
+            let (head, data) = payload.split_at_checked(CHUNK_HEADER_BYTES).ok_or_else(|| {
+                DecodeError::Invalid { what: "chunk frame", reason: "shorter than its header".into() }
+            })?;
+            let digest = Digest(head[..32].try_into().expect("32 bytes"));
+            let offset = u64::from_le_bytes(head[32..40].try_into().expect("8 bytes"));
+            let total = u64::from_le_bytes(head[40..48].try_into().expect("8 bytes"));
+            if offset.checked_add(data.len() as u64).is_none_or(|end| end > total) {
+                return Err(DecodeError::Semantic {
+                    what: "chunk",
+                    reason: format!("bytes {offset}+{} run past the artifact's {total}", data.len()),
+                });
+            }
+            Ok(Frame::Chunk { header: ChunkHeader { digest, offset, total }, data })
+        }
+    }
+}
+
+/// Limits a job must keep that bytecheck cannot express.
+fn check_job(job: &ArchivedJobSpec) -> Result<(), String> {
+    if job.program.is_empty() {
+        return Err("the program is empty".into());
+    }
+    if job.layers.is_empty() {
+        return Err("a job needs at least one layer".into());
+    }
+    if job.layers.len() > crate::zygote::LAYERS_MAX {
+        return Err(format!("{} layers, at most {}", job.layers.len(), crate::zygote::LAYERS_MAX));
+    }
+    Ok(())
+}
+
+fn access<'a, T>(bytes: &'a [u8], what: &'static str) -> Result<&'a T, DecodeError>
+where
+    T: rkyv::Portable
+        + for<'b> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'b, rancor::Error>>,
+{
+    if !(bytes.as_ptr() as usize).is_multiple_of(16) {
+        return Err(DecodeError::Invalid { what, reason: "buffer is not 16-byte aligned".into() });
+    }
+    rkyv::access::<T, rancor::Error>(bytes).map_err(|e| DecodeError::Invalid { what, reason: e.to_string() })
+}
+
+/// Reassembles frames from a byte stream, keeping each payload 16-byte aligned for in-place
+/// reading. Bounded: it never holds more than one frame beyond what it was given.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    pending: Vec<u8>,
+    header: Option<Header>,
+    payload: AlignedVec,
+}
+
+impl FrameReader {
+    /// Feeds received bytes; calls `on_frame` with each complete frame. Stops at the first
+    /// malformed header (the connection must then be closed).
+    pub fn feed(
+        &mut self,
+        mut bytes: &[u8],
+        on_frame: &mut dyn FnMut(Kind, &[u8]) -> bool,
+    ) -> Result<(), DecodeError> {
+        while !bytes.is_empty() {
+            match self.header {
+                None => {
+                    let need = HEADER_BYTES - self.pending.len();
+                    let take = need.min(bytes.len());
+                    self.pending.extend_from_slice(&bytes[..take]);
+                    bytes = &bytes[take..];
+                    if self.pending.len() == HEADER_BYTES {
+                        let raw: [u8; HEADER_BYTES] = self.pending[..].try_into().expect("8 bytes");
+                        self.pending.clear();
+                        let header = parse_header(&raw)?;
+                        self.payload.clear();
+                        self.payload.reserve(header.len);
+                        self.header = Some(header);
+                    }
+                }
+                Some(header) => {
+                    let need = header.len - self.payload.len();
+                    let take = need.min(bytes.len());
+                    self.payload.extend_from_slice(&bytes[..take]);
+                    bytes = &bytes[take..];
+                }
+            }
+            if let Some(header) = self.header
+                && self.payload.len() == header.len
+            {
+                self.header = None;
+                if !on_frame(header.kind, &self.payload) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample_job() -> JobSpec {
+        JobSpec {
+            program: "/usr/bin/test-binary".into(),
+            arguments: vec!["--exact".into(), "module::test_name".into(), "--nocapture".into()],
+            environment: vec![("PATH".into(), "/usr/bin:/bin".into()), ("RUST_BACKTRACE".into(), "1".into())],
+            layers: vec![
+                LayerRef { kind: LayerKind::Manifest, digest: Digest::of(b"binary") },
+                LayerRef { kind: LayerKind::Manifest, digest: Digest::of(b"libs") },
+                LayerRef { kind: LayerKind::Manifest, digest: Digest::of(b"stubs") },
+            ],
+            mounts: vec![
+                Mount::Tmp("/tmp".into()),
+                Mount::Proc("/proc".into()),
+                Mount::Devices(vec!["null".into(), "zero".into()]),
+            ],
+            network: Network::Disabled,
+            writable_root: false,
+            working_directory: "/".into(),
+            user: 0,
+            group: 0,
+            timeout_ms: 60_000,
+            priority: 1,
+            estimated_ms: 1200,
+        }
+    }
+
+    fn frames(bytes: &[u8], chunk: usize) -> Vec<(Kind, Vec<u8>)> {
+        let mut reader = FrameReader::default();
+        let mut out = Vec::new();
+        for piece in bytes.chunks(chunk.max(1)) {
+            reader
+                .feed(piece, &mut |kind, payload| {
+                    out.push((kind, payload.to_vec()));
+                    true
+                })
+                .unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn every_kind_round_trips_through_a_byte_stream() {
+        let job = sample_job();
+        let encoded = encode_job(&job);
+        let mut stream = Vec::new();
+        encode_control(
+            &Control::Hello(Hello {
+                version: PROTOCOL_VERSION,
+                role: Role::Worker { slots: 4 },
+                name: "w".into(),
+            }),
+            &mut stream,
+        );
+        encode_job_frame(Kind::Submit, 77, &encoded, &mut stream);
+        let chunk = ChunkHeader { digest: Digest::of(b"abc"), offset: 1, total: 3 };
+        encode_chunk(&chunk, b"bc", &mut stream);
+        encode_control(
+            &Control::Done {
+                id: 77,
+                outcome: Outcome::TimedOut {
+                    stdout: Output::default(),
+                    stderr: Output { bytes: b"x".to_vec(), cut: 9 },
+                    duration_us: 5,
+                },
+            },
+            &mut stream,
+        );
+        for split in [1, 3, 7, 64, stream.len()] {
+            let got = frames(&stream, split);
+            assert_eq!(got.len(), 4);
+            let mut aligned = AlignedVec::<16>::new();
+            for (kind, payload) in &got {
+                aligned.clear();
+                aligned.extend_from_slice(payload);
+                match decode(*kind, &aligned).unwrap() {
+                    Frame::Control(ArchivedControl::Hello(h)) => assert_eq!(h.name, "w"),
+                    Frame::Job { id, spec, .. } => {
+                        assert_eq!(id, 77);
+                        assert_eq!(spec, &job);
+                        assert_eq!(spec.priority, 1);
+                    }
+                    Frame::Chunk { header, data } => {
+                        assert_eq!(header, chunk);
+                        assert_eq!(data, b"bc");
+                    }
+                    Frame::Control(ArchivedControl::Done { id, .. }) => assert_eq!(*id, 77),
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_and_unknown_headers_are_refused_first() {
+        let mut big = [0u8; 8];
+        big[..4].copy_from_slice(&(FRAME_PAYLOAD_BYTES_MAX as u32 + 1).to_le_bytes());
+        big[4] = 1;
+        assert!(matches!(parse_header(&big), Err(DecodeError::TooLarge { .. })));
+        let mut reader = FrameReader::default();
+        let error = reader.feed(&big, &mut |_, _| true).unwrap_err();
+        assert!(error.to_string().contains("exceeds the limit"));
+        let unknown = [0, 0, 0, 0, 9, 0, 0, 0];
+        assert!(parse_header(&unknown).unwrap_err().to_string().contains("unknown kind 9"));
+        let reserved = [0, 0, 0, 0, 1, 0, 1, 0];
+        assert!(parse_header(&reserved).is_err());
+    }
+
+    #[test]
+    fn garbage_payloads_are_refused() {
+        let mut aligned = AlignedVec::<16>::new();
+        aligned.extend_from_slice(&[0xEE; 100]);
+        assert!(decode(Kind::Control, &aligned).is_err());
+        assert!(decode(Kind::Submit, &aligned).is_err());
+        assert!(decode(Kind::Submit, &aligned[..4]).is_err());
+        let truncated = encode_job(&sample_job());
+        let mut frame = Vec::new();
+        encode_job_frame(Kind::Submit, 1, &truncated[..truncated.len() / 2], &mut frame);
+        aligned.clear();
+        aligned.extend_from_slice(&frame[HEADER_BYTES..]);
+        assert!(decode(Kind::Submit, &aligned).is_err());
+        let mut chunk = Vec::new();
+        encode_chunk(&ChunkHeader { digest: Digest::of(b""), offset: 5, total: 6 }, b"toolong", &mut chunk);
+        aligned.clear();
+        aligned.extend_from_slice(&chunk[8..]);
+        assert!(decode(Kind::Chunk, &aligned).unwrap_err().to_string().contains("run past"));
+    }
+
+    #[test]
+    fn jobs_without_layers_or_program_are_refused() {
+        for broken in
+            [JobSpec { layers: vec![], ..sample_job() }, JobSpec { program: String::new(), ..sample_job() }]
+        {
+            let mut frame = Vec::new();
+            encode_job_frame(Kind::Start, 3, &encode_job(&broken), &mut frame);
+            let mut aligned = AlignedVec::<16>::new();
+            aligned.extend_from_slice(&frame[HEADER_BYTES..]);
+            assert!(matches!(decode(Kind::Start, &aligned), Err(DecodeError::Semantic { .. })));
+        }
+    }
+}
