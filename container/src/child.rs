@@ -419,17 +419,22 @@ pub(crate) extern "C" fn job_main(arg: *mut c_void) -> c_int {
     exit(127)
 }
 
-fn job_setup(args: &mut JobArgs<'_>) -> Res {
-    let prepare = Step::Prepare;
-    // Die with the worker; and if it already died, do not start at all.
+/// Asks to be killed when the parent dies; and if the worker already died, refuses to start.
+fn die_with_worker(worker_pidfd: c_int, step: Step) -> Res {
     // SAFETY: PR_SET_PDEATHSIG takes a signal number.
     let ret = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
-    check(ret.into(), prepare)?;
-    let mut worker = libc::pollfd { fd: args.worker_pidfd, events: libc::POLLIN, revents: 0 };
+    check(ret.into(), step)?;
+    let mut worker = libc::pollfd { fd: worker_pidfd, events: libc::POLLIN, revents: 0 };
     // SAFETY: one live pollfd, zero timeout.
     if unsafe { libc::poll(&raw mut worker, 1, 0) } != 0 {
-        return Err(Failure { step: prepare, errno: libc::ESRCH });
+        return Err(Failure { step, errno: libc::ESRCH });
     }
+    Ok(())
+}
+
+fn job_setup(args: &mut JobArgs<'_>) -> Res {
+    let prepare = Step::Prepare;
+    die_with_worker(args.worker_pidfd, prepare)?;
 
     // The user-namespace maps are written through this directory after the pivot hides /proc.
     // SAFETY: literal path, plain flags.
@@ -476,6 +481,8 @@ fn job_setup(args: &mut JobArgs<'_>) -> Res {
         // Changing uid made us undumpable, which would put /proc/self out of our reach.
         // SAFETY: as above.
         check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) }.into(), userns)?;
+        // Changing uid also cleared the parent-death signal.
+        die_with_worker(args.worker_pidfd, userns)?;
     }
     // SAFETY: unshare takes flags.
     check(unsafe { libc::unshare(libc::CLONE_NEWUSER) }.into(), userns)?;

@@ -66,7 +66,16 @@ pub(crate) fn main(
     worker: libc::pid_t,
     seccomp: &[seccompiler::sock_filter],
 ) -> ! {
-    let code = match Lane::boot(sock.as_fd(), boot, worker, seccomp) {
+    // A panic must never unwind into the worker's frames this process was forked with (their
+    // destructors would run here, in the lane): it ends the lane instead.
+    let served =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve_lane(&sock, boot, worker, seccomp)));
+    // SAFETY: ends this lane without running the worker's atexit handlers or destructors.
+    unsafe { libc::_exit(served.unwrap_or(3)) }
+}
+
+fn serve_lane(sock: &OwnedFd, boot: Boot, worker: libc::pid_t, seccomp: &[seccompiler::sock_filter]) -> i32 {
+    match Lane::boot(sock.as_fd(), boot, worker, seccomp) {
         Ok(mut lane) => match lane.serve(sock.as_fd()) {
             Ok(()) => 0,
             Err(_) => 2,
@@ -83,9 +92,7 @@ pub(crate) fn main(
             }
             1
         }
-    };
-    // SAFETY: ends this lane without running the worker's atexit handlers or destructors.
-    unsafe { libc::_exit(code) }
+    }
 }
 
 /// A pooled network namespace and the fds that tell whether it is empty.
@@ -427,6 +434,10 @@ impl Lane {
         if let Some(f) = args.failure {
             close_all([args.mount_ns]);
             return Err(f);
+        }
+        if args.mount_ns < 0 {
+            // The builder died before saying how (killed from outside).
+            return Err(Failure { step, errno: libc::ECHILD });
         }
         // SAFETY: the builder opened `mount_ns` in our shared fd table and nothing else owns it.
         let mount_ns = unsafe { OwnedFd::from_raw_fd(args.mount_ns) };

@@ -48,8 +48,9 @@ pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((adopt(fds[0]), adopt(fds[1])))
 }
 
-/// Sizes both socket buffers so one datagram of `bytes` fits.
-pub fn set_socket_buffers(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
+/// Sizes both socket buffers so one datagram of `bytes` fits, as far as the kernel allows;
+/// returns the largest datagram the socket can then send.
+pub fn set_socket_buffers(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<usize> {
     let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
     for option in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
         // SAFETY: `value` is a live c_int and its size is passed.
@@ -63,7 +64,20 @@ pub fn set_socket_buffers(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
             )
         })?;
     }
-    Ok(())
+    let mut granted: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `granted` and `len` are live and sized for the option.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&raw mut granted).cast(),
+            &raw mut len,
+        )
+    })?;
+    // The kernel refuses a unix datagram above the send buffer less 32 bytes.
+    Ok(usize::try_from(granted).unwrap_or(0).saturating_sub(32))
 }
 
 /// Most fds one message carries.

@@ -110,6 +110,7 @@ pub struct Lane {
     pid: libc::pid_t,
     pidfd: OwnedFd,
     sock: OwnedFd,
+    request_bytes_max: usize,
 }
 
 impl Lane {
@@ -119,6 +120,12 @@ impl Lane {
 
     pub fn pid(&self) -> libc::pid_t {
         self.pid
+    }
+
+    /// The largest request the lane's socket takes in one datagram (the kernel caps socket
+    /// buffers at `net.core.wmem_max` for an unprivileged process).
+    pub fn request_bytes_max(&self) -> usize {
+        self.request_bytes_max
     }
 
     /// The `SOCK_SEQPACKET` socket to the lane.
@@ -172,7 +179,13 @@ impl Lane {
     }
 
     /// Waits for the lane's hello.
-    fn greet(index: usize, pid: libc::pid_t, pidfd: OwnedFd, sock: OwnedFd) -> Result<Self, StartError> {
+    fn greet(
+        index: usize,
+        pid: libc::pid_t,
+        pidfd: OwnedFd,
+        sock: OwnedFd,
+        request_bytes_max: usize,
+    ) -> Result<Self, StartError> {
         let mut buf = AlignedVec::<16>::with_capacity(REPLY_BYTES_MAX);
         buf.resize(REPLY_BYTES_MAX, 0);
         let mut fds = Vec::new();
@@ -215,7 +228,7 @@ impl Lane {
             }
             ArchivedLaneHello::Ready { .. } => unreachable!("version checked by the arms above"),
         }
-        Ok(Self { index, pid, pidfd, sock })
+        Ok(Self { index, pid, pidfd, sock, request_bytes_max })
     }
 }
 
@@ -281,10 +294,11 @@ impl Zygote {
         for index in 0..config.lanes.max(1) {
             let io_error = |what| move |source| StartError::Io { lane: index, what, source };
             let (ours, theirs) = sys::seqpacket_pair().map_err(io_error("create its socket"))?;
-            for sock in [&ours, &theirs] {
-                sys::set_socket_buffers(sock.as_fd(), SPAWN_REQUEST_BYTES_MAX + (64 << 10))
-                    .map_err(io_error("size its socket buffers"))?;
-            }
+            let wanted = SPAWN_REQUEST_BYTES_MAX + (64 << 10);
+            let sendable =
+                sys::set_socket_buffers(ours.as_fd(), wanted).map_err(io_error("size its socket buffers"))?;
+            sys::set_socket_buffers(theirs.as_fd(), wanted).map_err(io_error("size its socket buffers"))?;
+            let request_bytes_max = sendable.min(SPAWN_REQUEST_BYTES_MAX);
             let boot = match lanes.first() {
                 None => Boot::Create { uid, gid },
                 Some(first) => Boot::Join { first: first.pid, root: uid == 0 },
@@ -298,7 +312,7 @@ impl Zygote {
                 Forked::Parent { pid } => {
                     drop(theirs);
                     let pidfd = sys::pidfd_open(pid).map_err(io_error("open its pidfd"))?;
-                    lanes.push(Lane::greet(index, pid, pidfd, ours)?);
+                    lanes.push(Lane::greet(index, pid, pidfd, ours, request_bytes_max)?);
                 }
             }
         }
@@ -337,6 +351,9 @@ impl Zygote {
             return Err(SpawnError::LaneDied { lane: *lane, status: status.clone() });
         }
         encode_request(request, &mut exchange.request)?;
+        if exchange.request.len() > lane.request_bytes_max {
+            return Err(SpawnError::TooLarge { len: exchange.request.len(), max: lane.request_bytes_max });
+        }
         let Exchange { request: bytes, reply, fds, died } = &mut *exchange;
         let exchanged = sys::send_with_fds(lane.socket(), bytes, &[stdout, stderr])
             .and_then(|()| sys::recv_with_fds(lane.socket(), reply, fds));
@@ -362,7 +379,15 @@ impl Zygote {
                 return (&slot.lane, exchange);
             }
         }
-        let slot = &self.slots[start % n];
+        // All busy: wait for the first live lane in turn (a dead one only if all are).
+        for i in 0..n - 1 {
+            let slot = &self.slots[(start + i) % n];
+            let exchange = slot.exchange.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if exchange.died.is_none() {
+                return (&slot.lane, exchange);
+            }
+        }
+        let slot = &self.slots[(start + n - 1) % n];
         (&slot.lane, slot.exchange.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 }

@@ -1,5 +1,6 @@
 //! The zygote's own failures: a lane that dies is seen and named, the other lanes carry on,
-//! and a zygote started too late (with threads running) refuses with a clear reason.
+//! jobs die with a worker killed outright, and a zygote started too late (with threads
+//! running) refuses with a clear reason.
 //!
 //! Runs its checks in order from `main`, since it must start a zygote before any thread and
 //! then kill parts of it.
@@ -8,9 +9,18 @@ use std::os::fd::AsFd;
 
 use maelstrom_container::{SpawnError, Spec, StartError, Zygote, ZygoteConfig};
 
+/// Set in the environment of this binary run as a doomed worker.
+const WORKER_ROLE: &str = "MAELSTROM_ZYGOTE_DEATH_WORKER";
+
 fn main() {
+    if let Ok(marker) = std::env::var(WORKER_ROLE) {
+        doomed_worker(&marker);
+    }
     type Check = fn() -> anyhow::Result<()>;
-    let checks: [(&str, Check); 1] = [("zygote_death::lane_death_is_seen_and_named", lane_death)];
+    let checks: [(&str, Check); 2] = [
+        ("zygote_death::lane_death_is_seen_and_named", lane_death),
+        ("zygote_death::jobs_die_with_a_killed_worker", jobs_die_with_the_worker),
+    ];
     let mut failed = 0;
     for (name, check) in checks {
         match check() {
@@ -33,7 +43,7 @@ fn main() {
     println!(
         "\ntest result: {}. {} passed; {failed} failed",
         if failed == 0 { "ok" } else { "FAILED" },
-        2 - failed
+        3 - failed
     );
     std::process::exit(i32::from(failed != 0));
 }
@@ -63,6 +73,66 @@ fn lane_death() -> anyhow::Result<()> {
         run().map_err(|e| anyhow::anyhow!("the surviving lane failed: {e}"))??;
     }
     Ok(())
+}
+
+/// As a worker: starts a job that hangs, says so, and waits to be killed.
+#[expect(clippy::exit, reason = "this process only ever runs as the doomed worker")]
+fn doomed_worker(marker: &str) -> ! {
+    let run = || -> anyhow::Result<()> {
+        let zygote = Zygote::start(ZygoteConfig { lanes: 1 })?;
+        let layer = tempfile::tempdir()?;
+        std::fs::create_dir(layer.path().join("bin"))?;
+        std::fs::copy(maelstrom_testbins::probe(), layer.path().join("bin/probe"))?;
+        let mut spec = Spec::new(vec![layer.path().to_owned()], "/bin/probe");
+        spec.arguments = vec!["hang".into(), marker.into()];
+        let request = maelstrom_container::compile(&spec)?;
+        let devnull = std::fs::File::options().write(true).open("/dev/null")?;
+        let _job = zygote.spawn(&request, devnull.as_fd(), devnull.as_fd())?;
+        println!("started");
+        std::thread::sleep(std::time::Duration::from_secs(600));
+        Ok(())
+    };
+    if let Err(e) = run() {
+        println!("failed: {e:#}");
+    }
+    std::process::exit(1)
+}
+
+/// Pids of probes running `hang <marker>`.
+fn hanging(marker: &str) -> Vec<u32> {
+    let wanted = format!("/bin/probe\0hang\0{marker}\0");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(wanted.as_bytes()))
+        })
+        .collect()
+}
+
+/// A worker killed with SIGKILL cannot clean up: its jobs must die by themselves (for a root
+/// worker too, whose jobs change uid, which clears a parent-death signal set before).
+fn jobs_die_with_the_worker() -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let marker = format!("doomed-{}", std::process::id());
+    let mut worker = std::process::Command::new(std::env::current_exe()?)
+        .env(WORKER_ROLE, &marker)
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufReader::new(worker.stdout.take().expect("piped")).read_line(&mut line)?;
+    anyhow::ensure!(line.trim() == "started", "the worker said {line:?}");
+    anyhow::ensure!(!hanging(&marker).is_empty(), "the job is not running");
+    worker.kill()?;
+    worker.wait()?;
+    for _ in 0..100 {
+        if hanging(&marker).is_empty() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    anyhow::bail!("jobs outlived their killed worker: {:?}", hanging(&marker))
 }
 
 fn late_start() -> anyhow::Result<()> {

@@ -145,6 +145,9 @@ pub struct Ring {
     slots: Vec<Option<InFlight>>,
     free: Vec<usize>,
     unsubmitted: usize,
+    /// Completions reaped early (to make room while pushing), handed out by the next
+    /// [`Ring::submit_and_wait`].
+    reaped: Vec<Completion>,
 }
 
 impl std::fmt::Debug for Ring {
@@ -174,7 +177,7 @@ impl Ring {
                 return Err(RingError::Missing(name));
             }
         }
-        Ok(Self { ring, slots: Vec::new(), free: Vec::new(), unsubmitted: 0 })
+        Ok(Self { ring, slots: Vec::new(), free: Vec::new(), unsubmitted: 0, reaped: Vec::new() })
     }
 
     /// Operations submitted (or queued) and not yet completed.
@@ -301,7 +304,9 @@ impl Ring {
     /// Submits what was queued, waits for at least `want` completions (0: do not wait), and
     /// appends every available completion to `out`.
     pub fn submit_and_wait(&mut self, want: usize, out: &mut Vec<Completion>) -> io::Result<()> {
-        let want = want.min(self.in_flight());
+        let early = self.reaped.len();
+        out.append(&mut self.reaped);
+        let want = if early > 0 { 0 } else { want.min(self.in_flight()) };
         loop {
             match self.ring.submit_and_wait(want) {
                 Ok(_) => break,
@@ -314,15 +319,20 @@ impl Ring {
             }
         }
         self.unsubmitted = 0;
-        let entries: Vec<(u64, i32, u32)> =
-            self.ring.completion().map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())).collect();
-        for (user_data, result, _flags) in entries {
+        self.reap(out);
+        Ok(())
+    }
+
+    /// Moves every completion the kernel has posted into `out`.
+    fn reap(&mut self, out: &mut Vec<Completion>) {
+        let entries: Vec<(u64, i32)> =
+            self.ring.completion().map(|cqe| (cqe.user_data(), cqe.result())).collect();
+        for (user_data, result) in entries {
             let index = user_data as usize;
             let Some(in_flight) = self.slots.get_mut(index).and_then(Option::take) else { continue };
             self.free.push(index);
             out.push(Completion { token: in_flight.token, result, done: finish(in_flight.keep, result) });
         }
-        Ok(())
     }
 
     fn push(&mut self, entry: squeue::Entry, in_flight: InFlight) {
@@ -343,12 +353,17 @@ impl Ring {
                 self.unsubmitted += 1;
                 return;
             }
-            // The submission queue is full: hand it to the kernel and retry.
-            if let Err(e) = self.ring.submit() {
-                assert!(
-                    e.raw_os_error() == Some(libc::EBUSY) || e.raw_os_error() == Some(libc::EINTR),
-                    "{e}"
-                );
+            // The submission queue is full: hand it to the kernel and retry. The kernel refuses
+            // (EBUSY) while completions wait to be reaped: reap them first, for later.
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    let mut reaped = std::mem::take(&mut self.reaped);
+                    self.reap(&mut reaped);
+                    self.reaped = reaped;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => panic!("io_uring submit failed: {e}"),
             }
         }
     }
@@ -521,6 +536,25 @@ mod tests {
         let mut got = [0u8; 13];
         std::io::Read::read_exact(&mut client, &mut got).unwrap();
         assert_eq!(&got, b"over the wire");
+    }
+
+    #[test]
+    fn far_more_operations_than_queue_entries_all_complete() {
+        let mut ring = Ring::new(4).unwrap();
+        let count = 2000u64;
+        for token in 0..count {
+            ring.timeout(token, Duration::ZERO);
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        while seen.len() < count as usize {
+            out.clear();
+            ring.submit_and_wait(1, &mut out).unwrap();
+            for completion in &out {
+                assert!(seen.insert(completion.token), "token {} completed twice", completion.token);
+            }
+        }
+        assert_eq!(ring.in_flight(), 0);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! finished once it has exited and both pipes are at end of stream; it is then reaped and
 //! reported. Every job ends in exactly one [`JobResult`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
@@ -189,6 +189,8 @@ fn lane_token(lane: usize, recv: bool) -> Token {
 /// A job whose spawn request is with a lane.
 struct Spawning {
     job: JobRequest,
+    /// Why the request could not be sent, once its send completed with an error.
+    send_failed: Option<std::io::Error>,
     stdout: OwnedFd,
     stderr: OwnedFd,
     started: Instant,
@@ -228,6 +230,8 @@ struct EventLoop {
     wake: Arc<OwnedFd>,
     on_result: ResultSink,
     shutting_down: bool,
+    /// Jobs cancelled while a lane was starting them: killed as soon as they start.
+    cancelled: HashSet<JobId>,
     buffers: Vec<Vec<u8>>,
     request_bytes: AlignedVec,
     reply_bytes: AlignedVec,
@@ -260,6 +264,7 @@ impl EventLoop {
             wake,
             on_result,
             shutting_down: false,
+            cancelled: HashSet::new(),
             buffers: Vec::new(),
             request_bytes: AlignedVec::new(),
             reply_bytes: AlignedVec::new(),
@@ -280,11 +285,25 @@ impl EventLoop {
             }
             completions.clear();
             if let Err(e) = self.ring.submit_and_wait(1, &mut completions) {
-                self.fail_everything(&format!("the executor's io_uring failed: {e}"));
+                let why = format!("the executor's io_uring failed: {e}");
+                self.fail_everything(&why);
+                self.refuse_until_shutdown(&why);
                 break;
             }
             for completion in completions.drain(..) {
                 self.handle(completion);
+            }
+        }
+    }
+
+    /// After a fatal failure: every job still submitted gets its result, an error, so none is
+    /// ever lost.
+    fn refuse_until_shutdown(&mut self, why: &str) {
+        while let Ok(command) = self.commands.recv() {
+            match command {
+                Command::Run(job) => self.report(job.id, Err(JobError::System(why.to_owned()))),
+                Command::Cancel(_) => {}
+                Command::Shutdown => return,
             }
         }
     }
@@ -316,6 +335,9 @@ impl EventLoop {
         }
         if let Some(running) = self.running.get(&id) {
             let _ = running.job.kill();
+        }
+        if self.lanes.iter().any(|l| l.spawning.as_ref().is_some_and(|s| s.job.id == id)) {
+            self.cancelled.insert(id);
         }
     }
 
@@ -370,13 +392,21 @@ impl EventLoop {
 
     fn send_to_lane(&mut self, index: usize, job: JobRequest) -> Result<(), (JobId, JobError)> {
         let system = |what: &str, e: std::io::Error| JobError::System(format!("{what}: {e}"));
+        if let Err(e) = maelstrom_container::encode_request(&job.spawn, &mut self.request_bytes) {
+            return Err((job.id, JobError::Execution(e.to_string())));
+        }
+        let (len, max) = (self.request_bytes.len(), self.lanes[index].lane.request_bytes_max());
+        if len > max {
+            let why = format!(
+                "the job's spec takes {len} bytes, more than the {max} a lane's socket takes \
+                 (shorten its arguments or environment, or raise net.core.wmem_max)"
+            );
+            return Err((job.id, JobError::Execution(why)));
+        }
         let (out_read, out_write) =
             maelstrom_container::pipe().map_err(|e| (job.id, system("create a pipe", e)))?;
         let (err_read, err_write) =
             maelstrom_container::pipe().map_err(|e| (job.id, system("create a pipe", e)))?;
-        if let Err(e) = maelstrom_container::encode_request(&job.spawn, &mut self.request_bytes) {
-            return Err((job.id, JobError::Execution(e.to_string())));
-        }
         let lane = &mut self.lanes[index];
         let fds = [Arc::new(out_write), Arc::new(err_write)];
         self.ring.send_with_fds(lane_token(index, false), &lane.sock, self.request_bytes.to_vec(), &fds);
@@ -385,7 +415,13 @@ impl EventLoop {
             &lane.sock,
             Vec::with_capacity(maelstrom_container::REPLY_BYTES_MAX),
         );
-        lane.spawning = Some(Spawning { job, stdout: out_read, stderr: err_read, started: Instant::now() });
+        lane.spawning = Some(Spawning {
+            job,
+            send_failed: None,
+            stdout: out_read,
+            stderr: err_read,
+            started: Instant::now(),
+        });
         Ok(())
     }
 
@@ -397,8 +433,13 @@ impl EventLoop {
             let lane = ((token & !LANE_BIT) >> 1) as usize;
             if token & 1 == 1 {
                 self.lane_replied(lane, completion);
+            } else if completion.result < 0
+                && let Some(spawning) = self.lanes.get_mut(lane).and_then(|l| l.spawning.as_mut())
+            {
+                // The lane never got the request: stop waiting for its reply.
+                spawning.send_failed = Some(std::io::Error::from_raw_os_error(-completion.result));
+                self.ring.cancel(lane_token(lane, true));
             }
-            // A failed send shows up as a failed or empty receive too.
         } else {
             let id = token >> 3;
             let kind = match token & 7 {
@@ -415,17 +456,28 @@ impl EventLoop {
     fn lane_replied(&mut self, index: usize, completion: Completion) {
         let Some(lane_state) = self.lanes.get_mut(index) else { return };
         let Some(spawning) = lane_state.spawning.take() else { return };
-        let Spawning { job, stdout, stderr, started } = spawning;
-        let outcome = match completion.done {
-            Done::Received { buf, mut fds, truncated } if completion.result > 0 && !truncated => {
+        let Spawning { job, send_failed, stdout, stderr, started } = spawning;
+        let gone = |errno: i32| matches!(errno, libc::EPIPE | libc::ECONNRESET);
+        let outcome = match (completion.done, send_failed) {
+            (Done::Received { buf, mut fds, truncated }, None) if completion.result > 0 && !truncated => {
                 self.reply_bytes.clear();
                 self.reply_bytes.extend_from_slice(&buf);
                 lane_state.lane.finish_spawn(&job.spawn, &self.reply_bytes, &mut fds)
             }
+            // The lane is alive but did not take the request.
+            (_, Some(error)) if !error.raw_os_error().is_some_and(gone) => {
+                Err(SpawnError::Io { lane: index, what: "send it a spawn request", source: error })
+            }
+            // The lane closed its socket: it died, and says how.
+            (_, Some(_)) => Err(self.lane_died(index)),
+            _ if completion.result == 0 || gone(-completion.result) => Err(self.lane_died(index)),
+            // Anything else leaves the lane's protocol out of step: it is not used again.
+            (Done::Received { truncated: true, .. }, None) => {
+                Err(self.lane_broken(index, "its reply was truncated"))
+            }
             _ => {
-                let death = lane_state.lane.death();
-                lane_state.dead = Some(death.to_string());
-                Err(death)
+                let error = std::io::Error::from_raw_os_error(-completion.result);
+                Err(self.lane_broken(index, &format!("receive its reply: {error}")))
             }
         };
         match outcome {
@@ -443,7 +495,24 @@ impl EventLoop {
         }
     }
 
+    fn lane_died(&mut self, index: usize) -> SpawnError {
+        let lane = &mut self.lanes[index];
+        let death = lane.lane.death();
+        lane.dead = Some(death.to_string());
+        death
+    }
+
+    fn lane_broken(&mut self, index: usize, why: &str) -> SpawnError {
+        let lane = &mut self.lanes[index];
+        let message = format!("zygote lane {index} is out of step: {why}");
+        lane.dead = Some(message.clone());
+        SpawnError::Rejected { lane: index, reason: message }
+    }
+
     fn watch(&mut self, request: JobRequest, job: Job, stdout: OwnedFd, stderr: OwnedFd, started: Instant) {
+        if self.cancelled.remove(&request.id) || self.shutting_down {
+            let _ = job.kill();
+        }
         let pidfd = match job.pidfd().try_clone_to_owned() {
             Ok(fd) => Arc::new(fd),
             Err(e) => {

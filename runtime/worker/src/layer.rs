@@ -83,6 +83,22 @@ fn create_parents(path: &Path) -> Result<(), String> {
     }
 }
 
+/// Makes the directory `dest` (or keeps it) with `mode`, plus the owner's rwx, so the tree can
+/// be filled and later deleted. Never through a symlink: a directory entry that names an
+/// earlier symlink is refused, or its chmod would land outside the layer.
+fn make_dir(dest: &Path, mode: u32) -> Result<(), String> {
+    match fs::symlink_metadata(dest) {
+        Ok(metadata) if metadata.file_type().is_symlink() => {
+            return Err(format!("directory {} would replace a symlink", dest.display()));
+        }
+        Ok(metadata) if metadata.is_dir() => {}
+        Ok(_) => return Err(format!("directory {} would replace a file", dest.display())),
+        Err(_) => fs::create_dir(dest).map_err(|e| format!("create {}: {e}", dest.display()))?,
+    }
+    fs::set_permissions(dest, fs::Permissions::from_mode((mode & MODE_KEPT) | 0o700))
+        .map_err(|e| format!("chmod {}: {e}", dest.display()))
+}
+
 /// Copies `source` into `dest`, checking it hashes to `digest`; returns its size.
 fn copy_verified(source: &Path, dest: &Path, digest: &Digest, mode: u32) -> Result<u64, String> {
     let mut input = File::open(source).map_err(|e| format!("open {}: {e}", source.display()))?;
@@ -133,9 +149,7 @@ pub fn materialize(
         size += ENTRY_OVERHEAD_BYTES;
         match &entry.kind {
             EntryKind::Directory { mode } => {
-                fs::create_dir_all(&dest).map_err(|e| format!("create {}: {e}", dest.display()))?;
-                fs::set_permissions(&dest, fs::Permissions::from_mode(mode & MODE_KEPT))
-                    .map_err(|e| format!("chmod {}: {e}", dest.display()))?;
+                make_dir(&dest, *mode)?;
             }
             EntryKind::File { digest, mode, size: 0 } if *digest == Digest::of(b"") => {
                 fs::OpenOptions::new()
@@ -194,9 +208,7 @@ pub fn extract_tar(archive: &Path, dir: &Path) -> Result<u64, String> {
         size += ENTRY_OVERHEAD_BYTES;
         match kind {
             tar::EntryType::Directory => {
-                fs::create_dir_all(&dest).map_err(|e| bad(e.to_string()))?;
-                fs::set_permissions(&dest, fs::Permissions::from_mode(mode | 0o700))
-                    .map_err(|e| bad(e.to_string()))?;
+                make_dir(&dest, mode).map_err(bad)?;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 if fs::symlink_metadata(&dest).is_ok() {
@@ -338,6 +350,13 @@ mod tests {
                 "device nodes are refused",
             ),
             (Box::new(|b| append(b, tar::EntryType::Regular, "a/.wh.b", b"", None)), "whiteouts"),
+            (
+                Box::new(|b| {
+                    append(b, tar::EntryType::Symlink, "home", b"", Some("/nonexistent-maelstrom-target"));
+                    append(b, tar::EntryType::Directory, "home", b"", None);
+                }),
+                "would replace a symlink",
+            ),
         ];
         for (build, expected) in cases {
             let archive = tar_with(|b| build(b));
@@ -345,6 +364,24 @@ mod tests {
             let error = extract_tar(archive.path(), dir.path()).unwrap_err();
             assert!(error.contains(expected), "{error:?} should say {expected:?}");
         }
+    }
+
+    #[test]
+    fn read_only_directories_with_contents_build_and_delete() {
+        let src = tempfile::tempdir().unwrap();
+        fs::write(src.path().join("f"), b"x").unwrap();
+        let manifest = Manifest::from_entries([
+            Entry { path: b"/ro".to_vec(), kind: EntryKind::Directory { mode: 0o555 } },
+            Entry {
+                path: b"/ro/f".to_vec(),
+                kind: EntryKind::File { digest: Digest::of(b"x"), size: 1, mode: 0o444 },
+            },
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        let source = src.path().join("f");
+        materialize(&manifest, &|_| Some(source.clone()), dir.path()).unwrap();
+        assert_eq!(fs::read(dir.path().join("ro/f")).unwrap(), b"x");
+        fs::remove_dir_all(dir.path().join("ro")).unwrap();
     }
 
     #[test]
@@ -364,6 +401,21 @@ mod tests {
         let mode = fs::metadata(dir.path().join("bin/f")).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode, 0o755, "setuid must be dropped");
         assert_eq!(fs::metadata(dir.path().join("tmp")).unwrap().permissions().mode() & 0o7777, 0o1777);
+
+        // A directory reached through a symlink is never changed.
+        let outside = tempfile::tempdir().unwrap();
+        fs::set_permissions(outside.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        let hostile = Manifest::from_entries([
+            Entry {
+                path: b"/a".to_vec(),
+                kind: EntryKind::Symlink { target: outside.path().as_os_str().as_bytes().to_vec() },
+            },
+            Entry { path: b"/a/".to_vec(), kind: EntryKind::Directory { mode: 0o777 } },
+        ]);
+        let third = tempfile::tempdir().unwrap();
+        let error = materialize(&hostile, &|_| None, third.path()).unwrap_err();
+        assert!(error.contains("would replace a symlink"), "{error}");
+        assert_eq!(fs::metadata(outside.path()).unwrap().permissions().mode() & 0o777, 0o700);
 
         fs::write(&source, b"changed").unwrap();
         let again = tempfile::tempdir().unwrap();
