@@ -131,6 +131,21 @@ pub struct LayerRef {
     pub digest: Digest,
 }
 
+impl LayerRef {
+    /// The key of the layer's tree in a layer cache: distinct for each kind, so a tar and a
+    /// manifest with the same bytes never share a tree.
+    pub fn tree_key(&self) -> Digest {
+        let tag: &[u8; 9] = match self.kind {
+            LayerKind::Manifest => b"manifest:",
+            LayerKind::Tar => b"tar:\0\0\0\0\0",
+        };
+        let mut bytes = [0u8; 41];
+        bytes[..9].copy_from_slice(tag);
+        bytes[9..].copy_from_slice(&self.digest.0);
+        Digest::of(&bytes)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(compare(PartialEq), derive(Debug, Clone, Copy, PartialEq, Eq))]
 pub enum Network {
@@ -259,13 +274,13 @@ pub struct Status {
 
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "workers: {}", self.workers)?;
-        writeln!(f, "slots: {}", self.slots)?;
-        writeln!(f, "clients: {}", self.clients)?;
-        writeln!(f, "queued jobs: {}", self.queued)?;
-        writeln!(f, "running jobs: {}", self.running)?;
-        writeln!(f, "completed jobs: {}", self.completed)?;
-        write!(f, "artifacts: {} ({} bytes)", self.artifacts, self.artifact_bytes)
+        writeln!(f, "Number of workers: {}", self.workers)?;
+        writeln!(f, "Number of slots: {}", self.slots)?;
+        writeln!(f, "Number of clients: {}", self.clients)?;
+        writeln!(f, "Queued jobs: {}", self.queued)?;
+        writeln!(f, "Running jobs: {}", self.running)?;
+        writeln!(f, "Completed jobs: {}", self.completed)?;
+        write!(f, "Artifacts: {} ({} bytes)", self.artifacts, self.artifact_bytes)
     }
 }
 

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use clap::Parser;
 use maelstrom_client::local::{LocalClient, LocalConfig};
+use maelstrom_client::remote::{RemoteClient, SharedSinkHandle};
 use maelstrom_client::spec::{StreamItem, StreamRequest};
 use maelstrom_config::{Config, LogLevel, Size, Source};
 use maelstrom_container::{Outcome, Zygote, ZygoteConfig};
@@ -183,18 +184,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         cli.one || cli.program_and_arguments.is_empty(),
         "a program and arguments on the command line need --one"
     );
-    if let Some((broker, source)) = &settings.broker {
-        anyhow::bail!("cluster mode is not built yet (broker {broker} from {source}); run without a broker");
-    }
     let slots = settings.slots.0 as usize;
     let lanes = if cli.one { 1 } else { slots.min(cores) };
     // The zygote forks before any thread exists; everything threaded comes after.
     let zygote = Zygote::start(ZygoteConfig { lanes })?;
     let (events, inbox) = channel();
     let sink_events = events.clone();
-    let sink = Box::new(move |result: JobResult| {
+    let sink = SharedSinkHandle::new(Box::new(move |result: JobResult| {
         let _ = sink_events.send(Event::Done(result));
-    });
+    }));
     let project = std::env::current_dir().context("read the current directory")?;
     let config = LocalConfig {
         cache_root: settings.cache_root.0.clone(),
@@ -203,7 +201,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         output_bytes_max: usize::try_from(settings.inline_limit.0.0).unwrap_or(usize::MAX),
         project,
     };
-    let mut client = LocalClient::start(zygote, config, sink)?;
+    let local = LocalClient::start(zygote, config, sink.local_sink())?;
+    let mut client = match &settings.broker {
+        None => Client::Local(local),
+        Some((broker, source)) => Client::Remote(
+            RemoteClient::connect(broker, local, sink).with_context(|| format!("broker from {source}"))?,
+        ),
+    };
 
     let (input, name): (Box<dyn Read + Send>, String) = match &cli.file {
         Some(path) => (
@@ -265,6 +269,41 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(exit.as_one());
     }
     Ok(ExitCode::from(exit.code))
+}
+
+/// Standalone or cluster mode: the same jobs, the same results.
+enum Client {
+    Local(LocalClient),
+    Remote(RemoteClient),
+}
+
+impl Client {
+    fn add_containers(
+        &mut self,
+        named: std::collections::BTreeMap<String, maelstrom_client::spec::ContainerSpec>,
+    ) {
+        match self {
+            Client::Local(c) => c.add_containers(named),
+            Client::Remote(c) => c.add_containers(named),
+        }
+    }
+
+    fn run(
+        &mut self,
+        job: &maelstrom_client::spec::JobSpec,
+    ) -> Result<u64, maelstrom_client::local::PrepareError> {
+        match self {
+            Client::Local(c) => c.run(job),
+            Client::Remote(c) => c.run(job),
+        }
+    }
+
+    fn save(&mut self) {
+        match self {
+            Client::Local(c) => c.save(),
+            Client::Remote(c) => c.save(),
+        }
+    }
 }
 
 #[derive(Default)]

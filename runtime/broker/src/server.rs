@@ -33,6 +33,10 @@ const READ_BYTES: usize = 256 << 10;
 const CONNECTIONS_MAX: usize = 4096;
 
 const ACCEPT: Token = u64::MAX;
+const STOP_DEADLINE: Token = u64::MAX - 1;
+
+/// How long a stopping broker waits for its last words to workers.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn token(peer: PeerId, write: bool) -> Token {
     (peer << 1) | u64::from(write)
@@ -192,14 +196,20 @@ pub fn serve(listener: TcpListener, config: ServerConfig) -> anyhow::Result<()> 
         effects: Vec::new(),
         expect_manifest: HashSet::new(),
         exit: false,
+        deadline_passed: false,
         verbose: config.verbose,
     };
     let mut completions = Vec::new();
-    while !server.exit {
+    while !(server.exit && (server.drained() || server.deadline_passed)) {
         completions.clear();
         server.ring.submit_and_wait(1, &mut completions)?;
         for completion in completions.drain(..) {
-            if completion.token == ACCEPT {
+            if completion.token == STOP_DEADLINE {
+                server.deadline_passed = true;
+            } else if completion.token == ACCEPT {
+                if server.exit {
+                    continue;
+                }
                 server.accepted(&completion);
                 server.ring.accept(ACCEPT, &listener);
             } else {
@@ -219,10 +229,19 @@ struct Server {
     effects: Vec<Effect>,
     expect_manifest: HashSet<Digest>,
     exit: bool,
+    deadline_passed: bool,
     verbose: bool,
 }
 
 impl Server {
+    /// Whether nothing is left to send to workers (so a stopping broker can exit).
+    fn drained(&self) -> bool {
+        self.conns
+            .values()
+            .filter(|c| c.role == Some(Role::Worker))
+            .all(|c| !c.writing && c.outgoing.is_empty())
+    }
+
     fn log(&self, message: &str) {
         eprintln!("maelstrom-broker: {message}");
     }
@@ -589,7 +608,20 @@ impl Server {
                             let _ = fs::remove_file(self.store.path(&digest, manifest));
                         }
                     }
-                    Effect::Exit => self.exit = true,
+                    Effect::Exit => {
+                        // Workers are told, so they exit rather than reconnect.
+                        self.exit = true;
+                        let workers: Vec<PeerId> = self
+                            .conns
+                            .iter()
+                            .filter(|(_, c)| c.role == Some(Role::Worker))
+                            .map(|(peer, _)| *peer)
+                            .collect();
+                        for worker in workers {
+                            self.send(worker, &Control::Stop);
+                        }
+                        self.ring.timeout(STOP_DEADLINE, STOP_GRACE);
+                    }
                 }
             }
         }

@@ -9,6 +9,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use maelstrom_wire::artifact::{Digest, Entry, EntryKind, Manifest};
+use maelstrom_wire::cluster::{LayerKind, LayerRef};
 
 use crate::digests::DigestCache;
 use crate::elf;
@@ -30,15 +31,17 @@ pub enum Built {
 }
 
 impl Built {
+    /// The layer as a job names it.
+    pub fn layer_ref(&self) -> LayerRef {
+        match self {
+            Built::Manifest { digest, .. } => LayerRef { kind: LayerKind::Manifest, digest: *digest },
+            Built::Tar { digest, .. } => LayerRef { kind: LayerKind::Tar, digest: *digest },
+        }
+    }
+
     /// The key of the layer's tree in a cache (distinct for each kind of artifact).
     pub fn key(&self) -> Digest {
-        let (kind, digest) = match self {
-            Built::Manifest { digest, .. } => (b"manifest:", digest),
-            Built::Tar { digest, .. } => (b"tar:\0\0\0\0\0", digest),
-        };
-        let mut bytes = kind.to_vec();
-        bytes.extend_from_slice(&digest.0);
-        Digest::of(&bytes)
+        self.layer_ref().tree_key()
     }
 }
 

@@ -5,10 +5,12 @@
 //! - [`layers`]: layer specs into artifacts (manifests or tars), with [`digests`] caching file
 //!   hashes and [`elf`] finding shared libraries.
 //! - [`local`]: standalone mode, with the worker embedded.
+//! - [`remote`]: cluster mode: jobs go to a broker; those that need this machine stay local.
 
 pub mod digests;
 pub mod elf;
 pub mod layers;
 pub mod local;
+pub mod remote;
 pub mod resolve;
 pub mod spec;

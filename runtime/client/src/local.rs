@@ -94,14 +94,24 @@ impl LocalClient {
 
     /// Resolves a job, builds its layers into the cache, and returns its sandbox spec.
     pub fn prepare(&mut self, job: &JobSpec) -> Result<Spec, PrepareError> {
-        let resolved = resolve(&job.container, &self.containers, &|name| std::env::var(name).ok())
-            .map_err(|e| PrepareError(e.to_string()))?;
-        let mut layers = Vec::with_capacity(resolved.layers.len());
-        for layer in &resolved.layers {
-            let built = self.layers.build(layer).map_err(|e| PrepareError(e.to_string()))?;
-            layers.push(self.tree(&built)?);
+        let (resolved, built) = self.resolve(job)?;
+        let mut layers = Vec::with_capacity(built.len());
+        for built in &built {
+            layers.push(self.tree(built)?);
         }
         Ok(self.sandbox(job, resolved, layers))
+    }
+
+    /// Resolves a job's container and builds its layers' artifacts (not their trees).
+    pub fn resolve(&mut self, job: &JobSpec) -> Result<(Resolved, Vec<Arc<Built>>), PrepareError> {
+        let resolved = resolve(&job.container, &self.containers, &|name| std::env::var(name).ok())
+            .map_err(|e| PrepareError(e.to_string()))?;
+        let built = resolved
+            .layers
+            .iter()
+            .map(|layer| self.layers.build(layer).map_err(|e| PrepareError(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((resolved, built))
     }
 
     fn tree(&mut self, built: &Built) -> Result<PathBuf, PrepareError> {
@@ -125,20 +135,7 @@ impl LocalClient {
     }
 
     fn sandbox(&self, job: &JobSpec, resolved: Resolved, layers: Vec<PathBuf>) -> Spec {
-        let mut spec = Spec::new(layers, &job.program);
-        spec.arguments = job.arguments.iter().map(OsString::from).collect();
-        spec.environment = resolved.environment.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
-        spec.working_directory = PathBuf::from(resolved.working_directory);
-        spec.writable_root = resolved.enable_writable_file_system;
-        spec.network = match resolved.network {
-            Network::Disabled => NetworkMode::Disabled,
-            Network::Loopback => NetworkMode::Loopback,
-            Network::Local => NetworkMode::Local,
-        };
-        spec.user = resolved.user;
-        spec.group = resolved.group;
-        spec.mounts = resolved.mounts.iter().map(|m| mount(m, &self.project)).collect();
-        spec
+        sandbox(job, resolved, layers, &self.project)
     }
 
     /// Writes caches back (the layer cache needs nothing; the digest cache is rewritten).
@@ -149,6 +146,24 @@ impl LocalClient {
     pub fn executor(&self) -> &Executor {
         &self.executor
     }
+}
+
+/// The sandbox spec for a resolved job whose layers' trees are `layers` (bottom first).
+pub fn sandbox(job: &JobSpec, resolved: Resolved, layers: Vec<PathBuf>, project: &Path) -> Spec {
+    let mut spec = Spec::new(layers, &job.program);
+    spec.arguments = job.arguments.iter().map(OsString::from).collect();
+    spec.environment = resolved.environment.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+    spec.working_directory = PathBuf::from(resolved.working_directory);
+    spec.writable_root = resolved.enable_writable_file_system;
+    spec.network = match resolved.network {
+        Network::Disabled => NetworkMode::Disabled,
+        Network::Loopback => NetworkMode::Loopback,
+        Network::Local => NetworkMode::Local,
+    };
+    spec.user = resolved.user;
+    spec.group = resolved.group;
+    spec.mounts = resolved.mounts.iter().map(|m| mount(m, project)).collect();
+    spec
 }
 
 fn mount(spec: &MountSpec, project: &Path) -> Mount {

@@ -202,6 +202,14 @@ impl Ring {
         self.push(entry, InFlight { token, keep: Keep::Write(buf), _fd: Some(Arc::clone(fd)) });
     }
 
+    /// Writes `buf` to the file `fd` at `offset`, leaving the file position alone (so several
+    /// writes to one file can be in flight).
+    pub fn write_at(&mut self, token: Token, fd: &Arc<OwnedFd>, buf: Vec<u8>, offset: u64) {
+        let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+        let entry = opcode::Write::new(types::Fd(fd.as_raw_fd()), buf.as_ptr(), len).offset(offset).build();
+        self.push(entry, InFlight { token, keep: Keep::Write(buf), _fd: Some(Arc::clone(fd)) });
+    }
+
     /// Accepts one connection on the listening socket `fd`; the result is the new fd
     /// (close-on-exec), which the caller takes with [`Completion::take_fd`].
     pub fn accept(&mut self, token: Token, fd: &Arc<OwnedFd>) {

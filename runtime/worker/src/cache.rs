@@ -83,16 +83,34 @@ impl LayerCache {
         &self.dir
     }
 
+    /// The tree for `key` if some process has built it; it then stays usable until released.
+    pub fn get(&self, key: &Digest) -> Result<Option<PathBuf>, CacheError> {
+        if let Some(tree) = self.held_tree(key) {
+            return Ok(Some(tree));
+        }
+        let name = key.hex();
+        let tree = self.dir.join("trees").join(&name);
+        if !tree.is_dir() {
+            return Ok(None);
+        }
+        let meta = lock_meta(&self.dir.join("meta").join(&name))?;
+        // Evicted between the look and the lock?
+        if !tree.is_dir() {
+            return Ok(None);
+        }
+        Ok(Some(self.hold(key, tree, meta)))
+    }
+
     /// The tree for `key`, built with `build(staging_dir)` (which returns the bytes it wrote) if
-    /// no process has built it yet. The tree stays usable until this cache is dropped.
+    /// no process has built it yet. The tree stays usable until released or this cache is
+    /// dropped. Builds of different keys may run at once on several threads.
     pub fn get_or_build(
         &self,
         key: &Digest,
         build: impl FnOnce(&Path) -> Result<u64, String>,
     ) -> Result<PathBuf, CacheError> {
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = held.get(key) {
-            return Ok(h.tree.clone());
+        if let Some(tree) = self.held_tree(key) {
+            return Ok(tree);
         }
         let name = key.hex();
         let tree = self.dir.join("trees").join(&name);
@@ -111,7 +129,7 @@ impl LayerCache {
                 Ok(()) => {
                     *self.added.lock().unwrap_or_else(|p| p.into_inner()) += size;
                 }
-                // Another process finished the same tree first; theirs is as good as ours.
+                // Another builder finished the same tree first; theirs is as good as ours.
                 Err(_) if tree.is_dir() => {
                     let _ = fs::remove_dir_all(&staging);
                 }
@@ -126,13 +144,27 @@ impl LayerCache {
             meta.set_len(0).map_err(io_error(&meta_path, "write the size"))?;
             meta.write_all(size.to_string().as_bytes()).map_err(io_error(&meta_path, "write the size"))?;
         }
-        let _ = meta.set_modified(SystemTime::now());
-        held.insert(*key, Held { tree: tree.clone(), _lock: meta });
-        drop(held);
+        let tree = self.hold(key, tree, meta);
         if self.over_budget() {
             self.evict()?;
         }
         Ok(tree)
+    }
+
+    /// Lets the tree for `key` be evicted again (by any process) once no one else holds it.
+    pub fn release(&self, key: &Digest) {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+
+    fn held_tree(&self, key: &Digest) -> Option<PathBuf> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).get(key).map(|h| h.tree.clone())
+    }
+
+    /// Marks the tree used now and keeps its lock.
+    fn hold(&self, key: &Digest, tree: PathBuf, meta: File) -> PathBuf {
+        let _ = meta.set_modified(SystemTime::now());
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.entry(*key).or_insert(Held { tree, _lock: meta }).tree.clone()
     }
 
     fn over_budget(&self) -> bool {
@@ -285,6 +317,24 @@ mod tests {
         assert!(trees(0), "a held tree was evicted");
         assert!(!trees(1) && !trees(2), "the least recently used trees stay");
         assert!(trees(3), "the most recent tree was evicted");
+    }
+
+    #[test]
+    fn get_finds_only_built_trees_and_release_lets_them_go() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = LayerCache::open(root.path(), u64::MAX).unwrap();
+        assert_eq!(cache.get(&key(1)).unwrap(), None);
+        let built = cache.get_or_build(&key(1), build_with(100)).unwrap();
+        let other = LayerCache::open(root.path(), u64::MAX).unwrap();
+        assert_eq!(other.get(&key(1)).unwrap(), Some(built.clone()));
+        let small = LayerCache { size_max: 0, ..LayerCache::open(root.path(), u64::MAX).unwrap() };
+        small.evict().unwrap();
+        assert!(built.exists(), "evicted while held");
+        cache.release(&key(1));
+        other.release(&key(1));
+        small.evict().unwrap();
+        assert!(!built.exists(), "released trees can be evicted");
+        assert_eq!(cache.get(&key(1)).unwrap(), None);
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! - [`executor`]: the io_uring event loop that drives the zygote's lanes and the jobs.
 //! - [`queue`]: the order waiting jobs start in.
 //! - [`layer`]: turning a manifest or a tar archive into a tree, refusing what could escape.
+//! - [`remote`]: the cluster worker: the broker connection, artifact fetches, and the same
+//!   executor.
 //! - [`cache`]: the layer cache: one extracted tree per layer artifact, shared by concurrent
 //!   runs, bounded, least recently used first out.
 
@@ -11,6 +13,7 @@ pub mod cache;
 pub mod executor;
 pub mod layer;
 pub mod queue;
+pub mod remote;
 
 pub use executor::{
     Executor, ExecutorConfig, ExecutorError, JobError, JobId, JobRequest, JobResult, ResultSink,

@@ -1,0 +1,169 @@
+//! `maelstrom-admin`: asks a broker for its status, or tells it to stop.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use maelstrom_config::{Config, LogLevel};
+use maelstrom_wire::cluster::{self, Control, Frame, FrameReader, Hello, PROTOCOL_VERSION, Role, Status};
+
+const KEYS: &[&str] = &["broker", "log-level"];
+
+const AFTER_HELP: &str = "Configuration values come, in order of preference, from the command line, from the \
+environment (MAELSTROM_ADMIN_<NAME>, then MAELSTROM_<NAME>), and from TOML files \
+($XDG_CONFIG_HOME/maelstrom/admin/config.toml, then each $XDG_CONFIG_DIRS/maelstrom/admin/config.toml).";
+
+#[derive(Parser, Debug)]
+#[command(name = "maelstrom-admin", version, about = "Ask a broker for its status, or stop it.", after_help = AFTER_HELP)]
+struct Cli {
+    /// The broker's address, HOST:PORT.
+    #[arg(short = 'b', long, value_name = "ADDRESS")]
+    broker: Option<String>,
+    /// error, warning, info or debug [default: info]
+    #[arg(short = 'L', long, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// Read only this config file ("-" for none).
+    #[arg(short = 'c', long, value_name = "PATH")]
+    config_file: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the broker's workers, slots, clients and jobs.
+    #[command(visible_aliases = ["stats", "stat"])]
+    Status,
+    /// Tell the broker to exit; its workers exit with it.
+    #[command(visible_aliases = ["shut-down", "shutdown"])]
+    Stop,
+}
+
+fn getenv(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("maelstrom-admin: {}", maelstrom_config::one_line(e.as_ref()));
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config =
+        Config::load("maelstrom/admin", "MAELSTROM_ADMIN", cli.config_file.as_deref(), KEYS, &getenv)?;
+    let level = cli
+        .log_level
+        .as_deref()
+        .map(|t| {
+            <LogLevel as maelstrom_config::Value>::parse(t).map_err(|e| anyhow::anyhow!("--log-level: {e}"))
+        })
+        .transpose()?;
+    config.get_or("log-level", level, LogLevel::Info, &getenv)?;
+    let (broker, _) = config.get::<String>("broker", cli.broker.clone(), &getenv)?.ok_or_else(|| {
+        anyhow::anyhow!("no broker: give one with --broker HOST:PORT (or MAELSTROM_ADMIN_BROKER)")
+    })?;
+    let mut conn = Connection::open(&broker)?;
+    match cli.command {
+        Command::Status => {
+            conn.send(&Control::StatusRequest)?;
+            let status = conn.status()?;
+            println!("{status}");
+        }
+        Command::Stop => {
+            conn.send(&Control::Stop)?;
+            // The broker closes the connection as it exits.
+            conn.wait_closed();
+            println!("the broker at {broker} is stopping");
+        }
+    }
+    Ok(())
+}
+
+struct Connection {
+    stream: TcpStream,
+    reader: FrameReader,
+    broker: String,
+}
+
+impl Connection {
+    fn open(broker: &str) -> anyhow::Result<Self> {
+        let address = broker
+            .to_socket_addrs()
+            .map_err(|e| anyhow::anyhow!("broker address {broker}: {e}"))?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("broker address {broker} resolves to nothing"))?;
+        let stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))
+            .map_err(|e| anyhow::anyhow!("connect to the broker at {broker}: {e}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut conn = Self { stream, reader: FrameReader::default(), broker: broker.to_owned() };
+        let name = format!("maelstrom-admin (pid {})", std::process::id());
+        conn.send(&Control::Hello(Hello { version: PROTOCOL_VERSION, role: Role::Admin, name }))?;
+        match conn.next()? {
+            Control::Welcome => Ok(conn),
+            Control::Refused(reason) => anyhow::bail!("the broker at {broker} refused: {reason}"),
+            other => anyhow::bail!("the broker at {broker} answered hello with {other:?}"),
+        }
+    }
+
+    fn send(&mut self, message: &Control) -> anyhow::Result<()> {
+        let mut frame = Vec::new();
+        cluster::encode_control(message, &mut frame);
+        self.stream
+            .write_all(&frame)
+            .map_err(|e| anyhow::anyhow!("write to the broker at {}: {e}", self.broker))
+    }
+
+    /// The next control message from the broker.
+    fn next(&mut self) -> anyhow::Result<Control> {
+        let mut buf = [0u8; 64 << 10];
+        loop {
+            let n = self
+                .stream
+                .read(&mut buf)
+                .map_err(|e| anyhow::anyhow!("read from the broker at {}: {e}", self.broker))?;
+            anyhow::ensure!(n > 0, "the broker at {} closed the connection", self.broker);
+            let mut message = None;
+            let mut failure = None;
+            self.reader
+                .feed(&buf[..n], &mut |kind, payload| {
+                    match cluster::decode(kind, payload) {
+                        Ok(Frame::Control(control)) => {
+                            match rkyv::deserialize::<Control, rkyv::rancor::Error>(control) {
+                                Ok(control) => message = Some(control),
+                                Err(e) => failure = Some(e.to_string()),
+                            }
+                        }
+                        Ok(_) => failure = Some("not a control message".into()),
+                        Err(e) => failure = Some(e.to_string()),
+                    }
+                    false
+                })
+                .map_err(|e| anyhow::anyhow!("bad frame from the broker at {}: {e}", self.broker))?;
+            if let Some(why) = failure {
+                anyhow::bail!("bad message from the broker at {}: {why}", self.broker);
+            }
+            if let Some(message) = message {
+                return Ok(message);
+            }
+        }
+    }
+
+    fn status(&mut self) -> anyhow::Result<Status> {
+        match self.next()? {
+            Control::Status(status) => Ok(status),
+            other => anyhow::bail!("the broker at {} answered a status request with {other:?}", self.broker),
+        }
+    }
+
+    fn wait_closed(&mut self) {
+        let mut buf = [0u8; 4096];
+        while matches!(self.stream.read(&mut buf), Ok(n) if n > 0) {}
+    }
+}

@@ -1,0 +1,563 @@
+//! Cluster mode: jobs go to a broker, which runs them on its workers. Jobs that need the
+//! client's machine (bind mounts, the host's network) run on the embedded local worker, as in
+//! standalone mode; either way results come through the same sink, in the same form.
+//!
+//! Three threads besides the caller's: a writer (frames out, in order), a reader (results and
+//! the broker's requests for artifacts), and an uploader (artifacts, chunk by chunk, each
+//! checked against its digest before it is sent).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use maelstrom_container::{Captured, Completed};
+use maelstrom_wire::artifact::{Digest, Hasher};
+use maelstrom_wire::cluster::{
+    self, ArchivedControl, CHUNK_BYTES, ChunkHeader, Control, Frame, FrameReader, Hello, Kind, LayerRef,
+    Mount, Network as WireNetwork, Outcome, PROTOCOL_VERSION, Role,
+};
+use maelstrom_worker::{JobError, JobId, JobResult, ResultSink};
+
+use crate::layers::Built;
+use crate::local::{LocalClient, PrepareError};
+use crate::resolve::Resolved;
+use crate::spec::{ContainerSpec, DeviceName, JobSpec, MountSpec, Network};
+
+/// Ids of jobs sent to the broker start here; lower ids are the local worker's.
+const REMOTE_IDS: JobId = 1 << 48;
+
+/// Frames queued for the writer before a sender waits.
+const WRITER_QUEUE: usize = 256;
+
+/// Why the client could not connect.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to the broker at {broker}: {source}")]
+    Io {
+        broker: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the broker at {broker} refused this client: {reason}")]
+    Refused { broker: String, reason: String },
+}
+
+/// Where an artifact's bytes come from.
+#[derive(Clone, Debug)]
+enum Source {
+    Bytes(Arc<Vec<u8>>),
+    File(PathBuf),
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    artifacts: HashMap<Digest, Source>,
+    /// Jobs sent and not yet reported.
+    pending: HashSet<JobId>,
+    /// Set once the connection is gone: later jobs fail at once with it.
+    lost: Option<String>,
+}
+
+type SharedSink = Arc<Mutex<ResultSink>>;
+
+fn deliver(sink: &SharedSink, result: JobResult) {
+    let mut sink = sink.lock().unwrap_or_else(|p| p.into_inner());
+    sink(result);
+}
+
+/// A client that runs jobs on a cluster.
+#[derive(Debug)]
+pub struct RemoteClient {
+    local: LocalClient,
+    broker: String,
+    frames: SyncSender<Vec<u8>>,
+    shared: Arc<Mutex<Shared>>,
+    next_id: JobId,
+    stream: TcpStream,
+}
+
+impl RemoteClient {
+    /// Connects to `broker` (`host:port`) and says hello. `local` runs the jobs that cannot
+    /// leave this machine, and must have been started with `sink.local_sink()`: every result,
+    /// local or remote, reaches the one sink.
+    pub fn connect(broker: &str, local: LocalClient, sink: SharedSinkHandle) -> Result<Self, ConnectError> {
+        let io_error = |source| ConnectError::Io { broker: broker.to_owned(), source };
+        let mut stream = dial(broker).map_err(io_error)?;
+        let mut hello = Vec::new();
+        let name = format!("maelstrom-run (pid {})", std::process::id());
+        cluster::encode_control(
+            &Control::Hello(Hello { version: PROTOCOL_VERSION, role: Role::Client, name }),
+            &mut hello,
+        );
+        stream.write_all(&hello).map_err(io_error)?;
+        let mut reader = FrameReader::default();
+        let mut buf = vec![0u8; 64 << 10];
+        let mut answer: Option<Result<(), String>> = None;
+        while answer.is_none() {
+            let n = stream.read(&mut buf).map_err(io_error)?;
+            if n == 0 {
+                return Err(io_error(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the broker hung up during hello",
+                )));
+            }
+            reader
+                .feed(&buf[..n], &mut |kind, payload| {
+                    answer = Some(match cluster::decode(kind, payload) {
+                        Ok(Frame::Control(ArchivedControl::Welcome)) => Ok(()),
+                        Ok(Frame::Control(ArchivedControl::Refused(reason))) => {
+                            Err(reason.as_str().to_owned())
+                        }
+                        Ok(_) => Err("the broker answered hello with something else".into()),
+                        Err(e) => Err(format!("bad answer to hello: {e}")),
+                    });
+                    false
+                })
+                .map_err(|e| io_error(io::Error::other(e.to_string())))?;
+        }
+        if let Some(Err(reason)) = answer {
+            return Err(ConnectError::Refused { broker: broker.to_owned(), reason });
+        }
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let (frames, outbox) = sync_channel::<Vec<u8>>(WRITER_QUEUE);
+        let (uploads, upload_queue) = sync_channel::<Digest>(1024);
+        let writer_stream = stream.try_clone().map_err(io_error)?;
+        let reader_stream = stream.try_clone().map_err(io_error)?;
+        let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new().name(name.into()).spawn(body).map(|_| ()).map_err(io_error)
+        };
+        spawn("writer", Box::new(move || write_frames(writer_stream, &outbox)))?;
+        let upload_frames = frames.clone();
+        let upload_shared = Arc::clone(&shared);
+        spawn("uploader", Box::new(move || upload(&upload_queue, &upload_frames, &upload_shared)))?;
+        let read_shared = Arc::clone(&shared);
+        let read_sink = Arc::clone(&sink.0);
+        let read_broker = broker.to_owned();
+        spawn(
+            "reader",
+            Box::new(move || {
+                read_results(reader_stream, reader, &read_shared, &read_sink, &uploads, &read_broker)
+            }),
+        )?;
+        Ok(Self { local, broker: broker.to_owned(), frames, shared, next_id: REMOTE_IDS, stream })
+    }
+
+    pub fn add_containers(&mut self, named: BTreeMap<String, ContainerSpec>) {
+        self.local.add_containers(named);
+    }
+
+    /// Sends a job to the broker, or runs it locally if it needs this machine; its result comes
+    /// through the sink under the returned id.
+    pub fn run(&mut self, job: &JobSpec) -> Result<JobId, PrepareError> {
+        let (resolved, built) = self.local.resolve(job)?;
+        if must_run_locally(&resolved) {
+            return self.local.run(job);
+        }
+        let layers: Vec<LayerRef> = built.iter().map(|b| b.layer_ref()).collect();
+        let wire = wire_job(job, &resolved, layers).map_err(PrepareError)?;
+        let id = self.next_id;
+        self.next_id += 1;
+        {
+            let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(lost) = &shared.lost {
+                return Err(PrepareError(lost.clone()));
+            }
+            for built in &built {
+                register(&mut shared.artifacts, built);
+            }
+            shared.pending.insert(id);
+        }
+        let mut frame = Vec::new();
+        cluster::encode_job_frame(Kind::Submit, id, &cluster::encode_job(&wire), &mut frame);
+        if self.frames.send(frame).is_err() {
+            // The writer is gone: the reader reports every pending job, this one included.
+            let _ = self.stream.shutdown(Shutdown::Both);
+        }
+        Ok(id)
+    }
+
+    /// Writes caches back.
+    pub fn save(&mut self) {
+        self.local.save();
+    }
+
+    pub fn broker(&self) -> &str {
+        &self.broker
+    }
+}
+
+impl Drop for RemoteClient {
+    fn drop(&mut self) {
+        // Ends the reader, so its thread does not outlive the client.
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
+/// The sink shared by the local worker and the connection, made before either.
+#[derive(Clone)]
+pub struct SharedSinkHandle(SharedSink);
+
+impl std::fmt::Debug for SharedSinkHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedSinkHandle")
+    }
+}
+
+impl SharedSinkHandle {
+    pub fn new(sink: ResultSink) -> Self {
+        Self(Arc::new(Mutex::new(sink)))
+    }
+
+    /// A sink for the local worker that feeds the shared one.
+    pub fn local_sink(&self) -> ResultSink {
+        let shared = Arc::clone(&self.0);
+        Box::new(move |result| deliver(&shared, result))
+    }
+}
+
+fn dial(broker: &str) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the address resolves to nothing");
+    for address in broker.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&address, Duration::from_secs(5)) {
+            Ok(stream) => {
+                stream.set_nodelay(true)?;
+                return Ok(stream);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Jobs that need this machine: bind mounts of its files, or its network.
+pub fn must_run_locally(resolved: &Resolved) -> bool {
+    resolved.network == Network::Local || resolved.mounts.iter().any(|m| matches!(m, MountSpec::Bind { .. }))
+}
+
+/// The job as it travels to the cluster. Fails for a job that must run locally.
+pub fn wire_job(
+    job: &JobSpec,
+    resolved: &Resolved,
+    layers: Vec<LayerRef>,
+) -> Result<cluster::JobSpec, String> {
+    let network = match resolved.network {
+        Network::Disabled => WireNetwork::Disabled,
+        Network::Loopback => WireNetwork::Loopback,
+        Network::Local => return Err("a job on the host's network runs locally".into()),
+    };
+    let mut mounts = Vec::with_capacity(resolved.mounts.len());
+    for mount in &resolved.mounts {
+        mounts.push(match mount {
+            MountSpec::Bind { .. } => return Err("a job with bind mounts runs locally".into()),
+            MountSpec::Devices { devices } => {
+                Mount::Devices(devices.iter().map(|d| device_name(*d).to_owned()).collect())
+            }
+            MountSpec::Devpts { mount_point } => Mount::Devpts(mount_point.clone()),
+            MountSpec::Mqueue { mount_point } => Mount::Mqueue(mount_point.clone()),
+            MountSpec::Proc { mount_point } => Mount::Proc(mount_point.clone()),
+            MountSpec::Sys { mount_point } => Mount::Sys(mount_point.clone()),
+            MountSpec::Tmp { mount_point } => Mount::Tmp(mount_point.clone()),
+        });
+    }
+    Ok(cluster::JobSpec {
+        program: job.program.clone(),
+        arguments: job.arguments.clone(),
+        environment: resolved.environment.clone(),
+        layers,
+        mounts,
+        network,
+        writable_root: resolved.enable_writable_file_system,
+        working_directory: resolved.working_directory.clone(),
+        user: resolved.user,
+        group: resolved.group,
+        timeout_ms: job.timeout.map_or(0, |t| u64::from(t.get()) * 1000),
+        priority: job.priority,
+        estimated_ms: 0,
+    })
+}
+
+fn device_name(device: DeviceName) -> &'static str {
+    match device {
+        DeviceName::Full => "full",
+        DeviceName::Fuse => "fuse",
+        DeviceName::Null => "null",
+        DeviceName::Random => "random",
+        DeviceName::Shm => "shm",
+        DeviceName::Tty => "tty",
+        DeviceName::Urandom => "urandom",
+        DeviceName::Zero => "zero",
+    }
+}
+
+/// Remembers where each of a layer's artifacts can be read, for the broker's requests.
+fn register(artifacts: &mut HashMap<Digest, Source>, built: &Built) {
+    match built {
+        Built::Tar { path, digest } => {
+            artifacts.entry(*digest).or_insert_with(|| Source::File(path.clone()));
+        }
+        Built::Manifest { manifest, digest, sources } => {
+            artifacts.entry(*digest).or_insert_with(|| {
+                let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(manifest)
+                    .expect("INVARIANT: a manifest always encodes")
+                    .to_vec();
+                Source::Bytes(Arc::new(bytes))
+            });
+            for (file, path) in sources {
+                artifacts.entry(*file).or_insert_with(|| Source::File(path.clone()));
+            }
+        }
+    }
+}
+
+/// A broker's result as the local worker would have given it.
+pub fn job_result(id: JobId, outcome: Outcome) -> JobResult {
+    let captured = |o: cluster::Output| Captured { bytes: o.bytes, cut: o.cut };
+    let done = |outcome, stdout, stderr, duration_us| {
+        Ok(Completed {
+            outcome,
+            stdout: captured(stdout),
+            stderr: captured(stderr),
+            duration: Duration::from_micros(duration_us),
+        })
+    };
+    let result = match outcome {
+        Outcome::Exited { code, stdout, stderr, duration_us } => {
+            done(maelstrom_container::Outcome::Exited(code), stdout, stderr, duration_us)
+        }
+        Outcome::Signaled { signal, stdout, stderr, duration_us } => {
+            done(maelstrom_container::Outcome::Signaled(signal), stdout, stderr, duration_us)
+        }
+        Outcome::TimedOut { stdout, stderr, duration_us } => {
+            done(maelstrom_container::Outcome::TimedOut, stdout, stderr, duration_us)
+        }
+        Outcome::ExecutionError(message) => Err(JobError::Execution(message)),
+        Outcome::SystemError(message) => Err(JobError::System(message)),
+    };
+    JobResult { id, result }
+}
+
+fn write_frames(mut stream: TcpStream, outbox: &Receiver<Vec<u8>>) {
+    let mut batch = Vec::new();
+    while let Ok(frame) = outbox.recv() {
+        batch.clear();
+        batch.extend_from_slice(&frame);
+        while batch.len() < (256 << 10)
+            && let Ok(more) = outbox.try_recv()
+        {
+            batch.extend_from_slice(&more);
+        }
+        if stream.write_all(&batch).is_err() {
+            let _ = stream.shutdown(Shutdown::Both);
+            return;
+        }
+    }
+}
+
+/// Uploads each artifact the broker asks for. A file is hashed first and sent only if it still
+/// matches its digest; otherwise the broker is told why it cannot have it.
+fn upload(queue: &Receiver<Digest>, frames: &SyncSender<Vec<u8>>, shared: &Mutex<Shared>) {
+    for digest in queue {
+        let source = shared.lock().unwrap_or_else(|p| p.into_inner()).artifacts.get(&digest).cloned();
+        let sent = match source {
+            None => Err("this client does not have it".to_owned()),
+            Some(Source::Bytes(bytes)) => {
+                send_chunks(digest, &mut io::Cursor::new(&bytes[..]), bytes.len() as u64, frames)
+            }
+            Some(Source::File(path)) => match check_file(&path, &digest) {
+                Err(e) => Err(e),
+                Ok(size) => match std::fs::File::open(&path) {
+                    Ok(mut file) => send_chunks(digest, &mut file, size, frames),
+                    Err(e) => Err(format!("open {}: {e}", path.display())),
+                },
+            },
+        };
+        if let Err(reason) = sent {
+            let mut frame = Vec::new();
+            cluster::encode_control(&Control::Unavailable { digest, reason }, &mut frame);
+            if frames.send(frame).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Hashes a file, checking it still matches `digest`; returns its size.
+fn check_file(path: &std::path::Path, digest: &Digest) -> Result<u64, String> {
+    let mut file = std::fs::File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+    let mut hasher = Hasher::default();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(|e| format!("read {}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    if hasher.finish() != *digest {
+        return Err(format!("{} changed after it was read; run again", path.display()));
+    }
+    Ok(size)
+}
+
+fn send_chunks(
+    digest: Digest,
+    input: &mut dyn Read,
+    total: u64,
+    frames: &SyncSender<Vec<u8>>,
+) -> Result<(), String> {
+    let mut offset = 0u64;
+    let mut buf = vec![0u8; CHUNK_BYTES];
+    loop {
+        let want = usize::try_from(total - offset).unwrap_or(usize::MAX).min(CHUNK_BYTES);
+        input.read_exact(&mut buf[..want]).map_err(|e| format!("read artifact {digest}: {e}"))?;
+        let mut frame = Vec::with_capacity(want + 64);
+        cluster::encode_chunk(&ChunkHeader { digest, offset, total }, &buf[..want], &mut frame);
+        if frames.send(frame).is_err() {
+            return Ok(());
+        }
+        offset += want as u64;
+        if offset >= total {
+            return Ok(());
+        }
+    }
+}
+
+fn read_results(
+    mut stream: TcpStream,
+    mut reader: FrameReader,
+    shared: &Mutex<Shared>,
+    sink: &SharedSink,
+    uploads: &SyncSender<Digest>,
+    broker: &str,
+) {
+    let mut buf = vec![0u8; 256 << 10];
+    let why = loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) => break "the broker closed the connection".to_owned(),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => break e.to_string(),
+        };
+        let mut failure = None;
+        let fed = reader.feed(&buf[..n], &mut |kind, payload| {
+            match cluster::decode(kind, payload) {
+                Ok(Frame::Control(ArchivedControl::Done { id, outcome })) => {
+                    let id = id.to_native();
+                    let taken = shared.lock().unwrap_or_else(|p| p.into_inner()).pending.remove(&id);
+                    match rkyv::deserialize::<Outcome, rkyv::rancor::Error>(outcome) {
+                        Ok(outcome) if taken => deliver(sink, job_result(id, outcome)),
+                        Ok(_) => {}
+                        Err(e) => failure = Some(format!("bad result from the broker: {e}")),
+                    }
+                }
+                Ok(Frame::Control(ArchivedControl::Want { digest })) => {
+                    let _ = uploads.send(Digest(digest.0));
+                }
+                Ok(_) => failure = Some("the broker sent a message a client does not take".to_owned()),
+                Err(e) => failure = Some(format!("bad frame from the broker: {e}")),
+            }
+            failure.is_none()
+        });
+        if let Some(why) =
+            failure.or_else(|| fed.err().map(|e| format!("malformed frame from the broker: {e}")))
+        {
+            break why;
+        }
+    };
+    // No job is lost: each one still pending ends now, as an error that says why.
+    let message = format!("lost the broker at {broker}: {why}");
+    let pending: Vec<JobId> = {
+        let mut shared = shared.lock().unwrap_or_else(|p| p.into_inner());
+        shared.lost = Some(message.clone());
+        shared.pending.drain().collect()
+    };
+    let _ = stream.shutdown(Shutdown::Both);
+    for id in pending {
+        deliver(sink, JobResult { id, result: Err(JobError::System(message.clone())) });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{StreamItem, StreamRequest};
+    use maelstrom_wire::cluster::{ArchivedJobSpec, LayerKind};
+
+    fn job(json: &str) -> JobSpec {
+        match serde_json::from_str::<StreamItem>(json).unwrap().into_request().unwrap() {
+            StreamRequest::Job(job) => *job,
+            StreamRequest::Containers(_) => panic!("not a job"),
+        }
+    }
+
+    /// A job that travels must give the worker exactly the sandbox spec the local worker
+    /// would have made: that is what makes cluster results identical to standalone ones.
+    #[test]
+    fn remote_jobs_get_the_same_sandbox_as_local_ones() {
+        let jobs = [
+            r#"{"program": "/bin/echo", "arguments": ["a", "b c"], "layers": [{"tar": "x.tar"}]}"#,
+            r#"{"program": "sh", "layers": [{"tar": "x.tar"}, {"paths": ["y"]}], "environment": {"A": "1", "PATH": "/usr/bin"},
+                "working_directory": "/work", "enable_writable_file_system": true, "user": 1000, "group": 100,
+                "network": "loopback", "timeout": 5, "priority": 3,
+                "mounts": [{"type": "tmp", "mount_point": "/tmp"}, {"type": "proc", "mount_point": "/proc"},
+                           {"type": "sys", "mount_point": "/sys"}, {"type": "devpts", "mount_point": "/dev/pts"},
+                           {"type": "mqueue", "mount_point": "/dev/mqueue"},
+                           {"type": "devices", "devices": ["null", "zero", "full", "random", "urandom", "tty", "shm", "fuse"]}]}"#,
+        ];
+        let project = PathBuf::from("/project");
+        for text in jobs {
+            let job = job(text);
+            let resolved =
+                crate::resolve::resolve(&job.container, &BTreeMap::new(), &|_| None).expect("resolves");
+            let trees: Vec<PathBuf> =
+                (0..resolved.layers.len()).map(|i| PathBuf::from(format!("/trees/{i}"))).collect();
+            let refs = (0..resolved.layers.len())
+                .map(|i| LayerRef { kind: LayerKind::Tar, digest: Digest::of(&[i as u8]) })
+                .collect();
+            let local = crate::local::sandbox(&job, resolved.clone(), trees.clone(), &project);
+            let wire = wire_job(&job, &resolved, refs).unwrap();
+            let bytes = cluster::encode_job(&wire);
+            let archived = rkyv::access::<ArchivedJobSpec, rkyv::rancor::Error>(&bytes).unwrap();
+            let remote = maelstrom_worker::remote::container_spec(archived, trees).unwrap();
+            assert_eq!(local, remote, "{text}");
+            assert_eq!(wire.timeout_ms, job.timeout.map_or(0, |t| u64::from(t.get()) * 1000));
+            assert_eq!(wire.priority, job.priority);
+        }
+    }
+
+    #[test]
+    fn jobs_that_need_this_machine_stay_local() {
+        for text in [
+            r#"{"program": "x", "layers": [{"tar": "x.tar"}], "network": "local"}"#,
+            r#"{"program": "x", "layers": [{"tar": "x.tar"}], "mounts": [{"type": "bind", "mount_point": "/m", "local_path": "d"}]}"#,
+        ] {
+            let job = job(text);
+            let resolved = crate::resolve::resolve(&job.container, &BTreeMap::new(), &|_| None).unwrap();
+            assert!(must_run_locally(&resolved), "{text}");
+            assert!(wire_job(&job, &resolved, vec![]).is_err());
+        }
+    }
+
+    #[test]
+    fn results_convert_both_ways_unchanged() {
+        let output = |s: &str| cluster::Output { bytes: s.as_bytes().to_vec(), cut: 3 };
+        let cases = [
+            Outcome::Exited { code: 7, stdout: output("out"), stderr: output("err"), duration_us: 1234 },
+            Outcome::Signaled { signal: 9, stdout: output(""), stderr: output("x"), duration_us: 1 },
+            Outcome::TimedOut { stdout: output("a"), stderr: output("b"), duration_us: 5_000_000 },
+            Outcome::ExecutionError("no such program".into()),
+            Outcome::SystemError("lost".into()),
+        ];
+        for outcome in cases {
+            let result = job_result(9, outcome.clone());
+            assert_eq!(result.id, 9);
+            assert_eq!(maelstrom_worker::remote::outcome(result.result), outcome);
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! `maelstrom-worker`: runs the broker's jobs, each in its own container.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use maelstrom_config::{Config, LogLevel, Size, Source};
+use maelstrom_container::{Zygote, ZygoteConfig};
+use maelstrom_worker::remote::{RemoteConfig, serve};
+
+const KEYS: &[&str] = &["broker", "slots", "cache-root", "cache-size", "inline-limit", "log-level"];
+
+const AFTER_HELP: &str = "Configuration values come, in order of preference, from the command line, from the \
+environment (MAELSTROM_WORKER_<NAME>, then MAELSTROM_<NAME>), and from TOML files \
+($XDG_CONFIG_HOME/maelstrom/worker/config.toml, then each $XDG_CONFIG_DIRS/maelstrom/worker/config.toml), with \
+keys named like the long options.
+
+The worker reconnects, with backoff, whenever it loses the broker; it exits when the broker stops at an admin's \
+request (`maelstrom-admin stop`), or refuses it.";
+
+#[derive(Parser, Debug)]
+#[command(name = "maelstrom-worker", version, about = "Run the broker's jobs.", after_help = AFTER_HELP)]
+struct Cli {
+    /// The broker's address, HOST:PORT.
+    #[arg(short = 'b', long, value_name = "ADDRESS")]
+    broker: Option<String>,
+    /// Jobs run at once [default: the number of CPUs]
+    #[arg(long, value_name = "N")]
+    slots: Option<u64>,
+    /// Where layers are cached [default: $XDG_CACHE_HOME/maelstrom/worker]
+    #[arg(long, value_name = "PATH")]
+    cache_root: Option<PathBuf>,
+    /// Target size of the layer cache [default: 1 GB]
+    #[arg(long, value_name = "SIZE")]
+    cache_size: Option<String>,
+    /// Bytes kept of each job's stdout and of its stderr [default: 1 MB]
+    #[arg(long, value_name = "SIZE")]
+    inline_limit: Option<String>,
+    /// error, warning, info or debug [default: info]
+    #[arg(short = 'L', long, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// Read only this config file ("-" for none).
+    #[arg(short = 'c', long, value_name = "PATH")]
+    config_file: Option<String>,
+    /// Print the resolved configuration and exit.
+    #[arg(short = 'P', long)]
+    print_config: bool,
+}
+
+#[derive(Debug)]
+struct Settings {
+    broker: (String, Source),
+    slots: (u64, Source),
+    cache_root: (PathBuf, Source),
+    cache_size: (Size, Source),
+    inline_limit: (Size, Source),
+    log_level: (LogLevel, Source),
+}
+
+fn getenv(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("maelstrom-worker: {}", maelstrom_config::one_line(e.as_ref()));
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn parse<T: maelstrom_config::Value>(text: Option<&str>, key: &str) -> anyhow::Result<Option<T>> {
+    text.map(|t| T::parse(t).map_err(|e| anyhow::anyhow!("--{key}: {e}"))).transpose()
+}
+
+fn settings(cli: &Cli, cores: u64) -> anyhow::Result<Settings> {
+    let config =
+        Config::load("maelstrom/worker", "MAELSTROM_WORKER", cli.config_file.as_deref(), KEYS, &getenv)?;
+    let broker = config.get("broker", cli.broker.clone(), &getenv)?.ok_or_else(|| {
+        anyhow::anyhow!("no broker: give one with --broker HOST:PORT (or MAELSTROM_WORKER_BROKER, or broker = ... in the config file)")
+    })?;
+    let settings = Settings {
+        broker,
+        slots: config.get_or("slots", cli.slots, cores, &getenv)?,
+        cache_root: config.get_or(
+            "cache-root",
+            cli.cache_root.clone(),
+            maelstrom_config::cache_dir("maelstrom/worker", &getenv),
+            &getenv,
+        )?,
+        cache_size: config.get_or(
+            "cache-size",
+            parse(cli.cache_size.as_deref(), "cache-size")?,
+            Size(1_000_000_000),
+            &getenv,
+        )?,
+        inline_limit: config.get_or(
+            "inline-limit",
+            parse(cli.inline_limit.as_deref(), "inline-limit")?,
+            Size(1_000_000),
+            &getenv,
+        )?,
+        log_level: config.get_or(
+            "log-level",
+            parse(cli.log_level.as_deref(), "log-level")?,
+            LogLevel::Info,
+            &getenv,
+        )?,
+    };
+    anyhow::ensure!(
+        (1..=1000).contains(&settings.slots.0),
+        "slots from {}: must be between 1 and 1000, not {}",
+        settings.slots.1,
+        settings.slots.0
+    );
+    Ok(settings)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let settings = settings(&cli, cores as u64)?;
+    if cli.print_config {
+        println!("{settings:#?}");
+        return Ok(());
+    }
+    let slots = settings.slots.0 as usize;
+    // The zygote forks before any thread exists; everything threaded comes after.
+    let zygote = Zygote::start(ZygoteConfig { lanes: slots.min(cores) })?;
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_or_else(|_| "worker".into(), |h| h.trim().to_owned());
+    serve(
+        zygote,
+        RemoteConfig {
+            broker: settings.broker.0,
+            slots,
+            cache_root: settings.cache_root.0,
+            cache_bytes_max: settings.cache_size.0.0,
+            output_bytes_max: usize::try_from(settings.inline_limit.0.0).unwrap_or(usize::MAX),
+            name: format!("{name} ({} slots)", slots),
+            verbose: settings.log_level.0 >= LogLevel::Debug,
+        },
+    )?;
+    Ok(())
+}
