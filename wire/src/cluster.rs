@@ -417,6 +417,12 @@ pub struct FrameReader {
 }
 
 impl FrameReader {
+    /// Whether part of a frame has arrived and the rest has not (a peer that hangs up now has
+    /// cut a frame short).
+    pub fn mid_frame(&self) -> bool {
+        self.header.is_some() || !self.pending.is_empty()
+    }
+
     /// Feeds received bytes; calls `on_frame` with each complete frame. Stops at the first
     /// malformed header (the connection must then be closed).
     pub fn feed(

@@ -303,16 +303,16 @@ impl Server {
         let Some(conn) = self.conns.get_mut(&peer) else { return };
         conn.reading = false;
         if completion.result <= 0 {
-            let why = if completion.result == 0 {
-                "connection closed".to_owned()
-            } else {
+            let cut = conn.reader.mid_frame();
+            let why = if completion.result < 0 {
                 io::Error::from_raw_os_error(-completion.result).to_string()
+            } else if cut {
+                "connection closed in the middle of a frame".to_owned()
+            } else {
+                "connection closed".to_owned()
             };
-            self.close(
-                peer,
-                &why,
-                self.conns.get(&peer).is_some_and(|c| c.role.is_none()) || completion.result < 0,
-            );
+            let loud = conn.role.is_none() || completion.result < 0 || cut;
+            self.close(peer, &why, loud);
             return;
         }
         // Each frame is handled in place, from the reader's aligned buffer.

@@ -18,6 +18,7 @@
 //   probe spew BYTES       write BYTES bytes to stdout
 //   probe stderr TEXT      write TEXT to stderr
 //   probe stdin            read stdin to its end and print how many bytes came
+//   probe say MS TEXT      sleep MS milliseconds, then print TEXT
 //   probe hang             sleep forever
 //   probe orphan           leave a child sleeping forever, then exit 0
 //   probe deny WHAT -- PROGRAM ARGS...
@@ -326,6 +327,10 @@ fn main() {
             let mut bytes = Vec::new();
             let read = io::Read::read_to_end(&mut io::stdin(), &mut bytes);
             println!("{}", read.map_or_else(|e| format!("error:{}", code(&e)), |n| n.to_string()));
+        }
+        "say" => {
+            std::thread::sleep(Duration::from_millis(arg(1).parse().unwrap_or(0)));
+            println!("{}", arg(2));
         }
         "hang" => loop {
             std::thread::sleep(Duration::from_secs(3600));

@@ -1,0 +1,553 @@
+//! The cluster with real processes on 127.0.0.1: a broker, workers, `maelstrom-run` clients and
+//! `maelstrom-admin`, each test with its own broker, caches and project directory.
+//!
+//! Faults are real too: workers and brokers die of SIGKILL, clients vanish, and rogue peers send
+//! garbage. Whatever happens, every job ends exactly once, as a result or as an error that says
+//! why.
+//!
+//! The binaries come from `MAELSTROM_BIN_DIR` when set (the test script runs this suite as an
+//! unprivileged user from a copy), else from this build's target directory, built first.
+#![expect(clippy::tests_outside_test_module, reason = "an integration test file is its own test module")]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// Where the cluster's binaries are, fresh.
+fn bin(name: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("MAELSTROM_BIN_DIR") {
+            return PathBuf::from(dir);
+        }
+        // `cargo test` builds only this package's binary: build the others too, so none is stale.
+        let mut build = Command::new(env!("CARGO"));
+        build.args([
+            "build",
+            "--bins",
+            "-p",
+            "maelstrom-worker",
+            "-p",
+            "maelstrom-admin",
+            "-p",
+            "maelstrom-run",
+        ]);
+        if !cfg!(debug_assertions) {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "building the cluster's binaries failed");
+        Path::new(env!("CARGO_BIN_EXE_maelstrom-broker")).parent().expect("a directory").to_owned()
+    });
+    dir.join(name)
+}
+
+/// Kills the child when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Broker {
+    process: Process,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Broker {
+    fn start(dir: &Path, port: u16) -> Self {
+        let log = dir.join(format!("broker-{}.log", Instant::now().elapsed().as_nanos()));
+        let mut child = Command::new(bin("maelstrom-broker"))
+            .args(["--port", &port.to_string(), "--cache-root"])
+            .arg(dir.join("broker-cache"))
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("create the broker log"))
+            .spawn()
+            .expect("start maelstrom-broker");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped"))
+            .read_line(&mut line)
+            .expect("read the broker's address");
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("the broker said {line:?}, not its address"));
+        Self { process: Process(child), port, log }
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A broker, workers, and a project directory holding the probe.
+struct Cluster {
+    dir: tempfile::TempDir,
+    broker: Broker,
+    workers: Vec<Process>,
+}
+
+impl Cluster {
+    fn start(workers: usize, slots: u32) -> Self {
+        let dir = tempfile::Builder::new().prefix("maelstrom-cluster-").tempdir().expect("create a temp dir");
+        std::fs::copy(maelstrom_testbins::probe(), dir.path().join("probe")).expect("copy the probe");
+        let broker = Broker::start(dir.path(), 0);
+        let mut cluster = Self { dir, broker, workers: Vec::new() };
+        for _ in 0..workers {
+            cluster.add_worker(slots);
+        }
+        cluster.wait_for_status("every worker connected", |s| s["workers"] == workers as u64);
+        cluster
+    }
+
+    fn add_worker(&mut self, slots: u32) {
+        let n = self.workers.len();
+        let child = Command::new(bin("maelstrom-worker"))
+            .args(["--broker", &self.broker.address(), "--slots", &slots.to_string(), "--cache-root"])
+            .arg(self.dir.path().join(format!("worker-{n}")))
+            .stderr(
+                std::fs::File::create(self.dir.path().join(format!("worker-{n}.log"))).expect("create a log"),
+            )
+            .spawn()
+            .expect("start maelstrom-worker");
+        self.workers.push(Process(child));
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `maelstrom-admin status`, parsed.
+    fn status(&self) -> BTreeMap<String, u64> {
+        let out = Command::new(bin("maelstrom-admin"))
+            .args(["--broker", &self.broker.address(), "status"])
+            .output()
+            .expect("run maelstrom-admin");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut status = BTreeMap::new();
+        for (label, key) in [
+            ("Number of workers", "workers"),
+            ("Number of slots", "slots"),
+            ("Number of clients", "clients"),
+            ("Queued jobs", "queued"),
+            ("Running jobs", "running"),
+            ("Completed jobs", "completed"),
+        ] {
+            let value = text
+                .lines()
+                .find_map(|l| l.strip_prefix(label)?.strip_prefix(": ")?.split(' ').next()?.parse().ok());
+            if let Some(value) = value {
+                status.insert(key.to_owned(), value);
+            }
+        }
+        status
+    }
+
+    fn wait_for_status(&self, what: &str, done: impl Fn(&BTreeMap<String, u64>) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.status();
+            if done(&status) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited 30 s for {what}; status {status:?}\n{}",
+                self.broker.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `maelstrom-run` in the project directory, against this broker (or standalone).
+    fn client(&self, broker: bool, extra: &[&str]) -> Command {
+        let mut command = Command::new(bin("maelstrom-run"));
+        command
+            .current_dir(self.path())
+            .args(["--config-file", "-", "--cache-root"])
+            .arg(self.path().join("client-cache"));
+        if broker {
+            command.args(["--broker", &self.broker.address()]);
+        }
+        command.args(extra).env_remove("MAELSTROM_RUN_BROKER").env_remove("MAELSTROM_BROKER");
+        command
+    }
+
+    fn run(&self, broker: bool, jobs: &[Value]) -> Output {
+        let mut child = self
+            .client(broker, &[])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start maelstrom-run");
+        let mut stdin = child.stdin.take().expect("piped");
+        let text: String = jobs.iter().map(|j| format!("{j}\n")).collect();
+        let writer = std::thread::spawn(move || stdin.write_all(text.as_bytes()));
+        let out = wait_output(child, Duration::from_secs(120));
+        writer.join().expect("writer").expect("write the jobs");
+        out
+    }
+}
+
+/// Waits for a child's output, killing it after `limit` (a hung test fails, it does not hang).
+fn wait_output(child: Child, limit: Duration) -> Output {
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if finished.recv_timeout(limit).is_err() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    });
+    let out = child.wait_with_output().expect("wait for maelstrom-run");
+    let _ = done.send(());
+    out
+}
+
+fn probe_job(args: &[&str]) -> Value {
+    json!({
+        "program": "/bin/probe",
+        "arguments": args,
+        "layers": [
+            {"paths": ["probe"], "prepend_prefix": "/bin"},
+            {"stubs": ["/{proc,sys,tmp,data,mq,work}/", "/dev/{null,zero,full,random,urandom,tty,fuse}", "/dev/{pts,shm}/"]}
+        ]
+    })
+}
+
+fn with(mut job: Value, extra: Value) -> Value {
+    if let (Some(job), Some(extra)) = (job.as_object_mut(), extra.as_object()) {
+        job.extend(extra.clone());
+    }
+    job
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `count` jobs that each print their number after `millis`.
+fn numbered_jobs(count: usize, millis: u32) -> Vec<Value> {
+    (0..count).map(|i| probe_job(&["say", &millis.to_string(), &i.to_string()])).collect()
+}
+
+/// Checks that the output holds each number below `count` exactly once.
+fn assert_each_once(stdout: &str, count: usize) {
+    let mut seen = vec![0u32; count];
+    for line in stdout.lines() {
+        let n: usize = line.parse().unwrap_or_else(|_| panic!("unexpected output line {line:?}"));
+        seen[n] += 1;
+    }
+    let missing: Vec<usize> = (0..count).filter(|&n| seen[n] == 0).collect();
+    let twice: Vec<usize> = (0..count).filter(|&n| seen[n] > 1).collect();
+    assert!(missing.is_empty() && twice.is_empty(), "missing {missing:?}, reported more than once {twice:?}");
+}
+
+#[test]
+fn three_workers_run_2000_jobs_exactly_once() {
+    let cluster = Cluster::start(3, 2);
+    let out = cluster.run(true, &numbered_jobs(2000, 0));
+    assert!(out.status.success(), "{out:?}\n{}", text(&out.stderr));
+    assert_each_once(&text(&out.stdout), 2000);
+    let status = cluster.status();
+    assert_eq!(status["completed"], 2000, "{status:?}");
+    assert_eq!((status["running"], status["queued"]), (0, 0));
+}
+
+#[test]
+fn a_worker_killed_mid_run_loses_no_job() {
+    let mut cluster = Cluster::start(3, 2);
+    let mut child = cluster
+        .client(true, &[])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start maelstrom-run");
+    let mut stdin = child.stdin.take().expect("piped");
+    let jobs: String = numbered_jobs(2000, 5).iter().map(|j| format!("{j}\n")).collect();
+    let writer = std::thread::spawn(move || stdin.write_all(jobs.as_bytes()));
+    // Kill a worker once results flow: every worker then has jobs in flight.
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+    let mut lines = String::new();
+    for _ in 0..300 {
+        assert!(stdout.read_line(&mut lines).expect("read results") > 0, "the client ended early");
+    }
+    let victim = cluster.workers.remove(0);
+    drop(victim);
+    stdout.read_to_string(&mut lines).expect("read the rest");
+    let out = wait_output(child, Duration::from_secs(120));
+    writer.join().expect("writer").expect("write the jobs");
+    assert!(out.status.success(), "{:?}\n{}", out.status, text(&out.stderr));
+    assert_each_once(&lines, 2000);
+    assert!(cluster.broker.log().contains("closing worker"), "{}", cluster.broker.log());
+    assert_eq!(cluster.status()["completed"], 2000);
+}
+
+#[test]
+fn workers_and_new_clients_reconnect_after_a_broker_restart() {
+    let mut cluster = Cluster::start(2, 2);
+    // A client with a job in flight when the broker dies: the job ends as an error that says so.
+    let hanging = cluster
+        .client(true, &[])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start maelstrom-run");
+    let mut hanging = hanging;
+    let mut stdin = hanging.stdin.take().expect("piped");
+    stdin.write_all(format!("{}\n", probe_job(&["hang"])).as_bytes()).expect("write a job");
+    cluster.wait_for_status("the job to run", |s| s["running"] == 1);
+
+    let port = cluster.broker.port;
+    cluster.broker.process.0.kill().expect("kill the broker");
+    cluster.broker.process.0.wait().expect("reap the broker");
+    drop(stdin);
+    let out = wait_output(hanging, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("lost the broker"), "{}", text(&out.stderr));
+
+    cluster.broker = Broker::start(cluster.path(), port);
+    cluster.wait_for_status("both workers to reconnect", |s| s["workers"] == 2);
+    let out = cluster.run(true, &numbered_jobs(50, 0));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_each_once(&text(&out.stdout), 50);
+}
+
+#[test]
+fn a_client_that_vanishes_has_its_jobs_cancelled() {
+    let cluster = Cluster::start(1, 2);
+    let marker = format!("vanish-{}", std::process::id());
+    let mut child =
+        cluster.client(true, &[]).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().expect("start");
+    let mut stdin = child.stdin.take().expect("piped");
+    for _ in 0..2 {
+        stdin.write_all(format!("{}\n", probe_job(&["hang", &marker])).as_bytes()).expect("write a job");
+    }
+    stdin.flush().expect("flush");
+    cluster.wait_for_status("both jobs to run", |s| s["running"] == 2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while hanging(&marker).len() < 2 {
+        assert!(Instant::now() < deadline, "the jobs never started: {:?}", hanging(&marker));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    cluster.wait_for_status("the jobs to be cancelled", |s| s["running"] == 0 && s["clients"] == 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !hanging(&marker).is_empty() {
+        assert!(Instant::now() < deadline, "cancelled jobs still run: {:?}", hanging(&marker));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Pids of probes running `hang <marker>`.
+fn hanging(marker: &str) -> Vec<u32> {
+    let wanted = format!("/bin/probe\0hang\0{marker}\0");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(wanted.as_bytes()))
+        })
+        .collect()
+}
+
+/// Connects, sends `bytes`, and reads until the broker closes the connection (or 10 s pass).
+fn rogue(address: &str, bytes: &[u8], hang_up: bool) -> Vec<u8> {
+    let mut stream = TcpStream::connect(address).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    stream.write_all(bytes).expect("send");
+    if hang_up {
+        stream.shutdown(std::net::Shutdown::Write).expect("shut down");
+    }
+    let mut answer = Vec::new();
+    let read = stream.read_to_end(&mut answer);
+    assert!(read.is_ok(), "the broker kept a rogue connection open: {read:?}");
+    answer
+}
+
+fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(&[kind, 0, 0, 0]);
+    frame.extend_from_slice(payload);
+    frame
+}
+
+fn hello(version: u32, role: maelstrom_wire::cluster::Role) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let hello = maelstrom_wire::cluster::Hello { version, role, name: "rogue".into() };
+    maelstrom_wire::cluster::encode_control(&maelstrom_wire::cluster::Control::Hello(hello), &mut bytes);
+    bytes
+}
+
+#[test]
+fn rogue_peers_are_cut_off_while_others_finish() {
+    use maelstrom_wire::cluster::{PROTOCOL_VERSION, Role};
+    let cluster = Cluster::start(1, 2);
+    let address = cluster.broker.address();
+    let client = std::thread::scope(|s| {
+        let honest = s.spawn(|| cluster.run(true, &numbered_jobs(300, 1)));
+        // Garbage: an HTTP request.
+        rogue(&address, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false);
+        // A header announcing a frame far over the limit.
+        rogue(&address, &[0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0], false);
+        rogue(&address, &[0, 0, 0, 0x40, 1, 0, 0, 0], false);
+        // Another protocol version: refused, with the reason.
+        let answer = rogue(&address, &hello(PROTOCOL_VERSION + 998, Role::Client), false);
+        assert!(text(&answer).contains("protocol version"), "{answer:?}");
+        // A client that cuts a frame short and hangs up.
+        let mut cut = hello(PROTOCOL_VERSION, Role::Client);
+        cut.extend_from_slice(&frame(2, &[7; 100])[..30]);
+        rogue(&address, &cut, true);
+        // A client whose job does not validate.
+        let mut bad_job = hello(PROTOCOL_VERSION, Role::Client);
+        bad_job.extend_from_slice(&frame(2, &[0xee; 64]));
+        rogue(&address, &bad_job, false);
+        // A client pushing an artifact nobody asked for.
+        let mut push = hello(PROTOCOL_VERSION, Role::Client);
+        let mut chunk = Vec::new();
+        maelstrom_wire::cluster::encode_chunk(
+            &maelstrom_wire::cluster::ChunkHeader {
+                digest: maelstrom_wire::artifact::Digest::of(b"x"),
+                offset: 0,
+                total: 1,
+            },
+            b"x",
+            &mut chunk,
+        );
+        push.extend_from_slice(&chunk);
+        rogue(&address, &push, false);
+        // A worker sending a client's message.
+        let mut confused = hello(PROTOCOL_VERSION, Role::Worker { slots: 1 });
+        maelstrom_wire::cluster::encode_control(
+            &maelstrom_wire::cluster::Control::StatusRequest,
+            &mut confused,
+        );
+        rogue(&address, &confused, false);
+        honest.join().expect("the honest client")
+    });
+    assert!(client.status.success(), "{}", text(&client.stderr));
+    assert_each_once(&text(&client.stdout), 300);
+    let log = cluster.broker.log();
+    for reason in [
+        "exceeds the limit",
+        "protocol version",
+        "in the middle of a frame",
+        "bad frame",
+        "was not asked for",
+        "may not send",
+    ] {
+        assert!(log.contains(reason), "the broker's log does not say {reason:?}:\n{log}");
+    }
+    // Each rogue is named by its address in one line.
+    assert!(log.lines().filter(|l| l.contains("127.0.0.1:") && l.contains("closing")).count() >= 8, "{log}");
+}
+
+/// The same job, standalone and on the cluster: the same output, errors and exit code.
+#[test]
+fn cluster_results_match_standalone() {
+    let cluster = Cluster::start(1, 2);
+    std::fs::create_dir(cluster.path().join("shared")).expect("mkdir");
+    std::fs::write(cluster.path().join("shared/file"), "bound").expect("write");
+    let jobs = [
+        probe_job(&["exit", "3"]),
+        probe_job(&["segfault"]),
+        with(probe_job(&["hang"]), json!({"timeout": 1})),
+        with(probe_job(&[]), json!({"program": "/nope"})),
+        probe_job(&["spew", "1500000"]),
+        probe_job(&["stderr", "to stderr"]),
+        with(
+            probe_job(&["report"]),
+            json!({"environment": {"A": "1", "B": "two"}, "working_directory": "/work"}),
+        ),
+        with(probe_job(&["write", "/data/x", "y"]), json!({"enable_writable_file_system": true})),
+        with(probe_job(&["write", "/data/x", "y"]), json!({})),
+        with(
+            probe_job(&["ls", "/proc/self"]),
+            json!({"mounts": [{"type": "proc", "mount_point": "/proc"}, {"type": "tmp", "mount_point": "/tmp"}]}),
+        ),
+        with(probe_job(&["report"]), json!({"network": "loopback", "user": 1000, "group": 1000})),
+        // These two need this machine: they run on the client's local worker either way.
+        with(probe_job(&["report"]), json!({"network": "local"})),
+        with(
+            probe_job(&["cat", "/data/file"]),
+            json!({"mounts": [{"type": "bind", "mount_point": "/data", "local_path": "shared"}]}),
+        ),
+    ];
+    for job in jobs {
+        let standalone = cluster.run(false, std::slice::from_ref(&job));
+        let clustered = cluster.run(true, std::slice::from_ref(&job));
+        let show =
+            |o: &Output| format!("{:?}\nstdout: {}\nstderr: {}", o.status, text(&o.stdout), text(&o.stderr));
+        assert_eq!(show(&standalone), show(&clustered), "job {job}");
+    }
+    assert!(cluster.status()["completed"] >= 11);
+}
+
+#[test]
+fn binaries_explain_missing_or_unreachable_brokers() {
+    let out = Command::new(bin("maelstrom-worker"))
+        .args(["--config-file", "-"])
+        .env_remove("MAELSTROM_WORKER_BROKER")
+        .env_remove("MAELSTROM_BROKER")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--broker"), "{}", text(&out.stderr));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address");
+    let out = Command::new(bin("maelstrom-admin"))
+        .args(["--broker", &closed.to_string(), "status"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).starts_with("maelstrom-admin: connect to the broker at 127.0.0.1:"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = Command::new(bin("maelstrom-run"))
+        .args(["--config-file", "-", "--broker", &closed.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("connect to the broker at"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn admin_stop_ends_the_broker_and_its_workers() {
+    let mut cluster = Cluster::start(2, 1);
+    let out = Command::new(bin("maelstrom-admin"))
+        .args(["-b", &cluster.broker.address(), "stop"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut ended = |p: &mut Process| matches!(p.0.try_wait(), Ok(Some(_)));
+    while !(ended(&mut cluster.broker.process) && cluster.workers.iter_mut().all(&mut ended)) {
+        assert!(Instant::now() < deadline, "the broker or a worker kept running after stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for worker in &mut cluster.workers {
+        assert!(worker.0.try_wait().expect("wait").expect("ended").success());
+    }
+}
