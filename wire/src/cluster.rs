@@ -309,6 +309,48 @@ pub fn encode_job(spec: &JobSpec) -> AlignedVec {
     rkyv::to_bytes::<rancor::Error>(spec).expect("INVARIANT: jobs always encode")
 }
 
+/// Encodes a job into `out` (cleared first), reusing its allocation.
+pub fn encode_job_into(spec: &JobSpec, out: &mut AlignedVec) {
+    out.clear();
+    let buffer = std::mem::take(out);
+    *out = rkyv::api::high::to_bytes_in::<_, rancor::Error>(spec, buffer)
+        .expect("INVARIANT: jobs always encode");
+}
+
+/// A job like the ones test runners send (a test binary, its test name, a few environment
+/// variables, three manifest layers, the usual mounts): for benches and fuzz seeds.
+pub fn typical_job() -> JobSpec {
+    JobSpec {
+        program: "/usr/bin/my_crate-3c5a61f0be4a1e2d".into(),
+        arguments: vec!["--exact".into(), "tests::parses_the_config_file".into(), "--nocapture".into()],
+        environment: vec![
+            ("HOME".into(), "/root".into()),
+            ("PATH".into(), "/usr/bin:/bin".into()),
+            ("RUST_BACKTRACE".into(), "1".into()),
+            ("CARGO_MANIFEST_DIR".into(), "/work/my_crate".into()),
+            ("CARGO_PKG_NAME".into(), "my_crate".into()),
+        ],
+        layers: vec![
+            LayerRef { kind: LayerKind::Manifest, digest: Digest::of(b"binary") },
+            LayerRef { kind: LayerKind::Manifest, digest: Digest::of(b"shared libraries") },
+            LayerRef { kind: LayerKind::Manifest, digest: Digest::of(b"stubs") },
+        ],
+        mounts: vec![
+            Mount::Tmp("/tmp".into()),
+            Mount::Proc("/proc".into()),
+            Mount::Devices(vec!["null".into(), "zero".into(), "urandom".into()]),
+        ],
+        network: Network::Disabled,
+        writable_root: false,
+        working_directory: "/work/my_crate".into(),
+        user: 0,
+        group: 0,
+        timeout_ms: 60_000,
+        priority: 0,
+        estimated_ms: 40,
+    }
+}
+
 /// Bytes before the job in a job frame's payload: the id, padded to keep the job aligned.
 pub const JOB_PREFIX_BYTES: usize = 16;
 
@@ -595,6 +637,71 @@ mod tests {
         aligned.clear();
         aligned.extend_from_slice(&chunk[8..]);
         assert!(decode(Kind::Chunk, &aligned).unwrap_err().to_string().contains("run past"));
+    }
+
+    /// Writes valid messages as fuzzing seeds when asked (see fuzz/README.md); otherwise only
+    /// checks that they encode.
+    #[test]
+    fn fuzz_seeds() {
+        use crate::artifact::{Entry, EntryKind, Manifest};
+        let controls = [
+            Control::Hello(Hello {
+                version: PROTOCOL_VERSION,
+                role: Role::Worker { slots: 8 },
+                name: "w".into(),
+            }),
+            Control::Hello(Hello { version: PROTOCOL_VERSION, role: Role::Client, name: "c".into() }),
+            Control::Welcome,
+            Control::Refused("version".into()),
+            Control::Done {
+                id: 3,
+                outcome: Outcome::Exited {
+                    code: 1,
+                    stdout: Output { bytes: b"out".to_vec(), cut: 0 },
+                    stderr: Output::default(),
+                    duration_us: 10,
+                },
+            },
+            Control::Done { id: 4, outcome: Outcome::SystemError("lost".into()) },
+            Control::Cancel { id: 9 },
+            Control::Want { digest: Digest::of(b"a") },
+            Control::Unavailable { digest: Digest::of(b"a"), reason: "gone".into() },
+            Control::StatusRequest,
+            Control::Status(Status { workers: 2, slots: 4, ..Status::default() }),
+            Control::Stop,
+        ];
+        let mut seeds: Vec<(&str, Vec<u8>)> = Vec::new();
+        let mut stream = Vec::new();
+        for control in &controls {
+            let mut frame = Vec::new();
+            encode_control(control, &mut frame);
+            seeds.push(("cluster_control", frame[HEADER_BYTES..].to_vec()));
+            stream.extend_from_slice(&frame);
+        }
+        for job in [sample_job(), JobSpec { mounts: vec![], arguments: vec![], ..sample_job() }] {
+            let mut frame = Vec::new();
+            encode_job_frame(Kind::Submit, 5, &encode_job(&job), &mut frame);
+            seeds.push(("cluster_job", frame[HEADER_BYTES..].to_vec()));
+            stream.extend_from_slice(&frame);
+        }
+        encode_chunk(&ChunkHeader { digest: Digest::of(b"xyz"), offset: 0, total: 3 }, b"xyz", &mut stream);
+        seeds.push(("cluster_stream", stream));
+        let manifest = Manifest::from_entries([
+            Entry { path: b"/bin".to_vec(), kind: EntryKind::Directory { mode: 0o755 } },
+            Entry {
+                path: b"/bin/a".to_vec(),
+                kind: EntryKind::File { digest: Digest::of(b"a"), size: 1, mode: 0o755 },
+            },
+            Entry { path: b"/lib".to_vec(), kind: EntryKind::Symlink { target: b"usr/lib".to_vec() } },
+        ]);
+        seeds.push(("manifest", rkyv::to_bytes::<rancor::Error>(&manifest).unwrap().to_vec()));
+        if std::env::var_os("MAELSTROM_WRITE_FUZZ_SEEDS").is_some() {
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
+            for (i, (target, bytes)) in seeds.iter().enumerate() {
+                std::fs::create_dir_all(root.join(target)).unwrap();
+                std::fs::write(root.join(target).join(format!("seed-{i}")), bytes).unwrap();
+            }
+        }
     }
 
     #[test]

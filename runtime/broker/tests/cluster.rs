@@ -551,3 +551,47 @@ fn admin_stop_ends_the_broker_and_its_workers() {
         assert!(worker.0.try_wait().expect("wait").expect("ended").success());
     }
 }
+
+#[test]
+fn the_broker_can_come_from_the_environment_or_a_config_file() {
+    let cluster = Cluster::start(1, 1);
+    let jobs: String = numbered_jobs(3, 0).iter().map(|j| format!("{j}\n")).collect();
+    let config = cluster.path().join("run.toml");
+    std::fs::write(&config, format!("broker = \"{}\"\n", cluster.broker.address()))
+        .expect("write the config");
+    let by_env = |name: &str| {
+        let mut command = Command::new(bin("maelstrom-run"));
+        command
+            .current_dir(cluster.path())
+            .args(["--config-file", "-", "--cache-root"])
+            .arg(cluster.path().join("c"));
+        command
+            .env_remove("MAELSTROM_RUN_BROKER")
+            .env_remove("MAELSTROM_BROKER")
+            .env(name, cluster.broker.address());
+        command
+    };
+    let mut by_file = Command::new(bin("maelstrom-run"));
+    by_file
+        .current_dir(cluster.path())
+        .arg("--config-file")
+        .arg(&config)
+        .arg("--cache-root")
+        .arg(cluster.path().join("c"));
+    by_file.env_remove("MAELSTROM_RUN_BROKER").env_remove("MAELSTROM_BROKER");
+    let mut completed = 0;
+    for mut command in [by_env("MAELSTROM_RUN_BROKER"), by_env("MAELSTROM_BROKER"), by_file] {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start");
+        child.stdin.take().expect("piped").write_all(jobs.as_bytes()).expect("write the jobs");
+        let out = wait_output(child, Duration::from_secs(60));
+        assert!(out.status.success(), "{command:?}: {}", text(&out.stderr));
+        assert_each_once(&text(&out.stdout), 3);
+        completed += 3;
+        assert_eq!(cluster.status()["completed"], completed, "{command:?} did not use the broker");
+    }
+}

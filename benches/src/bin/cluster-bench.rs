@@ -1,0 +1,251 @@
+//! The cluster's throughput, two ways:
+//!
+//! - dispatch: the broker's core driven in this process on one core, with simulated workers
+//!   that finish each job the moment they get it: submit, schedule, start, result, report;
+//! - end to end: trivial jobs through a real broker and 2 local workers, beside standalone mode
+//!   (`maelstrom-run` with its embedded worker, the same slots in all) in the same run, in
+//!   alternating rounds after a warm-up; medians are reported. Every job prints its number, so
+//!   a lost (or doubled) job is seen.
+//!
+//! Ends with exactly one line:
+//! `cluster: dispatch_per_s=<n> e2e_jobs_per_s=<n> standalone_jobs_per_s=<n> lost=<n>`
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use maelstrom_broker::core::{Broker, Effect, Event};
+use maelstrom_wire::cluster::{
+    ArchivedJobSpec, Control, LayerKind, Outcome, Output, encode_job, typical_job,
+};
+
+#[derive(Parser, Debug)]
+#[command(about = "Measure the broker's dispatch rate, and the cluster against standalone mode")]
+struct Args {
+    /// Jobs through the simulated cluster.
+    #[arg(long, default_value_t = 500_000)]
+    dispatch_jobs: u64,
+    /// Simulated workers, and slots each.
+    #[arg(long, default_value_t = 32)]
+    simulated_workers: u64,
+    #[arg(long, default_value_t = 8)]
+    simulated_slots: u32,
+    /// Jobs per end-to-end run.
+    #[arg(long, default_value_t = 2000)]
+    jobs: usize,
+    /// Alternating end-to-end rounds of cluster and standalone.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Where maelstrom-run, maelstrom-broker, maelstrom-worker and maelstrom-admin are
+    /// [default: beside this binary, built first if cargo is at hand].
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+fn main() {
+    let args = Args::parse();
+    let dispatch = dispatch_rate(&args);
+    eprintln!("dispatch: {dispatch:.0} jobs/s");
+    let (e2e, standalone, lost) = end_to_end(&args);
+    println!(
+        "cluster: dispatch_per_s={dispatch:.0} e2e_jobs_per_s={e2e:.0} standalone_jobs_per_s={standalone:.0} lost={lost}"
+    );
+}
+
+/// Jobs per second through the broker's core, on this thread.
+fn dispatch_rate(args: &Args) -> f64 {
+    let job = typical_job();
+    let bytes = encode_job(&job);
+    let spec = rkyv::access::<ArchivedJobSpec, rkyv::rancor::Error>(&bytes).expect("a valid job");
+    let mut broker = Broker::new(u64::MAX);
+    for layer in &job.layers {
+        let files = (layer.kind == LayerKind::Manifest).then(Vec::new);
+        broker.preload(layer.digest, 1, files);
+    }
+    let mut effects = Vec::new();
+    broker.handle(Event::ClientConnected(1), &mut effects);
+    for worker in 0..args.simulated_workers {
+        broker
+            .handle(Event::WorkerConnected { peer: 100 + worker, slots: args.simulated_slots }, &mut effects);
+    }
+    effects.clear();
+    let exited =
+        || Outcome::Exited { code: 0, stdout: Output::default(), stderr: Output::default(), duration_us: 1 };
+    let mut started = Vec::new();
+    let mut reported = 0u64;
+    let begin = Instant::now();
+    for id in 0..args.dispatch_jobs {
+        broker.handle(Event::Submit { peer: 1, id, spec, bytes: &bytes }, &mut effects);
+        // Workers finish every job they were given, at once.
+        loop {
+            for effect in effects.drain(..) {
+                match effect {
+                    Effect::Start { worker, id, .. } => started.push((worker, id)),
+                    Effect::Send { message: Control::Done { .. }, .. } => reported += 1,
+                    _ => {}
+                }
+            }
+            if started.is_empty() {
+                break;
+            }
+            for (peer, id) in started.drain(..) {
+                broker.handle(Event::Done { peer, id, outcome: exited() }, &mut effects);
+            }
+        }
+    }
+    let elapsed = begin.elapsed();
+    assert_eq!(reported, args.dispatch_jobs, "the simulated cluster lost jobs");
+    args.dispatch_jobs as f64 / elapsed.as_secs_f64()
+}
+
+fn bin_dir(args: &Args) -> PathBuf {
+    if let Some(dir) = &args.bin_dir {
+        return dir.clone();
+    }
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        let mut build = Command::new(cargo);
+        build.args(["build", "--release", "--quiet"]);
+        for package in ["maelstrom-run", "maelstrom-broker", "maelstrom-worker", "maelstrom-admin"] {
+            build.args(["-p", package]);
+        }
+        assert!(build.status().expect("run cargo build").success(), "cargo build of the cluster failed");
+    }
+    std::env::current_exe().expect("our own path").parent().expect("a directory").to_owned()
+}
+
+/// Kills the child when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Median jobs/s of the cluster and of standalone mode, and the jobs lost in all runs.
+fn end_to_end(args: &Args) -> (f64, f64, usize) {
+    let bins = bin_dir(args);
+    let dir = tempfile::Builder::new().prefix("cluster-bench-").tempdir().expect("a temp dir");
+    std::fs::copy(maelstrom_testbins::probe(), dir.path().join("probe")).expect("copy the probe");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_worker = (cores / 2).max(1);
+
+    let mut broker = Command::new(bins.join("maelstrom-broker"))
+        .args(["--config-file", "-", "--cache-root"])
+        .arg(dir.path().join("broker"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the broker");
+    let mut line = String::new();
+    BufReader::new(broker.stdout.take().expect("piped")).read_line(&mut line).expect("the broker's address");
+    let _broker = Process(broker);
+    let port = line.trim().rsplit(':').next().expect("a port").to_owned();
+    let address = format!("127.0.0.1:{port}");
+    let _workers: Vec<Process> = (0..2)
+        .map(|n| {
+            let child = Command::new(bins.join("maelstrom-worker"))
+                .args([
+                    "--config-file",
+                    "-",
+                    "--broker",
+                    &address,
+                    "--slots",
+                    &per_worker.to_string(),
+                    "--cache-root",
+                ])
+                .arg(dir.path().join(format!("worker-{n}")))
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start a worker");
+            Process(child)
+        })
+        .collect();
+    wait_for_workers(&bins, &address, 2);
+
+    let run = |broker: bool, jobs: usize| -> (Duration, usize) {
+        let mut command = Command::new(bins.join("maelstrom-run"));
+        command
+            .current_dir(dir.path())
+            .args(["--config-file", "-", "--cache-root"])
+            .arg(dir.path().join("client"));
+        command.args(["--slots", &(per_worker * 2).to_string()]);
+        if broker {
+            command.args(["--broker", &address]);
+        }
+        let text: String = (0..jobs)
+            .map(|i| {
+                format!(
+                    "{{\"program\": \"/bin/probe\", \"arguments\": [\"say\", \"0\", \"{i}\"], \
+                     \"layers\": [{{\"paths\": [\"probe\"], \"prepend_prefix\": \"/bin\"}}]}}\n"
+                )
+            })
+            .collect();
+        let begin = Instant::now();
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start maelstrom-run");
+        let mut stdin = child.stdin.take().expect("piped");
+        let writer = std::thread::spawn(move || stdin.write_all(text.as_bytes()));
+        let out = child.wait_with_output().expect("wait for maelstrom-run");
+        let elapsed = begin.elapsed();
+        writer.join().expect("the writer").expect("write the jobs");
+        let mut seen = vec![false; jobs];
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(slot) = line.parse::<usize>().ok().and_then(|n| seen.get_mut(n)) {
+                *slot = true;
+            }
+        }
+        let lost = seen.iter().filter(|s| !**s).count();
+        if !out.status.success() {
+            eprintln!("maelstrom-run: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        (elapsed, lost)
+    };
+    // Warm-up: digests, the broker's store, the workers' trees, the local cache.
+    run(true, 100);
+    run(false, 100);
+    let mut cluster = Vec::new();
+    let mut standalone = Vec::new();
+    let mut lost = 0;
+    for round in 0..args.rounds {
+        let (took, missing) = run(true, args.jobs);
+        cluster.push(args.jobs as f64 / took.as_secs_f64());
+        lost += missing;
+        let (took_alone, missing_alone) = run(false, args.jobs);
+        standalone.push(args.jobs as f64 / took_alone.as_secs_f64());
+        lost += missing_alone;
+        eprintln!(
+            "round {round}: cluster {:.0} jobs/s, standalone {:.0} jobs/s",
+            cluster[round], standalone[round]
+        );
+    }
+    (median(cluster), median(standalone), lost)
+}
+
+fn wait_for_workers(bins: &Path, address: &str, count: u32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let wanted = format!("Number of workers: {count}");
+    loop {
+        let out = Command::new(bins.join("maelstrom-admin"))
+            .args(["--config-file", "-", "--broker", address, "status"])
+            .output()
+            .expect("run maelstrom-admin");
+        if String::from_utf8_lossy(&out.stdout).contains(&wanted) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the workers did not connect in 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
