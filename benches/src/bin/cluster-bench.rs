@@ -3,9 +3,10 @@
 //! - dispatch: the broker's core driven in this process on one core, with simulated workers
 //!   that finish each job the moment they get it: submit, schedule, start, result, report;
 //! - end to end: trivial jobs through a real broker and 2 local workers, beside standalone mode
-//!   (`maelstrom-run` with its embedded worker, the same slots in all) in the same run, in
-//!   alternating rounds after a warm-up; medians are reported. Every job prints its number, so
-//!   a lost (or doubled) job is seen.
+//!   (`maelstrom-run` with its embedded worker) in the same run, in alternating rounds after a
+//!   warm-up; medians are reported. Every process has its default slots (the CPU count), as a
+//!   user would run them; `--worker-slots` sets the workers' (and standalone gets their sum).
+//!   Every job prints its number, so a lost (or doubled) job is seen.
 //!
 //! Ends with exactly one line:
 //! `cluster: dispatch_per_s=<n> e2e_jobs_per_s=<n> standalone_jobs_per_s=<n> lost=<n>`
@@ -35,6 +36,9 @@ struct Args {
     /// Jobs per end-to-end run.
     #[arg(long, default_value_t = 2000)]
     jobs: usize,
+    /// Slots of each worker [default: the CPU count, as for standalone].
+    #[arg(long)]
+    worker_slots: Option<usize>,
     /// Alternating end-to-end rounds of cluster and standalone.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -131,7 +135,8 @@ fn end_to_end(args: &Args) -> (f64, f64, usize) {
     let dir = tempfile::Builder::new().prefix("cluster-bench-").tempdir().expect("a temp dir");
     std::fs::copy(maelstrom_testbins::probe(), dir.path().join("probe")).expect("copy the probe");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let per_worker = (cores / 2).max(1);
+    let per_worker = args.worker_slots.unwrap_or(cores);
+    let standalone_slots = if args.worker_slots.is_some() { per_worker * 2 } else { cores };
 
     let mut broker = Command::new(bins.join("maelstrom-broker"))
         .args(["--config-file", "-", "--cache-root"])
@@ -172,7 +177,7 @@ fn end_to_end(args: &Args) -> (f64, f64, usize) {
             .current_dir(dir.path())
             .args(["--config-file", "-", "--cache-root"])
             .arg(dir.path().join("client"));
-        command.args(["--slots", &(per_worker * 2).to_string()]);
+        command.args(["--slots", &standalone_slots.to_string()]);
         if broker {
             command.args(["--broker", &address]);
         }

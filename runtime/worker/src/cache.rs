@@ -65,6 +65,8 @@ pub struct LayerCache {
 impl LayerCache {
     /// Opens (creating if needed) the cache under `root`, bounded by `size_max` bytes.
     pub fn open(root: &Path, size_max: u64) -> Result<Self, CacheError> {
+        // Trees become layers of job roots, which must be absolute paths.
+        let root = &std::path::absolute(root).map_err(io_error(root, "make the path absolute"))?;
         let dir = root.join(LAYOUT);
         for sub in ["trees", "meta", "tmp", "trash"] {
             let path = dir.join(sub);
@@ -317,6 +319,26 @@ mod tests {
         assert!(trees(0), "a held tree was evicted");
         assert!(!trees(1) && !trees(2), "the least recently used trees stay");
         assert!(trees(3), "the most recent tree was evicted");
+    }
+
+    #[test]
+    fn a_relative_root_gives_absolute_trees() {
+        let root = tempfile::tempdir().unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        let relative = pathdiff(root.path(), &cwd);
+        let cache = LayerCache::open(&relative, u64::MAX).unwrap();
+        let tree = cache.get_or_build(&key(1), build_with(1)).unwrap();
+        assert!(tree.is_absolute(), "{}", tree.display());
+    }
+
+    /// `path` relative to `base` (both absolute), through `..` as needed.
+    fn pathdiff(path: &Path, base: &Path) -> PathBuf {
+        let ups = base.components().count() - 1;
+        let mut out = PathBuf::new();
+        for _ in 0..ups {
+            out.push("..");
+        }
+        out.join(path.strip_prefix("/").unwrap())
     }
 
     #[test]

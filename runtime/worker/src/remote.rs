@@ -315,7 +315,9 @@ struct Worker {
 /// Runs the worker until the broker says stop or refuses it.
 pub fn serve(zygote: Zygote, config: RemoteConfig) -> Result<(), WorkerError> {
     let cache = Arc::new(LayerCache::open(&config.cache_root.join("layers"), config.cache_bytes_max)?);
-    let artifacts = config.cache_root.join("artifacts");
+    let cache_root = std::path::absolute(&config.cache_root)
+        .map_err(io_error(format!("make {} absolute", config.cache_root.display())))?;
+    let artifacts = cache_root.join("artifacts");
     // Artifacts are only kept while a tree is built from them: whatever is left is stale.
     let _ = fs::remove_dir_all(&artifacts);
     for sub in ["blobs", "tmp"] {
