@@ -35,17 +35,9 @@ fn timeout_kills_the_job(ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Processes whose command line starts with `/bin/probe\0<command>`.
+/// Probes running `<command>`.
 fn probes_running(command: &str) -> Vec<u32> {
-    let wanted = format!("/bin/probe\0{command}\0");
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(wanted.as_bytes()))
-        })
-        .collect()
+    maelstrom_testbins::processes_with_args(&["/bin/probe", command])
 }
 
 fn orphans_die_with_the_job(ctx: &Ctx) -> anyhow::Result<()> {

@@ -100,15 +100,7 @@ fn doomed_worker(marker: &str) -> ! {
 
 /// Pids of probes running `hang <marker>`.
 fn hanging(marker: &str) -> Vec<u32> {
-    let wanted = format!("/bin/probe\0hang\0{marker}\0");
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(wanted.as_bytes()))
-        })
-        .collect()
+    maelstrom_testbins::processes_with_args(&["/bin/probe", "hang", marker])
 }
 
 /// A worker killed with SIGKILL cannot clean up: its jobs must die by themselves (for a root

@@ -512,32 +512,6 @@ impl FrameReader {
 mod tests {
     use super::*;
 
-    pub(crate) fn sample_job() -> JobSpec {
-        JobSpec {
-            program: "/usr/bin/test-binary".into(),
-            arguments: vec!["--exact".into(), "module::test_name".into(), "--nocapture".into()],
-            environment: vec![("PATH".into(), "/usr/bin:/bin".into()), ("RUST_BACKTRACE".into(), "1".into())],
-            layers: vec![
-                LayerRef { kind: LayerKind::Manifest, digest: Digest::of(b"binary") },
-                LayerRef { kind: LayerKind::Manifest, digest: Digest::of(b"libs") },
-                LayerRef { kind: LayerKind::Manifest, digest: Digest::of(b"stubs") },
-            ],
-            mounts: vec![
-                Mount::Tmp("/tmp".into()),
-                Mount::Proc("/proc".into()),
-                Mount::Devices(vec!["null".into(), "zero".into()]),
-            ],
-            network: Network::Disabled,
-            writable_root: false,
-            working_directory: "/".into(),
-            user: 0,
-            group: 0,
-            timeout_ms: 60_000,
-            priority: 1,
-            estimated_ms: 1200,
-        }
-    }
-
     fn frames(bytes: &[u8], chunk: usize) -> Vec<(Kind, Vec<u8>)> {
         let mut reader = FrameReader::default();
         let mut out = Vec::new();
@@ -554,7 +528,7 @@ mod tests {
 
     #[test]
     fn every_kind_round_trips_through_a_byte_stream() {
-        let job = sample_job();
+        let job = typical_job();
         let encoded = encode_job(&job);
         let mut stream = Vec::new();
         encode_control(
@@ -591,7 +565,7 @@ mod tests {
                     Frame::Job { id, spec, .. } => {
                         assert_eq!(id, 77);
                         assert_eq!(spec, &job);
-                        assert_eq!(spec.priority, 1);
+                        assert_eq!(spec.priority, job.priority);
                     }
                     Frame::Chunk { header, data } => {
                         assert_eq!(header, chunk);
@@ -626,7 +600,7 @@ mod tests {
         assert!(decode(Kind::Control, &aligned).is_err());
         assert!(decode(Kind::Submit, &aligned).is_err());
         assert!(decode(Kind::Submit, &aligned[..4]).is_err());
-        let truncated = encode_job(&sample_job());
+        let truncated = encode_job(&typical_job());
         let mut frame = Vec::new();
         encode_job_frame(Kind::Submit, 1, &truncated[..truncated.len() / 2], &mut frame);
         aligned.clear();
@@ -678,7 +652,7 @@ mod tests {
             seeds.push(("cluster_control", frame[HEADER_BYTES..].to_vec()));
             stream.extend_from_slice(&frame);
         }
-        for job in [sample_job(), JobSpec { mounts: vec![], arguments: vec![], ..sample_job() }] {
+        for job in [typical_job(), JobSpec { mounts: vec![], arguments: vec![], ..typical_job() }] {
             let mut frame = Vec::new();
             encode_job_frame(Kind::Submit, 5, &encode_job(&job), &mut frame);
             seeds.push(("cluster_job", frame[HEADER_BYTES..].to_vec()));
@@ -707,7 +681,7 @@ mod tests {
     #[test]
     fn jobs_without_layers_or_program_are_refused() {
         for broken in
-            [JobSpec { layers: vec![], ..sample_job() }, JobSpec { program: String::new(), ..sample_job() }]
+            [JobSpec { layers: vec![], ..typical_job() }, JobSpec { program: String::new(), ..typical_job() }]
         {
             let mut frame = Vec::new();
             encode_job_frame(Kind::Start, 3, &encode_job(&broken), &mut frame);

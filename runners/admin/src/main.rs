@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use maelstrom_config::{Config, LogLevel};
+use maelstrom_config::{CommonOptions, getenv};
 use maelstrom_wire::cluster::{self, Control, Frame, FrameReader, Hello, PROTOCOL_VERSION, Role, Status};
 
 const KEYS: &[&str] = &["broker", "log-level"];
@@ -18,15 +18,11 @@ environment (MAELSTROM_ADMIN_<NAME>, then MAELSTROM_<NAME>), and from TOML files
 #[derive(Parser, Debug)]
 #[command(name = "maelstrom-admin", version, about = "Ask a broker for its status, or stop it.", after_help = AFTER_HELP)]
 struct Cli {
+    #[command(flatten)]
+    common: CommonOptions,
     /// The broker's address, HOST:PORT.
     #[arg(short = 'b', long, value_name = "ADDRESS")]
     broker: Option<String>,
-    /// error, warning, info or debug [default: info]
-    #[arg(short = 'L', long, value_name = "LEVEL")]
-    log_level: Option<String>,
-    /// Read only this config file ("-" for none).
-    #[arg(short = 'c', long, value_name = "PATH")]
-    config_file: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -41,31 +37,17 @@ enum Command {
     Stop,
 }
 
-fn getenv(name: &str) -> Option<String> {
-    std::env::var(name).ok()
-}
-
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("maelstrom-admin: {}", maelstrom_config::one_line(e.as_ref()));
-            ExitCode::from(2)
-        }
-    }
+    maelstrom_config::exit_code("maelstrom-admin", run(Cli::parse()))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let config =
-        Config::load("maelstrom/admin", "MAELSTROM_ADMIN", cli.config_file.as_deref(), KEYS, &getenv)?;
-    let level = cli
-        .log_level
-        .as_deref()
-        .map(|t| {
-            <LogLevel as maelstrom_config::Value>::parse(t).map_err(|e| anyhow::anyhow!("--log-level: {e}"))
-        })
-        .transpose()?;
-    config.get_or("log-level", level, LogLevel::Info, &getenv)?;
+    let config = cli.common.load("admin", KEYS)?;
+    cli.common.log_level(&config)?;
+    if cli.common.print_config {
+        println!("{:#?}", config.get::<String>("broker", cli.broker.clone(), &getenv)?);
+        return Ok(());
+    }
     let (broker, _) = config.get::<String>("broker", cli.broker.clone(), &getenv)?.ok_or_else(|| {
         anyhow::anyhow!("no broker: give one with --broker HOST:PORT (or MAELSTROM_ADMIN_BROKER)")
     })?;

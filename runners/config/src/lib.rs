@@ -41,6 +41,8 @@ pub enum ConfigError {
     Read { path: PathBuf, message: String },
     #[error("{key} from {origin}: {message}")]
     Value { key: String, origin: Source, message: String },
+    #[error("--{option}: {message}")]
+    Option { option: String, message: String },
 }
 
 /// A type a configuration value can have.
@@ -266,6 +268,63 @@ pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
     let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     (line, offset.min(text.len()) - line_start + 1)
+}
+
+/// The options every binary takes: which config file, printing the configuration, the log
+/// level (flattened into each binary's own options).
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonOptions {
+    /// Read only this config file ("-" for none).
+    #[arg(short = 'c', long, value_name = "PATH")]
+    pub config_file: Option<String>,
+    /// Print the resolved configuration and exit.
+    #[arg(short = 'P', long)]
+    pub print_config: bool,
+    /// error, warning, info or debug [default: info]
+    #[arg(short = 'L', long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+impl CommonOptions {
+    /// Loads the configuration files of `program` (e.g. `run`, for `maelstrom/run` and
+    /// `MAELSTROM_RUN_*`), refusing keys not in `known`.
+    pub fn load(&self, program: &str, known: &[&str]) -> Result<Config, ConfigError> {
+        let suffix = format!("maelstrom/{program}");
+        let prefix = format!("MAELSTROM_{}", program.to_uppercase().replace('-', "_"));
+        Config::load(&suffix, &prefix, self.config_file.as_deref(), known, &getenv)
+    }
+
+    /// The log level, from the command line or the configuration.
+    pub fn log_level(&self, config: &Config) -> Result<(LogLevel, Source), ConfigError> {
+        config.get_or("log-level", option(self.log_level.as_deref(), "log-level")?, LogLevel::Info, &getenv)
+    }
+}
+
+/// The process environment, as [`Config::load`] and [`Config::get`] read it.
+pub fn getenv(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// A command-line option's text as a configuration value; the error names the option.
+pub fn option<T: Value>(text: Option<&str>, option: &str) -> Result<Option<T>, ConfigError> {
+    text.map(|t| T::parse(t).map_err(|message| ConfigError::Option { option: option.to_owned(), message }))
+        .transpose()
+}
+
+/// How a binary ends: success, or one line on stderr (`program: what went wrong: why`) and
+/// exit code 2.
+pub fn exit_code(
+    program: &str,
+    result: Result<(), impl Into<Box<dyn std::error::Error + Send + Sync>>>,
+) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            let error: Box<dyn std::error::Error + Send + Sync> = error.into();
+            eprintln!("{program}: {}", one_line(&*error));
+            std::process::ExitCode::from(2)
+        }
+    }
 }
 
 /// An error and its causes on one line, skipping a cause whose text is already there (so a

@@ -18,7 +18,7 @@ use clap::Parser;
 use maelstrom_client::local::{LocalClient, LocalConfig};
 use maelstrom_client::remote::{RemoteClient, SharedSinkHandle};
 use maelstrom_client::spec::{StreamItem, StreamRequest};
-use maelstrom_config::{Config, LogLevel, Size, Source};
+use maelstrom_config::{CommonOptions, LogLevel, Size, Source, getenv, option};
 use maelstrom_container::{Outcome, Zygote, ZygoteConfig};
 use maelstrom_worker::{JobError, JobResult};
 
@@ -47,6 +47,8 @@ an error; 2 if maelstrom-run itself could not run.";
 #[derive(Parser, Debug)]
 #[command(name = "maelstrom-run", version, about = ABOUT, after_help = AFTER_HELP)]
 struct Cli {
+    #[command(flatten)]
+    common: CommonOptions,
     /// Read job specs from this file instead of stdin.
     #[arg(short = 'f', long, value_name = "PATH")]
     file: Option<PathBuf>,
@@ -56,15 +58,6 @@ struct Cli {
     /// Run the first job on a terminal (not supported yet).
     #[arg(short = 't', long, conflicts_with = "one")]
     tty: bool,
-    /// Read only this config file ("-" for none).
-    #[arg(short = 'c', long, value_name = "PATH")]
-    config_file: Option<String>,
-    /// Print the resolved configuration and exit.
-    #[arg(short = 'P', long)]
-    print_config: bool,
-    /// error, warning, info or debug [default: info]
-    #[arg(short = 'L', long, value_name = "LEVEL")]
-    log_level: Option<String>,
     /// Broker address; without one, jobs run on a local worker (standalone mode).
     #[arg(short = 'b', long, value_name = "ADDRESS")]
     broker: Option<String>,
@@ -104,26 +97,10 @@ struct Settings {
     broker: Option<(String, Source)>,
 }
 
-fn getenv(name: &str) -> Option<String> {
-    std::env::var(name).ok()
-}
-
 fn settings(cli: &Cli, cores: u64) -> anyhow::Result<Settings> {
-    let config = Config::load("maelstrom/run", "MAELSTROM_RUN", cli.config_file.as_deref(), KEYS, &getenv)?;
-    let parse = |text: &Option<String>, key: &str| -> anyhow::Result<Option<Size>> {
-        text.as_deref()
-            .map(|t| maelstrom_config::Value::parse(t).map_err(|e| anyhow::anyhow!("--{key}: {e}")))
-            .transpose()
-    };
-    let log_level = cli
-        .log_level
-        .as_deref()
-        .map(|t| {
-            <LogLevel as maelstrom_config::Value>::parse(t).map_err(|e| anyhow::anyhow!("--log-level: {e}"))
-        })
-        .transpose()?;
+    let config = cli.common.load("run", KEYS)?;
     let settings = Settings {
-        log_level: config.get_or("log-level", log_level, LogLevel::Info, &getenv)?,
+        log_level: cli.common.log_level(&config)?,
         cache_root: config.get_or(
             "cache-root",
             cli.cache_root.clone(),
@@ -132,13 +109,13 @@ fn settings(cli: &Cli, cores: u64) -> anyhow::Result<Settings> {
         )?,
         cache_size: config.get_or(
             "cache-size",
-            parse(&cli.cache_size, "cache-size")?,
+            option::<Size>(cli.cache_size.as_deref(), "cache-size")?,
             Size(1_000_000_000),
             &getenv,
         )?,
         inline_limit: config.get_or(
             "inline-limit",
-            parse(&cli.inline_limit, "inline-limit")?,
+            option::<Size>(cli.inline_limit.as_deref(), "inline-limit")?,
             Size(1_000_000),
             &getenv,
         )?,
@@ -175,7 +152,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let settings = settings(&cli, cores as u64)?;
-    if cli.print_config {
+    if cli.common.print_config {
         println!("{settings:#?}");
         return Ok(ExitCode::SUCCESS);
     }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use maelstrom_broker::server::{ServerConfig, serve};
-use maelstrom_config::{Config, LogLevel, Size, Source};
+use maelstrom_config::{CommonOptions, LogLevel, Size, Source, getenv, option};
 
 const KEYS: &[&str] = &["port", "http-port", "cache-root", "cache-size", "log-level"];
 
@@ -20,6 +20,8 @@ The broker prints the address it listens on, then serves until `maelstrom-admin 
 #[derive(Parser, Debug)]
 #[command(name = "maelstrom-broker", version, about = "Schedule jobs onto workers.", after_help = AFTER_HELP)]
 struct Cli {
+    #[command(flatten)]
+    common: CommonOptions,
     /// TCP port for clients, workers and admin tools [default: 0, any free port]
     #[arg(short = 'p', long, value_name = "PORT")]
     port: Option<u64>,
@@ -32,15 +34,6 @@ struct Cli {
     /// Target size of the artifact store [default: 1 GB]
     #[arg(long, value_name = "SIZE")]
     cache_size: Option<String>,
-    /// error, warning, info or debug [default: info]
-    #[arg(short = 'L', long, value_name = "LEVEL")]
-    log_level: Option<String>,
-    /// Read only this config file ("-" for none).
-    #[arg(short = 'c', long, value_name = "PATH")]
-    config_file: Option<String>,
-    /// Print the resolved configuration and exit.
-    #[arg(short = 'P', long)]
-    print_config: bool,
 }
 
 #[derive(Debug)]
@@ -51,37 +44,13 @@ struct Settings {
     log_level: (LogLevel, Source),
 }
 
-fn getenv(name: &str) -> Option<String> {
-    std::env::var(name).ok()
-}
-
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("maelstrom-broker: {}", maelstrom_config::one_line(e.as_ref()));
-            ExitCode::from(2)
-        }
-    }
+    maelstrom_config::exit_code("maelstrom-broker", run(Cli::parse()))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let config =
-        Config::load("maelstrom/broker", "MAELSTROM_BROKER", cli.config_file.as_deref(), KEYS, &getenv)?;
-    let size = cli
-        .cache_size
-        .as_deref()
-        .map(|t| {
-            <Size as maelstrom_config::Value>::parse(t).map_err(|e| anyhow::anyhow!("--cache-size: {e}"))
-        })
-        .transpose()?;
-    let level = cli
-        .log_level
-        .as_deref()
-        .map(|t| {
-            <LogLevel as maelstrom_config::Value>::parse(t).map_err(|e| anyhow::anyhow!("--log-level: {e}"))
-        })
-        .transpose()?;
+    let config = cli.common.load("broker", KEYS)?;
+    let size = option::<Size>(cli.cache_size.as_deref(), "cache-size")?;
     let settings = Settings {
         port: config.get_or("port", cli.port, 0, &getenv)?,
         cache_root: config.get_or(
@@ -91,14 +60,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &getenv,
         )?,
         cache_size: config.get_or("cache-size", size, Size(1_000_000_000), &getenv)?,
-        log_level: config.get_or("log-level", level, LogLevel::Info, &getenv)?,
+        log_level: cli.common.log_level(&config)?,
     };
     if let Some((port, source)) = config.get::<u64>("http-port", cli.http_port, &getenv)?
         && port != 0
     {
         anyhow::bail!("http-port {port} from {source}: the web UI is not built; leave http-port unset");
     }
-    if cli.print_config {
+    if cli.common.print_config {
         println!("{settings:#?}");
         return Ok(());
     }

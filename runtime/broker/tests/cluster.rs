@@ -189,6 +189,13 @@ impl Cluster {
         command
     }
 
+    /// A cluster client with every stream piped.
+    fn spawn_client(&self) -> Child {
+        let mut command = self.client(true, &[]);
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        command.spawn().expect("start maelstrom-run")
+    }
+
     fn run(&self, broker: bool, jobs: &[Value]) -> Output {
         let mut child = self
             .client(broker, &[])
@@ -273,13 +280,7 @@ fn three_workers_run_2000_jobs_exactly_once() {
 #[test]
 fn a_worker_killed_mid_run_loses_no_job() {
     let mut cluster = Cluster::start(3, 2);
-    let mut child = cluster
-        .client(true, &[])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start maelstrom-run");
+    let mut child = cluster.spawn_client();
     let mut stdin = child.stdin.take().expect("piped");
     let jobs: String = numbered_jobs(2000, 5).iter().map(|j| format!("{j}\n")).collect();
     let writer = std::thread::spawn(move || stdin.write_all(jobs.as_bytes()));
@@ -304,14 +305,7 @@ fn a_worker_killed_mid_run_loses_no_job() {
 fn workers_and_new_clients_reconnect_after_a_broker_restart() {
     let mut cluster = Cluster::start(2, 2);
     // A client with a job in flight when the broker dies: the job ends as an error that says so.
-    let hanging = cluster
-        .client(true, &[])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start maelstrom-run");
-    let mut hanging = hanging;
+    let mut hanging = cluster.spawn_client();
     let mut stdin = hanging.stdin.take().expect("piped");
     stdin.write_all(format!("{}\n", probe_job(&["hang"])).as_bytes()).expect("write a job");
     cluster.wait_for_status("the job to run", |s| s["running"] == 1);
@@ -360,15 +354,7 @@ fn a_client_that_vanishes_has_its_jobs_cancelled() {
 
 /// Pids of probes running `hang <marker>`.
 fn hanging(marker: &str) -> Vec<u32> {
-    let wanted = format!("/bin/probe\0hang\0{marker}\0");
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(wanted.as_bytes()))
-        })
-        .collect()
+    maelstrom_testbins::processes_with_args(&["/bin/probe", "hang", marker])
 }
 
 /// Connects, sends `bytes`, and reads until the broker closes the connection (or 10 s pass).

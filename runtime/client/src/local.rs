@@ -173,25 +173,25 @@ fn mount(spec: &MountSpec, project: &Path) -> Mount {
             target: mount_point.into(),
             read_only: *read_only,
         },
-        MountSpec::Devices { devices } => Mount::Devices(
-            devices
-                .iter()
-                .map(|d| match d {
-                    DeviceName::Full => Device::Full,
-                    DeviceName::Fuse => Device::Fuse,
-                    DeviceName::Null => Device::Null,
-                    DeviceName::Random => Device::Random,
-                    DeviceName::Shm => Device::Shm,
-                    DeviceName::Tty => Device::Tty,
-                    DeviceName::Urandom => Device::Urandom,
-                    DeviceName::Zero => Device::Zero,
-                })
-                .collect(),
-        ),
+        MountSpec::Devices { devices } => Mount::Devices(devices.iter().map(|d| device(*d)).collect()),
         MountSpec::Devpts { mount_point } => Mount::Devpts { target: mount_point.into() },
         MountSpec::Mqueue { mount_point } => Mount::Mqueue { target: mount_point.into() },
         MountSpec::Proc { mount_point } => Mount::Proc { target: mount_point.into() },
         MountSpec::Sys { mount_point } => Mount::Sys { target: mount_point.into() },
         MountSpec::Tmp { mount_point } => Mount::Tmp { target: mount_point.into() },
+    }
+}
+
+/// The sandbox's name for a device of a spec.
+pub fn device(name: DeviceName) -> Device {
+    match name {
+        DeviceName::Full => Device::Full,
+        DeviceName::Fuse => Device::Fuse,
+        DeviceName::Null => Device::Null,
+        DeviceName::Random => Device::Random,
+        DeviceName::Shm => Device::Shm,
+        DeviceName::Tty => Device::Tty,
+        DeviceName::Urandom => Device::Urandom,
+        DeviceName::Zero => Device::Zero,
     }
 }

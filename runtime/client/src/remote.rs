@@ -25,7 +25,7 @@ use maelstrom_worker::{JobError, JobId, JobResult, ResultSink};
 use crate::layers::Built;
 use crate::local::{LocalClient, PrepareError};
 use crate::resolve::Resolved;
-use crate::spec::{ContainerSpec, DeviceName, JobSpec, MountSpec, Network};
+use crate::spec::{ContainerSpec, JobSpec, MountSpec, Network};
 
 /// Ids of jobs sent to the broker start here; lower ids are the local worker's.
 const REMOTE_IDS: JobId = 1 << 48;
@@ -254,7 +254,7 @@ pub fn wire_job(
         mounts.push(match mount {
             MountSpec::Bind { .. } => return Err("a job with bind mounts runs locally".into()),
             MountSpec::Devices { devices } => {
-                Mount::Devices(devices.iter().map(|d| device_name(*d).to_owned()).collect())
+                Mount::Devices(devices.iter().map(|d| crate::local::device(*d).name().to_owned()).collect())
             }
             MountSpec::Devpts { mount_point } => Mount::Devpts(mount_point.clone()),
             MountSpec::Mqueue { mount_point } => Mount::Mqueue(mount_point.clone()),
@@ -278,19 +278,6 @@ pub fn wire_job(
         priority: job.priority,
         estimated_ms: 0,
     })
-}
-
-fn device_name(device: DeviceName) -> &'static str {
-    match device {
-        DeviceName::Full => "full",
-        DeviceName::Fuse => "fuse",
-        DeviceName::Null => "null",
-        DeviceName::Random => "random",
-        DeviceName::Shm => "shm",
-        DeviceName::Tty => "tty",
-        DeviceName::Urandom => "urandom",
-        DeviceName::Zero => "zero",
-    }
 }
 
 /// Remembers where each of a layer's artifacts can be read, for the broker's requests.

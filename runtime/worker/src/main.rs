@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use maelstrom_config::{Config, LogLevel, Size, Source};
+use maelstrom_config::{CommonOptions, LogLevel, Size, Source, getenv, option};
 use maelstrom_container::{Zygote, ZygoteConfig};
 use maelstrom_worker::remote::{RemoteConfig, serve};
 
@@ -21,6 +21,8 @@ request (`maelstrom-admin stop`), or refuses it.";
 #[derive(Parser, Debug)]
 #[command(name = "maelstrom-worker", version, about = "Run the broker's jobs.", after_help = AFTER_HELP)]
 struct Cli {
+    #[command(flatten)]
+    common: CommonOptions,
     /// The broker's address, HOST:PORT.
     #[arg(short = 'b', long, value_name = "ADDRESS")]
     broker: Option<String>,
@@ -36,15 +38,6 @@ struct Cli {
     /// Bytes kept of each job's stdout and of its stderr [default: 1 MB]
     #[arg(long, value_name = "SIZE")]
     inline_limit: Option<String>,
-    /// error, warning, info or debug [default: info]
-    #[arg(short = 'L', long, value_name = "LEVEL")]
-    log_level: Option<String>,
-    /// Read only this config file ("-" for none).
-    #[arg(short = 'c', long, value_name = "PATH")]
-    config_file: Option<String>,
-    /// Print the resolved configuration and exit.
-    #[arg(short = 'P', long)]
-    print_config: bool,
 }
 
 #[derive(Debug)]
@@ -57,27 +50,12 @@ struct Settings {
     log_level: (LogLevel, Source),
 }
 
-fn getenv(name: &str) -> Option<String> {
-    std::env::var(name).ok()
-}
-
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("maelstrom-worker: {}", maelstrom_config::one_line(e.as_ref()));
-            ExitCode::from(2)
-        }
-    }
-}
-
-fn parse<T: maelstrom_config::Value>(text: Option<&str>, key: &str) -> anyhow::Result<Option<T>> {
-    text.map(|t| T::parse(t).map_err(|e| anyhow::anyhow!("--{key}: {e}"))).transpose()
+    maelstrom_config::exit_code("maelstrom-worker", run(Cli::parse()))
 }
 
 fn settings(cli: &Cli, cores: u64) -> anyhow::Result<Settings> {
-    let config =
-        Config::load("maelstrom/worker", "MAELSTROM_WORKER", cli.config_file.as_deref(), KEYS, &getenv)?;
+    let config = cli.common.load("worker", KEYS)?;
     let broker = config.get("broker", cli.broker.clone(), &getenv)?.ok_or_else(|| {
         anyhow::anyhow!("no broker: give one with --broker HOST:PORT (or MAELSTROM_WORKER_BROKER, or broker = ... in the config file)")
     })?;
@@ -92,22 +70,17 @@ fn settings(cli: &Cli, cores: u64) -> anyhow::Result<Settings> {
         )?,
         cache_size: config.get_or(
             "cache-size",
-            parse(cli.cache_size.as_deref(), "cache-size")?,
+            option(cli.cache_size.as_deref(), "cache-size")?,
             Size(1_000_000_000),
             &getenv,
         )?,
         inline_limit: config.get_or(
             "inline-limit",
-            parse(cli.inline_limit.as_deref(), "inline-limit")?,
+            option(cli.inline_limit.as_deref(), "inline-limit")?,
             Size(1_000_000),
             &getenv,
         )?,
-        log_level: config.get_or(
-            "log-level",
-            parse(cli.log_level.as_deref(), "log-level")?,
-            LogLevel::Info,
-            &getenv,
-        )?,
+        log_level: cli.common.log_level(&config)?,
     };
     anyhow::ensure!(
         (1..=1000).contains(&settings.slots.0),
@@ -121,7 +94,7 @@ fn settings(cli: &Cli, cores: u64) -> anyhow::Result<Settings> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let settings = settings(&cli, cores as u64)?;
-    if cli.print_config {
+    if cli.common.print_config {
         println!("{settings:#?}");
         return Ok(());
     }

@@ -28,3 +28,15 @@ pub fn static_true() -> PathBuf {
 pub fn built_dir() -> PathBuf {
     PathBuf::from(BUILT_DIR)
 }
+
+/// Pids of the processes whose command line starts with `args` (each a whole argument), for
+/// tests that check what is still running.
+pub fn processes_with_args(args: &[&str]) -> Vec<u32> {
+    let wanted: Vec<u8> = args.iter().flat_map(|a| a.bytes().chain([0])).collect();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(&wanted)))
+        .collect()
+}
