@@ -19,7 +19,7 @@ fn main() {
         b.iter(|| {
             encode_job_into(black_box(&job), &mut encoded);
             frame.clear();
-            encode_job_frame(Kind::Submit, 7, &encoded, &mut frame);
+            encode_job_frame(Kind::Submit, 7, &encoded, &mut frame).expect("a typical job fits");
             frame.len()
         });
     });
@@ -36,7 +36,7 @@ fn main() {
         b.iter(|| {
             encode_job_into(black_box(&job), &mut encoded);
             frame.clear();
-            encode_job_frame(Kind::Submit, 7, &encoded, &mut frame);
+            encode_job_frame(Kind::Submit, 7, &encoded, &mut frame).expect("a typical job fits");
             received.clear();
             received.extend_from_slice(&frame[HEADER_BYTES..]);
             match decode(Kind::Submit, &received) {
@@ -58,7 +58,7 @@ fn main() {
     group.bench_function("encode_and_validate_result", |b| {
         b.iter(|| {
             control.clear();
-            cluster::encode_control(black_box(&done), &mut control);
+            cluster::encode_control(black_box(&done), &mut control).expect("a small result fits");
             received.clear();
             received.extend_from_slice(&control[HEADER_BYTES..]);
             matches!(decode(Kind::Control, &received), Ok(Frame::Control(_)))

@@ -87,8 +87,8 @@ pub fn parse_header(bytes: &[u8; HEADER_BYTES]) -> Result<Header, DecodeError> {
     Ok(Header { kind, len })
 }
 
+/// A frame header; the caller has checked `len` against the limit.
 fn header(kind: Kind, len: usize) -> [u8; HEADER_BYTES] {
-    assert!(len <= FRAME_PAYLOAD_BYTES_MAX, "a frame of {len} bytes exceeds the limit");
     let mut h = [0u8; HEADER_BYTES];
     h[..4].copy_from_slice(&(len as u32).to_le_bytes());
     h[4] = kind as u8;
@@ -297,11 +297,58 @@ pub struct ChunkHeader {
 /// Bytes of a chunk header.
 pub const CHUNK_HEADER_BYTES: usize = 48;
 
-/// Appends a control frame to `out`.
-pub fn encode_control(message: &Control, out: &mut Vec<u8>) {
+fn check_len(len: usize) -> Result<(), DecodeError> {
+    if len > FRAME_PAYLOAD_BYTES_MAX {
+        return Err(DecodeError::TooLarge { len, max: FRAME_PAYLOAD_BYTES_MAX });
+    }
+    Ok(())
+}
+
+/// Appends a control frame to `out`; refuses a message over the frame limit (only a job's
+/// result can be that large: see [`Outcome::fit`]).
+pub fn encode_control(message: &Control, out: &mut Vec<u8>) -> Result<(), DecodeError> {
     let bytes = rkyv::to_bytes::<rancor::Error>(message).expect("INVARIANT: control messages always encode");
+    check_len(bytes.len())?;
     out.extend_from_slice(&header(Kind::Control, bytes.len()));
     out.extend_from_slice(&bytes);
+    Ok(())
+}
+
+/// Bytes a result may carry besides its output (error messages are short).
+const RESULT_OVERHEAD_BYTES: usize = 64 << 10;
+
+impl Outcome {
+    /// Cuts the captured output, counting what is cut, so the result fits in a frame.
+    pub fn fit(&mut self) {
+        let room = FRAME_PAYLOAD_BYTES_MAX - RESULT_OVERHEAD_BYTES;
+        let (stdout, stderr) = match self {
+            Outcome::Exited { stdout, stderr, .. }
+            | Outcome::Signaled { stdout, stderr, .. }
+            | Outcome::TimedOut { stdout, stderr, .. } => (stdout, stderr),
+            Outcome::ExecutionError(message) | Outcome::SystemError(message) => {
+                if message.len() > room {
+                    let mut end = room;
+                    while !message.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    message.truncate(end);
+                }
+                return;
+            }
+        };
+        if stdout.bytes.len() + stderr.bytes.len() <= room {
+            return;
+        }
+        // Each stream keeps half the room, and whatever the other leaves unused.
+        let stderr_keep = stderr.bytes.len().min(room - stdout.bytes.len().min(room / 2));
+        let stdout_keep = room - stderr_keep;
+        for (output, keep) in [(stdout, stdout_keep), (stderr, stderr_keep)] {
+            if output.bytes.len() > keep {
+                output.cut += (output.bytes.len() - keep) as u64;
+                output.bytes.truncate(keep);
+            }
+        }
+    }
 }
 
 /// Encodes a job once, for [`encode_job_frame`].
@@ -354,17 +401,21 @@ pub fn typical_job() -> JobSpec {
 /// Bytes before the job in a job frame's payload: the id, padded to keep the job aligned.
 pub const JOB_PREFIX_BYTES: usize = 16;
 
-/// Appends a job frame (`kind` is Submit or Start) around already-encoded job bytes.
-pub fn encode_job_frame(kind: Kind, id: u64, job: &[u8], out: &mut Vec<u8>) {
-    assert!(matches!(kind, Kind::Submit | Kind::Start));
+/// Appends a job frame (`kind` is Submit or Start) around already-encoded job bytes; refuses a
+/// job over the frame limit.
+pub fn encode_job_frame(kind: Kind, id: u64, job: &[u8], out: &mut Vec<u8>) -> Result<(), DecodeError> {
+    debug_assert!(matches!(kind, Kind::Submit | Kind::Start));
+    check_len(JOB_PREFIX_BYTES + job.len())?;
     out.extend_from_slice(&header(kind, JOB_PREFIX_BYTES + job.len()));
     out.extend_from_slice(&id.to_le_bytes());
     out.extend_from_slice(&[0u8; JOB_PREFIX_BYTES - 8]);
     out.extend_from_slice(job);
+    Ok(())
 }
 
-/// Appends a chunk frame.
+/// Appends a chunk frame (`data` at most [`CHUNK_BYTES`], so it always fits).
 pub fn encode_chunk(chunk: &ChunkHeader, data: &[u8], out: &mut Vec<u8>) {
+    debug_assert!(data.len() <= CHUNK_BYTES);
     out.extend_from_slice(&header(Kind::Chunk, CHUNK_HEADER_BYTES + data.len()));
     out.extend_from_slice(&chunk.digest.0);
     out.extend_from_slice(&chunk.offset.to_le_bytes());
@@ -449,6 +500,9 @@ where
     rkyv::access::<T, rancor::Error>(bytes).map_err(|e| DecodeError::Invalid { what, reason: e.to_string() })
 }
 
+/// A reader's buffer above this size is let go once its frame is handled.
+const KEPT_PAYLOAD_BYTES: usize = 1 << 20;
+
 /// Reassembles frames from a byte stream, keeping each payload 16-byte aligned for in-place
 /// reading. Bounded: it never holds more than one frame beyond what it was given.
 #[derive(Debug, Default)]
@@ -499,7 +553,12 @@ impl FrameReader {
                 && self.payload.len() == header.len
             {
                 self.header = None;
-                if !on_frame(header.kind, &self.payload) {
+                let more = on_frame(header.kind, &self.payload);
+                if self.payload.capacity() > KEPT_PAYLOAD_BYTES {
+                    // One large frame must not pin its buffer for the connection's life.
+                    self.payload = AlignedVec::new();
+                }
+                if !more {
                     return Ok(());
                 }
             }
@@ -538,8 +597,9 @@ mod tests {
                 name: "w".into(),
             }),
             &mut stream,
-        );
-        encode_job_frame(Kind::Submit, 77, &encoded, &mut stream);
+        )
+        .unwrap();
+        encode_job_frame(Kind::Submit, 77, &encoded, &mut stream).unwrap();
         let chunk = ChunkHeader { digest: Digest::of(b"abc"), offset: 1, total: 3 };
         encode_chunk(&chunk, b"bc", &mut stream);
         encode_control(
@@ -552,7 +612,8 @@ mod tests {
                 },
             },
             &mut stream,
-        );
+        )
+        .unwrap();
         for split in [1, 3, 7, 64, stream.len()] {
             let got = frames(&stream, split);
             assert_eq!(got.len(), 4);
@@ -602,7 +663,7 @@ mod tests {
         assert!(decode(Kind::Submit, &aligned[..4]).is_err());
         let truncated = encode_job(&typical_job());
         let mut frame = Vec::new();
-        encode_job_frame(Kind::Submit, 1, &truncated[..truncated.len() / 2], &mut frame);
+        encode_job_frame(Kind::Submit, 1, &truncated[..truncated.len() / 2], &mut frame).unwrap();
         aligned.clear();
         aligned.extend_from_slice(&frame[HEADER_BYTES..]);
         assert!(decode(Kind::Submit, &aligned).is_err());
@@ -648,13 +709,13 @@ mod tests {
         let mut stream = Vec::new();
         for control in &controls {
             let mut frame = Vec::new();
-            encode_control(control, &mut frame);
+            encode_control(control, &mut frame).unwrap();
             seeds.push(("cluster_control", frame[HEADER_BYTES..].to_vec()));
             stream.extend_from_slice(&frame);
         }
         for job in [typical_job(), JobSpec { mounts: vec![], arguments: vec![], ..typical_job() }] {
             let mut frame = Vec::new();
-            encode_job_frame(Kind::Submit, 5, &encode_job(&job), &mut frame);
+            encode_job_frame(Kind::Submit, 5, &encode_job(&job), &mut frame).unwrap();
             seeds.push(("cluster_job", frame[HEADER_BYTES..].to_vec()));
             stream.extend_from_slice(&frame);
         }
@@ -679,12 +740,35 @@ mod tests {
     }
 
     #[test]
+    fn oversized_messages_are_refused_and_results_fit_once_cut() {
+        let big = |n: usize| Output { bytes: vec![b'x'; n], cut: 7 };
+        let mut outcome =
+            Outcome::Exited { code: 0, stdout: big(3 << 20), stderr: big(3 << 20), duration_us: 1 };
+        let mut frame = Vec::new();
+        let done = |outcome: &Outcome| Control::Done { id: 1, outcome: outcome.clone() };
+        assert!(matches!(encode_control(&done(&outcome), &mut frame), Err(DecodeError::TooLarge { .. })));
+        assert!(frame.is_empty(), "nothing is written for a refused message");
+        outcome.fit();
+        encode_control(&done(&outcome), &mut frame).unwrap();
+        let Outcome::Exited { stdout, stderr, .. } = &outcome else { unreachable!() };
+        assert_eq!(stdout.bytes.len(), stderr.bytes.len(), "two large streams share the room");
+        assert_eq!(stdout.cut + stdout.bytes.len() as u64, (3 << 20) + 7, "what is cut is counted");
+        let mut lopsided = Outcome::TimedOut { stdout: big(10), stderr: big(5 << 20), duration_us: 1 };
+        lopsided.fit();
+        let Outcome::TimedOut { stdout, stderr, .. } = &lopsided else { unreachable!() };
+        assert_eq!(stdout.bytes.len(), 10);
+        assert!(stderr.bytes.len() > 3 << 20, "a small stream leaves its room to the other");
+        let huge = JobSpec { arguments: vec!["y".repeat(5 << 20)], ..typical_job() };
+        assert!(encode_job_frame(Kind::Submit, 1, &encode_job(&huge), &mut Vec::new()).is_err());
+    }
+
+    #[test]
     fn jobs_without_layers_or_program_are_refused() {
         for broken in
             [JobSpec { layers: vec![], ..typical_job() }, JobSpec { program: String::new(), ..typical_job() }]
         {
             let mut frame = Vec::new();
-            encode_job_frame(Kind::Start, 3, &encode_job(&broken), &mut frame);
+            encode_job_frame(Kind::Start, 3, &encode_job(&broken), &mut frame).unwrap();
             let mut aligned = AlignedVec::<16>::new();
             aligned.extend_from_slice(&frame[HEADER_BYTES..]);
             assert!(matches!(decode(Kind::Start, &aligned), Err(DecodeError::Semantic { .. })));

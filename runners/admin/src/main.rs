@@ -96,7 +96,7 @@ impl Connection {
 
     fn send(&mut self, message: &Control) -> anyhow::Result<()> {
         let mut frame = Vec::new();
-        cluster::encode_control(message, &mut frame);
+        cluster::encode_control(message, &mut frame)?;
         self.stream
             .write_all(&frame)
             .map_err(|e| anyhow::anyhow!("write to the broker at {}: {e}", self.broker))

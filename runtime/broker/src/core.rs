@@ -120,6 +120,11 @@ pub enum Effect {
     Evict {
         digest: Digest,
     },
+    /// The peer broke the protocol: close its connection, logging why.
+    Disconnect {
+        peer: PeerId,
+        reason: String,
+    },
     Exit,
 }
 
@@ -257,7 +262,7 @@ impl Broker {
     pub fn status(&self) -> Status {
         Status {
             workers: self.workers.len() as u32,
-            slots: self.workers.values().map(|w| w.slots).sum(),
+            slots: self.workers.values().map(|w| w.slots).fold(0, u32::saturating_add),
             clients: self.clients.len() as u32,
             queued: self.queued,
             running: self.workers.values().map(|w| w.running.len() as u64).sum(),
@@ -275,7 +280,11 @@ impl Broker {
         bytes: &[u8],
         effects: &mut Vec<Effect>,
     ) {
-        if !self.clients.contains_key(&peer) {
+        let Some(client) = self.clients.get(&peer) else { return };
+        if client.jobs.contains_key(&id) {
+            // Its result could not be told from the first one's.
+            let reason = format!("job id {id} was reused while that job is pending");
+            effects.push(Effect::Disconnect { peer, reason });
             return;
         }
         let job_id = self.next_job;
@@ -399,20 +408,35 @@ impl Broker {
         self.evict(effects);
     }
 
+    /// A client could not upload an artifact: its jobs that need it fail with the reason; if
+    /// other clients' jobs need it too, the next of those clients is asked.
     fn unavailable(&mut self, peer: PeerId, digest: Digest, reason: &str, effects: &mut Vec<Effect>) {
-        let Some(wanted) = self.wanted.remove(&digest) else { return };
+        let Some(mut wanted) = self.wanted.remove(&digest) else { return };
         if wanted.from != peer {
             self.wanted.insert(digest, wanted);
             return;
         }
-        for job_id in wanted.jobs {
-            let Some(job) = self.jobs.get(&job_id) else { continue };
-            if !matches!(job.state, State::Waiting { .. }) {
-                continue;
+        let message = format!("artifact {digest} could not be uploaded: {reason}");
+        let (theirs, others): (Vec<JobId>, Vec<JobId>) =
+            wanted.jobs.iter().partition(|j| self.jobs.get(j).is_some_and(|job| job.client == peer));
+        for job_id in theirs {
+            if self.jobs.get(&job_id).is_some_and(|job| matches!(job.state, State::Waiting { .. })) {
+                self.finish(job_id, Outcome::SystemError(message.clone()), effects);
             }
-            let message = format!("artifact {digest} could not be uploaded: {reason}");
-            self.finish(job_id, Outcome::SystemError(message), effects);
         }
+        wanted.jobs = others;
+        self.reask(digest, wanted, effects);
+    }
+
+    /// Asks the client of the first job still waiting for `digest`, if there is one.
+    fn reask(&mut self, digest: Digest, mut wanted: Wanted, effects: &mut Vec<Effect>) {
+        wanted.jobs.retain(|j| self.jobs.get(j).is_some_and(|job| self.clients.contains_key(&job.client)));
+        let Some(client) = wanted.jobs.first().and_then(|j| self.jobs.get(j)).map(|j| j.client) else {
+            return;
+        };
+        wanted.from = client;
+        effects.push(Effect::Want { client, digest, manifest: wanted.manifest });
+        self.wanted.insert(digest, wanted);
     }
 
     fn cancel(&mut self, peer: PeerId, id: u64, effects: &mut Vec<Effect>) {
@@ -451,8 +475,9 @@ impl Broker {
             self.queued -= 1;
         }
         if let Some(client) = self.clients.get_mut(&job.client)
-            && client.jobs.remove(&job.client_id).is_some()
+            && client.jobs.get(&job.client_id) == Some(&job_id)
         {
+            client.jobs.remove(&job.client_id);
             effects.push(Effect::Send {
                 peer: job.client,
                 message: Control::Done { id: job.client_id, outcome },
@@ -502,13 +527,8 @@ impl Broker {
             let orphaned: Vec<Digest> =
                 self.wanted.iter().filter(|(_, w)| w.from == peer).map(|(digest, _)| *digest).collect();
             for digest in orphaned {
-                let Some(mut wanted) = self.wanted.remove(&digest) else { continue };
-                wanted.jobs.retain(|j| self.jobs.contains_key(j));
-                if let Some(client) = wanted.jobs.first().and_then(|j| self.jobs.get(j)).map(|j| j.client) {
-                    wanted.from = client;
-                    effects.push(Effect::Want { client, digest, manifest: wanted.manifest });
-                    self.wanted.insert(digest, wanted);
-                }
+                let Some(wanted) = self.wanted.remove(&digest) else { continue };
+                self.reask(digest, wanted, effects);
             }
         }
     }
@@ -769,6 +789,45 @@ mod tests {
     }
 
     #[test]
+    fn a_reused_job_id_disconnects_the_client() {
+        let mut b = Broker::new(1 << 30);
+        let mut fx = Vec::new();
+        b.handle(Event::ClientConnected(1), &mut fx);
+        let bytes = job(vec![tar(1)], 0, 0);
+        submit(&mut b, 1, 7, &bytes, &mut fx);
+        fx.clear();
+        submit(&mut b, 1, 7, &bytes, &mut fx);
+        assert!(
+            matches!(&fx[..], [Effect::Want { .. }, Effect::Disconnect { peer: 1, reason }] if reason.contains("reused"))
+                || matches!(&fx[..], [Effect::Disconnect { peer: 1, reason }] if reason.contains("reused")),
+            "{fx:?}"
+        );
+    }
+
+    #[test]
+    fn an_artifact_one_client_cannot_upload_is_asked_of_another() {
+        let mut b = Broker::new(1 << 30);
+        let mut fx = Vec::new();
+        b.handle(Event::ClientConnected(1), &mut fx);
+        b.handle(Event::ClientConnected(2), &mut fx);
+        b.handle(Event::WorkerConnected { peer: 9, slots: 1 }, &mut fx);
+        let bytes = job(vec![tar(1)], 0, 0);
+        submit(&mut b, 1, 10, &bytes, &mut fx);
+        submit(&mut b, 2, 20, &bytes, &mut fx);
+        assert_eq!(fx, [Effect::Want { client: 1, digest: tar(1).digest, manifest: false }]);
+        fx.clear();
+        b.handle(Event::Unavailable { peer: 1, digest: tar(1).digest, reason: "gone".into() }, &mut fx);
+        assert!(
+            matches!(&fx[0], Effect::Send { peer: 1, message: Control::Done { id: 10, outcome: Outcome::SystemError(m) } } if m.contains("gone")),
+            "{fx:?}"
+        );
+        assert_eq!(fx[1], Effect::Want { client: 2, digest: tar(1).digest, manifest: false });
+        fx.clear();
+        b.handle(Event::Stored { digest: tar(1).digest, size: 1, files: None }, &mut fx);
+        assert_eq!(starts(&fx).len(), 1, "client 2's job runs");
+    }
+
+    #[test]
     fn unpinned_artifacts_are_evicted_least_recently_used_first() {
         let mut b = Broker::new(25);
         let mut fx = Vec::new();
@@ -799,34 +858,43 @@ mod tests {
         }
     }
 
-    /// Clients submit jobs; workers come and go (losing whatever they ran); every message is
-    /// delayed by a random number of steps but stays in order per connection. Every job must
-    /// be reported to its client exactly once.
+    /// Clients submit jobs; workers come and go (losing whatever they ran); one client
+    /// vanishes midway; uploads sometimes fail; every message to a worker, and every report
+    /// from one, is delayed by a random number of steps but stays in order per connection.
+    /// Every job of a client that stays must be reported to it exactly once (a result, or the
+    /// error of a failed upload); nothing is reported twice, nor to a client that left.
     fn simulate(seed: u64) {
         let mut rng = Rng(seed | 1);
         let mut b = Broker::new(1 << 20);
         let mut fx = Vec::new();
-        let clients = [1u64, 2];
-        let jobs_per_client = 200u64;
-        for c in clients {
+        let staying = [1u64, 2];
+        let leaving = 3u64;
+        let jobs_per_client = 150u64;
+        let total = 3 * jobs_per_client;
+        for c in [1, 2, 3] {
             b.handle(Event::ClientConnected(c), &mut fx);
         }
-        // In flight: (deliver at step, message), per destination, FIFO.
-        let mut to_worker: Map<PeerId, std::collections::VecDeque<(u64, Effect)>> = Map::default();
+        let leave_at = 50 + rng.below(1500);
+        let mut gone = false;
+        // In flight to each worker: (deliver at step, job id), FIFO.
+        let mut to_worker: Map<PeerId, std::collections::VecDeque<(u64, JobId)>> = Map::default();
+        // Running on each worker: (report at step, job id).
         let mut running: Map<PeerId, Vec<(u64, JobId)>> = Map::default();
         let mut reported: Map<(PeerId, u64), u32> = Map::default();
         let mut next_worker = 100u64;
         let mut live_workers: Vec<PeerId> = Vec::new();
         let mut submitted = 0u64;
         let mut step = 0u64;
-        while reported.len() < (clients.len() as u64 * jobs_per_client) as usize {
+        let done_staying = |reported: &Map<(PeerId, u64), u32>| {
+            staying.iter().all(|c| (0..jobs_per_client).all(|i| reported.contains_key(&(*c, i))))
+        };
+        while !(submitted == total && done_staying(&reported)) {
             step += 1;
-            assert!(
-                step < 200_000,
-                "seed {seed}: stuck with {} of {} reported",
-                reported.len(),
-                clients.len() as u64 * jobs_per_client
-            );
+            assert!(step < 500_000, "seed {seed}: stuck with {} reported", reported.len());
+            if step == leave_at {
+                gone = true;
+                b.handle(Event::Disconnected(leaving), &mut fx);
+            }
             match rng.below(10) {
                 0 if live_workers.len() < 4 => {
                     let peer = next_worker;
@@ -840,22 +908,26 @@ mod tests {
                     running.remove(&peer);
                     b.handle(Event::Disconnected(peer), &mut fx);
                 }
-                2 | 3 if submitted < clients.len() as u64 * jobs_per_client => {
-                    let client = clients[(submitted % 2) as usize];
-                    let layers = vec![tar((submitted % 5) as u8)];
-                    let bytes = job(layers, (rng.below(3) as i8) - 1, rng.below(100));
-                    submit(&mut b, client, submitted, &bytes, &mut fx);
+                2 | 3 if submitted < total => {
+                    let client = [1, 2, 3][(submitted % 3) as usize];
+                    let id = submitted / 3;
                     submitted += 1;
+                    if client == leaving && gone {
+                        continue;
+                    }
+                    let layers = vec![tar((submitted % 20) as u8)];
+                    let bytes = job(layers, (rng.below(3) as i8) - 1, rng.below(100));
+                    submit(&mut b, client, id, &bytes, &mut fx);
                 }
                 _ => {
-                    // A worker finishes its oldest due job; sometimes it reports twice.
+                    // A worker takes what has reached it, and reports what is due.
                     let Some(&peer) = live_workers.get(rng.below(live_workers.len().max(1) as u64) as usize)
                     else {
                         continue;
                     };
                     let queue = to_worker.entry(peer).or_default();
                     while queue.front().is_some_and(|(at, _)| *at <= step) {
-                        if let Some((_, Effect::Start { id, .. })) = queue.pop_front() {
+                        if let Some((_, id)) = queue.pop_front() {
                             running.entry(peer).or_default().push((step + rng.below(20), id));
                         }
                     }
@@ -869,32 +941,35 @@ mod tests {
                     }
                 }
             }
-            for effect in fx.drain(..) {
-                match effect {
-                    Effect::Want { digest, .. } => {
-                        // The client uploads at once.
-                        let mut more = Vec::new();
-                        b.handle(Event::Stored { digest, size: 1, files: None }, &mut more);
-                        for e in more {
-                            if let Effect::Start { worker, .. } = &e {
-                                let delay = rng.below(30);
-                                to_worker.entry(*worker).or_default().push_back((step + delay, e));
-                            } else if let Effect::Send { peer, message: Control::Done { id, .. } } = e {
-                                *reported.entry((peer, id)).or_default() += 1;
+            // Carry out the effects; uploads answer at once (and may cause more effects).
+            while !fx.is_empty() {
+                for effect in std::mem::take(&mut fx) {
+                    match effect {
+                        Effect::Want { client, digest, .. } => {
+                            assert!(!(gone && client == leaving), "seed {seed}: asked a client that left");
+                            if rng.below(10) == 0 {
+                                let reason = "could not read it".to_owned();
+                                b.handle(Event::Unavailable { peer: client, digest, reason }, &mut fx);
+                            } else {
+                                b.handle(Event::Stored { digest, size: 1, files: None }, &mut fx);
                             }
                         }
+                        Effect::Start { worker, id, .. } if live_workers.contains(&worker) => {
+                            to_worker.entry(worker).or_default().push_back((step + rng.below(30), id));
+                        }
+                        Effect::Send { peer, message: Control::Done { id, .. } } => {
+                            assert!(
+                                !(gone && peer == leaving),
+                                "seed {seed}: reported to a client that left"
+                            );
+                            *reported.entry((peer, id)).or_default() += 1;
+                        }
+                        Effect::Disconnect { reason, .. } => panic!("seed {seed}: {reason}"),
+                        _ => {}
                     }
-                    Effect::Start { worker, .. } if live_workers.contains(&worker) => {
-                        let delay = rng.below(30);
-                        to_worker.entry(worker).or_default().push_back((step + delay, effect));
-                    }
-                    Effect::Send { peer, message: Control::Done { id, .. } } => {
-                        *reported.entry((peer, id)).or_default() += 1;
-                    }
-                    _ => {}
                 }
             }
-            if live_workers.is_empty() && submitted == clients.len() as u64 * jobs_per_client {
+            if live_workers.is_empty() && submitted == total {
                 let peer = next_worker;
                 next_worker += 1;
                 live_workers.push(peer);
@@ -902,8 +977,8 @@ mod tests {
             }
         }
         assert!(reported.values().all(|&n| n == 1), "seed {seed}: a job was reported twice");
-        assert_eq!(b.status().queued, 0);
-        assert_eq!(b.completed, clients.len() as u64 * jobs_per_client);
+        assert_eq!(b.status().queued, 0, "seed {seed}");
+        assert!(b.jobs.is_empty(), "seed {seed}: jobs were kept: {:?}", b.jobs.keys().collect::<Vec<_>>());
     }
 
     #[test]

@@ -9,22 +9,36 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{self, File};
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use maelstrom_uring::{Completion, Done, Ring, Token};
 use maelstrom_wire::artifact::{Digest, Hasher, Manifest};
 use maelstrom_wire::cluster::{
     self, ArchivedControl, ArchivedRole, CHUNK_BYTES, ChunkHeader, Control, Frame, FrameReader, Kind,
-    PROTOCOL_VERSION,
+    Outcome, PROTOCOL_VERSION,
 };
 
 use crate::core::{Broker, Effect, Event, PeerId};
 
 /// Bytes queued for one connection before the broker stops adding artifact chunks to it.
 const OUTGOING_BYTES_HIGH: usize = 8 << 20;
+
+/// Bytes queued for one connection beyond which it is cut off: a peer that does not read
+/// what it is sent must not grow the broker's memory without bound.
+const OUTGOING_BYTES_MAX: usize = 256 << 20;
+
+/// How long a new connection has to say hello.
+const HELLO_WITHIN: Duration = Duration::from_secs(10);
+
+/// How often connections without a hello are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// How long to wait before accepting again when out of file descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Bytes asked for per read of a connection.
 const READ_BYTES: usize = 256 << 10;
@@ -34,9 +48,11 @@ const CONNECTIONS_MAX: usize = 4096;
 
 const ACCEPT: Token = u64::MAX;
 const STOP_DEADLINE: Token = u64::MAX - 1;
+const SWEEP: Token = u64::MAX - 2;
+const ACCEPT_AGAIN: Token = u64::MAX - 3;
 
 /// How long a stopping broker waits for its last words to workers.
-const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+const STOP_GRACE: Duration = Duration::from_secs(1);
 
 fn token(peer: PeerId, write: bool) -> Token {
     (peer << 1) | u64::from(write)
@@ -54,6 +70,7 @@ struct Upload {
     temp: PathBuf,
     hasher: Hasher,
     received: u64,
+    total: u64,
 }
 
 struct Serving {
@@ -73,7 +90,10 @@ struct Conn {
     writing: bool,
     reading: bool,
     uploads: HashMap<Digest, Upload>,
+    /// Uploads refused midway (too large): their remaining chunks are dropped.
+    discarding: HashSet<Digest>,
     serving: VecDeque<Serving>,
+    accepted: Instant,
 }
 
 /// The store's layout version: a store with another layout is left alone, not misread.
@@ -184,9 +204,11 @@ pub fn serve(listener: TcpListener, config: ServerConfig) -> anyhow::Result<()> 
     for (digest, size, files) in store.scan() {
         broker.preload(digest, size, files);
     }
+    raise_fd_limit();
     let mut ring = Ring::new(1024)?;
     let listener = Arc::new(OwnedFd::from(listener));
     ring.accept(ACCEPT, &listener);
+    ring.timeout(SWEEP, SWEEP_EVERY);
     let mut server = Server {
         ring,
         broker,
@@ -195,6 +217,7 @@ pub fn serve(listener: TcpListener, config: ServerConfig) -> anyhow::Result<()> 
         next_peer: 1,
         effects: Vec::new(),
         expect_manifest: HashSet::new(),
+        store_bytes_max: config.store_bytes_max,
         exit: false,
         deadline_passed: false,
         verbose: config.verbose,
@@ -204,16 +227,25 @@ pub fn serve(listener: TcpListener, config: ServerConfig) -> anyhow::Result<()> 
         completions.clear();
         server.ring.submit_and_wait(1, &mut completions)?;
         for completion in completions.drain(..) {
-            if completion.token == STOP_DEADLINE {
-                server.deadline_passed = true;
-            } else if completion.token == ACCEPT {
-                if server.exit {
-                    continue;
+            match completion.token {
+                STOP_DEADLINE => server.deadline_passed = true,
+                _ if server.exit && matches!(completion.token, ACCEPT | ACCEPT_AGAIN | SWEEP) => {}
+                ACCEPT => {
+                    let out_of_fds = matches!(-completion.result, libc::EMFILE | libc::ENFILE);
+                    server.accepted(&completion);
+                    if out_of_fds {
+                        // Accepting again at once would fail at once: wait for fds to free up.
+                        server.ring.timeout(ACCEPT_AGAIN, ACCEPT_BACKOFF);
+                    } else {
+                        server.ring.accept(ACCEPT, &listener);
+                    }
                 }
-                server.accepted(&completion);
-                server.ring.accept(ACCEPT, &listener);
-            } else {
-                server.completed(completion);
+                ACCEPT_AGAIN => server.ring.accept(ACCEPT, &listener),
+                SWEEP => {
+                    server.sweep();
+                    server.ring.timeout(SWEEP, SWEEP_EVERY);
+                }
+                _ => server.completed(completion),
             }
         }
     }
@@ -228,6 +260,7 @@ struct Server {
     next_peer: PeerId,
     effects: Vec<Effect>,
     expect_manifest: HashSet<Digest>,
+    store_bytes_max: u64,
     exit: bool,
     deadline_passed: bool,
     verbose: bool,
@@ -240,6 +273,20 @@ impl Server {
             .values()
             .filter(|c| c.role == Some(Role::Worker))
             .all(|c| !c.writing && c.outgoing.is_empty())
+    }
+
+    /// Closes connections that have not said hello in time.
+    fn sweep(&mut self) {
+        let late: Vec<PeerId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.role.is_none() && c.accepted.elapsed() > HELLO_WITHIN)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in late {
+            self.close(peer, &format!("no hello within {} s", HELLO_WITHIN.as_secs()), true);
+        }
+        self.apply_effects();
     }
 
     fn log(&self, message: &str) {
@@ -259,6 +306,7 @@ impl Server {
             return;
         }
         let _ = stream.set_nodelay(true);
+        let _ = maelstrom_uring::keep_alive(stream.as_fd());
         let peer = self.next_peer;
         self.next_peer += 1;
         let fd = Arc::new(OwnedFd::from(stream));
@@ -274,7 +322,9 @@ impl Server {
                 writing: false,
                 reading: false,
                 uploads: HashMap::new(),
+                discarding: HashSet::new(),
                 serving: VecDeque::new(),
+                accepted: Instant::now(),
             },
         );
         self.arm_read(peer, Vec::with_capacity(READ_BYTES));
@@ -376,8 +426,11 @@ impl Server {
                 Ok(())
             }
             (Some(Role::Client), Frame::Control(ArchivedControl::Unavailable { digest, reason })) => {
-                let event =
-                    Event::Unavailable { peer, digest: Digest(digest.0), reason: reason.as_str().to_owned() };
+                let digest = Digest(digest.0);
+                if let Some(upload) = self.conns.get_mut(&peer).and_then(|c| c.uploads.remove(&digest)) {
+                    let _ = fs::remove_file(&upload.temp);
+                }
+                let event = Event::Unavailable { peer, digest, reason: reason.as_str().to_owned() };
                 self.broker.handle(event, &mut self.effects);
                 Ok(())
             }
@@ -405,9 +458,25 @@ impl Server {
         }
     }
 
+    /// Takes one chunk of an upload. A protocol violation (bytes not asked for, out of order)
+    /// closes the connection; an artifact that turns out bad (too large, wrong digest, not a
+    /// manifest) fails only the jobs that need it, with the reason.
     fn upload(&mut self, peer: PeerId, header: ChunkHeader, data: &[u8]) -> Result<(), String> {
         let Some(conn) = self.conns.get_mut(&peer) else { return Ok(()) };
         let digest = header.digest;
+        let last = header.offset + data.len() as u64 >= header.total;
+        if conn.discarding.contains(&digest) {
+            if last {
+                conn.discarding.remove(&digest);
+            }
+            return Ok(());
+        }
+        if header.offset == 0
+            && let Some(stale) = conn.uploads.remove(&digest)
+        {
+            // The client started over.
+            let _ = fs::remove_file(&stale.temp);
+        }
         let upload = match conn.uploads.entry(digest) {
             std::collections::hash_map::Entry::Occupied(upload) => upload.into_mut(),
             std::collections::hash_map::Entry::Vacant(vacant) => {
@@ -420,15 +489,32 @@ impl Server {
                         header.offset
                     ));
                 }
+                if header.total > self.store_bytes_max {
+                    if !last {
+                        conn.discarding.insert(digest);
+                    }
+                    let reason = format!(
+                        "it has {} bytes, more than the broker's whole cache ({} bytes; see --cache-size)",
+                        header.total, self.store_bytes_max
+                    );
+                    self.broker.handle(Event::Unavailable { peer, digest, reason }, &mut self.effects);
+                    return Ok(());
+                }
                 let temp = self.store.root.join("tmp").join(format!("{}-{peer}", digest.hex()));
                 let file = File::create(&temp).map_err(|e| format!("store artifact {digest}: {e}"))?;
-                vacant.insert(Upload { file, temp, hasher: Hasher::default(), received: 0 })
+                vacant.insert(Upload {
+                    file,
+                    temp,
+                    hasher: Hasher::default(),
+                    received: 0,
+                    total: header.total,
+                })
             }
         };
-        if header.offset != upload.received {
+        if header.offset != upload.received || header.total != upload.total {
             return Err(format!(
-                "artifact {digest}: chunk at {} but {} bytes received",
-                header.offset, upload.received
+                "artifact {digest}: chunk at {} of {} but {} of {} bytes received",
+                header.offset, header.total, upload.received, upload.total
             ));
         }
         upload
@@ -437,26 +523,33 @@ impl Server {
             .map_err(|e| format!("store artifact {digest}: {e}"))?;
         upload.hasher.update(data);
         upload.received += data.len() as u64;
-        if upload.received < header.total {
+        if upload.received < upload.total {
             return Ok(());
         }
         let upload = conn.uploads.remove(&digest).expect("present");
-        if upload.hasher.finish() != digest {
-            let _ = fs::remove_file(&upload.temp);
-            return Err(format!("artifact {digest}: the bytes uploaded do not match the digest"));
-        }
-        let manifest = self.expect_manifest.remove(&digest);
-        let files = if manifest {
-            match fs::read(&upload.temp).ok().and_then(|b| manifest_files(&b)) {
-                Some(files) => Some(files),
-                None => {
-                    let _ = fs::remove_file(&upload.temp);
-                    return Err(format!("artifact {digest}: not a valid manifest"));
-                }
-            }
+        let address = conn.address;
+        let manifest = self.expect_manifest.contains(&digest);
+        let checked = if upload.hasher.finish() != digest {
+            Err("the bytes uploaded do not match its digest (did the file change?)".to_owned())
+        } else if manifest {
+            fs::read(&upload.temp)
+                .ok()
+                .and_then(|b| manifest_files(&b))
+                .map(Some)
+                .ok_or_else(|| "it is not a valid manifest".to_owned())
         } else {
-            None
+            Ok(None)
         };
+        let files = match checked {
+            Ok(files) => files,
+            Err(reason) => {
+                let _ = fs::remove_file(&upload.temp);
+                self.log(&format!("{address}: artifact {digest} refused: {reason}"));
+                self.broker.handle(Event::Unavailable { peer, digest, reason }, &mut self.effects);
+                return Ok(());
+            }
+        };
+        self.expect_manifest.remove(&digest);
         fs::rename(&upload.temp, self.store.path(&digest, manifest))
             .map_err(|e| format!("store artifact {digest}: {e}"))?;
         self.broker.handle(Event::Stored { digest, size: upload.received, files }, &mut self.effects);
@@ -471,7 +564,9 @@ impl Server {
             return;
         };
         let total = file.metadata().map(|m| m.len()).unwrap_or(0);
-        if let Some(conn) = self.conns.get_mut(&peer) {
+        if let Some(conn) = self.conns.get_mut(&peer)
+            && !conn.serving.iter().any(|s| s.digest == digest)
+        {
             conn.serving.push_back(Serving { digest, file, offset: 0, total });
         }
         self.pump(peer);
@@ -485,15 +580,14 @@ impl Server {
             && let Some(serving) = conn.serving.front_mut()
         {
             let len = ((serving.total - serving.offset) as usize).min(CHUNK_BYTES);
-            if serving.file.read_exact_at(&mut chunk[..len], serving.offset).is_err() {
-                // The artifact was evicted or damaged underneath: the worker will ask again.
+            if let Err(e) = serving.file.read_exact_at(&mut chunk[..len], serving.offset) {
+                // Damaged underneath: the jobs that need it fail with the reason.
                 let digest = serving.digest;
                 conn.serving.pop_front();
                 let mut frame = Vec::new();
-                cluster::encode_control(
-                    &Control::Unavailable { digest, reason: "read failed".into() },
-                    &mut frame,
-                );
+                let reason = format!("the broker could not read it: {e}");
+                cluster::encode_control(&Control::Unavailable { digest, reason }, &mut frame)
+                    .expect("INVARIANT: a short message fits a frame");
                 conn.outgoing_bytes += frame.len();
                 conn.outgoing.push_back(frame);
                 continue;
@@ -516,7 +610,18 @@ impl Server {
 
     fn send(&mut self, peer: PeerId, message: &Control) {
         let mut frame = Vec::new();
-        cluster::encode_control(message, &mut frame);
+        if let Err(e) = cluster::encode_control(message, &mut frame) {
+            // Only a result can be that large (its worker cuts it to fit): say so rather than
+            // lose the job.
+            let Control::Done { id, .. } = message else {
+                self.log(&format!("a message could not be encoded: {e}"));
+                return;
+            };
+            let outcome = Outcome::SystemError(format!("the job's result could not be sent: {e}"));
+            frame.clear();
+            cluster::encode_control(&Control::Done { id: *id, outcome }, &mut frame)
+                .expect("INVARIANT: a short message fits a frame");
+        }
         self.queue(peer, frame);
     }
 
@@ -524,6 +629,11 @@ impl Server {
         let Some(conn) = self.conns.get_mut(&peer) else { return };
         conn.outgoing_bytes += frame.len();
         conn.outgoing.push_back(frame);
+        if conn.outgoing_bytes > OUTGOING_BYTES_MAX {
+            let why = format!("it does not read what it is sent ({} bytes queued)", conn.outgoing_bytes);
+            self.close(peer, &why, true);
+            return;
+        }
         self.flush(peer);
     }
 
@@ -594,9 +704,17 @@ impl Server {
                     Effect::Send { peer, message } => self.send(peer, &message),
                     Effect::Start { worker, id, job } => {
                         let mut frame = Vec::with_capacity(job.len() + 32);
-                        cluster::encode_job_frame(Kind::Start, id, &job, &mut frame);
-                        self.queue(worker, frame);
+                        // The job came in a frame of the same size, so it fits.
+                        match cluster::encode_job_frame(Kind::Start, id, &job, &mut frame) {
+                            Ok(()) => self.queue(worker, frame),
+                            Err(e) => {
+                                let outcome = Outcome::SystemError(format!("the job could not be sent: {e}"));
+                                self.broker
+                                    .handle(Event::Done { peer: worker, id, outcome }, &mut self.effects);
+                            }
+                        }
                     }
+                    Effect::Disconnect { peer, reason } => self.close(peer, &reason, true),
                     Effect::Want { client, digest, manifest } => {
                         if manifest {
                             self.expect_manifest.insert(digest);
@@ -639,5 +757,19 @@ fn describe(frame: &Frame<'_>) -> &'static str {
         Frame::Job { kind: Kind::Start, .. } => "a start",
         Frame::Job { .. } => "a job",
         Frame::Chunk { .. } => "artifact bytes",
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit: each connection and each artifact
+/// being served or stored holds one.
+#[expect(unsafe_code, reason = "getrlimit and setrlimit on a local struct")]
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `limit` is a live rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } == 0 && limit.rlim_cur < limit.rlim_max
+    {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: as above.
+        let _ = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) };
     }
 }

@@ -105,22 +105,28 @@ struct Cluster {
 
 impl Cluster {
     fn start(workers: usize, slots: u32) -> Self {
+        Self::start_with(workers, slots, &[])
+    }
+
+    /// With `extra` options for every worker.
+    fn start_with(workers: usize, slots: u32, extra: &[&str]) -> Self {
         let dir = tempfile::Builder::new().prefix("maelstrom-cluster-").tempdir().expect("create a temp dir");
         std::fs::copy(maelstrom_testbins::probe(), dir.path().join("probe")).expect("copy the probe");
         let broker = Broker::start(dir.path(), 0);
         let mut cluster = Self { dir, broker, workers: Vec::new() };
         for _ in 0..workers {
-            cluster.add_worker(slots);
+            cluster.add_worker(slots, extra);
         }
         cluster.wait_for_status("every worker connected", |s| s["workers"] == workers as u64);
         cluster
     }
 
-    fn add_worker(&mut self, slots: u32) {
+    fn add_worker(&mut self, slots: u32, extra: &[&str]) {
         let n = self.workers.len();
         let child = Command::new(bin("maelstrom-worker"))
             .args(["--broker", &self.broker.address(), "--slots", &slots.to_string(), "--cache-root"])
             .arg(self.dir.path().join(format!("worker-{n}")))
+            .args(extra)
             .stderr(
                 std::fs::File::create(self.dir.path().join(format!("worker-{n}.log"))).expect("create a log"),
             )
@@ -381,7 +387,8 @@ fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
 fn hello(version: u32, role: maelstrom_wire::cluster::Role) -> Vec<u8> {
     let mut bytes = Vec::new();
     let hello = maelstrom_wire::cluster::Hello { version, role, name: "rogue".into() };
-    maelstrom_wire::cluster::encode_control(&maelstrom_wire::cluster::Control::Hello(hello), &mut bytes);
+    maelstrom_wire::cluster::encode_control(&maelstrom_wire::cluster::Control::Hello(hello), &mut bytes)
+        .expect("a hello fits");
     bytes
 }
 
@@ -427,7 +434,8 @@ fn rogue_peers_are_cut_off_while_others_finish() {
         maelstrom_wire::cluster::encode_control(
             &maelstrom_wire::cluster::Control::StatusRequest,
             &mut confused,
-        );
+        )
+        .expect("a request fits");
         rogue(&address, &confused, false);
         honest.join().expect("the honest client")
     });
@@ -580,4 +588,82 @@ fn the_broker_can_come_from_the_environment_or_a_config_file() {
         completed += 3;
         assert_eq!(cluster.status()["completed"], completed, "{command:?} did not use the broker");
     }
+}
+
+#[test]
+fn results_too_large_for_a_frame_are_cut_not_crashed_on() {
+    let cluster = Cluster::start_with(1, 1, &["--inline-limit", "8000000"]);
+    let out = cluster.run(true, &[probe_job(&["spew", "6000000"])]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let kept = out.stdout.len();
+    assert!(kept > 3_000_000 && kept < 4_200_000, "kept {kept} bytes");
+    assert!(
+        text(&out.stderr).contains(&format!("stdout truncated, {} bytes lost", 6_000_000 - kept)),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(cluster.status()["workers"], 1, "the worker survived");
+}
+
+/// Reads control messages until one matches.
+fn next_control(
+    stream: &mut TcpStream,
+    reader: &mut maelstrom_wire::cluster::FrameReader,
+) -> Option<maelstrom_wire::cluster::Control> {
+    use maelstrom_wire::cluster::{Control, Frame, decode};
+    let mut buf = [0u8; 65536];
+    loop {
+        let n = stream.read(&mut buf).ok().filter(|n| *n > 0)?;
+        let mut got = None;
+        reader
+            .feed(&buf[..n], &mut |kind, payload| {
+                if let Ok(Frame::Control(control)) = decode(kind, payload) {
+                    got = rkyv::deserialize::<Control, rkyv::rancor::Error>(control).ok();
+                }
+                got.is_none()
+            })
+            .expect("a well-formed stream from the broker");
+        if got.is_some() {
+            return got;
+        }
+    }
+}
+
+#[test]
+fn a_bad_upload_fails_its_jobs_and_a_reused_id_closes_the_client() {
+    use maelstrom_wire::artifact::Digest;
+    use maelstrom_wire::cluster::{
+        ChunkHeader, Control, FrameReader, JobSpec, Kind, LayerKind, LayerRef, Outcome, PROTOCOL_VERSION,
+        Role, encode_chunk, encode_job, encode_job_frame, typical_job,
+    };
+    let cluster = Cluster::start(1, 1);
+    let mut stream = TcpStream::connect(cluster.broker.address()).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    let mut reader = FrameReader::default();
+    stream.write_all(&hello(PROTOCOL_VERSION, Role::Client)).expect("hello");
+    assert_eq!(next_control(&mut stream, &mut reader), Some(Control::Welcome));
+    let digest = Digest::of(b"the real bytes");
+    let job = JobSpec { layers: vec![LayerRef { kind: LayerKind::Tar, digest }], ..typical_job() };
+    let mut frame = Vec::new();
+    encode_job_frame(Kind::Submit, 1, &encode_job(&job), &mut frame).expect("encode");
+    stream.write_all(&frame).expect("submit");
+    assert_eq!(next_control(&mut stream, &mut reader), Some(Control::Want { digest }));
+    let mut chunk = Vec::new();
+    encode_chunk(&ChunkHeader { digest, offset: 0, total: 9 }, b"not those", &mut chunk);
+    stream.write_all(&chunk).expect("upload");
+    match next_control(&mut stream, &mut reader) {
+        Some(Control::Done { id: 1, outcome: Outcome::SystemError(message) }) => {
+            assert!(message.contains("do not match its digest"), "{message}");
+        }
+        other => panic!("expected the job to fail, got {other:?}"),
+    }
+    // The connection is still good: a job is taken, and then its id reused.
+    frame.clear();
+    encode_job_frame(Kind::Submit, 2, &encode_job(&job), &mut frame).expect("encode");
+    stream.write_all(&frame).expect("submit");
+    assert_eq!(next_control(&mut stream, &mut reader), Some(Control::Want { digest }));
+    stream.write_all(&frame).expect("submit again");
+    assert_eq!(next_control(&mut stream, &mut reader), None, "the broker closes the connection");
+    let log = cluster.broker.log();
+    assert!(log.contains("job id 2 was reused"), "{log}");
 }

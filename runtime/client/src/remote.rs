@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -29,6 +30,9 @@ use crate::spec::{ContainerSpec, JobSpec, MountSpec, Network};
 
 /// Ids of jobs sent to the broker start here; lower ids are the local worker's.
 const REMOTE_IDS: JobId = 1 << 48;
+
+/// How long a broker has to answer hello.
+const HELLO_WITHIN: Duration = Duration::from_secs(10);
 
 /// Frames queued for the writer before a sender waits.
 const WRITER_QUEUE: usize = 256;
@@ -87,12 +91,15 @@ impl RemoteClient {
     pub fn connect(broker: &str, local: LocalClient, sink: SharedSinkHandle) -> Result<Self, ConnectError> {
         let io_error = |source| ConnectError::Io { broker: broker.to_owned(), source };
         let mut stream = dial(broker).map_err(io_error)?;
+        // A broker that accepts but never answers is not waited for forever.
+        stream.set_read_timeout(Some(HELLO_WITHIN)).map_err(io_error)?;
         let mut hello = Vec::new();
         let name = format!("maelstrom-run (pid {})", std::process::id());
         cluster::encode_control(
             &Control::Hello(Hello { version: PROTOCOL_VERSION, role: Role::Client, name }),
             &mut hello,
-        );
+        )
+        .expect("INVARIANT: a hello fits a frame");
         stream.write_all(&hello).map_err(io_error)?;
         let mut reader = FrameReader::default();
         let mut buf = vec![0u8; 64 << 10];
@@ -122,6 +129,9 @@ impl RemoteClient {
         if let Some(Err(reason)) = answer {
             return Err(ConnectError::Refused { broker: broker.to_owned(), reason });
         }
+        // From here the connection may rightly be quiet for as long as jobs run; a broker that
+        // vanishes is noticed by keepalive.
+        stream.set_read_timeout(None).map_err(io_error)?;
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (frames, outbox) = sync_channel::<Vec<u8>>(WRITER_QUEUE);
         let (uploads, upload_queue) = sync_channel::<Digest>(1024);
@@ -159,6 +169,9 @@ impl RemoteClient {
         }
         let layers: Vec<LayerRef> = built.iter().map(|b| b.layer_ref()).collect();
         let wire = wire_job(job, &resolved, layers).map_err(PrepareError)?;
+        let mut frame = Vec::new();
+        cluster::encode_job_frame(Kind::Submit, self.next_id, &cluster::encode_job(&wire), &mut frame)
+            .map_err(|e| PrepareError(format!("the job is too large to send to a broker: {e}")))?;
         let id = self.next_id;
         self.next_id += 1;
         {
@@ -171,8 +184,6 @@ impl RemoteClient {
             }
             shared.pending.insert(id);
         }
-        let mut frame = Vec::new();
-        cluster::encode_job_frame(Kind::Submit, id, &cluster::encode_job(&wire), &mut frame);
         if self.frames.send(frame).is_err() {
             // The writer is gone: the reader reports every pending job, this one included.
             let _ = self.stream.shutdown(Shutdown::Both);
@@ -225,6 +236,7 @@ fn dial(broker: &str) -> io::Result<TcpStream> {
         match TcpStream::connect_timeout(&address, Duration::from_secs(5)) {
             Ok(stream) => {
                 stream.set_nodelay(true)?;
+                maelstrom_uring::keep_alive(stream.as_fd())?;
                 return Ok(stream);
             }
             Err(e) => last = e,
@@ -354,17 +366,18 @@ fn upload(queue: &Receiver<Digest>, frames: &SyncSender<Vec<u8>>, shared: &Mutex
             Some(Source::Bytes(bytes)) => {
                 send_chunks(digest, &mut io::Cursor::new(&bytes[..]), bytes.len() as u64, frames)
             }
-            Some(Source::File(path)) => match check_file(&path, &digest) {
-                Err(e) => Err(e),
-                Ok(size) => match std::fs::File::open(&path) {
-                    Ok(mut file) => send_chunks(digest, &mut file, size, frames),
-                    Err(e) => Err(format!("open {}: {e}", path.display())),
-                },
+            Some(Source::File(path)) => match std::fs::File::open(&path) {
+                // Hashed, then sent, through the one handle: a file replaced meanwhile is not
+                // mixed up with its replacement.
+                Ok(mut file) => check_file(&mut file, &path, &digest)
+                    .and_then(|size| send_chunks(digest, &mut file, size, frames)),
+                Err(e) => Err(format!("open {}: {e}", path.display())),
             },
         };
         if let Err(reason) = sent {
             let mut frame = Vec::new();
-            cluster::encode_control(&Control::Unavailable { digest, reason }, &mut frame);
+            cluster::encode_control(&Control::Unavailable { digest, reason }, &mut frame)
+                .expect("INVARIANT: a short message fits a frame");
             if frames.send(frame).is_err() {
                 return;
             }
@@ -372,9 +385,8 @@ fn upload(queue: &Receiver<Digest>, frames: &SyncSender<Vec<u8>>, shared: &Mutex
     }
 }
 
-/// Hashes a file, checking it still matches `digest`; returns its size.
-fn check_file(path: &std::path::Path, digest: &Digest) -> Result<u64, String> {
-    let mut file = std::fs::File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+/// Hashes an open file, checking it still matches `digest`, and rewinds it; returns its size.
+fn check_file(file: &mut std::fs::File, path: &std::path::Path, digest: &Digest) -> Result<u64, String> {
     let mut hasher = Hasher::default();
     let mut buf = vec![0u8; 256 << 10];
     let mut size = 0u64;
@@ -389,6 +401,7 @@ fn check_file(path: &std::path::Path, digest: &Digest) -> Result<u64, String> {
     if hasher.finish() != *digest {
         return Err(format!("{} changed after it was read; run again", path.display()));
     }
+    io::Seek::rewind(file).map_err(|e| format!("rewind {}: {e}", path.display()))?;
     Ok(size)
 }
 
@@ -436,10 +449,14 @@ fn read_results(
             match cluster::decode(kind, payload) {
                 Ok(Frame::Control(ArchivedControl::Done { id, outcome })) => {
                     let id = id.to_native();
-                    let taken = shared.lock().unwrap_or_else(|p| p.into_inner()).pending.remove(&id);
                     match rkyv::deserialize::<Outcome, rkyv::rancor::Error>(outcome) {
-                        Ok(outcome) if taken => deliver(sink, job_result(id, outcome)),
-                        Ok(_) => {}
+                        Ok(outcome) => {
+                            // Reported once: a second result for an id counts for nothing.
+                            let taken = shared.lock().unwrap_or_else(|p| p.into_inner()).pending.remove(&id);
+                            if taken {
+                                deliver(sink, job_result(id, outcome));
+                            }
+                        }
                         Err(e) => failure = Some(format!("bad result from the broker: {e}")),
                     }
                 }

@@ -433,6 +433,7 @@ impl Worker {
             match TcpStream::connect_timeout(&address, Duration::from_secs(2)) {
                 Ok(stream) => {
                     stream.set_nodelay(true)?;
+                    maelstrom_uring::keep_alive(stream.as_fd())?;
                     return Ok(stream);
                 }
                 Err(e) => last = e,
@@ -495,7 +496,17 @@ impl Worker {
 
     fn send(&mut self, message: &Control) {
         let mut frame = Vec::new();
-        cluster::encode_control(message, &mut frame);
+        if let Err(e) = cluster::encode_control(message, &mut frame) {
+            // Results are cut to fit before they get here; anything else is a short message.
+            let Control::Done { id, .. } = message else {
+                self.log(&format!("a message could not be encoded: {e}"));
+                return;
+            };
+            let outcome = Outcome::SystemError(format!("the job's result could not be sent: {e}"));
+            frame.clear();
+            cluster::encode_control(&Control::Done { id: *id, outcome }, &mut frame)
+                .expect("INVARIANT: a short message fits a frame");
+        }
         self.queue(frame);
     }
 
@@ -898,7 +909,8 @@ impl Worker {
                 }
                 let Some(job) = self.jobs.remove(&id) else { return };
                 self.release_trees(&job.layers);
-                let outcome = outcome(result.result);
+                let mut outcome = outcome(result.result);
+                outcome.fit();
                 self.send(&Control::Done { id, outcome });
             }
         }
