@@ -1,0 +1,331 @@
+//! The spec file (`cargo-maelstrom.toml` and its siblings): named containers, and directives
+//! that say, for the tests their filter selects, what container to run in, how long to allow,
+//! and whether to run at all.
+//!
+//! Every matching directive applies, in file order, to a candidate that starts empty:
+//! - one with `image` or `parent` replaces the whole container part (inheritance then follows
+//!   the usual rules);
+//! - one without augments it: `layers`, `environment` and `mounts` replace the candidate's,
+//!   `added_*` append to them, and scalars override;
+//! - `timeout`, `ignore` and `include_shared_libraries` take the last value set.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+
+use maelstrom_client::spec::{ContainerSpec, EnvSpecs};
+
+use crate::filter::{self, Language, Pattern, Subject};
+
+/// A directive, parsed.
+#[derive(Clone, Debug)]
+pub struct Directive {
+    pub filter: Option<Pattern>,
+    pub ignore: Option<bool>,
+    /// 0 means no timeout.
+    pub timeout: Option<u32>,
+    pub include_shared_libraries: Option<bool>,
+    pub container: ContainerSpec,
+}
+
+/// A spec file, parsed.
+#[derive(Clone, Debug, Default)]
+pub struct SpecFile {
+    pub containers: BTreeMap<String, ContainerSpec>,
+    pub directives: Vec<Directive>,
+    /// Where it came from (`None`: the embedded default).
+    pub path: Option<PathBuf>,
+}
+
+/// What the directives say about one test.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TestSettings {
+    pub container: ContainerSpec,
+    pub ignore: bool,
+    pub timeout: Option<NonZeroU32>,
+    pub include_shared_libraries: bool,
+}
+
+/// A spec file that could not be read: where, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SpecError(pub String);
+
+const DIRECTIVE_KEYS: [&str; 4] = ["filter", "ignore", "timeout", "include_shared_libraries"];
+
+impl SpecFile {
+    /// Reads `path` if it exists, else parses `default` (the runner's embedded default).
+    pub fn load(path: &Path, default: &str, language: &Language) -> Result<Self, SpecError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text, Some(path), language),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::parse(default, None, language),
+            Err(e) => Err(SpecError(format!("{}: {e}", path.display()))),
+        }
+    }
+
+    /// Parses a spec file's text; errors say file:line:column.
+    pub fn parse(text: &str, path: Option<&Path>, language: &Language) -> Result<Self, SpecError> {
+        let name = path.map_or_else(|| "the default spec".to_owned(), |p| p.display().to_string());
+        let at = |offset: usize, message: &str| {
+            let (line, column) = maelstrom_config::line_column(text, offset);
+            SpecError(format!("{name}:{line}:{column}: {message}"))
+        };
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| at(e.span().map_or(0, |s| s.start), e.message().trim()))?;
+        // Spans are kept for each directive, so an error inside one points at it.
+        let spanned: Spanned =
+            toml::from_str(text).map_err(|e| at(e.span().map_or(0, |s| s.start), e.message().trim()))?;
+        if let Some(key) = table.keys().find(|k| !matches!(k.as_str(), "containers" | "directives")) {
+            let offset = text.find(key.as_str()).unwrap_or(0);
+            return Err(at(offset, &format!("unknown key `{key}` (expected `containers` or `directives`)")));
+        }
+        let containers = match table.remove("containers") {
+            None => BTreeMap::new(),
+            Some(value) => value.try_into().map_err(|e: toml::de::Error| {
+                let offset = text.find("containers").unwrap_or(0);
+                at(offset, &format!("containers: {}", e.message().trim()))
+            })?,
+        };
+        let mut directives = Vec::new();
+        for (index, directive) in spanned.directives.into_iter().enumerate() {
+            let offset = directive.span().start;
+            let what = |message: String| at(offset, &format!("directive {}: {message}", index + 1));
+            let mut fields = directive.into_inner();
+            let filter = match fields.remove("filter") {
+                None => None,
+                Some(toml::Value::String(text)) => {
+                    Some(filter::parse(&text, language).map_err(|e| what(format!("filter {text:?}: {e}")))?)
+                }
+                Some(_) => return Err(what("`filter` must be a string".into())),
+            };
+            let flag = |fields: &mut toml::Table, key: &str| -> Result<Option<bool>, SpecError> {
+                match fields.remove(key) {
+                    None => Ok(None),
+                    Some(toml::Value::Boolean(b)) => Ok(Some(b)),
+                    Some(_) => Err(what(format!("`{key}` must be true or false"))),
+                }
+            };
+            let ignore = flag(&mut fields, "ignore")?;
+            let include_shared_libraries = flag(&mut fields, "include_shared_libraries")?;
+            let timeout = match fields.remove("timeout") {
+                None => None,
+                Some(toml::Value::Integer(n)) => Some(
+                    u32::try_from(n)
+                        .map_err(|_| what(format!("`timeout` must be seconds, 0 or more, not {n}")))?,
+                ),
+                Some(_) => return Err(what("`timeout` must be a number of seconds".into())),
+            };
+            let container: ContainerSpec =
+                toml::Value::Table(fields).try_into().map_err(|e: toml::de::Error| {
+                    let mut message = e.message().trim().to_owned();
+                    if message.starts_with("unknown field") {
+                        message = format!("{message} (or one of {})", DIRECTIVE_KEYS.join(", "));
+                    }
+                    what(message)
+                })?;
+            directives.push(Directive { filter, ignore, timeout, include_shared_libraries, container });
+        }
+        Ok(Self { containers, directives, path: path.map(Path::to_owned) })
+    }
+
+    /// What the matching directives say about `test` (whose every value is known).
+    pub fn settings(&self, test: &dyn Subject) -> TestSettings {
+        let mut settings = TestSettings { include_shared_libraries: true, ..TestSettings::default() };
+        for directive in &self.directives {
+            if let Some(filter) = &directive.filter
+                && filter.eval(test) != Some(true)
+            {
+                continue;
+            }
+            augment(&mut settings.container, &directive.container);
+            if let Some(ignore) = directive.ignore {
+                settings.ignore = ignore;
+            }
+            if let Some(timeout) = directive.timeout {
+                settings.timeout = NonZeroU32::new(timeout);
+            }
+            if let Some(include) = directive.include_shared_libraries {
+                settings.include_shared_libraries = include;
+            }
+        }
+        settings
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Spanned {
+    #[serde(default)]
+    directives: Vec<toml::Spanned<toml::Table>>,
+}
+
+/// Applies one directive's container fields to the candidate.
+fn augment(candidate: &mut ContainerSpec, directive: &ContainerSpec) {
+    if directive.image.is_some() || directive.parent.is_some() {
+        *candidate = directive.clone();
+        return;
+    }
+    let inherits = candidate.parent.is_some() || candidate.image.is_some();
+    list(
+        &mut candidate.layers,
+        &mut candidate.added_layers,
+        &directive.layers,
+        &directive.added_layers,
+        inherits,
+    );
+    let env = |e: &Option<EnvSpecs>| e.as_ref().map(|e| e.0.clone());
+    let (mut own, mut added) = (env(&candidate.environment), env(&candidate.added_environment));
+    list(&mut own, &mut added, &env(&directive.environment), &env(&directive.added_environment), inherits);
+    candidate.environment = own.map(EnvSpecs);
+    candidate.added_environment = added.map(EnvSpecs);
+    list(
+        &mut candidate.mounts,
+        &mut candidate.added_mounts,
+        &directive.mounts,
+        &directive.added_mounts,
+        inherits,
+    );
+    if directive.working_directory.is_some() {
+        candidate.working_directory.clone_from(&directive.working_directory);
+    }
+    macro_rules! scalars {
+        ($($field:ident),*) => { $(if directive.$field.is_some() { candidate.$field = directive.$field; })* };
+    }
+    scalars!(enable_writable_file_system, network, user, group);
+}
+
+/// A list field: replaced by the directive's own, or appended to by its `added_*` (which stay
+/// `added_*` only while there is a parent to add to).
+fn list<T: Clone>(
+    own: &mut Option<Vec<T>>,
+    added: &mut Option<Vec<T>>,
+    directive_own: &Option<Vec<T>>,
+    directive_added: &Option<Vec<T>>,
+    inherits: bool,
+) {
+    if let Some(items) = directive_own {
+        *own = Some(items.clone());
+        *added = None;
+    }
+    if let Some(items) = directive_added {
+        match (own.as_mut(), added.as_mut()) {
+            (Some(own), _) => own.extend(items.iter().cloned()),
+            (None, Some(added)) => added.extend(items.iter().cloned()),
+            (None, None) if inherits => *added = Some(items.clone()),
+            (None, None) => *own = Some(items.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::Selector;
+    use maelstrom_client::spec::{LayerSpec, MountSpec, Network};
+
+    const LANGUAGE: Language = Language {
+        simple: &[Selector { name: "test", min: "te" }],
+        compound: &[Selector { name: "name", min: "n" }, Selector { name: "package", min: "p" }],
+    };
+
+    struct Test(&'static str, &'static str);
+
+    impl Subject for Test {
+        fn is(&self, selector: &str) -> Option<bool> {
+            Some(selector == "test")
+        }
+        fn value(&self, selector: &str) -> Option<Option<&str>> {
+            Some(Some(if selector == "package" { self.0 } else { self.1 }))
+        }
+    }
+
+    fn stubs(s: &str) -> LayerSpec {
+        LayerSpec::Stubs { stubs: vec![s.into()] }
+    }
+
+    #[test]
+    fn every_matching_directive_applies_in_order() {
+        let text = r#"
+[containers.base]
+layers = [{ stubs = ["/base/"] }]
+network = "loopback"
+
+[[directives]]
+layers = [{ stubs = ["/a/"] }]
+mounts = [{ type = "tmp", mount_point = "/tmp" }]
+environment = { A = "1" }
+timeout = 10
+
+[[directives]]
+filter = "package.equals(foo)"
+added_layers = [{ stubs = ["/b/"] }]
+added_environment = { B = "2" }
+user = 1000
+ignore = true
+
+[[directives]]
+filter = "name.contains(slow)"
+timeout = 0
+include_shared_libraries = false
+
+[[directives]]
+filter = "name.equals(inherits)"
+parent = "base"
+added_layers = [{ stubs = ["/c/"] }]
+"#;
+        let spec = SpecFile::parse(text, Some(Path::new("x.toml")), &LANGUAGE).unwrap();
+        let foo = spec.settings(&Test("foo", "fast"));
+        assert_eq!(foo.container.layers, Some(vec![stubs("/a/"), stubs("/b/")]));
+        assert_eq!(foo.container.added_layers, None);
+        let env = foo.container.environment.as_ref().unwrap();
+        assert_eq!(env.0.iter().flat_map(|e| e.vars.keys()).collect::<Vec<_>>(), ["A", "B"]);
+        assert_eq!(foo.container.user, Some(1000));
+        assert_eq!(foo.container.mounts, Some(vec![MountSpec::Tmp { mount_point: "/tmp".into() }]));
+        assert!(foo.ignore);
+        assert_eq!(foo.timeout, NonZeroU32::new(10));
+        assert!(foo.include_shared_libraries);
+
+        let slow = spec.settings(&Test("bar", "slow_one"));
+        assert_eq!(slow.container.layers, Some(vec![stubs("/a/")]));
+        assert!(!slow.ignore);
+        assert_eq!(slow.timeout, None, "0 is no timeout");
+        assert!(!slow.include_shared_libraries);
+
+        let inherits = spec.settings(&Test("bar", "inherits"));
+        assert_eq!(inherits.container.parent.as_ref().map(|p| p.name.as_str()), Some("base"));
+        assert_eq!(inherits.container.layers, None, "a parent replaces the container part");
+        assert_eq!(inherits.container.added_layers, Some(vec![stubs("/c/")]));
+        assert_eq!(inherits.timeout, NonZeroU32::new(10), "but not the timeout");
+        let resolved =
+            maelstrom_client::resolve::resolve(&inherits.container, &spec.containers, &|_| None).unwrap();
+        assert_eq!(resolved.layers, vec![stubs("/base/"), stubs("/c/")]);
+        assert_eq!(resolved.network, Network::Loopback);
+    }
+
+    #[test]
+    fn mistakes_say_where() {
+        for (text, says) in [
+            ("[[directives]]\nlayrs = []\n", "x.toml:1:1: directive 1: unknown field `layrs`"),
+            (
+                "[[directives]]\n\n[[directives]]\nfilter = \"nmae.eq(x)\"\n",
+                "x.toml:3:1: directive 2: filter \"nmae.eq(x)\": column 1: unknown compound selector",
+            ),
+            ("[[directives]]\ntimeout = -1\n", "directive 1: `timeout` must be seconds, 0 or more, not -1"),
+            ("[[directives]]\nignore = \"yes\"\n", "directive 1: `ignore` must be true or false"),
+            ("directivs = []\n", "x.toml:1:1: unknown key `directivs`"),
+            ("[[directives]\n", "x.toml:1:"),
+        ] {
+            let error = SpecFile::parse(text, Some(Path::new("x.toml")), &LANGUAGE).unwrap_err();
+            assert!(error.0.contains(says), "{text:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_missing_file_means_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let default = "[[directives]]\nlayers = [{ stubs = [\"/d/\"] }]\n";
+        let spec = SpecFile::load(&dir.path().join("none.toml"), default, &LANGUAGE).unwrap();
+        assert!(spec.path.is_none());
+        assert_eq!(spec.settings(&Test("p", "n")).container.layers, Some(vec![stubs("/d/")]));
+    }
+}
