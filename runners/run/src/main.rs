@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use clap::Parser;
-use maelstrom_client::local::{LocalClient, LocalConfig};
-use maelstrom_client::remote::{RemoteClient, SharedSinkHandle};
+use maelstrom_client::client::Client;
+use maelstrom_client::local::LocalConfig;
 use maelstrom_client::spec::{StreamItem, StreamRequest};
 use maelstrom_config::{CommonOptions, LogLevel, Size, Source, getenv, option};
 use maelstrom_container::{Outcome, Zygote, ZygoteConfig};
@@ -167,9 +167,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let zygote = Zygote::start(ZygoteConfig { lanes })?;
     let (events, inbox) = channel();
     let sink_events = events.clone();
-    let sink = SharedSinkHandle::new(Box::new(move |result: JobResult| {
+    let sink = Box::new(move |result: JobResult| {
         let _ = sink_events.send(Event::Done(result));
-    }));
+    });
     let project = std::env::current_dir().context("read the current directory")?;
     let config = LocalConfig {
         cache_root: settings.cache_root.0.clone(),
@@ -178,13 +178,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         output_bytes_max: usize::try_from(settings.inline_limit.0.0).unwrap_or(usize::MAX),
         project,
     };
-    let local = LocalClient::start(zygote, config, sink.local_sink())?;
-    let mut client = match &settings.broker {
-        None => Client::Local(local),
-        Some((broker, source)) => Client::Remote(
-            RemoteClient::connect(broker, local, sink).with_context(|| format!("broker from {source}"))?,
-        ),
-    };
+    let broker = settings.broker.as_ref().map(|(broker, _)| broker.as_str());
+    let mut client = Client::start(zygote, config, broker, sink).with_context(|| match &settings.broker {
+        Some((_, source)) => format!("broker from {source}"),
+        None => "start the local worker".to_owned(),
+    })?;
 
     let (input, name): (Box<dyn Read + Send>, String) = match &cli.file {
         Some(path) => (
@@ -246,41 +244,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(exit.as_one());
     }
     Ok(ExitCode::from(exit.code))
-}
-
-/// Standalone or cluster mode: the same jobs, the same results.
-enum Client {
-    Local(LocalClient),
-    Remote(RemoteClient),
-}
-
-impl Client {
-    fn add_containers(
-        &mut self,
-        named: std::collections::BTreeMap<String, maelstrom_client::spec::ContainerSpec>,
-    ) {
-        match self {
-            Client::Local(c) => c.add_containers(named),
-            Client::Remote(c) => c.add_containers(named),
-        }
-    }
-
-    fn run(
-        &mut self,
-        job: &maelstrom_client::spec::JobSpec,
-    ) -> Result<u64, maelstrom_client::local::PrepareError> {
-        match self {
-            Client::Local(c) => c.run(job),
-            Client::Remote(c) => c.run(job),
-        }
-    }
-
-    fn save(&mut self) {
-        match self {
-            Client::Local(c) => c.save(),
-            Client::Remote(c) => c.save(),
-        }
-    }
 }
 
 #[derive(Default)]

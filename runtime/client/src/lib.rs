@@ -6,7 +6,9 @@
 //!   hashes and [`elf`] finding shared libraries.
 //! - [`local`]: standalone mode, with the worker embedded.
 //! - [`remote`]: cluster mode: jobs go to a broker; those that need this machine stay local.
+//! - [`client`]: either mode behind one type.
 
+pub mod client;
 pub mod digests;
 pub mod elf;
 pub mod layers;

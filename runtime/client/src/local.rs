@@ -88,7 +88,13 @@ impl LocalClient {
         let id = self.next_id;
         self.next_id += 1;
         let timeout = job.timeout.map(|t| Duration::from_secs(u64::from(t.get())));
-        self.executor.submit(JobRequest { id, spawn, priority: job.priority, estimated: None, timeout });
+        self.executor.submit(JobRequest {
+            id,
+            spawn,
+            priority: job.priority,
+            estimated: job.estimated,
+            timeout,
+        });
         Ok(id)
     }
 

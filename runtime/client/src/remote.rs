@@ -288,7 +288,7 @@ pub fn wire_job(
         group: resolved.group,
         timeout_ms: job.timeout.map_or(0, |t| u64::from(t.get()) * 1000),
         priority: job.priority,
-        estimated_ms: 0,
+        estimated_ms: job.estimated.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)),
     })
 }
 

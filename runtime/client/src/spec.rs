@@ -375,6 +375,8 @@ pub struct JobSpec {
     /// `None` for no timeout.
     pub timeout: Option<std::num::NonZeroU32>,
     pub priority: i8,
+    /// How long it is expected to take (longest first, within a priority).
+    pub estimated: Option<std::time::Duration>,
 }
 
 /// What one stream object asks for.
@@ -438,6 +440,7 @@ impl StreamItem {
             arguments: arguments.unwrap_or_default(),
             timeout: timeout.and_then(std::num::NonZeroU32::new),
             priority: priority.unwrap_or(0),
+            estimated: None,
         })))
     }
 }
