@@ -278,6 +278,14 @@ pub fn die_by_signal(signal: libc::c_int) {
     }
 }
 
+/// Sends SIGKILL to the process `pid` (a child the caller started: a build it no longer wants).
+pub fn kill_process(pid: libc::pid_t) {
+    // SAFETY: kill takes a pid and a signal number.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+}
+
 /// Makes a FIFO at `path` with permission bits `mode`.
 pub fn mkfifo(path: &std::path::Path, mode: u32) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;

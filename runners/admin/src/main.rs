@@ -42,7 +42,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = cli.common.load("admin", KEYS)?;
+    let config = cli.common.load("admin", "MAELSTROM_ADMIN", KEYS)?;
     cli.common.log_level(&config)?;
     if cli.common.print_config {
         println!("{:#?}", config.get::<String>("broker", cli.broker.clone(), &getenv)?);

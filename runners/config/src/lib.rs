@@ -286,12 +286,11 @@ pub struct CommonOptions {
 }
 
 impl CommonOptions {
-    /// Loads the configuration files of `program` (e.g. `run`, for `maelstrom/run` and
-    /// `MAELSTROM_RUN_*`), refusing keys not in `known`.
-    pub fn load(&self, program: &str, known: &[&str]) -> Result<Config, ConfigError> {
+    /// Loads the configuration files under `maelstrom/<program>` (and the environment under
+    /// `<env_prefix>_*`, then `MAELSTROM_*`), refusing keys not in `known`.
+    pub fn load(&self, program: &str, env_prefix: &str, known: &[&str]) -> Result<Config, ConfigError> {
         let suffix = format!("maelstrom/{program}");
-        let prefix = format!("MAELSTROM_{}", program.to_uppercase().replace('-', "_"));
-        Config::load(&suffix, &prefix, self.config_file.as_deref(), known, &getenv)
+        Config::load(&suffix, env_prefix, self.config_file.as_deref(), known, &getenv)
     }
 
     /// The log level, from the command line or the configuration.

@@ -3,7 +3,11 @@
 //! - [`filter`]: the test filter language (`-i`, `-x`, directives' `filter`).
 //! - [`specfile`]: the spec file: named containers and directives.
 //! - [`testdb`]: each test's last durations and outcome, which order the next run.
+//! - [`ui`]: lines per test, progress bars, the summary.
+//! - [`session`]: one run: cases in as jobs, results out, summary, report, exit code.
 
 pub mod filter;
+pub mod session;
 pub mod specfile;
 pub mod testdb;
+pub mod ui;

@@ -159,8 +159,9 @@ struct Spanned {
     directives: Vec<toml::Spanned<toml::Table>>,
 }
 
-/// Applies one directive's container fields to the candidate.
-fn augment(candidate: &mut ContainerSpec, directive: &ContainerSpec) {
+/// Applies one directive's container fields to the candidate (runners use it to add their
+/// own layers and environment to a test's container, as a last directive would).
+pub fn augment(candidate: &mut ContainerSpec, directive: &ContainerSpec) {
     if directive.image.is_some() || directive.parent.is_some() {
         *candidate = directive.clone();
         return;

@@ -98,7 +98,7 @@ struct Settings {
 }
 
 fn settings(cli: &Cli, cores: u64) -> anyhow::Result<Settings> {
-    let config = cli.common.load("run", KEYS)?;
+    let config = cli.common.load("run", "MAELSTROM_RUN", KEYS)?;
     let settings = Settings {
         log_level: cli.common.log_level(&config)?,
         cache_root: config.get_or(

@@ -49,7 +49,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = cli.common.load("broker", KEYS)?;
+    let config = cli.common.load("broker", "MAELSTROM_BROKER", KEYS)?;
     let size = option::<Size>(cli.cache_size.as_deref(), "cache-size")?;
     let settings = Settings {
         port: config.get_or("port", cli.port, 0, &getenv)?,

@@ -94,6 +94,21 @@ impl LayerBuilder {
                     .map_err(|e| LayerError(format!("tar layer {}: {e}", path.display())))?;
                 return Ok(Built::Tar { path, digest });
             }
+            LayerSpec::Tree { tree, exclude } => {
+                let root = self.local(tree);
+                let excluded: Vec<PathBuf> = exclude.iter().map(|e| self.local(e)).collect();
+                let walk = walkdir::WalkDir::new(&root).follow_links(false).sort_by_file_name().into_iter();
+                let walk = walk.filter_entry(|e| {
+                    !(e.file_name() == ".git" || excluded.iter().any(|x| e.path().starts_with(x)))
+                });
+                for entry in walk {
+                    let entry =
+                        entry.map_err(|e| LayerError(format!("tree layer {}: {e}", root.display())))?;
+                    let source = entry.path().to_path_buf();
+                    self.add_path(&mut entries, &source, source.clone(), false, true)
+                        .map_err(|e| LayerError(format!("tree layer: {e}")))?;
+                }
+            }
             LayerSpec::Command { .. } => {
                 return Err(LayerError(
                     "command layers are not supported yet; use a tar or paths layer".into(),
@@ -376,6 +391,28 @@ mod tests {
         let canonical = std::fs::canonicalize(dir.path()).unwrap();
         let built = b.build(&spec(r#"{"paths": ["target/debug/app"], "canonicalize": true}"#)).unwrap();
         assert_eq!(paths_of(&built), [canonical.join("target/debug/app").display().to_string()]);
+    }
+
+    #[test]
+    fn trees_keep_their_paths_and_skip_what_is_excluded() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["pkg/src/lib.rs", "pkg/tests/data/x", "pkg/target/debug/big", "pkg/.git/HEAD"] {
+            std::fs::create_dir_all(dir.path().join(f).parent().unwrap()).unwrap();
+            std::fs::write(dir.path().join(f), f).unwrap();
+        }
+        std::fs::create_dir_all(dir.path().join("pkg/empty")).unwrap();
+        let root = dir.path().join("pkg");
+        let spec = LayerSpec::Tree {
+            tree: root.display().to_string(),
+            exclude: vec![root.join("target").display().to_string()],
+        };
+        let built = builder(dir.path()).build(&spec).unwrap();
+        let paths = paths_of(&built);
+        let at = |rel: &str| root.join(rel).display().to_string();
+        for present in ["src/lib.rs", "tests/data/x", "empty"] {
+            assert!(paths.contains(&at(present)), "{present} missing from {paths:?}");
+        }
+        assert!(!paths.iter().any(|p| p.contains("/target") || p.contains("/.git")), "{paths:?}");
     }
 
     #[test]

@@ -174,6 +174,13 @@ pub enum LayerSpec {
     Command {
         command: Vec<String>,
     },
+    /// A directory's files and subdirectories, at the same paths, less the subtrees named in
+    /// `exclude` (and `.git`). Runners make these (a test's package directory); spec files
+    /// cannot name them.
+    Tree {
+        tree: String,
+        exclude: Vec<String>,
+    },
 }
 
 #[derive(Deserialize)]

@@ -55,7 +55,7 @@ fn main() -> ExitCode {
 }
 
 fn settings(cli: &Cli, cores: u64) -> anyhow::Result<Settings> {
-    let config = cli.common.load("worker", KEYS)?;
+    let config = cli.common.load("worker", "MAELSTROM_WORKER", KEYS)?;
     let broker = config.get("broker", cli.broker.clone(), &getenv)?.ok_or_else(|| {
         anyhow::anyhow!("no broker: give one with --broker HOST:PORT (or MAELSTROM_WORKER_BROKER, or broker = ... in the config file)")
     })?;

@@ -1,0 +1,346 @@
+//! Talking to cargo: the workspace's packages (`cargo metadata`), and building their test
+//! binaries (`cargo test --no-run`), each reported as soon as cargo has linked it.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde::Deserialize;
+
+/// Options passed through to cargo.
+#[derive(Clone, Debug, Default)]
+pub struct CargoOptions {
+    pub features: Option<String>,
+    pub all_features: bool,
+    pub no_default_features: bool,
+    pub profile: Option<String>,
+    pub release: bool,
+    pub target: Option<String>,
+    pub target_dir: Option<PathBuf>,
+    pub manifest_path: Option<PathBuf>,
+    pub frozen: bool,
+    pub locked: bool,
+    pub offline: bool,
+}
+
+impl CargoOptions {
+    /// The options `cargo metadata` takes too.
+    fn metadata_args(&self, command: &mut Command) {
+        if let Some(features) = &self.features {
+            command.args(["--features", features]);
+        }
+        if self.all_features {
+            command.arg("--all-features");
+        }
+        if self.no_default_features {
+            command.arg("--no-default-features");
+        }
+        if let Some(path) = &self.manifest_path {
+            command.arg("--manifest-path").arg(path);
+        }
+        for (set, flag) in [(self.frozen, "--frozen"), (self.locked, "--locked"), (self.offline, "--offline")]
+        {
+            if set {
+                command.arg(flag);
+            }
+        }
+    }
+
+    fn build_args(&self, command: &mut Command) {
+        self.metadata_args(command);
+        if let Some(profile) = &self.profile {
+            command.args(["--profile", profile]);
+        }
+        if self.release {
+            command.arg("--release");
+        }
+        if let Some(target) = &self.target {
+            command.args(["--target", target]);
+        }
+        if let Some(dir) = &self.target_dir {
+            command.arg("--target-dir").arg(dir);
+        }
+    }
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Target {
+    pub name: String,
+    pub kind: Vec<String>,
+    #[serde(default = "yes")]
+    pub test: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Package {
+    pub id: String,
+    pub name: String,
+    pub version: String,
+    pub manifest_path: PathBuf,
+    pub targets: Vec<Target>,
+}
+
+impl Package {
+    pub fn dir(&self) -> &Path {
+        self.manifest_path.parent().unwrap_or(Path::new("/"))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Metadata {
+    pub packages: Vec<Package>,
+    pub workspace_members: Vec<String>,
+    pub workspace_root: PathBuf,
+    pub target_directory: PathBuf,
+}
+
+impl Metadata {
+    /// The workspace's own packages, by name.
+    pub fn members(&self) -> Vec<&Package> {
+        let mut members: Vec<&Package> =
+            self.packages.iter().filter(|p| self.workspace_members.contains(&p.id)).collect();
+        members.sort_by(|a, b| a.name.cmp(&b.name));
+        members
+    }
+}
+
+/// `cargo metadata` for the workspace.
+pub fn metadata(options: &CargoOptions) -> anyhow::Result<Metadata> {
+    let mut command = cargo();
+    command.args(["metadata", "--format-version=1", "--no-deps"]);
+    options.metadata_args(&mut command);
+    let out =
+        command.stderr(Stdio::inherit()).output().map_err(|e| anyhow::anyhow!("run cargo metadata: {e}"))?;
+    if !out.status.success() {
+        anyhow::bail!("cargo metadata failed ({})", out.status);
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| anyhow::anyhow!("read cargo metadata's output: {e}"))
+}
+
+/// What kind of target an artifact is, in the filter language's words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Library,
+    Binary,
+    Test,
+    Benchmark,
+    Example,
+}
+
+impl Kind {
+    pub fn from_cargo(kinds: &[String]) -> Option<Self> {
+        kinds.iter().find_map(|k| match k.as_str() {
+            "lib" | "rlib" | "dylib" | "cdylib" | "staticlib" => Some(Kind::Library),
+            "bin" => Some(Kind::Binary),
+            "test" => Some(Kind::Test),
+            "bench" => Some(Kind::Benchmark),
+            "example" => Some(Kind::Example),
+            _ => None,
+        })
+    }
+
+    pub fn selector(self) -> &'static str {
+        match self {
+            Kind::Library => "library",
+            Kind::Binary => "binary",
+            Kind::Test => "test",
+            Kind::Benchmark => "benchmark",
+            Kind::Example => "example",
+        }
+    }
+}
+
+/// A test binary cargo built.
+#[derive(Clone, Debug)]
+pub struct Artifact {
+    pub package_id: String,
+    pub target: String,
+    pub kind: Kind,
+    pub executable: PathBuf,
+}
+
+#[derive(Deserialize)]
+struct Message {
+    reason: String,
+    package_id: Option<String>,
+    target: Option<Target>,
+    profile: Option<Profile>,
+    executable: Option<PathBuf>,
+    success: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct Profile {
+    test: bool,
+}
+
+/// The build, running: its artifacts come out as cargo reports them.
+pub struct Build {
+    child: Child,
+}
+
+impl std::fmt::Debug for Build {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Build").field("pid", &self.child.id()).finish()
+    }
+}
+
+impl Build {
+    /// Starts `cargo test --no-run` for `packages` (all of the workspace's if `None`).
+    pub fn start(
+        options: &CargoOptions,
+        packages: Option<&[(&str, &str)]>,
+        color: bool,
+    ) -> anyhow::Result<Self> {
+        let mut command = cargo();
+        command.args(["test", "--no-run", "--message-format=json-render-diagnostics"]);
+        command.arg(if color { "--color=always" } else { "--color=never" });
+        options.build_args(&mut command);
+        match packages {
+            None => {
+                command.arg("--workspace");
+            }
+            Some(packages) => {
+                for (name, version) in packages {
+                    command.args(["--package", &format!("{name}@{version}")]);
+                }
+            }
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("run cargo test --no-run: {e}"))?;
+        Ok(Self { child })
+    }
+
+    /// Reads cargo's messages, calling `artifact` for each test binary; returns the build's
+    /// exit code (0 when it succeeded).
+    pub fn run(mut self, artifact: &mut dyn FnMut(Artifact)) -> anyhow::Result<i32> {
+        let stdout =
+            self.child.stdout.take().ok_or_else(|| anyhow::anyhow!("cargo's output is not piped"))?;
+        for line in BufReader::new(stdout).lines() {
+            let line = line.map_err(|e| anyhow::anyhow!("read cargo's output: {e}"))?;
+            let Ok(message) = serde_json::from_str::<Message>(&line) else { continue };
+            if message.reason == "build-finished" && message.success == Some(false) {
+                continue;
+            }
+            if message.reason != "compiler-artifact" || !message.profile.is_some_and(|p| p.test) {
+                continue;
+            }
+            let (Some(package_id), Some(target), Some(executable)) =
+                (message.package_id, message.target, message.executable)
+            else {
+                continue;
+            };
+            let Some(kind) = Kind::from_cargo(&target.kind) else { continue };
+            artifact(Artifact { package_id, target: target.name, kind, executable });
+        }
+        let status = self.child.wait().map_err(|e| anyhow::anyhow!("wait for cargo: {e}"))?;
+        Ok(status.code().unwrap_or(101))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// Stops a build (on `--stop-after`) by its process id.
+pub fn kill(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        maelstrom_container::kill_process(pid);
+    }
+}
+
+/// A test binary's test cases: names and whether they are `#[ignore]`d.
+pub fn list_tests(executable: &Path) -> anyhow::Result<Vec<(String, bool)>> {
+    let list = |ignored: bool| -> anyhow::Result<Vec<String>> {
+        let mut command = Command::new(executable);
+        command.args(["--list", "--format", "terse"]);
+        if ignored {
+            command.arg("--ignored");
+        }
+        let out = command
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| anyhow::anyhow!("list the tests of {}: {e}", executable.display()))?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "list the tests of {}: it exited with {}: {}",
+                executable.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_suffix(": test"))
+            .map(str::to_owned)
+            .collect())
+    };
+    let ignored: std::collections::HashSet<String> = list(true)?.into_iter().collect();
+    Ok(list(false)?
+        .into_iter()
+        .map(|name| {
+            let is_ignored = ignored.contains(&name);
+            (name, is_ignored)
+        })
+        .collect())
+}
+
+/// Test listings by binary digest, kept across runs: an unchanged binary is not asked again.
+#[derive(Debug)]
+pub struct ListingCache {
+    dir: PathBuf,
+    memory: BTreeMap<String, Vec<(String, bool)>>,
+}
+
+impl ListingCache {
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir, memory: BTreeMap::new() }
+    }
+
+    /// The listing for a binary with this digest (hex), asking `list` only if unknown.
+    pub fn get(
+        &mut self,
+        digest: &str,
+        list: impl FnOnce() -> anyhow::Result<Vec<(String, bool)>>,
+    ) -> anyhow::Result<Vec<(String, bool)>> {
+        if let Some(cases) = self.memory.get(digest) {
+            return Ok(cases.clone());
+        }
+        let path = self.dir.join(digest);
+        let cases = match std::fs::read_to_string(&path) {
+            Ok(text) => text
+                .lines()
+                .filter_map(|l| l.split_once(' '))
+                .map(|(flag, name)| (name.to_owned(), flag == "ignored"))
+                .collect(),
+            Err(_) => {
+                let cases = list()?;
+                let text: String = cases
+                    .iter()
+                    .map(|(n, i)| format!("{} {n}\n", if *i { "ignored" } else { "test" }))
+                    .collect();
+                let _ = std::fs::create_dir_all(&self.dir);
+                let temp = path.with_extension(std::process::id().to_string());
+                if std::fs::write(&temp, text).is_ok() {
+                    let _ = std::fs::rename(&temp, &path);
+                }
+                cases
+            }
+        };
+        self.memory.insert(digest.to_owned(), cases.clone());
+        Ok(cases)
+    }
+}

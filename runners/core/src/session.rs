@@ -1,0 +1,389 @@
+//! One run of a test runner: the selected cases go in as jobs (each `--repeat` times, in the
+//! test database's order), results come back, and the run ends with a summary, a JUnit report
+//! if asked for, an updated test database, and an exit code.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use maelstrom_container::{Captured, Outcome};
+use maelstrom_worker::{JobError, JobId, JobResult};
+
+use crate::specfile::TestSettings;
+use crate::testdb::{Estimate, TestDb};
+use crate::ui::{Status, Ui, UiKind};
+
+/// How the run goes.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    pub repeat: NonZeroU32,
+    /// Stop once this many tests have failed.
+    pub stop_after: Option<NonZeroU32>,
+    /// `--timeout`: overrides every test's (0: none).
+    pub timeout: Option<u32>,
+    pub ui: UiKind,
+    /// Where to write a JUnit XML report.
+    pub junit: Option<PathBuf>,
+    /// The test database's file.
+    pub test_db: PathBuf,
+    /// Slowest tests named in the summary.
+    pub slowest_shown: usize,
+}
+
+/// One test case as a runner lists it.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub package: String,
+    /// The artifact's key in the test database (cargo: `name(kind)`).
+    pub artifact: String,
+    pub name: String,
+    /// As shown to the user.
+    pub display: String,
+    /// Ignored by its framework (`#[ignore]`).
+    pub ignored: bool,
+}
+
+/// The exit codes: every test passed (or was ignored); some failed; the runner itself could
+/// not run. A build failure exits with the build tool's own code.
+pub const EXIT_PASSED: i32 = 0;
+pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_ERROR: i32 = 2;
+
+/// Cleans a test's output for display (the runner knows its framework's chatter).
+pub type Trim = Box<dyn Fn(&Case, &[u8]) -> String>;
+
+#[derive(Debug)]
+struct Finished {
+    case: usize,
+    status: Status,
+    duration: Option<Duration>,
+    stdout: String,
+    stderr: String,
+    details: Vec<String>,
+}
+
+pub struct Session {
+    options: SessionOptions,
+    ui: Ui,
+    db: TestDb,
+    cases: Vec<Case>,
+    running: HashMap<JobId, (usize, Instant)>,
+    finished: Vec<Finished>,
+    failures: u32,
+    not_run: u64,
+    trim: Trim,
+    last_running_update: Instant,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("cases", &self.cases.len())
+            .field("running", &self.running.len())
+            .finish()
+    }
+}
+
+/// A job for a case, made by the runner: its settings from the directives, the timeout to use,
+/// and its place in the order.
+pub type Submit<'a> = &'a mut dyn FnMut(&TestSettings, Option<NonZeroU32>, Estimate) -> Result<JobId, String>;
+
+impl Session {
+    pub fn new(options: SessionOptions, trim: Trim) -> Self {
+        let db = TestDb::open(&options.test_db);
+        let ui = Ui::new(options.ui, false);
+        Self {
+            options,
+            ui,
+            db,
+            cases: Vec::new(),
+            running: HashMap::new(),
+            finished: Vec::new(),
+            failures: 0,
+            not_run: 0,
+            trim,
+            last_running_update: Instant::now(),
+        }
+    }
+
+    pub fn ui(&mut self) -> &mut Ui {
+        &mut self.ui
+    }
+
+    pub fn db(&mut self) -> &mut TestDb {
+        &mut self.db
+    }
+
+    /// Tests expected in all (from the test database, before listing is done).
+    pub fn expect(&mut self, tests: usize) {
+        self.ui.set_total(tests as u64 * u64::from(self.options.repeat.get()));
+    }
+
+    /// Runs `repeat` copies of a case through `submit`, or reports it ignored.
+    pub fn add(&mut self, case: Case, settings: &TestSettings, submit: Submit<'_>) {
+        let index = self.cases.len();
+        let estimate = self.db.estimate(&case.package, &case.artifact, &case.name);
+        self.cases.push(case);
+        if self.cases[index].ignored || settings.ignore {
+            self.record(Finished {
+                case: index,
+                status: Status::Ignored,
+                duration: None,
+                stdout: String::new(),
+                stderr: String::new(),
+                details: Vec::new(),
+            });
+            return;
+        }
+        let timeout = match self.options.timeout {
+            Some(seconds) => NonZeroU32::new(seconds),
+            None => settings.timeout,
+        };
+        for _ in 0..self.options.repeat.get() {
+            match submit(settings, timeout, estimate) {
+                Ok(id) => {
+                    self.running.insert(id, (index, Instant::now()));
+                }
+                Err(message) => self.record(Finished {
+                    case: index,
+                    status: Status::Error,
+                    duration: None,
+                    stdout: String::new(),
+                    stderr: String::new(),
+                    details: vec![format!("error: {message}")],
+                }),
+            }
+        }
+    }
+
+    /// Tests listed so far (to size the progress bar once listing is done).
+    pub fn listed(&self) -> usize {
+        self.cases.len()
+    }
+
+    /// Fixes the progress bar's length once every case is known.
+    pub fn listing_done(&mut self) {
+        let ignored = self.cases.iter().filter(|c| c.ignored).count() as u64;
+        let runs = (self.cases.len() as u64 - ignored) * u64::from(self.options.repeat.get()) + ignored;
+        self.ui.set_total(runs);
+    }
+
+    /// Jobs sent and not yet finished.
+    pub fn pending(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Whether `--stop-after` failures have been seen.
+    pub fn should_stop(&self) -> bool {
+        self.options.stop_after.is_some_and(|n| self.failures >= n.get())
+    }
+
+    /// A finished job.
+    pub fn result(&mut self, result: JobResult) {
+        let Some((index, _)) = self.running.remove(&result.id) else { return };
+        let case = &self.cases[index];
+        let (status, duration, stdout, stderr, mut details) = match result.result {
+            Ok(done) => {
+                let status = match done.outcome {
+                    Outcome::Exited(0) => Status::Ok,
+                    Outcome::Exited(_) | Outcome::Signaled(_) => Status::Fail,
+                    Outcome::TimedOut => Status::Timeout,
+                };
+                let stdout = (self.trim)(case, &done.stdout.bytes);
+                let stderr = String::from_utf8_lossy(&done.stderr.bytes).into_owned();
+                let mut details = Vec::new();
+                match done.outcome {
+                    Outcome::Signaled(signal) => details.push(format!("killed by signal {signal}")),
+                    Outcome::TimedOut => details.push("timed out".to_owned()),
+                    Outcome::Exited(code) if code != 0 && code != 101 => {
+                        details.push(format!("exited with code {code}"));
+                    }
+                    Outcome::Exited(_) => {}
+                }
+                for (name, captured) in [("stdout", &done.stdout), ("stderr", &done.stderr)] {
+                    if captured.cut > 0 {
+                        details.push(format!("{name} truncated, {} bytes lost", captured.cut));
+                    }
+                }
+                (status, Some(done.duration), stdout, stderr, details)
+            }
+            Err(JobError::Execution(message)) => (
+                Status::Error,
+                None,
+                String::new(),
+                String::new(),
+                vec![format!("execution error: {message}")],
+            ),
+            Err(JobError::System(message)) => {
+                (Status::Error, None, String::new(), String::new(), vec![format!("system error: {message}")])
+            }
+        };
+        if status == Status::Ok {
+            // A passing test's output is not shown, nor what was cut of it.
+            details.clear();
+        } else {
+            let mut shown = Vec::new();
+            for output in [&stdout, &stderr] {
+                let output = output.trim_matches('\n').trim_end();
+                if !output.is_empty() {
+                    shown.push(output.to_owned());
+                }
+            }
+            shown.append(&mut details);
+            details = shown;
+        }
+        self.record(Finished { case: index, status, duration, stdout, stderr, details });
+        self.refresh_running(false);
+    }
+
+    fn record(&mut self, finished: Finished) {
+        let case = &self.cases[finished.case];
+        if matches!(finished.status, Status::Fail | Status::Timeout | Status::Error) {
+            self.failures += 1;
+            self.ui.set_failures(u64::from(self.failures));
+        }
+        if finished.status != Status::Ignored {
+            let passed = finished.status == Status::Ok;
+            self.db.update(&case.package, &case.artifact, &case.name, finished.duration, passed);
+        }
+        self.ui.finished(&case.display, finished.status, finished.duration, &finished.details);
+        self.finished.push(finished);
+    }
+
+    /// Updates the list of running tests (at most a few times a second).
+    pub fn refresh_running(&mut self, force: bool) {
+        if self.ui.kind() != UiKind::Fancy
+            || (!force && self.last_running_update.elapsed() < Duration::from_millis(200))
+        {
+            return;
+        }
+        self.last_running_update = Instant::now();
+        let mut running: Vec<(String, Duration)> =
+            self.running.values().map(|(i, t)| (self.cases[*i].display.clone(), t.elapsed())).collect();
+        running.sort_by_key(|r| std::cmp::Reverse(r.1));
+        self.ui.set_running(&running);
+    }
+
+    /// Ends the run: the summary, the report, the database. `build_failure` is the build
+    /// tool's exit code if the build failed. Returns the exit code.
+    pub fn finish(mut self, build_failure: Option<i32>) -> i32 {
+        self.not_run = self.running.len() as u64;
+        self.ui.finish();
+        let summary = self.summary();
+        println!("{summary}");
+        if let Some(path) = &self.options.junit
+            && let Err(e) = self.write_junit(path)
+        {
+            eprintln!("error: write the JUnit report {}: {e}", path.display());
+        }
+        if let Err(e) = self.db.save() {
+            eprintln!("warning: save the test database {}: {e}", self.options.test_db.display());
+        }
+        match build_failure {
+            Some(code) => code,
+            None if self.failures > 0 => EXIT_FAILED,
+            None => EXIT_PASSED,
+        }
+    }
+
+    fn summary(&self) -> String {
+        let mut out = String::new();
+        let line = |out: &mut String, text: String| {
+            out.push_str(&text);
+            out.push('\n');
+        };
+        let count = |status: Status| self.finished.iter().filter(|f| f.status == status).count();
+        let failed: Vec<&Finished> = self
+            .finished
+            .iter()
+            .filter(|f| matches!(f.status, Status::Fail | Status::Timeout | Status::Error))
+            .collect();
+        let ignored: Vec<&Finished> = self.finished.iter().filter(|f| f.status == Status::Ignored).collect();
+        line(&mut out, String::new());
+        line(&mut out, format!("{:=^60}", " Test Summary "));
+        line(&mut out, format!("Successful Tests:         {}", count(Status::Ok)));
+        line(&mut out, format!("Failed Tests    :         {}", failed.len()));
+        for f in &failed {
+            let why = match f.status {
+                Status::Timeout => "timeout",
+                Status::Error => "error",
+                _ => "failure",
+            };
+            line(&mut out, format!("    {}: {why}", self.cases[f.case].display));
+        }
+        line(&mut out, format!("Ignored Tests   :         {}", ignored.len()));
+        for f in &ignored {
+            line(&mut out, format!("    {}: ignored", self.cases[f.case].display));
+        }
+        if self.not_run > 0 {
+            line(&mut out, format!("Tests Not Run   :         {}", self.not_run));
+        }
+        let mut slowest: Vec<&Finished> = self.finished.iter().filter(|f| f.duration.is_some()).collect();
+        slowest.sort_by_key(|f| std::cmp::Reverse(f.duration));
+        if !slowest.is_empty() && self.options.slowest_shown > 0 {
+            line(&mut out, "Slowest Tests   :".to_owned());
+            for f in slowest.iter().take(self.options.slowest_shown) {
+                let seconds = f.duration.unwrap_or_default().as_secs_f64();
+                line(&mut out, format!("    {seconds:8.3}s {}", self.cases[f.case].display));
+            }
+        }
+        line(&mut out, format!("Wall Time       :         {:.3}s", self.ui.elapsed().as_secs_f64()));
+        out.pop();
+        out
+    }
+
+    fn write_junit(&self, path: &std::path::Path) -> std::io::Result<()> {
+        use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+        let mut report = Report::new("maelstrom");
+        let mut suites: Vec<(String, TestSuite)> = Vec::new();
+        for f in &self.finished {
+            let case = &self.cases[f.case];
+            let suite_name = format!("{} {}", case.package, case.artifact);
+            let position = match suites.iter().position(|(name, _)| *name == suite_name) {
+                Some(position) => position,
+                None => {
+                    suites.push((suite_name.clone(), TestSuite::new(suite_name)));
+                    suites.len() - 1
+                }
+            };
+            let status = match f.status {
+                Status::Ok => TestCaseStatus::success(),
+                Status::Ignored => TestCaseStatus::skipped(),
+                Status::Fail | Status::Timeout => {
+                    let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                    status.set_message(
+                        f.details.last().cloned().unwrap_or_else(|| f.status.label().to_owned()),
+                    );
+                    status
+                }
+                Status::Error => {
+                    let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
+                    status.set_message(f.details.join("\n"));
+                    status
+                }
+            };
+            let mut test = TestCase::new(case.name.clone(), status);
+            test.set_classname(format!("{} {}", case.package, case.artifact));
+            if let Some(duration) = f.duration {
+                test.set_time(duration);
+            }
+            if f.status != Status::Ok {
+                test.set_system_out(f.stdout.clone());
+                test.set_system_err(f.stderr.clone());
+            }
+            suites[position].1.add_test_case(test);
+        }
+        report.add_test_suites(suites.into_iter().map(|(_, suite)| suite));
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::File::create(path)?;
+        report.serialize(file).map_err(std::io::Error::other)
+    }
+}
+
+/// Captured output as text (for runners that build their own details).
+pub fn text(captured: &Captured) -> String {
+    String::from_utf8_lossy(&captured.bytes).into_owned()
+}
