@@ -305,11 +305,26 @@ impl filter::Subject for Subject<'_> {
     }
 }
 
-/// The selection from -i, -x and -p; a bare package name given to -x excludes that package
-/// (as `cargo test --workspace --exclude NAME` does).
+/// The selection from -i, -x and -p: tests matching an include (and one of the `-p` packages),
+/// and no exclude. A bare package name given to -x excludes that package (as
+/// `cargo test --workspace --exclude NAME` does).
 fn selection(cli: &Cli, packages: &[&Package]) -> anyhow::Result<Selection> {
-    let mut include = cli.include.clone();
-    include.extend(cli.package.iter().map(|p| format!("package.equals({p})")));
+    // Each pattern is checked alone first, so an error's column is in the user's own text.
+    for pattern in &cli.include {
+        filter::parse(pattern, &LANGUAGE).map_err(|e| anyhow::anyhow!("--include {pattern:?}: {e}"))?;
+    }
+    // -p narrows whatever the includes select to its packages.
+    let include: Vec<String> = if cli.package.is_empty() {
+        cli.include.clone()
+    } else {
+        let packages: Vec<String> = cli.package.iter().map(|p| format!("package.equals({p})")).collect();
+        let packages = packages.join(" | ");
+        if cli.include.is_empty() {
+            vec![packages]
+        } else {
+            cli.include.iter().map(|i| format!("({i}) & ({packages})")).collect()
+        }
+    };
     let exclude: Vec<String> = cli
         .exclude
         .iter()

@@ -1,0 +1,337 @@
+//! cargo maelstrom on the fixture workspace (`tests/fixtures/cargo`): every outcome its table
+//! (`expected.txt`) names, standalone and on a cluster; filters, listings, options, reports and
+//! exit codes.
+//!
+//! The fixture is copied once per run under /var/tmp (the default spec mounts a tmpfs at /tmp,
+//! which would hide it) and built there. These tests need cargo: as a user who cannot run it
+//! (the test script's unprivileged pass), they say so and pass without checking anything.
+#![expect(clippy::tests_outside_test_module, reason = "an integration test file is its own test module")]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+const CARGO: &str = env!("CARGO");
+
+fn cargo_usable() -> bool {
+    static USABLE: OnceLock<bool> = OnceLock::new();
+    *USABLE.get_or_init(|| {
+        let usable = Command::new(CARGO).arg("--version").output().is_ok_and(|o| o.status.success());
+        if !usable {
+            eprintln!("skipped: cargo ({CARGO}) cannot be run by this user");
+        }
+        usable
+    })
+}
+
+/// The fixture's copy, shared by the tests one at a time (they share its build).
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+fn fixture() -> MutexGuard<'static, Fixture> {
+    static FIXTURE: OnceLock<Mutex<Fixture>> = OnceLock::new();
+    FIXTURE
+        .get_or_init(|| {
+            let dir =
+                tempfile::Builder::new().prefix("cargo-fixture-").tempdir_in("/var/tmp").expect("a temp dir");
+            let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/cargo");
+            copy_tree(&source, dir.path());
+            Mutex::new(Fixture { dir })
+        })
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read the fixture") {
+        let entry = entry.expect("an entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("a type").is_dir() {
+            if entry.file_name() != "target" {
+                copy_tree(&entry.path(), &target);
+            }
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+impl Fixture {
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cargo-maelstrom"));
+        command
+            .current_dir(self.path())
+            .arg("maelstrom")
+            .args(["--config-file", "-", "--ui", "simple"])
+            .args(args);
+        for var in ["CARGO_MAELSTROM_BROKER", "MAELSTROM_BROKER", "CARGO_TARGET_DIR", "RUST_BACKTRACE"] {
+            command.env_remove(var);
+        }
+        command.env("CARGO", CARGO);
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).stdin(Stdio::null()).output().expect("run cargo maelstrom")
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The status of each test line (`name.....STATUS 0.001s`) in simple UI output.
+fn statuses(stdout: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for line in stdout.lines() {
+        let line = match line.rsplit_once(' ') {
+            Some((rest, last)) if last.ends_with('s') && last[..last.len() - 1].parse::<f64>().is_ok() => {
+                rest
+            }
+            _ => line,
+        };
+        let Some((head, status)) = line.rsplit_once(' ') else { continue };
+        if !matches!(status, "OK" | "FAIL" | "TIMEOUT" | "ERR" | "IGNORED") || !head.ends_with('.') {
+            continue;
+        }
+        out.insert(head.trim_end_matches('.').to_owned(), status.to_owned());
+    }
+    out
+}
+
+fn expected() -> BTreeMap<String, String> {
+    let table = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/cargo/expected.txt"),
+    )
+    .expect("read the table");
+    table
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            l.rsplit_once(' ').map(|(name, status)| (name.trim().to_owned(), status.trim().to_owned()))
+        })
+        .collect()
+}
+
+fn assert_table(out: &Output) {
+    let stdout = text(&out.stdout);
+    let got = statuses(&stdout);
+    let want = expected();
+    let wrong: Vec<String> = want
+        .iter()
+        .filter(|(name, status)| got.get(*name) != Some(status))
+        .map(|(name, status)| format!("{name}: want {status}, got {:?}", got.get(name)))
+        .chain(got.keys().filter(|n| !want.contains_key(*n)).map(|n| format!("{n}: not in the table")))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{}\n--- stdout:\n{stdout}\n--- stderr:\n{}",
+        wrong.join("\n"),
+        text(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "tests failed: exit 1");
+    assert!(stdout.contains("Ignored Tests   :         1"), "{stdout}");
+}
+
+#[test]
+fn the_table_holds_standalone() {
+    if !cargo_usable() {
+        return;
+    }
+    let fixture = fixture();
+    let out = fixture.run(&[]);
+    assert_table(&out);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("arithmetic is broken"), "a failure's output is shown:\n{stdout}");
+    assert!(stdout.contains("killed by signal 11"), "{stdout}");
+    assert!(stdout.contains("exited with code 3"), "{stdout}");
+    assert!(!stdout.contains("xxxxxxxxxx"), "a passing test's output is not shown");
+}
+
+/// Where the other binaries are: beside this package's, built first unless given.
+fn cluster_bin(name: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("MAELSTROM_BIN_DIR") {
+            return PathBuf::from(dir);
+        }
+        let status = Command::new(CARGO)
+            .args(["build", "--bins", "-p", "maelstrom-broker", "-p", "maelstrom-worker"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the broker and worker failed");
+        Path::new(env!("CARGO_BIN_EXE_cargo-maelstrom")).parent().expect("a directory").to_owned()
+    })
+    .join(name)
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_table_holds_on_a_cluster() {
+    use std::io::BufRead;
+    if !cargo_usable() {
+        return;
+    }
+    let fixture = fixture();
+    let cluster = tempfile::tempdir().expect("a temp dir");
+    let mut broker = Command::new(cluster_bin("maelstrom-broker"))
+        .args(["--config-file", "-", "--cache-root"])
+        .arg(cluster.path().join("broker"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the broker");
+    let mut line = String::new();
+    std::io::BufReader::new(broker.stdout.take().expect("piped")).read_line(&mut line).expect("its address");
+    let _broker = Killed(broker);
+    let address = format!("127.0.0.1:{}", line.trim().rsplit(':').next().expect("a port"));
+    let _worker = Killed(
+        Command::new(cluster_bin("maelstrom-worker"))
+            .args(["--config-file", "-", "--broker", &address, "--slots", "2", "--cache-root"])
+            .arg(cluster.path().join("worker"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the worker"),
+    );
+    let out = fixture.run(&["--broker", &address]);
+    assert_table(&out);
+}
+
+#[test]
+fn filters_and_listings() {
+    if !cargo_usable() {
+        return;
+    }
+    let fixture = fixture();
+    let out = fixture.run(&["--list-packages"]);
+    assert_eq!(text(&out.stdout), "fixture\nother-pkg\n");
+    let out = fixture.run(&["--list-packages", "-x", "other-pkg"]);
+    assert_eq!(text(&out.stdout), "fixture\n", "a bare package name excludes it, as with cargo test");
+    let out = fixture.run(&["--list-binaries"]);
+    let binaries = text(&out.stdout);
+    for line in ["fixture (library)", "fixture integration(test)", "other-pkg other-tool(binary)"] {
+        assert!(binaries.lines().any(|l| l == line), "{line} missing:\n{binaries}");
+    }
+    let out = fixture.run(&["--list-tests", "-i", "package.equals(other-pkg)"]);
+    assert_eq!(
+        text(&out.stdout),
+        "other-pkg other-tool tests::exits_three\nother-pkg other-tool tests::tool_test\n"
+    );
+    let out = fixture.run(&["--list", "-p", "fixture", "-i", "test", "-x", "n.c(cargo)"]);
+    assert_eq!(text(&out.stdout), "fixture integration integration_passes\n");
+    let out = fixture.run(&["-i", "package.equals(other-pkg) - name.contains(exits)"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert_eq!(statuses(&text(&out.stdout)).len(), 1);
+    let out = fixture.run(&["-i", "name.eq(x) &"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--include \"name.eq(x) &\": column 13: expected a selector"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn options_reports_and_exit_codes() {
+    if !cargo_usable() {
+        return;
+    }
+    let fixture = fixture();
+    let out = fixture.run(&["-r", "3", "-i", "name.equals(tests::passes)"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout).lines().filter(|l| l.starts_with("fixture tests::passes.")).count(), 3);
+
+    let out = fixture.run(&["-i", "name.equals(tests::sees_extra_arguments)", "--", "--show-output"]);
+    assert_eq!(out.status.code(), Some(0), "arguments after -- reach the test binary: {}", text(&out.stdout));
+
+    let out = fixture.run(&["-t", "3", "-i", "name.equals(tests::hangs)"]);
+    let stdout = text(&out.stdout);
+    let seconds: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_suffix('s')?.rsplit_once("TIMEOUT ")?.1.parse().ok())
+        .unwrap_or_else(|| panic!("no TIMEOUT line:\n{stdout}"));
+    assert!(seconds >= 3.0, "--timeout overrides the spec's 1 s: {seconds}");
+
+    let out = fixture.run(&[
+        "-s",
+        "1",
+        "-i",
+        "package.equals(fixture) & (name.c(fails) | name.c(panics) | name.c(segfaults))",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let failed = statuses(&text(&out.stdout)).values().filter(|s| *s == "FAIL").count();
+    assert!(failed >= 1, "{}", text(&out.stdout));
+
+    let report = fixture.path().join("reports/junit.xml");
+    let out = fixture.run(&["-p", "other-pkg", "--junit", report.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1));
+    let xml = std::fs::read_to_string(&report).expect("the report is written");
+    assert!(
+        xml.contains("<testsuites") && xml.contains("tests=\"2\"") && xml.contains("failures=\"1\""),
+        "{xml}"
+    );
+    assert!(xml.contains("name=\"tests::exits_three\""), "{xml}");
+}
+
+#[test]
+fn build_failures_exit_with_cargos_code_and_init_writes_the_default() {
+    if !cargo_usable() {
+        return;
+    }
+    let dir = tempfile::Builder::new().prefix("cargo-broken-").tempdir_in("/var/tmp").expect("a temp dir");
+    std::fs::write(
+        dir.path().join("Cargo.toml"),
+        "[package]\nname = \"broken\"\nversion = \"0.1.0\"\nedition = \"2021\"\n[workspace]\n",
+    )
+    .expect("write");
+    std::fs::create_dir(dir.path().join("src")).expect("mkdir");
+    std::fs::write(dir.path().join("src/lib.rs"), "pub fn f() -> u32 { \"not a number\" }\n").expect("write");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cargo-maelstrom"))
+            .current_dir(dir.path())
+            .args(["maelstrom", "--config-file", "-"])
+            .args(args)
+            .env("CARGO", CARGO)
+            .env_remove("CARGO_TARGET_DIR")
+            .output()
+            .expect("run")
+    };
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(101), "cargo's own code: {}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("mismatched types"),
+        "cargo's errors are shown: {}",
+        text(&out.stderr)
+    );
+
+    let out = run(&["--init"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let written = std::fs::read_to_string(dir.path().join("cargo-maelstrom.toml")).expect("written");
+    assert!(written.contains("[[directives]]") && written.contains("RUST_BACKTRACE"), "{written}");
+    let out = run(&["--init"]);
+    assert_eq!(out.status.code(), Some(1), "an existing file is kept");
+    std::fs::write(dir.path().join("cargo-maelstrom.toml"), "[[directives]]\nfilter = \"nmae.eq(x)\"\n")
+        .expect("write");
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("cargo-maelstrom.toml:1:1: directive 1: filter \"nmae.eq(x)\": column 1"),
+        "{}",
+        text(&out.stderr)
+    );
+}
