@@ -24,7 +24,7 @@ use maelstrom_client::local::LocalConfig;
 use maelstrom_client::spec::{ContainerSpec, EnvSpecs, EnvironmentSpec, JobSpec, LayerSpec, PrefixOptions};
 use maelstrom_config::{CommonOptions, LogLevel, Size, Source, getenv, option};
 use maelstrom_container::{Zygote, ZygoteConfig};
-use maelstrom_test_runner::filter::{self, Language, Selection, Selector};
+use maelstrom_test_runner::filter::{self, Language, Selection};
 use maelstrom_test_runner::session::{self, Case, Session, SessionOptions};
 use maelstrom_test_runner::specfile::{SpecFile, TestSettings, augment};
 use maelstrom_test_runner::ui::UiKind;
@@ -36,23 +36,7 @@ const SPEC_FILE: &str = "cargo-maelstrom.toml";
 const DEFAULT_SPEC: &str = include_str!("default-spec.toml");
 
 /// The filter language of cargo tests.
-const LANGUAGE: Language = Language {
-    simple: &[
-        Selector { name: "library", min: "l" },
-        Selector { name: "binary", min: "bi" },
-        Selector { name: "benchmark", min: "be" },
-        Selector { name: "example", min: "e" },
-        Selector { name: "test", min: "te" },
-    ],
-    compound: &[
-        Selector { name: "name", min: "n" },
-        Selector { name: "package", min: "p" },
-        Selector { name: "binary", min: "bi" },
-        Selector { name: "benchmark", min: "be" },
-        Selector { name: "example", min: "e" },
-        Selector { name: "test", min: "te" },
-    ],
-};
+const LANGUAGE: Language = filter::CARGO;
 
 const KEYS: &[&str] = &[
     "broker",

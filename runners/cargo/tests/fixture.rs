@@ -12,17 +12,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-const CARGO: &str = env!("CARGO");
+mod common;
+
+use common::{CARGO, copy_tree};
 
 fn cargo_usable() -> bool {
     static USABLE: OnceLock<bool> = OnceLock::new();
-    *USABLE.get_or_init(|| {
-        let usable = Command::new(CARGO).arg("--version").output().is_ok_and(|o| o.status.success());
-        if !usable {
-            eprintln!("skipped: cargo ({CARGO}) cannot be run by this user");
-        }
-        usable
-    })
+    *USABLE.get_or_init(common::cargo_usable)
 }
 
 /// The fixture's copy, shared by the tests one at a time (they share its build).
@@ -42,21 +38,6 @@ fn fixture() -> MutexGuard<'static, Fixture> {
         })
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read the fixture") {
-        let entry = entry.expect("an entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("a type").is_dir() {
-            if entry.file_name() != "target" {
-                copy_tree(&entry.path(), &target);
-            }
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
 }
 
 impl Fixture {

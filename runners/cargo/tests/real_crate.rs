@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-const CARGO: &str = env!("CARGO");
+mod common;
+
+use common::{CARGO, copy_tree};
 const CRATE: &str = "semver";
 const VERSION: &str = "1.0.28";
 
@@ -52,19 +54,6 @@ fn fetch(work: &Path) -> PathBuf {
     Path::new(manifest).parent().expect("a directory").to_owned()
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read") {
-        let entry = entry.expect("an entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("a type").is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
-}
-
 /// Case names that `cargo test` reports as passing, with how many binaries have each.
 fn cargo_test_passes(dir: &Path) -> BTreeMap<String, usize> {
     let out = cargo()
@@ -84,8 +73,7 @@ fn cargo_test_passes(dir: &Path) -> BTreeMap<String, usize> {
 
 #[test]
 fn every_test_that_passes_under_cargo_test_passes_under_cargo_maelstrom() {
-    if !Command::new(CARGO).arg("--version").output().is_ok_and(|o| o.status.success()) {
-        eprintln!("skipped: cargo ({CARGO}) cannot be run by this user");
+    if !common::cargo_usable() {
         return;
     }
     let work = tempfile::Builder::new().prefix("real-crate-").tempdir_in("/var/tmp").expect("a temp dir");
