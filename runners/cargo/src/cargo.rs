@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 
@@ -185,25 +186,40 @@ struct Profile {
 
 /// The build, running: its artifacts come out as cargo reports them.
 pub struct Build {
-    child: Child,
+    child: Arc<Mutex<Child>>,
+    stdout: Option<std::process::ChildStdout>,
+}
+
+/// Stops a build from another thread (on `--stop-after`). The child is only ever killed
+/// through its `Child`, so a process id cannot be reused under it.
+#[derive(Clone)]
+pub struct Stopper(Arc<Mutex<Child>>);
+
+impl std::fmt::Debug for Stopper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stopper")
+    }
+}
+
+impl Stopper {
+    pub fn stop(&self) {
+        // A child already reaped is not signalled again.
+        let _ = self.0.lock().unwrap_or_else(|p| p.into_inner()).kill();
+    }
 }
 
 impl std::fmt::Debug for Build {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Build").field("pid", &self.child.id()).finish()
+        f.write_str("Build")
     }
 }
 
 impl Build {
     /// Starts `cargo test --no-run` for `packages` (all of the workspace's if `None`).
-    pub fn start(
-        options: &CargoOptions,
-        packages: Option<&[(&str, &str)]>,
-        color: bool,
-    ) -> anyhow::Result<Self> {
+    pub fn start(options: &CargoOptions, packages: Option<&[(&str, &str)]>) -> anyhow::Result<Self> {
         let mut command = cargo();
+        // cargo's own messages go to our stderr, colored as cargo decides for it.
         command.args(["test", "--no-run", "--message-format=json-render-diagnostics"]);
-        command.arg(if color { "--color=always" } else { "--color=never" });
         options.build_args(&mut command);
         match packages {
             None => {
@@ -215,20 +231,24 @@ impl Build {
                 }
             }
         }
-        let child = command
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| anyhow::anyhow!("run cargo test --no-run: {e}"))?;
-        Ok(Self { child })
+        let stdout = child.stdout.take();
+        Ok(Self { child: Arc::new(Mutex::new(child)), stdout })
+    }
+
+    pub fn stopper(&self) -> Stopper {
+        Stopper(Arc::clone(&self.child))
     }
 
     /// Reads cargo's messages, calling `artifact` for each test binary; returns the build's
     /// exit code (0 when it succeeded).
     pub fn run(mut self, artifact: &mut dyn FnMut(Artifact)) -> anyhow::Result<i32> {
-        let stdout =
-            self.child.stdout.take().ok_or_else(|| anyhow::anyhow!("cargo's output is not piped"))?;
+        let stdout = self.stdout.take().ok_or_else(|| anyhow::anyhow!("cargo's output is not piped"))?;
         for line in BufReader::new(stdout).lines() {
             let line = line.map_err(|e| anyhow::anyhow!("read cargo's output: {e}"))?;
             let Ok(message) = serde_json::from_str::<Message>(&line) else { continue };
@@ -246,21 +266,18 @@ impl Build {
             let Some(kind) = Kind::from_cargo(&target.kind) else { continue };
             artifact(Artifact { package_id, target: target.name, kind, executable });
         }
-        let status = self.child.wait().map_err(|e| anyhow::anyhow!("wait for cargo: {e}"))?;
+        let status = self
+            .child
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .wait()
+            .map_err(|e| anyhow::anyhow!("wait for cargo: {e}"))?;
         Ok(status.code().unwrap_or(101))
     }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
 }
 
-/// Stops a build (on `--stop-after`) by its process id.
-pub fn kill(pid: u32) {
-    if let Ok(pid) = i32::try_from(pid) {
-        maelstrom_container::kill_process(pid);
-    }
-}
+/// A test binary's cases: each name, and whether it is `#[ignore]`d.
+pub type Listing = Vec<(String, bool)>;
 
 /// A test binary's test cases: names and whether they are `#[ignore]`d.
 pub fn list_tests(executable: &Path) -> anyhow::Result<Vec<(String, bool)>> {

@@ -21,16 +21,16 @@ use clap::Parser;
 use maelstrom_client::client::Client;
 use maelstrom_client::digests::DigestCache;
 use maelstrom_client::local::LocalConfig;
-use maelstrom_client::spec::{ContainerSpec, EnvSpecs, EnvironmentSpec, JobSpec, LayerSpec, PrefixOptions};
+use maelstrom_client::spec::{ContainerSpec, EnvironmentSpec, JobSpec, LayerSpec, PrefixOptions};
 use maelstrom_config::{CommonOptions, LogLevel, Size, Source, getenv, option};
 use maelstrom_container::{Zygote, ZygoteConfig};
 use maelstrom_test_runner::filter::{self, Language, Selection};
 use maelstrom_test_runner::session::{self, Case, Session, SessionOptions};
-use maelstrom_test_runner::specfile::{SpecFile, TestSettings, augment};
+use maelstrom_test_runner::specfile::{SpecFile, TestSettings, add_runner_items};
 use maelstrom_test_runner::ui::UiKind;
 use maelstrom_worker::JobResult;
 
-use crate::cargo::{Artifact, Build, CargoOptions, Kind, ListingCache, Metadata, Package};
+use crate::cargo::{Artifact, Build, CargoOptions, Kind, Listing, ListingCache, Metadata, Package};
 
 const SPEC_FILE: &str = "cargo-maelstrom.toml";
 const DEFAULT_SPEC: &str = include_str!("default-spec.toml");
@@ -344,6 +344,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let members = metadata.members();
+    if let Some(unknown) = cli.package.iter().find(|p| !members.iter().any(|m| m.name == **p)) {
+        let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+        anyhow::bail!("-p {unknown}: no such package in the workspace (it has {})", names.join(", "));
+    }
     let selection = selection(&cli, &members)?;
     let wanted: Vec<&Package> = members
         .iter()
@@ -369,19 +373,22 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     name: None,
                 };
                 if selection.eval(&subject) != Some(false) {
-                    println!(
-                        "{} {}({})",
-                        package.name,
-                        display_target(package, &target.name),
-                        kind.selector()
-                    );
+                    match display_target(package, &target.name) {
+                        "" => println!("{} ({})", package.name, kind.selector()),
+                        target => println!("{} {target} ({})", package.name, kind.selector()),
+                    }
                 }
             }
         }
         return Ok(0);
     }
-    let spec = SpecFile::load(&spec_path, DEFAULT_SPEC, &LANGUAGE)?;
-    let target_dir = settings.cargo.target_dir.clone().unwrap_or_else(|| metadata.target_directory.clone());
+    let mut spec = SpecFile::load(&spec_path, DEFAULT_SPEC, &LANGUAGE)?;
+    // cargo takes a relative --target-dir from the current directory.
+    let target_dir = match &settings.cargo.target_dir {
+        Some(dir) => std::path::absolute(dir).with_context(|| format!("--target-dir {}", dir.display()))?,
+        None => metadata.target_directory.clone(),
+    };
+    spec.apply_templates(&[("build-dir", build_dir(&target_dir, &settings.cargo).display().to_string())])?;
     let state_dir = target_dir.join("maelstrom");
     let packages: Vec<(&str, &str)> = wanted.iter().map(|p| (p.name.as_str(), p.version.as_str())).collect();
     let whole_workspace = wanted.len() == members.len();
@@ -395,7 +402,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         digests: DigestCache::open(&state_dir.join("cache/listing-digests")),
         hidden: std::collections::HashSet::new(),
     };
-    let build = Build::start(&settings.cargo, (!whole_workspace).then_some(&packages[..]), false)?;
+    if wanted.is_empty() {
+        eprintln!("cargo maelstrom: no package has tests the filters select; nothing to build");
+        return Ok(0);
+    }
+    let build = Build::start(&settings.cargo, (!whole_workspace).then_some(&packages[..]))?;
     if cli.list_tests {
         return runner.list(build);
     }
@@ -430,24 +441,23 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         slowest_shown: 5,
     };
     let mut session = Session::new(options, Box::new(|case, stdout| trim_libtest_output(&case.name, stdout)));
+    session.set_no_test_marker("\nrunning 0 tests\n");
     let names: Vec<&str> = wanted.iter().map(|p| p.name.as_str()).collect();
     let expected = session.db().count(&names);
     session.expect(expected);
     session.db().retain_packages(&members.iter().map(|p| p.name.as_str()).collect::<Vec<_>>());
-    let pid = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let build_pid = std::sync::Arc::clone(&pid);
+    let stopper = build.stopper();
     let build_events = events;
     std::thread::Builder::new()
         .name("build".into())
         .spawn(move || {
-            build_pid.store(build.pid(), std::sync::atomic::Ordering::Relaxed);
             let done = build.run(&mut |artifact| {
                 let _ = build_events.send(Event::Artifact(artifact));
             });
             let _ = build_events.send(Event::BuildDone(done.map_err(|e| e.to_string())));
         })
         .context("start the build thread")?;
-    runner.drive(session, &mut client, &inbox, &pid)
+    runner.drive(session, &mut client, &inbox, &stopper)
 }
 
 enum Event {
@@ -473,8 +483,8 @@ impl Runner<'_> {
         self.metadata.packages.iter().find(|p| p.id == id)
     }
 
-    /// The artifact's selected cases (with whether each is ignored).
-    fn cases(&mut self, artifact: &Artifact) -> anyhow::Result<Vec<(String, bool)>> {
+    /// The artifact's cases (with whether each is ignored), and which of them are selected.
+    fn cases(&mut self, artifact: &Artifact) -> anyhow::Result<(Listing, Listing)> {
         let digest = self
             .digests
             .digest(&artifact.executable)
@@ -483,9 +493,9 @@ impl Runner<'_> {
             .hex();
         let executable = artifact.executable.clone();
         let cases = self.listings.get(&digest, || cargo::list_tests(&executable))?;
-        let Some(package) = self.package(&artifact.package_id) else { return Ok(Vec::new()) };
-        Ok(cases
-            .into_iter()
+        let Some(package) = self.package(&artifact.package_id) else { return Ok((cases, Vec::new())) };
+        let selected = cases
+            .iter()
             .filter(|(name, _)| {
                 let subject = Subject {
                     package: &package.name,
@@ -495,7 +505,9 @@ impl Runner<'_> {
                 };
                 self.selection.eval(&subject) == Some(true)
             })
-            .collect())
+            .cloned()
+            .collect();
+        Ok((cases, selected))
     }
 
     /// `--list-tests`: builds, and prints each selected test.
@@ -507,7 +519,7 @@ impl Runner<'_> {
         }
         for artifact in artifacts {
             let Some(package) = self.package(&artifact.package_id).cloned() else { continue };
-            for (name, _) in self.cases(&artifact)? {
+            for (name, _) in self.cases(&artifact)?.1 {
                 println!("{}", display(&package, &artifact.target, &name));
             }
         }
@@ -520,16 +532,15 @@ impl Runner<'_> {
         mut session: Session,
         client: &mut Client,
         inbox: &std::sync::mpsc::Receiver<Event>,
-        build_pid: &std::sync::atomic::AtomicU32,
+        stopper: &cargo::Stopper,
     ) -> anyhow::Result<i32> {
         let mut build: Option<Result<i32, String>> = None;
         let mut failure = None;
         loop {
             if session.should_stop() {
                 // Enough failures: stop building and running.
-                let pid = build_pid.load(std::sync::atomic::Ordering::Relaxed);
-                if build.is_none() && pid != 0 {
-                    cargo::kill(pid);
+                if build.is_none() {
+                    stopper.stop();
                 }
                 break;
             }
@@ -555,7 +566,7 @@ impl Runner<'_> {
                     break;
                 }
                 Event::BuildDone(Err(e)) => anyhow::bail!("the build: {e}"),
-                Event::Artifact(artifact) => self.artifact(&artifact, &mut session, client)?,
+                Event::Artifact(artifact) => self.artifact(&artifact, &mut session, client),
             }
         }
         client.save();
@@ -564,16 +575,19 @@ impl Runner<'_> {
     }
 
     /// Lists an artifact's tests and sends the selected ones.
-    fn artifact(
-        &mut self,
-        artifact: &Artifact,
-        session: &mut Session,
-        client: &mut Client,
-    ) -> anyhow::Result<()> {
-        let Some(package) = self.package(&artifact.package_id).cloned() else { return Ok(()) };
-        let cases = self.cases(artifact)?;
+    fn artifact(&mut self, artifact: &Artifact, session: &mut Session, client: &mut Client) {
+        let Some(package) = self.package(&artifact.package_id).cloned() else { return };
         let artifact_key = format!("{}({})", artifact.target, artifact.kind.selector());
-        let names: Vec<&str> = cases.iter().map(|(n, _)| n.as_str()).collect();
+        let (all, cases) = match self.cases(artifact) {
+            Ok(cases) => cases,
+            Err(e) => {
+                // One binary that cannot be listed does not stop the others.
+                let display = format!("{} {}({})", package.name, artifact.target, artifact.kind.selector());
+                session.error(&package.name, display, format!("could not list its tests: {e}"));
+                return;
+            }
+        };
+        let names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
         session.db().retain_cases(&package.name, &artifact_key, &names);
         for (name, ignored) in cases {
             let subject = Subject {
@@ -614,7 +628,6 @@ impl Runner<'_> {
                 };
             session.add(case, &settings, &mut submit);
         }
-        Ok(())
     }
 
     fn arguments(&self, case: &str) -> Vec<String> {
@@ -662,15 +675,8 @@ impl Runner<'_> {
         }
         vars.insert("CARGO_PKG_VERSION_PRE".to_owned(), escape(pre));
         vars.insert("CARGO_CRATE_NAME".to_owned(), artifact.target.replace('-', "_"));
-        let mut added = ContainerSpec {
-            added_layers: Some(layers),
-            added_environment: Some(EnvSpecs(vec![EnvironmentSpec { vars, extend: true }])),
-            ..ContainerSpec::default()
-        };
-        if container.working_directory.is_none() && container.parent.is_none() {
-            added.working_directory = Some(dir);
-        }
-        augment(&mut container, &added);
+        let environment = vec![EnvironmentSpec { vars, extend: true }];
+        add_runner_items(&mut container, layers, environment, dir);
         container
     }
 }
@@ -684,6 +690,19 @@ fn hiding_mount(container: &ContainerSpec, dir: &Path) -> Option<String> {
         }
         _ => None,
     })
+}
+
+/// Where cargo puts the profile's outputs: the reference's `<build-dir>`.
+fn build_dir(target_dir: &Path, options: &CargoOptions) -> PathBuf {
+    let profile = match (options.profile.as_deref(), options.release) {
+        (Some("dev" | "test") | None, false) => "debug",
+        (Some("release" | "bench"), _) | (None, true) => "release",
+        (Some(custom), _) => custom,
+    };
+    match &options.target {
+        Some(triple) => target_dir.join(triple).join(profile),
+        None => target_dir.join(profile),
+    }
 }
 
 fn file_name(path: &Path) -> String {

@@ -205,7 +205,7 @@ fn filters_and_listings() {
     assert_eq!(text(&out.stdout), "fixture\n", "a bare package name excludes it, as with cargo test");
     let out = fixture.run(&["--list-binaries"]);
     let binaries = text(&out.stdout);
-    for line in ["fixture (library)", "fixture integration(test)", "other-pkg other-tool(binary)"] {
+    for line in ["fixture (library)", "fixture integration (test)", "other-pkg other-tool (binary)"] {
         assert!(binaries.lines().any(|l| l == line), "{line} missing:\n{binaries}");
     }
     let out = fixture.run(&["--list-tests", "-i", "package.equals(other-pkg)"]);
@@ -218,6 +218,13 @@ fn filters_and_listings() {
     let out = fixture.run(&["-i", "package.equals(other-pkg) - name.contains(exits)"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
     assert_eq!(statuses(&text(&out.stdout)).len(), 1);
+    let out = fixture.run(&["-p", "no-such-package"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("-p no-such-package: no such package in the workspace"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = fixture.run(&["-i", "name.eq(x) &"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
@@ -239,6 +246,11 @@ fn options_reports_and_exit_codes() {
 
     let out = fixture.run(&["-i", "name.equals(tests::sees_extra_arguments)", "--", "--show-output"]);
     assert_eq!(out.status.code(), Some(0), "arguments after -- reach the test binary: {}", text(&out.stdout));
+
+    let out = fixture.run(&["-i", "name.equals(tests::passes)", "--", "--ignored"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "a binary that ran no test is not a pass: {stdout}");
+    assert!(stdout.contains("the test binary ran no test"), "{stdout}");
 
     let out = fixture.run(&["-t", "3", "-i", "name.equals(tests::hangs)"]);
     let stdout = text(&out.stdout);

@@ -57,6 +57,8 @@ pub type Trim = Box<dyn Fn(&Case, &[u8]) -> String>;
 struct Finished {
     case: usize,
     status: Status,
+    /// Whether the test database learns from it (not for a binary that could not be listed).
+    about_a_test: bool,
     duration: Option<Duration>,
     stdout: String,
     stderr: String,
@@ -72,7 +74,11 @@ pub struct Session {
     finished: Vec<Finished>,
     failures: u32,
     not_run: u64,
+    /// Runs the listed cases make (each `repeat` times, ignored ones once).
+    expected_runs: u64,
     trim: Trim,
+    /// What a test binary prints when it ran no test at all (a framework's own words).
+    no_test_marker: Option<&'static str>,
     last_running_update: Instant,
 }
 
@@ -102,9 +108,41 @@ impl Session {
             finished: Vec::new(),
             failures: 0,
             not_run: 0,
+            expected_runs: 0,
             trim,
+            no_test_marker: None,
             last_running_update: Instant::now(),
         }
+    }
+
+    /// A passing run whose output has `marker` ran no test (say, a test binary given a filter
+    /// in the extra arguments): it is an error, not a pass.
+    pub fn set_no_test_marker(&mut self, marker: &'static str) {
+        self.no_test_marker = Some(marker);
+    }
+
+    /// Something that is not one test went wrong (a binary that could not be listed): it is
+    /// reported as an error under `display`, and counts as a failure.
+    pub fn error(&mut self, package: &str, display: String, message: String) {
+        let index = self.cases.len();
+        self.cases.push(Case {
+            package: package.to_owned(),
+            artifact: String::new(),
+            name: display.clone(),
+            display,
+            ignored: false,
+        });
+        self.expected_runs += 1;
+        self.ui.set_total(self.expected_runs);
+        self.record(Finished {
+            case: index,
+            status: Status::Error,
+            about_a_test: false,
+            duration: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            details: vec![message],
+        });
     }
 
     pub fn ui(&mut self) -> &mut Ui {
@@ -125,10 +163,13 @@ impl Session {
         let index = self.cases.len();
         let estimate = self.db.estimate(&case.package, &case.artifact, &case.name);
         self.cases.push(case);
-        if self.cases[index].ignored || settings.ignore {
+        let ignored = self.cases[index].ignored || settings.ignore;
+        self.expected_runs += if ignored { 1 } else { u64::from(self.options.repeat.get()) };
+        if ignored {
             self.record(Finished {
                 case: index,
                 status: Status::Ignored,
+                about_a_test: true,
                 duration: None,
                 stdout: String::new(),
                 stderr: String::new(),
@@ -148,6 +189,7 @@ impl Session {
                 Err(message) => self.record(Finished {
                     case: index,
                     status: Status::Error,
+                    about_a_test: true,
                     duration: None,
                     stdout: String::new(),
                     stderr: String::new(),
@@ -164,9 +206,7 @@ impl Session {
 
     /// Fixes the progress bar's length once every case is known.
     pub fn listing_done(&mut self) {
-        let ignored = self.cases.iter().filter(|c| c.ignored).count() as u64;
-        let runs = (self.cases.len() as u64 - ignored) * u64::from(self.options.repeat.get()) + ignored;
-        self.ui.set_total(runs);
+        self.ui.set_total(self.expected_runs);
     }
 
     /// Jobs sent and not yet finished.
@@ -185,7 +225,11 @@ impl Session {
         let case = &self.cases[index];
         let (status, duration, stdout, stderr, mut details) = match result.result {
             Ok(done) => {
+                let empty = self.no_test_marker.is_some_and(|marker| {
+                    done.stdout.bytes.windows(marker.len()).any(|w| w == marker.as_bytes())
+                });
                 let status = match done.outcome {
+                    Outcome::Exited(0) if empty => Status::Error,
                     Outcome::Exited(0) => Status::Ok,
                     Outcome::Exited(_) | Outcome::Signaled(_) => Status::Fail,
                     Outcome::TimedOut => Status::Timeout,
@@ -194,6 +238,11 @@ impl Session {
                 let stderr = String::from_utf8_lossy(&done.stderr.bytes).into_owned();
                 let mut details = Vec::new();
                 match done.outcome {
+                    Outcome::Exited(0) if empty => {
+                        details.push(
+                            "the test binary ran no test (do its extra arguments filter them out?)".into(),
+                        );
+                    }
                     Outcome::Signaled(signal) => details.push(format!("killed by signal {signal}")),
                     Outcome::TimedOut => details.push("timed out".to_owned()),
                     Outcome::Exited(code) if code != 0 && code != 101 => {
@@ -219,9 +268,12 @@ impl Session {
                 (Status::Error, None, String::new(), String::new(), vec![format!("system error: {message}")])
             }
         };
+        let (mut stdout, mut stderr) = (stdout, stderr);
         if status == Status::Ok {
-            // A passing test's output is not shown, nor what was cut of it.
+            // A passing test's output is not shown or kept, nor what was cut of it.
             details.clear();
+            stdout.clear();
+            stderr.clear();
         } else {
             let mut shown = Vec::new();
             for output in [&stdout, &stderr] {
@@ -233,7 +285,7 @@ impl Session {
             shown.append(&mut details);
             details = shown;
         }
-        self.record(Finished { case: index, status, duration, stdout, stderr, details });
+        self.record(Finished { case: index, status, about_a_test: true, duration, stdout, stderr, details });
         self.refresh_running(false);
     }
 
@@ -243,7 +295,7 @@ impl Session {
             self.failures += 1;
             self.ui.set_failures(u64::from(self.failures));
         }
-        if finished.status != Status::Ignored {
+        if finished.status != Status::Ignored && finished.about_a_test {
             let passed = finished.status == Status::Ok;
             self.db.update(&case.package, &case.artifact, &case.name, finished.duration, passed);
         }

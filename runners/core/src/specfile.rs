@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
-use maelstrom_client::spec::{ContainerSpec, EnvSpecs};
+use maelstrom_client::spec::{ContainerSpec, EnvSpecs, EnvironmentSpec, LayerSpec, UseField};
 
 use crate::filter::{self, Language, Pattern, Subject};
 
@@ -129,6 +129,24 @@ impl SpecFile {
         Ok(Self { containers, directives, path: path.map(Path::to_owned) })
     }
 
+    /// Replaces `<name>` in every layer's paths with `variables`' values (`<<` is a literal
+    /// `<`); cargo's `<build-dir>` is one. An unknown name is an error.
+    pub fn apply_templates(&mut self, variables: &[(&str, String)]) -> Result<(), SpecError> {
+        let name =
+            self.path.as_ref().map_or_else(|| "the default spec".to_owned(), |p| p.display().to_string());
+        let containers =
+            self.containers.values_mut().chain(self.directives.iter_mut().map(|d| &mut d.container));
+        for container in containers {
+            for layer in container.layers.iter_mut().chain(container.added_layers.iter_mut()).flatten() {
+                for path in layer_paths(layer) {
+                    *path = template(path, variables)
+                        .map_err(|e| SpecError(format!("{name}: layer path {path:?}: {e}")))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// What the matching directives say about `test` (whose every value is known).
     pub fn settings(&self, test: &dyn Subject) -> TestSettings {
         let mut settings = TestSettings { include_shared_libraries: true, ..TestSettings::default() };
@@ -157,6 +175,54 @@ impl SpecFile {
 struct Spanned {
     #[serde(default)]
     directives: Vec<toml::Spanned<toml::Table>>,
+}
+
+/// Every path a layer names.
+fn layer_paths(layer: &mut LayerSpec) -> Vec<&mut String> {
+    match layer {
+        LayerSpec::Tar { tar } => vec![tar],
+        LayerSpec::Glob { glob, .. } => vec![glob],
+        LayerSpec::Paths { paths, .. } | LayerSpec::Stubs { stubs: paths } => paths.iter_mut().collect(),
+        LayerSpec::SharedLibraryDependencies { binaries, .. } => binaries.iter_mut().collect(),
+        LayerSpec::Symlinks { symlinks } => {
+            symlinks.iter_mut().flat_map(|s| [&mut s.link, &mut s.target]).collect()
+        }
+        LayerSpec::Command { .. } | LayerSpec::Tree { .. } => Vec::new(),
+    }
+}
+
+/// `text` with each `<name>` replaced, and `<<` made `<`.
+fn template(text: &str, variables: &[(&str, String)]) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('<') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at + 1..];
+        if let Some(after) = rest.strip_prefix('<') {
+            out.push('<');
+            rest = after;
+            continue;
+        }
+        let end = rest.find('>').filter(|&end| {
+            end > 0 && rest[..end].chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+        let Some(end) = end else {
+            out.push('<');
+            continue;
+        };
+        let name = &rest[..end];
+        let Some((_, value)) = variables.iter().find(|(n, _)| *n == name) else {
+            let known: Vec<String> = variables.iter().map(|(n, _)| format!("<{n}>")).collect();
+            return Err(format!(
+                "unknown variable `<{name}>` (known: {}; write `<<` for a `<`)",
+                known.join(", ")
+            ));
+        };
+        out.push_str(value);
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// Applies one directive's container fields to the candidate (runners use it to add their
@@ -193,6 +259,35 @@ pub fn augment(candidate: &mut ContainerSpec, directive: &ContainerSpec) {
         ($($field:ident),*) => { $(if directive.$field.is_some() { candidate.$field = directive.$field; })* };
     }
     scalars!(enable_writable_file_system, network, user, group);
+}
+
+/// Adds what a runner gives every test (its files and variables, and its working directory
+/// unless the spec chose one) to the test's container. The items go after what the directives
+/// set, or after what the parent gives; where the parent's explicit `use` leaves a field out,
+/// they become the container's own.
+pub fn add_runner_items(
+    container: &mut ContainerSpec,
+    layers: Vec<LayerSpec>,
+    environment: Vec<EnvironmentSpec>,
+    working_directory: String,
+) {
+    let inheritance = container.parent.as_ref().or(container.image.as_ref());
+    let inherited = |field: UseField| match inheritance {
+        None => false,
+        Some(parent) => parent.use_.as_ref().is_none_or(|used| used.contains(&field)),
+    };
+    let (layers_inherited, environment_inherited) =
+        (inherited(UseField::Layers), inherited(UseField::Environment));
+    let working_directory_inherited = inherited(UseField::WorkingDirectory);
+    list(&mut container.layers, &mut container.added_layers, &None, &Some(layers), layers_inherited);
+    let env = |e: &Option<EnvSpecs>| e.as_ref().map(|e| e.0.clone());
+    let (mut own, mut added) = (env(&container.environment), env(&container.added_environment));
+    list(&mut own, &mut added, &None, &Some(environment), environment_inherited);
+    container.environment = own.map(EnvSpecs);
+    container.added_environment = added.map(EnvSpecs);
+    if container.working_directory.is_none() && !working_directory_inherited {
+        container.working_directory = Some(working_directory);
+    }
 }
 
 /// A list field: replaced by the directive's own, or appended to by its `added_*` (which stay
@@ -301,6 +396,54 @@ added_layers = [{ stubs = ["/c/"] }]
             maelstrom_client::resolve::resolve(&inherits.container, &spec.containers, &|_| None).unwrap();
         assert_eq!(resolved.layers, vec![stubs("/base/"), stubs("/c/")]);
         assert_eq!(resolved.network, Network::Loopback);
+    }
+
+    #[test]
+    fn runner_items_follow_the_parents_use() {
+        let named = |text: &str| -> BTreeMap<String, ContainerSpec> { toml::from_str(text).unwrap() };
+        let containers = named("[base]\nlayers = [{ stubs = [\"/base/\"] }]\nworking_directory = \"/w\"\n");
+        let env = || {
+            vec![EnvironmentSpec { vars: BTreeMap::from([("V".to_owned(), "1".to_owned())]), extend: true }]
+        };
+        for (parent, layers, workdir) in [
+            // Implicit use: added to the parent's layers; the parent's working directory stays.
+            ("parent = \"base\"", vec![stubs("/base/"), stubs("/mine/")], "/w"),
+            // An explicit use without environment or working directory: ours are the container's own.
+            (
+                "parent = { name = \"base\", use = [\"layers\"] }",
+                vec![stubs("/base/"), stubs("/mine/")],
+                "/pkg",
+            ),
+            // An explicit use without layers: the parent's layers are not used.
+            ("parent = { name = \"base\", use = [\"environment\"] }", vec![stubs("/mine/")], "/pkg"),
+            ("layers = [{ stubs = [\"/d/\"] }]", vec![stubs("/d/"), stubs("/mine/")], "/pkg"),
+        ] {
+            let mut container: ContainerSpec = toml::from_str(parent).unwrap();
+            add_runner_items(&mut container, vec![stubs("/mine/")], env(), "/pkg".into());
+            let resolved = maelstrom_client::resolve::resolve(&container, &containers, &|_| None)
+                .unwrap_or_else(|e| panic!("{parent}: {e}"));
+            assert_eq!(resolved.layers, layers, "{parent}");
+            assert_eq!(resolved.environment, [("V".to_owned(), "1".to_owned())], "{parent}");
+            assert_eq!(resolved.working_directory, workdir, "{parent}");
+        }
+    }
+
+    #[test]
+    fn layer_paths_take_templates() {
+        let text = r#"
+[[directives]]
+layers = [{ paths = ["<build-dir>/tool", "a<<b>"] }, { glob = "<build-dir>/*.so" }]
+"#;
+        let mut spec = SpecFile::parse(text, None, &LANGUAGE).unwrap();
+        spec.apply_templates(&[("build-dir", "/t/debug".into())]).unwrap();
+        let layers = spec.directives[0].container.layers.clone().unwrap();
+        assert!(matches!(&layers[0], LayerSpec::Paths { paths, .. } if paths == &["/t/debug/tool", "a<b>"]));
+        assert!(matches!(&layers[1], LayerSpec::Glob { glob, .. } if glob == "/t/debug/*.so"));
+        let mut bad =
+            SpecFile::parse("[[directives]]\nlayers = [{ tar = \"<nope>/x.tar\" }]\n", None, &LANGUAGE)
+                .unwrap();
+        let error = bad.apply_templates(&[("build-dir", "/t".into())]).unwrap_err();
+        assert!(error.0.contains("unknown variable `<nope>` (known: <build-dir>"), "{error}");
     }
 
     #[test]

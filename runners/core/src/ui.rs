@@ -123,15 +123,6 @@ impl Ui {
         }
     }
 
-    /// The build's own output (cargo's warnings and errors), passed through.
-    pub fn build_output(&mut self, text: &str) {
-        if self.kind != UiKind::Quiet {
-            for line in text.lines() {
-                self.println(line);
-            }
-        }
-    }
-
     /// How many tests the run will have (an estimate until listing is done).
     pub fn set_total(&mut self, total: u64) {
         if let Some(bar) = &self.bar {
@@ -169,13 +160,13 @@ impl Ui {
             Some(d) => format!("{} {:.3}s", status.label(), d.as_secs_f64()),
             None => status.label().to_owned(),
         };
-        let line = dotted(name, &tail, self.width);
-        self.println(&line);
+        let mut text = dotted(name, &tail, self.width);
         for detail in details {
-            for line in detail.lines() {
-                self.println(line);
-            }
+            text.push('\n');
+            text.push_str(detail);
         }
+        // One print, however long the output: each redraws the bars.
+        self.println(&text);
     }
 
     /// Clears the bars; the summary follows in plain text.

@@ -74,6 +74,10 @@ impl DigestCache {
     /// The digest of the file at `path` (following symlinks), and its metadata.
     pub fn digest(&mut self, path: &Path) -> io::Result<(Digest, fs::Metadata)> {
         let metadata = fs::metadata(path)?;
+        if !metadata.is_file() {
+            // Opening a FIFO would wait for a writer; a socket or device has no contents.
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+        }
         let stamp = Stamp::of(&metadata);
         if let Some((cached, digest)) = self.entries.get(path)
             && *cached == stamp

@@ -98,15 +98,38 @@ impl LayerBuilder {
                 let root = self.local(tree);
                 let excluded: Vec<PathBuf> = exclude.iter().map(|e| self.local(e)).collect();
                 let walk = walkdir::WalkDir::new(&root).follow_links(false).sort_by_file_name().into_iter();
+                // Left out: `.git`, what is excluded, and any cache directory (cargo marks its
+                // target directories with CACHEDIR.TAG, stale or not).
                 let walk = walk.filter_entry(|e| {
-                    !(e.file_name() == ".git" || excluded.iter().any(|x| e.path().starts_with(x)))
+                    !(e.file_name() == ".git"
+                        || excluded.iter().any(|x| e.path().starts_with(x))
+                        || (e.depth() > 0
+                            && e.file_type().is_dir()
+                            && e.path().join("CACHEDIR.TAG").exists()))
                 });
                 for entry in walk {
-                    let entry =
-                        entry.map_err(|e| LayerError(format!("tree layer {}: {e}", root.display())))?;
+                    let entry = match entry {
+                        Ok(entry) => entry,
+                        // What this user cannot read, the tests could not read either.
+                        Err(e)
+                            if e.io_error()
+                                .is_some_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied) =>
+                        {
+                            continue;
+                        }
+                        Err(e) => return Err(LayerError(format!("tree layer {}: {e}", root.display()))),
+                    };
+                    let kind = entry.file_type();
+                    if !(kind.is_dir() || kind.is_file() || kind.is_symlink()) {
+                        // FIFOs, sockets and devices have no contents to copy.
+                        continue;
+                    }
                     let source = entry.path().to_path_buf();
-                    self.add_path(&mut entries, &source, source.clone(), false, true)
-                        .map_err(|e| LayerError(format!("tree layer: {e}")))?;
+                    match self.add_path(&mut entries, &source, source.clone(), false, true) {
+                        Ok(()) => {}
+                        Err(e) if e.contains("Permission denied") => {}
+                        Err(e) => return Err(LayerError(format!("tree layer: {e}"))),
+                    }
                 }
             }
             LayerSpec::Command { .. } => {
@@ -212,6 +235,12 @@ impl LayerBuilder {
             return Ok(());
         }
         let metadata = std::fs::metadata(source).map_err(|e| format!("{}: {e}", source.display()))?;
+        if !metadata.is_dir() && !metadata.is_file() {
+            return Err(format!(
+                "{} is not a regular file, directory or symlink (a FIFO, socket or device cannot be in a layer)",
+                source.display()
+            ));
+        }
         if metadata.is_dir() {
             if dirs {
                 entries.push(
@@ -401,6 +430,15 @@ mod tests {
             std::fs::write(dir.path().join(f), f).unwrap();
         }
         std::fs::create_dir_all(dir.path().join("pkg/empty")).unwrap();
+        // A stale target directory (cargo tags them), and a FIFO that nothing writes to.
+        std::fs::create_dir_all(dir.path().join("pkg/old-target/debug")).unwrap();
+        std::fs::write(
+            dir.path().join("pkg/old-target/CACHEDIR.TAG"),
+            "Signature: 8a477f597d28d172789f06886806bc55",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("pkg/old-target/debug/big"), "x").unwrap();
+        maelstrom_container::mkfifo(&dir.path().join("pkg/fifo"), 0o644).unwrap();
         let root = dir.path().join("pkg");
         let spec = LayerSpec::Tree {
             tree: root.display().to_string(),
@@ -412,7 +450,16 @@ mod tests {
         for present in ["src/lib.rs", "tests/data/x", "empty"] {
             assert!(paths.contains(&at(present)), "{present} missing from {paths:?}");
         }
-        assert!(!paths.iter().any(|p| p.contains("/target") || p.contains("/.git")), "{paths:?}");
+        assert!(
+            !paths.iter().any(|p| p.contains("target") || p.contains("/.git") || p.contains("fifo")),
+            "{paths:?}"
+        );
+        let fifo = LayerSpec::Paths {
+            paths: vec![root.join("fifo").display().to_string()],
+            prefix: PrefixOptions::default(),
+        };
+        let error = builder(dir.path()).build(&fifo).unwrap_err();
+        assert!(error.0.contains("cannot be in a layer"), "{error}");
     }
 
     #[test]
