@@ -314,6 +314,20 @@ pub fn encode_control(message: &Control, out: &mut Vec<u8>) -> Result<(), Decode
     Ok(())
 }
 
+/// Like [`encode_control`], but a job's result too large for a frame becomes a result that says
+/// so, rather than no result at all (a job is never lost). Errs only for another message too
+/// large, which only a bug can make.
+pub fn encode_control_or_report(message: &Control, out: &mut Vec<u8>) -> Result<(), DecodeError> {
+    match encode_control(message, out) {
+        Err(e) if matches!(message, Control::Done { .. }) => {
+            let Control::Done { id, .. } = message else { return Err(e) };
+            let outcome = Outcome::SystemError(format!("the job's result could not be sent: {e}"));
+            encode_control(&Control::Done { id: *id, outcome }, out)
+        }
+        other => other,
+    }
+}
+
 /// Bytes a result may carry besides its output (error messages are short).
 const RESULT_OVERHEAD_BYTES: usize = 64 << 10;
 
@@ -758,6 +772,21 @@ mod tests {
         let Outcome::TimedOut { stdout, stderr, .. } = &lopsided else { unreachable!() };
         assert_eq!(stdout.bytes.len(), 10);
         assert!(stderr.bytes.len() > 3 << 20, "a small stream leaves its room to the other");
+        let mut frame = Vec::new();
+        let too_big = Control::Done {
+            id: 4,
+            outcome: Outcome::Exited { code: 0, stdout: big(5 << 20), stderr: big(0), duration_us: 1 },
+        };
+        encode_control_or_report(&too_big, &mut frame).unwrap();
+        let mut aligned = AlignedVec::<16>::new();
+        aligned.extend_from_slice(&frame[HEADER_BYTES..]);
+        match decode(Kind::Control, &aligned).unwrap() {
+            Frame::Control(ArchivedControl::Done { id, outcome: ArchivedOutcome::SystemError(m) }) => {
+                assert_eq!(*id, 4);
+                assert!(m.contains("could not be sent"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
         let huge = JobSpec { arguments: vec!["y".repeat(5 << 20)], ..typical_job() };
         assert!(encode_job_frame(Kind::Submit, 1, &encode_job(&huge), &mut Vec::new()).is_err());
     }

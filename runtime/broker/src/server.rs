@@ -610,19 +610,10 @@ impl Server {
 
     fn send(&mut self, peer: PeerId, message: &Control) {
         let mut frame = Vec::new();
-        if let Err(e) = cluster::encode_control(message, &mut frame) {
-            // Only a result can be that large (its worker cuts it to fit): say so rather than
-            // lose the job.
-            let Control::Done { id, .. } = message else {
-                self.log(&format!("a message could not be encoded: {e}"));
-                return;
-            };
-            let outcome = Outcome::SystemError(format!("the job's result could not be sent: {e}"));
-            frame.clear();
-            cluster::encode_control(&Control::Done { id: *id, outcome }, &mut frame)
-                .expect("INVARIANT: a short message fits a frame");
+        match cluster::encode_control_or_report(message, &mut frame) {
+            Ok(()) => self.queue(peer, frame),
+            Err(e) => self.log(&format!("a message could not be encoded: {e}")),
         }
-        self.queue(peer, frame);
     }
 
     fn queue(&mut self, peer: PeerId, frame: Vec<u8>) {

@@ -496,18 +496,10 @@ impl Worker {
 
     fn send(&mut self, message: &Control) {
         let mut frame = Vec::new();
-        if let Err(e) = cluster::encode_control(message, &mut frame) {
-            // Results are cut to fit before they get here; anything else is a short message.
-            let Control::Done { id, .. } = message else {
-                self.log(&format!("a message could not be encoded: {e}"));
-                return;
-            };
-            let outcome = Outcome::SystemError(format!("the job's result could not be sent: {e}"));
-            frame.clear();
-            cluster::encode_control(&Control::Done { id: *id, outcome }, &mut frame)
-                .expect("INVARIANT: a short message fits a frame");
+        match cluster::encode_control_or_report(message, &mut frame) {
+            Ok(()) => self.queue(frame),
+            Err(e) => self.log(&format!("a message could not be encoded: {e}")),
         }
-        self.queue(frame);
     }
 
     fn queue(&mut self, frame: Vec<u8>) {
