@@ -1,7 +1,7 @@
 //! `maelstrom-admin`: asks a broker for its status, or tells it to stop.
 
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -76,12 +76,7 @@ struct Connection {
 
 impl Connection {
     fn open(broker: &str) -> anyhow::Result<Self> {
-        let address = broker
-            .to_socket_addrs()
-            .map_err(|e| anyhow::anyhow!("broker address {broker}: {e}"))?
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("broker address {broker} resolves to nothing"))?;
-        let stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))
+        let stream = maelstrom_uring::connect(broker, Duration::from_secs(5))
             .map_err(|e| anyhow::anyhow!("connect to the broker at {broker}: {e}"))?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
         let mut conn = Self { stream, reader: FrameReader::default(), broker: broker.to_owned() };

@@ -22,7 +22,7 @@ use maelstrom_client::client::Client;
 use maelstrom_client::digests::DigestCache;
 use maelstrom_client::local::LocalConfig;
 use maelstrom_client::spec::{ContainerSpec, EnvironmentSpec, JobSpec, LayerSpec, PrefixOptions};
-use maelstrom_config::{CommonOptions, LogLevel, Size, Source, getenv, option};
+use maelstrom_config::{CommonOptions, LogLevel, Size, Source, getenv};
 use maelstrom_container::{Zygote, ZygoteConfig};
 use maelstrom_test_runner::filter::{self, Language, Selection};
 use maelstrom_test_runner::session::{self, Case, Session, SessionOptions};
@@ -213,22 +213,14 @@ fn settings(cli: &Cli, cores: u64) -> anyhow::Result<Settings> {
         offline: get_bool("offline", cli.offline)?,
     };
     let extra = (!cli.extra_test_binary_args.is_empty()).then(|| cli.extra_test_binary_args.clone());
+    let worker =
+        config.worker_values(cli.cache_size.as_deref(), cli.inline_limit.as_deref(), cli.slots, cores)?;
     let settings = Settings {
         broker: config.get("broker", cli.broker.clone(), &getenv)?,
         log_level: cli.common.log_level(&config)?,
-        cache_size: config.get_or(
-            "cache-size",
-            option(cli.cache_size.as_deref(), "cache-size")?,
-            Size(1_000_000_000),
-            &getenv,
-        )?,
-        inline_limit: config.get_or(
-            "inline-limit",
-            option(cli.inline_limit.as_deref(), "inline-limit")?,
-            Size(1_000_000),
-            &getenv,
-        )?,
-        slots: config.get_or("slots", cli.slots, cores, &getenv)?,
+        cache_size: worker.cache_size,
+        inline_limit: worker.inline_limit,
+        slots: worker.slots,
         ui: config.get_or("ui", cli.ui.clone(), "auto".to_owned(), &getenv)?,
         repeat: config.get_or("repeat", cli.repeat, 1, &getenv)?,
         stop_after: config.get("stop-after", cli.stop_after, &getenv)?,
@@ -237,11 +229,6 @@ fn settings(cli: &Cli, cores: u64) -> anyhow::Result<Settings> {
         extra_test_binary_args: config.get_or("extra-test-binary-args", extra, Vec::new(), &getenv)?,
         cargo,
     };
-    let (slots, source) = &settings.slots;
-    anyhow::ensure!(
-        (1..=1000).contains(slots),
-        "slots from {source}: must be between 1 and 1000, not {slots}"
-    );
     let (repeat, source) = &settings.repeat;
     anyhow::ensure!(*repeat >= 1, "repeat from {source}: must be at least 1");
     if let Some((n, source)) = &settings.stop_after {

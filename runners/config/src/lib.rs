@@ -299,6 +299,48 @@ impl CommonOptions {
     }
 }
 
+/// The values of every program that runs jobs on a worker of its own: `cache-size`,
+/// `inline-limit` and `slots` (1 to 1000; the CPU count by default).
+#[derive(Debug)]
+pub struct WorkerValues {
+    pub cache_size: (Size, Source),
+    pub inline_limit: (Size, Source),
+    pub slots: (u64, Source),
+}
+
+impl Config {
+    /// Resolves the [`WorkerValues`] from the command line's texts and the other sources.
+    pub fn worker_values(
+        &self,
+        cache_size: Option<&str>,
+        inline_limit: Option<&str>,
+        slots: Option<u64>,
+        cores: u64,
+    ) -> Result<WorkerValues, ConfigError> {
+        let values = WorkerValues {
+            cache_size: self.get_or(
+                "cache-size",
+                option(cache_size, "cache-size")?,
+                Size(1_000_000_000),
+                &getenv,
+            )?,
+            inline_limit: self.get_or(
+                "inline-limit",
+                option(inline_limit, "inline-limit")?,
+                Size(1_000_000),
+                &getenv,
+            )?,
+            slots: self.get_or("slots", slots, cores, &getenv)?,
+        };
+        let (slots, origin) = &values.slots;
+        if !(1..=1000).contains(slots) {
+            let message = format!("must be between 1 and 1000, not {slots}");
+            return Err(ConfigError::Value { key: "slots".into(), origin: origin.clone(), message });
+        }
+        Ok(values)
+    }
+}
+
 /// The process environment, as [`Config::load`] and [`Config::get`] read it.
 pub fn getenv(name: &str) -> Option<String> {
     std::env::var(name).ok()
@@ -375,6 +417,25 @@ mod tests {
             config.get_or::<String>("broker", None, "none".into(), &getenv).unwrap(),
             ("none".into(), Source::Default)
         );
+    }
+
+    #[test]
+    fn worker_values_have_defaults_and_slots_a_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, "slots = 0\n").unwrap();
+        let none = Config::load("maelstrom/run", "MAELSTROM_RUN", Some("-"), KNOWN, &env(&[])).unwrap();
+        let values = none.worker_values(None, Some("2 kB"), None, 4).unwrap();
+        assert_eq!(
+            (values.cache_size.0, values.inline_limit.0, values.slots.0),
+            (Size(1_000_000_000), Size(2000), 4)
+        );
+        assert_eq!(values.inline_limit.1, Source::CommandLine);
+        let zero = Config::load("maelstrom/run", "MAELSTROM_RUN", file.to_str(), KNOWN, &env(&[])).unwrap();
+        let error = zero.worker_values(None, None, None, 4).unwrap_err().to_string();
+        assert!(error.ends_with("config.toml: must be between 1 and 1000, not 0"), "{error}");
+        let error = none.worker_values(Some("lots"), None, Some(1001), 4).unwrap_err().to_string();
+        assert!(error.starts_with("--cache-size: "), "{error}");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use clap::Parser;
 use maelstrom_client::client::Client;
 use maelstrom_client::local::LocalConfig;
 use maelstrom_client::spec::{StreamItem, StreamRequest};
-use maelstrom_config::{CommonOptions, LogLevel, Size, Source, getenv, option};
+use maelstrom_config::{CommonOptions, LogLevel, Size, Source, getenv};
 use maelstrom_container::{Outcome, Zygote, ZygoteConfig};
 use maelstrom_worker::{JobError, JobResult};
 
@@ -99,6 +99,8 @@ struct Settings {
 
 fn settings(cli: &Cli, cores: u64) -> anyhow::Result<Settings> {
     let config = cli.common.load("run", "MAELSTROM_RUN", KEYS)?;
+    let worker =
+        config.worker_values(cli.cache_size.as_deref(), cli.inline_limit.as_deref(), cli.slots, cores)?;
     let settings = Settings {
         log_level: cli.common.log_level(&config)?,
         cache_root: config.get_or(
@@ -107,27 +109,11 @@ fn settings(cli: &Cli, cores: u64) -> anyhow::Result<Settings> {
             maelstrom_config::cache_dir("maelstrom/run", &getenv),
             &getenv,
         )?,
-        cache_size: config.get_or(
-            "cache-size",
-            option::<Size>(cli.cache_size.as_deref(), "cache-size")?,
-            Size(1_000_000_000),
-            &getenv,
-        )?,
-        inline_limit: config.get_or(
-            "inline-limit",
-            option::<Size>(cli.inline_limit.as_deref(), "inline-limit")?,
-            Size(1_000_000),
-            &getenv,
-        )?,
-        slots: config.get_or("slots", cli.slots, cores, &getenv)?,
+        cache_size: worker.cache_size,
+        inline_limit: worker.inline_limit,
+        slots: worker.slots,
         broker: config.get("broker", cli.broker.clone(), &getenv)?,
     };
-    anyhow::ensure!(
-        (1..=1000).contains(&settings.slots.0),
-        "slots from {}: must be between 1 and 1000, not {}",
-        settings.slots.1,
-        settings.slots.0
-    );
     Ok(settings)
 }
 

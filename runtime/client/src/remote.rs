@@ -8,8 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::os::fd::AsFd;
+use std::net::{Shutdown, TcpStream};
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -90,7 +89,7 @@ impl RemoteClient {
     /// local or remote, reaches the one sink.
     pub fn connect(broker: &str, local: LocalClient, sink: SharedSinkHandle) -> Result<Self, ConnectError> {
         let io_error = |source| ConnectError::Io { broker: broker.to_owned(), source };
-        let mut stream = dial(broker).map_err(io_error)?;
+        let mut stream = maelstrom_uring::connect(broker, Duration::from_secs(5)).map_err(io_error)?;
         // A broker that accepts but never answers is not waited for forever.
         stream.set_read_timeout(Some(HELLO_WITHIN)).map_err(io_error)?;
         let mut hello = Vec::new();
@@ -228,21 +227,6 @@ impl SharedSinkHandle {
         let shared = Arc::clone(&self.0);
         Box::new(move |result| deliver(&shared, result))
     }
-}
-
-fn dial(broker: &str) -> io::Result<TcpStream> {
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "the address resolves to nothing");
-    for address in broker.to_socket_addrs()? {
-        match TcpStream::connect_timeout(&address, Duration::from_secs(5)) {
-            Ok(stream) => {
-                stream.set_nodelay(true)?;
-                maelstrom_uring::keep_alive(stream.as_fd())?;
-                return Ok(stream);
-            }
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
 }
 
 /// Jobs that need this machine: bind mounts of its files, or its network.

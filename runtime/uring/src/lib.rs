@@ -178,6 +178,24 @@ pub fn keep_alive(socket: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// Connects to a cluster peer at `address` (`host:port`, trying each address it resolves to,
+/// each for up to `timeout`), with the settings every cluster connection uses: no Nagle delay,
+/// and [`keep_alive`].
+pub fn connect(address: &str, timeout: Duration) -> io::Result<std::net::TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the address resolves to nothing");
+    for resolved in std::net::ToSocketAddrs::to_socket_addrs(address)? {
+        match std::net::TcpStream::connect_timeout(&resolved, timeout) {
+            Ok(stream) => {
+                stream.set_nodelay(true)?;
+                keep_alive(std::os::fd::AsFd::as_fd(&stream))?;
+                return Ok(stream);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 /// An io_uring instance with its in-flight table.
 pub struct Ring {
     ring: IoUring,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use maelstrom_config::{CommonOptions, LogLevel, Size, Source, getenv, option};
+use maelstrom_config::{CommonOptions, LogLevel, Size, Source, getenv};
 use maelstrom_container::{Zygote, ZygoteConfig};
 use maelstrom_worker::remote::{RemoteConfig, serve};
 
@@ -59,36 +59,21 @@ fn settings(cli: &Cli, cores: u64) -> anyhow::Result<Settings> {
     let broker = config.get("broker", cli.broker.clone(), &getenv)?.ok_or_else(|| {
         anyhow::anyhow!("no broker: give one with --broker HOST:PORT (or MAELSTROM_WORKER_BROKER, or broker = ... in the config file)")
     })?;
-    let settings = Settings {
+    let worker =
+        config.worker_values(cli.cache_size.as_deref(), cli.inline_limit.as_deref(), cli.slots, cores)?;
+    Ok(Settings {
         broker,
-        slots: config.get_or("slots", cli.slots, cores, &getenv)?,
+        slots: worker.slots,
         cache_root: config.get_or(
             "cache-root",
             cli.cache_root.clone(),
             maelstrom_config::cache_dir("maelstrom/worker", &getenv),
             &getenv,
         )?,
-        cache_size: config.get_or(
-            "cache-size",
-            option(cli.cache_size.as_deref(), "cache-size")?,
-            Size(1_000_000_000),
-            &getenv,
-        )?,
-        inline_limit: config.get_or(
-            "inline-limit",
-            option(cli.inline_limit.as_deref(), "inline-limit")?,
-            Size(1_000_000),
-            &getenv,
-        )?,
+        cache_size: worker.cache_size,
+        inline_limit: worker.inline_limit,
         log_level: cli.common.log_level(&config)?,
-    };
-    anyhow::ensure!(
-        (1..=1000).contains(&settings.slots.0),
-        "slots from {}: must be between 1 and 1000, not {}",
-        settings.slots.1,
-        settings.slots.0
-    );
-    Ok(settings)
+    })
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

@@ -14,7 +14,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io;
-use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -399,7 +398,7 @@ impl Worker {
 
     /// Tries to connect; on failure, tries again after the backoff.
     fn connect(&mut self) -> Result<(), WorkerError> {
-        match self.dial() {
+        match maelstrom_uring::connect(&self.config.broker, Duration::from_secs(2)) {
             Ok(stream) => {
                 self.generation += 1;
                 let fd = Arc::new(OwnedFd::from(stream));
@@ -425,21 +424,6 @@ impl Worker {
             }
         }
         Ok(())
-    }
-
-    fn dial(&self) -> io::Result<TcpStream> {
-        let mut last = io::Error::other("the address resolves to nothing");
-        for address in self.config.broker.to_socket_addrs()? {
-            match TcpStream::connect_timeout(&address, Duration::from_secs(2)) {
-                Ok(stream) => {
-                    stream.set_nodelay(true)?;
-                    maelstrom_uring::keep_alive(stream.as_fd())?;
-                    return Ok(stream);
-                }
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
     }
 
     /// The connection is gone: cancel its jobs and reconnect.
