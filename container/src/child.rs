@@ -356,6 +356,16 @@ pub(crate) fn run_ops(ops: &[ArchivedSetupOp], slots: &mut Slots, step: fn(u32) 
                     unsafe { libc::mount(name, target.as_ptr(), name, mount_flags(kind), mount_data(kind)) };
                 check(ret.into(), step)?;
             }
+            ArchivedSetupOp::Hold { source, slot } => {
+                slots.put(*slot, clone_tree(source.as_ptr(), true, 0, step)?)
+            }
+            ArchivedSetupOp::MakeDir { target } => {
+                // SAFETY: `target` is a validated NUL-terminated string.
+                let ret = unsafe { libc::mkdir(target.as_ptr(), 0o755) };
+                if ret != 0 && errno() != libc::EEXIST {
+                    check(ret.into(), step)?;
+                }
+            }
         }
     }
     Ok(())

@@ -14,54 +14,11 @@ use std::fmt;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
+pub use maelstrom_wire::zygote::Device;
 use maelstrom_wire::zygote::{
     FsKind, NetworkMode, PROGRAM_CANDIDATES_MAX, Rlimit, SLOTS_MAX, SetupOp, SpawnRequest,
 };
 use maelstrom_wire::{CBytes, InteriorNul};
-
-/// A device a `devices` mount can expose.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Device {
-    Full,
-    Fuse,
-    Null,
-    Random,
-    /// A fresh tmpfs at /dev/shm (never the host's).
-    Shm,
-    Tty,
-    Urandom,
-    Zero,
-}
-
-impl Device {
-    pub const ALL: [Device; 8] = [
-        Device::Full,
-        Device::Fuse,
-        Device::Null,
-        Device::Random,
-        Device::Shm,
-        Device::Tty,
-        Device::Urandom,
-        Device::Zero,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Device::Full => "full",
-            Device::Fuse => "fuse",
-            Device::Null => "null",
-            Device::Random => "random",
-            Device::Shm => "shm",
-            Device::Tty => "tty",
-            Device::Urandom => "urandom",
-            Device::Zero => "zero",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|d| d.name() == name)
-    }
-}
 
 /// A mount inside the container. Mount points must already exist in the layers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,6 +57,10 @@ pub struct Spec {
     pub writable_root: bool,
     /// Applied in order.
     pub mounts: Vec<Mount>,
+    /// Trees of the layers that stay visible at their own paths when a tmpfs mount covers
+    /// them (a project checked out under `/tmp` while the container mounts a fresh `/tmp`).
+    /// Absolute; each must exist in the layers.
+    pub keep_visible: Vec<PathBuf>,
     pub network: NetworkMode,
     pub hostname: String,
     /// uid and gid inside the container.
@@ -134,6 +95,7 @@ impl Spec {
             layers,
             writable_root: false,
             mounts: Vec::new(),
+            keep_visible: Vec::new(),
             network: NetworkMode::Disabled,
             hostname: HOSTNAME_DEFAULT.to_owned(),
             user: 0,
@@ -275,6 +237,11 @@ pub fn compile(spec: &Spec) -> Result<SpawnRequest, PlanError> {
         return Err(PlanError::BadHostname(spec.hostname.clone()));
     }
     let lowered = lower(&spec.mounts)?;
+    let kept = spec
+        .keep_visible
+        .iter()
+        .map(|k| Ok((target(k)?, k.clone())))
+        .collect::<Result<Vec<_>, PlanError>>()?;
     let has_sys = lowered.iter().any(|l| matches!(l, Lowered::PerJob { kind: FsKind::Sys, .. }));
     if has_sys && spec.network == NetworkMode::Local {
         return Err(PlanError::SysNeedsPrivateNetwork);
@@ -284,7 +251,8 @@ pub fn compile(spec: &Spec) -> Result<SpawnRequest, PlanError> {
         .filter(|l| {
             matches!(l, Lowered::Static { .. } | Lowered::PerJob { kind: FsKind::Proc | FsKind::Sys, .. })
         })
-        .count();
+        .count()
+        + lowered.iter().map(|l| covered(l, &kept).count()).sum::<usize>();
     if slots > usize::from(SLOTS_MAX) {
         return Err(PlanError::TooManyMounts);
     }
@@ -297,9 +265,9 @@ pub fn compile(spec: &Spec) -> Result<SpawnRequest, PlanError> {
             .all(|earlier| !matches!(earlier, Lowered::PerJob { path: p, .. } if overlapping(p, path))),
     });
     let (template, job) = if spec.writable_root || !hoistable {
-        (Vec::new(), self_built(layers, spec.writable_root, lowered))
+        (Vec::new(), self_built(layers, spec.writable_root, lowered, &kept))
     } else {
-        templated(layers, lowered)
+        templated(layers, lowered, &kept)
     };
 
     let (program, arguments) = exec_plan(spec)?;
@@ -331,8 +299,53 @@ pub fn compile(spec: &Spec) -> Result<SpawnRequest, PlanError> {
     })
 }
 
+/// The kept trees a per-job tmpfs mount would cover (strictly below its mount point).
+fn covered<'a>(
+    lowered: &'a Lowered,
+    kept: &'a [(CBytes, PathBuf)],
+) -> impl Iterator<Item = &'a (CBytes, PathBuf)> {
+    let covering = match lowered {
+        Lowered::PerJob { kind: FsKind::Tmp, path, .. } => Some(path),
+        _ => None,
+    };
+    kept.iter().filter(move |(_, k)| covering.is_some_and(|p| k.starts_with(p) && k != p))
+}
+
+/// A per-job mount, with the kept trees it covers held before it and shown again after it:
+/// the directories down to each are made in the fresh tmpfs, and the held tree attached there.
+fn per_job_mount(
+    ops: &mut Vec<SetupOp>,
+    slots: &mut std::ops::RangeFrom<u8>,
+    lowered: &Lowered,
+    kept: &[(CBytes, PathBuf)],
+) {
+    let Lowered::PerJob { kind, target, path } = lowered else { return };
+    let held: Vec<(u8, &(CBytes, PathBuf))> = covered(lowered, kept)
+        .map(|k| (slots.next().expect("INVARIANT: compile checked the slot count"), k))
+        .collect();
+    for (slot, (source, _)) in &held {
+        ops.push(SetupOp::Hold { source: source.clone(), slot: *slot });
+    }
+    ops.push(SetupOp::Mount { kind: *kind, target: target.clone() });
+    for (slot, (source, kept)) in held {
+        let mut dir = path.clone();
+        for component in
+            kept.strip_prefix(path).expect("INVARIANT: covered trees lie below the mount").components()
+        {
+            dir.push(component);
+            ops.push(SetupOp::MakeDir { target: cbytes(&dir).expect("INVARIANT: a prefix of a valid path") });
+        }
+        ops.push(SetupOp::Attach { slot, target: source.clone() });
+    }
+}
+
 /// The job builds its whole root: prepare every mount before the pivot, attach after it.
-fn self_built(layers: Vec<CBytes>, writable: bool, lowered: Vec<Lowered>) -> Vec<SetupOp> {
+fn self_built(
+    layers: Vec<CBytes>,
+    writable: bool,
+    lowered: Vec<Lowered>,
+    kept: &[(CBytes, PathBuf)],
+) -> Vec<SetupOp> {
     let mut before = vec![SetupOp::Root { layers, writable }];
     let mut after = Vec::new();
     let mut slots = 0u8..;
@@ -348,7 +361,7 @@ fn self_built(layers: Vec<CBytes>, writable: bool, lowered: Vec<Lowered>) -> Vec
                 before.push(SetupOp::NewFs { kind, slot });
                 after.push(SetupOp::Attach { slot, target });
             }
-            Lowered::PerJob { kind, target, .. } => after.push(SetupOp::Mount { kind, target }),
+            per_job @ Lowered::PerJob { .. } => per_job_mount(&mut after, &mut slots, &per_job, kept),
         }
     }
     before.push(SetupOp::PivotRoot);
@@ -358,7 +371,11 @@ fn self_built(layers: Vec<CBytes>, writable: bool, lowered: Vec<Lowered>) -> Vec
 
 /// A shared template with the static mounts (and placeholders for proc and sysfs), and a job
 /// part of fresh mounts only.
-fn templated(layers: Vec<CBytes>, lowered: Vec<Lowered>) -> (Vec<SetupOp>, Vec<SetupOp>) {
+fn templated(
+    layers: Vec<CBytes>,
+    lowered: Vec<Lowered>,
+    kept: &[(CBytes, PathBuf)],
+) -> (Vec<SetupOp>, Vec<SetupOp>) {
     let mut before = vec![SetupOp::Root { layers, writable: false }];
     let mut after = Vec::new();
     let mut job = Vec::new();
@@ -371,14 +388,14 @@ fn templated(layers: Vec<CBytes>, lowered: Vec<Lowered>) -> (Vec<SetupOp>, Vec<S
                 before.push(SetupOp::CloneTree { source, read_only, slot });
                 after.push(SetupOp::Attach { slot, target });
             }
-            Lowered::PerJob { kind, target, .. } => {
+            Lowered::PerJob { kind, ref target, .. } => {
                 if needs_visible_instance(kind) && !placeholders.contains(&kind) {
                     placeholders.push(kind);
                     let slot = slots.next().expect("INVARIANT: compile checked the slot count");
                     before.push(SetupOp::NewFs { kind, slot });
                     after.push(SetupOp::Attach { slot, target: target.clone() });
                 }
-                job.push(SetupOp::Mount { kind, target });
+                per_job_mount(&mut job, &mut slots, &l, kept);
             }
         }
     }
@@ -533,10 +550,36 @@ mod tests {
     }
 
     #[test]
+    fn a_kept_tree_under_a_fresh_tmpfs_is_shown_again() {
+        let mut spec = typical();
+        spec.keep_visible = vec![p("/tmp/work/project"), p("/srv/elsewhere")];
+        let plan = compile(&spec).unwrap();
+        let text: Vec<String> = plan.job.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            &text[..6],
+            [
+                "hold /tmp/work/project in slot 0",
+                "mount tmpfs at /tmp",
+                "make directory /tmp/work",
+                "make directory /tmp/work/project",
+                "attach slot 0 at /tmp/work/project",
+                "mount proc at /proc",
+            ]
+        );
+        assert_eq!(text.len(), 7, "a tree no mount covers needs nothing: {text:?}");
+
+        spec.writable_root = true;
+        let text: Vec<String> = compile(&spec).unwrap().job.iter().map(ToString::to_string).collect();
+        let pivot = text.iter().position(|op| op == "pivot root").unwrap();
+        assert_eq!(text[pivot + 1], "hold /tmp/work/project in slot 0", "held after the pivot: {text:?}");
+    }
+
+    #[test]
     fn the_plan_validates_on_the_wire() {
         for writable in [false, true] {
             let mut spec = typical();
             spec.writable_root = writable;
+            spec.keep_visible = vec![p("/tmp/project")];
             spec.mounts.push(Mount::Sys { target: p("/sys") });
             let plan = compile(&spec).unwrap();
             let mut buf = rkyv::util::AlignedVec::new();

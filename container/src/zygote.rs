@@ -443,17 +443,24 @@ pub fn describe(request: &SpawnRequest, step: Step) -> String {
 fn describe_op(ops: &[SetupOp], index: u32) -> String {
     let Some(op) = ops.get(index as usize) else { return String::new() };
     let filled_by = |wanted: u8| {
-        ops.iter().find(|op| matches!(op, SetupOp::CloneTree { slot, .. } | SetupOp::NewFs { slot, .. } if *slot == wanted))
+        ops.iter().find(|op| {
+            matches!(op, SetupOp::CloneTree { slot, .. } | SetupOp::NewFs { slot, .. } | SetupOp::Hold { slot, .. }
+                if *slot == wanted)
+        })
     };
     match op {
         SetupOp::Attach { slot, target } => match filled_by(*slot) {
             Some(SetupOp::CloneTree { source, .. }) => format!("bind {source} at {target}"),
             Some(SetupOp::NewFs { kind, .. }) => format!("mount {} at {target}", kind.name()),
+            Some(SetupOp::Hold { source, .. }) => {
+                format!("show {source} again over the mount that covers it")
+            }
             _ => op.to_string(),
         },
         SetupOp::CloneTree { source, .. } => format!("open {source} for a bind mount"),
         SetupOp::NewFs { kind, .. } => format!("create a {} filesystem", kind.name()),
         SetupOp::PivotRoot => "pivot into the new root".to_owned(),
-        SetupOp::Root { .. } | SetupOp::Mount { .. } => op.to_string(),
+        SetupOp::Hold { source, .. } => format!("hold {source} to show it again over a later mount"),
+        SetupOp::Root { .. } | SetupOp::Mount { .. } | SetupOp::MakeDir { .. } => op.to_string(),
     }
 }

@@ -15,6 +15,7 @@ pub const CASES: &[(&str, Case)] = &[
     ("setup::bind_mounts_honour_read_only", bind_mounts_honour_read_only),
     ("setup::layers_stack_bottom_first", layers_stack_bottom_first),
     ("setup::writable_overlay_changes_vanish_with_the_job", writable_overlay_changes_vanish_with_the_job),
+    ("setup::a_kept_tree_shows_through_a_fresh_tmp", a_kept_tree_shows_through_a_fresh_tmp),
     ("setup::sys_shows_the_jobs_own_network", sys_shows_the_jobs_own_network),
     ("setup::devpts_mqueue_and_shm_are_fresh", devpts_mqueue_and_shm_are_fresh),
     ("setup::oversized_request_is_refused_before_sending", oversized_request_is_refused_before_sending),
@@ -142,6 +143,33 @@ fn writable_overlay_changes_vanish_with_the_job(ctx: &Ctx) -> anyhow::Result<()>
     anyhow::ensure!(std::fs::read_to_string(top.path().join("data/x"))? == "top");
     spec.arguments = vec!["cat".into(), "/data/x".into()];
     anyhow::ensure!(stdout(ctx, &spec)? == "top", "a change outlived its job");
+    Ok(())
+}
+
+/// A project checked out under `/tmp` stays visible at its own path while the job's `/tmp` is a
+/// fresh tmpfs (template and self-built plans alike), and the job's writes stay in the tmpfs.
+fn a_kept_tree_shows_through_a_fresh_tmp(ctx: &Ctx) -> anyhow::Result<()> {
+    let bottom = Layer::new();
+    let top = tempfile::tempdir()?;
+    write(&top.path().join("tmp/work/project/data"), "mine")?;
+    open_to_all(&top.path().join("tmp/work/project/data"));
+    for writable in [false, true] {
+        let mut spec = probe(&bottom, &["cat", "/tmp/work/project/data"]);
+        spec.layers.push(top.path().to_owned());
+        spec.writable_root = writable;
+        spec.mounts = vec![Mount::Tmp { target: "/tmp".into() }];
+        let hidden = stdout(ctx, &spec)?;
+        anyhow::ensure!(hidden == "error:2", "without keeping, the tmpfs hides it: {hidden}");
+        spec.keep_visible = vec!["/tmp/work/project".into()];
+        anyhow::ensure!(stdout(ctx, &spec)? == "mine", "writable {writable}");
+        spec.working_directory = "/tmp/work/project".into();
+        spec.arguments = vec!["cat".into(), "data".into()];
+        anyhow::ensure!(stdout(ctx, &spec)? == "mine", "as the working directory, writable {writable}");
+        spec.arguments = vec!["write".into(), "/tmp/mine".into(), "x".into()];
+        anyhow::ensure!(stdout(ctx, &spec)? == "ok", "the job's /tmp is writable");
+        spec.arguments = vec!["ls".into(), "/tmp".into()];
+        anyhow::ensure!(stdout(ctx, &spec)? == "work", "the tmpfs holds only the way to the project");
+    }
     Ok(())
 }
 

@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use maelstrom_container::{Outcome, Spec, Zygote, ZygoteConfig};
-use maelstrom_worker::{Executor, ExecutorConfig, JobError, JobRequest, JobResult};
+use maelstrom_container::{Spec, Zygote, ZygoteConfig};
+use maelstrom_wire::cluster::Ended;
+use maelstrom_worker::{Executor, ExecutorConfig, JobRequest, JobResult, Output};
 
 type Routes = Arc<Mutex<HashMap<u64, Sender<JobResult>>>>;
 
@@ -98,15 +99,23 @@ fn main() {
     conclusion.exit();
 }
 
-fn completed(result: JobResult) -> anyhow::Result<maelstrom_container::Completed> {
-    result.result.map_err(|e| anyhow::anyhow!("job {} failed: {e}", result.id))
+/// A job that ran, as its result tells it.
+struct Done {
+    outcome: Ended,
+    stdout: Output,
+    stderr: Output,
+}
+
+fn completed(result: JobResult) -> anyhow::Result<Done> {
+    let ran = result.outcome.ran().map_err(|e| anyhow::anyhow!("job {} failed: {e}", result.id))?;
+    Ok(Done { outcome: ran.ended, stdout: ran.stdout.clone(), stderr: ran.stderr.clone() })
 }
 
 fn outcomes_and_output(ctx: &Ctx) -> anyhow::Result<()> {
     let done = completed(ctx.run(ctx.probe(&["exit", "3"]), None)?)?;
-    anyhow::ensure!(done.outcome == Outcome::Exited(3), "{:?}", done.outcome);
+    anyhow::ensure!(done.outcome == Ended::Exited(3), "{:?}", done.outcome);
     let done = completed(ctx.run(ctx.probe(&["segfault"]), None)?)?;
-    anyhow::ensure!(done.outcome == Outcome::Signaled(libc::SIGSEGV), "{:?}", done.outcome);
+    anyhow::ensure!(done.outcome == Ended::Signaled(libc::SIGSEGV), "{:?}", done.outcome);
     let done = completed(ctx.run(ctx.probe(&["spew", &(3 << 20).to_string()]), None)?)?;
     anyhow::ensure!(
         done.stdout.bytes.len() == 1 << 20 && done.stdout.cut == 2 << 20,
@@ -117,20 +126,20 @@ fn outcomes_and_output(ctx: &Ctx) -> anyhow::Result<()> {
     let done = completed(ctx.run(ctx.probe(&["stderr", "to stderr"]), None)?)?;
     anyhow::ensure!(done.stderr.bytes == b"to stderr" && done.stdout.bytes.is_empty());
     let done = completed(ctx.run(ctx.probe(&["orphan"]), None)?)?;
-    anyhow::ensure!(done.outcome == Outcome::Exited(0));
+    anyhow::ensure!(done.outcome == Ended::Exited(0));
     Ok(())
 }
 
 fn timeout_kills(ctx: &Ctx) -> anyhow::Result<()> {
     let done = completed(ctx.run(ctx.probe(&["hang"]), Some(Duration::from_millis(200)))?)?;
-    anyhow::ensure!(done.outcome == Outcome::TimedOut, "{:?}", done.outcome);
+    anyhow::ensure!(done.outcome == Ended::TimedOut, "{:?}", done.outcome);
     Ok(())
 }
 
 fn setup_errors_are_execution_errors(ctx: &Ctx) -> anyhow::Result<()> {
     let spec = Spec::new(vec![ctx.layer.path().to_owned()], "/nope");
-    match ctx.run(spec, None)?.result {
-        Err(JobError::Execution(message)) => {
+    match ctx.run(spec, None)?.outcome {
+        maelstrom_worker::Outcome::ExecutionError(message) => {
             anyhow::ensure!(
                 message == "execute the program: /nope: No such file or directory (os error 2)",
                 "{message}"
@@ -149,7 +158,7 @@ fn every_job_gets_exactly_one_result(ctx: &Ctx) -> anyhow::Result<()> {
         let result = results.recv_timeout(Duration::from_secs(60))?;
         *seen.entry(result.id).or_insert(0) += 1;
         let done = completed(result)?;
-        anyhow::ensure!(matches!(done.outcome, Outcome::Exited(code) if (0..7).contains(&code)));
+        anyhow::ensure!(matches!(done.outcome, Ended::Exited(code) if (0..7).contains(&code)));
     }
     anyhow::ensure!(seen.len() == ids.len() && seen.values().all(|&n| n == 1));
     anyhow::ensure!(results.recv_timeout(Duration::from_millis(100)).is_err(), "a job was reported twice");
@@ -169,7 +178,7 @@ fn priority_orders_waiting_jobs(ctx: &Ctx) -> anyhow::Result<()> {
     }
     for _ in &blocker_ids {
         let done = completed(blocker_results.recv_timeout(Duration::from_secs(30))?)?;
-        anyhow::ensure!(done.outcome == Outcome::Signaled(libc::SIGKILL), "{:?}", done.outcome);
+        anyhow::ensure!(done.outcome == Ended::Signaled(libc::SIGKILL), "{:?}", done.outcome);
     }
     let high_done = high_results.recv_timeout(Duration::from_secs(30))?;
     let low_done = results.recv_timeout(Duration::from_secs(30))?;
@@ -182,6 +191,6 @@ fn cancel_kills_a_running_job(ctx: &Ctx) -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_millis(100));
     ctx.executor.cancel(ids[0]);
     let done = completed(results.recv_timeout(Duration::from_secs(30))?)?;
-    anyhow::ensure!(done.outcome == Outcome::Signaled(libc::SIGKILL), "{:?}", done.outcome);
+    anyhow::ensure!(done.outcome == Ended::Signaled(libc::SIGKILL), "{:?}", done.outcome);
     Ok(())
 }

@@ -20,9 +20,10 @@ use rkyv::util::AlignedVec;
 
 use crate::DecodeError;
 use crate::artifact::Digest;
+use crate::zygote::{Device, NetworkMode};
 
 /// Bumped whenever a type in this module changes shape.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Bytes of a frame header.
 pub const HEADER_BYTES: usize = 8;
@@ -146,20 +147,18 @@ impl LayerRef {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-#[rkyv(compare(PartialEq), derive(Debug, Clone, Copy, PartialEq, Eq))]
-pub enum Network {
-    Disabled,
-    Loopback,
-}
-
-/// A mount a remote job can have (bind mounts and the host's network tie a job to the client's
-/// machine, so such jobs never travel).
+/// A mount of a job. A bind mount (like the host's network) ties a job to the client's machine:
+/// such a job never travels, and a cluster worker refuses one.
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(compare(PartialEq), derive(Debug))]
 pub enum Mount {
-    /// Device names: full, fuse, null, random, shm, tty, urandom, zero.
-    Devices(Vec<String>),
+    /// The host's `source` (absolute) at `target`.
+    Bind {
+        source: String,
+        target: String,
+        read_only: bool,
+    },
+    Devices(Vec<Device>),
     Devpts(String),
     Mqueue(String),
     Proc(String),
@@ -177,7 +176,9 @@ pub struct JobSpec {
     /// Bottom first.
     pub layers: Vec<LayerRef>,
     pub mounts: Vec<Mount>,
-    pub network: Network,
+    /// Trees of the layers that stay visible at their own paths over a tmpfs mount.
+    pub keep_visible: Vec<String>,
+    pub network: NetworkMode,
     pub writable_root: bool,
     pub working_directory: String,
     pub user: u32,
@@ -331,7 +332,44 @@ pub fn encode_control_or_report(message: &Control, out: &mut Vec<u8>) -> Result<
 /// Bytes a result may carry besides its output (error messages are short).
 const RESULT_OVERHEAD_BYTES: usize = 64 << 10;
 
+/// How a job that ran ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    Exited(i32),
+    Signaled(i32),
+    TimedOut,
+}
+
+/// A job that ran: how it ended, what it printed, and how long it took.
+#[derive(Clone, Copy, Debug)]
+pub struct Ran<'a> {
+    pub ended: Ended,
+    pub stdout: &'a Output,
+    pub stderr: &'a Output,
+    pub duration: std::time::Duration,
+}
+
 impl Outcome {
+    /// The job as it ran, or why it did not (`execution error: ...`, `system error: ...`).
+    pub fn ran(&self) -> Result<Ran<'_>, String> {
+        let ran = |ended, stdout, stderr, duration_us: &u64| {
+            Ok(Ran { ended, stdout, stderr, duration: std::time::Duration::from_micros(*duration_us) })
+        };
+        match self {
+            Outcome::Exited { code, stdout, stderr, duration_us } => {
+                ran(Ended::Exited(*code), stdout, stderr, duration_us)
+            }
+            Outcome::Signaled { signal, stdout, stderr, duration_us } => {
+                ran(Ended::Signaled(*signal), stdout, stderr, duration_us)
+            }
+            Outcome::TimedOut { stdout, stderr, duration_us } => {
+                ran(Ended::TimedOut, stdout, stderr, duration_us)
+            }
+            Outcome::ExecutionError(message) => Err(format!("execution error: {message}")),
+            Outcome::SystemError(message) => Err(format!("system error: {message}")),
+        }
+    }
+
     /// Cuts the captured output, counting what is cut, so the result fits in a frame.
     pub fn fit(&mut self) {
         let room = FRAME_PAYLOAD_BYTES_MAX - RESULT_OVERHEAD_BYTES;
@@ -399,9 +437,10 @@ pub fn typical_job() -> JobSpec {
         mounts: vec![
             Mount::Tmp("/tmp".into()),
             Mount::Proc("/proc".into()),
-            Mount::Devices(vec!["null".into(), "zero".into(), "urandom".into()]),
+            Mount::Devices(vec![Device::Null, Device::Zero, Device::Urandom]),
         ],
-        network: Network::Disabled,
+        keep_visible: Vec::new(),
+        network: NetworkMode::Disabled,
         writable_root: false,
         working_directory: "/work/my_crate".into(),
         user: 0,

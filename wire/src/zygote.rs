@@ -55,6 +55,7 @@ pub const STRINGS_MAX: usize = 16 << 10;
 
 /// How a job reaches the network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "lowercase"))]
 #[rkyv(compare(PartialEq), derive(Debug, Clone, Copy, PartialEq, Eq))]
 pub enum NetworkMode {
     /// A private network namespace with no interface up.
@@ -63,6 +64,79 @@ pub enum NetworkMode {
     Loopback,
     /// The host's network.
     Local,
+}
+
+/// A device a container can be given (`/dev/<name>`, the host's node; `shm` is a fresh tmpfs).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "lowercase"))]
+#[rkyv(compare(PartialEq), derive(Debug, Clone, Copy, PartialEq, Eq))]
+pub enum Device {
+    Full,
+    Fuse,
+    Null,
+    Random,
+    /// A fresh tmpfs at /dev/shm (never the host's).
+    Shm,
+    Tty,
+    Urandom,
+    Zero,
+}
+
+impl Device {
+    pub const ALL: [Device; 8] = [
+        Device::Full,
+        Device::Fuse,
+        Device::Null,
+        Device::Random,
+        Device::Shm,
+        Device::Tty,
+        Device::Urandom,
+        Device::Zero,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Device::Full => "full",
+            Device::Fuse => "fuse",
+            Device::Null => "null",
+            Device::Random => "random",
+            Device::Shm => "shm",
+            Device::Tty => "tty",
+            Device::Urandom => "urandom",
+            Device::Zero => "zero",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.name() == name)
+    }
+}
+
+impl ArchivedDevice {
+    pub fn native(self) -> Device {
+        match self {
+            ArchivedDevice::Full => Device::Full,
+            ArchivedDevice::Fuse => Device::Fuse,
+            ArchivedDevice::Null => Device::Null,
+            ArchivedDevice::Random => Device::Random,
+            ArchivedDevice::Shm => Device::Shm,
+            ArchivedDevice::Tty => Device::Tty,
+            ArchivedDevice::Urandom => Device::Urandom,
+            ArchivedDevice::Zero => Device::Zero,
+        }
+    }
 }
 
 /// The filesystems a plan can create.
@@ -119,6 +193,11 @@ pub enum SetupOp {
     Attach { slot: u8, target: CBytes },
     /// Mount a new filesystem of `kind` at `target`, an absolute path inside the container.
     Mount { kind: FsKind, target: CBytes },
+    /// After the pivot: clone the container's own tree at `source` into detached-mount `slot`,
+    /// to attach again once a later mount has covered it.
+    Hold { source: CBytes, slot: u8 },
+    /// After the pivot: make the directory `target` (one level; an existing one is fine).
+    MakeDir { target: CBytes },
 }
 
 impl fmt::Display for SetupOp {
@@ -140,6 +219,8 @@ impl fmt::Display for SetupOp {
             SetupOp::PivotRoot => f.write_str("pivot root"),
             SetupOp::Attach { slot, target } => write!(f, "attach slot {slot} at {target}"),
             SetupOp::Mount { kind, target } => write!(f, "mount {} at {target}", kind.name()),
+            SetupOp::Hold { source, slot } => write!(f, "hold {source} in slot {slot}"),
+            SetupOp::MakeDir { target } => write!(f, "make directory {target}"),
         }
     }
 }
@@ -167,6 +248,8 @@ impl fmt::Display for ArchivedSetupOp {
             ArchivedSetupOp::Mount { kind, target } => {
                 write!(f, "mount {} at {target}", kind.native().name())
             }
+            ArchivedSetupOp::Hold { source, slot } => write!(f, "hold {source} in slot {slot}"),
+            ArchivedSetupOp::MakeDir { target } => write!(f, "make directory {target}"),
         }
     }
 }
@@ -453,20 +536,23 @@ fn check_ops(template: &[ArchivedSetupOp], job: &[ArchivedSetupOp]) -> Result<()
         return check_part("job", job, true);
     }
     check_part("template", template, false)?;
-    for (i, op) in job.iter().enumerate() {
-        match op {
-            ArchivedSetupOp::Mount { target, .. } => {
-                check_target(target).map_err(|why| format!("job[{i}] ({op}): {why}"))?;
-            }
-            _ => return Err(format!("job[{i}] ({op}): only mounts may follow a template")),
-        }
-    }
-    Ok(())
+    // The template pivoted already: the job part may only mount, hold, make directories and
+    // attach what it held.
+    check_part_from("job", job, false, Phase::Attach)
 }
 
 /// Checks a part that builds a root: Start → Prepare → Attach.
 fn check_part(name: &str, ops: &[ArchivedSetupOp], writable_allowed: bool) -> Result<(), String> {
-    let mut phase = Phase::Start;
+    check_part_from(name, ops, writable_allowed, Phase::Start)
+}
+
+fn check_part_from(
+    name: &str,
+    ops: &[ArchivedSetupOp],
+    writable_allowed: bool,
+    start: Phase,
+) -> Result<(), String> {
+    let mut phase = start;
     let mut filled = [false; SLOTS_MAX as usize];
     let mut attached = [false; SLOTS_MAX as usize];
     let bad = |i: usize, op: &ArchivedSetupOp, why: &str| Err(format!("{name}[{i}] ({op}): {why}"));
@@ -519,11 +605,18 @@ fn check_part(name: &str, ops: &[ArchivedSetupOp], writable_allowed: bool) -> Re
                 }
                 attached[s] = true;
             }
-            ArchivedSetupOp::Mount { target, .. } => {
+            ArchivedSetupOp::Mount { target, .. } | ArchivedSetupOp::MakeDir { target } => {
                 if phase != Phase::Attach {
                     return bad(i, op, "must follow the pivot");
                 }
                 check_target(target).or_else(|why| bad(i, op, why))?;
+            }
+            ArchivedSetupOp::Hold { source, slot } => {
+                if phase != Phase::Attach {
+                    return bad(i, op, "must follow the pivot");
+                }
+                check_target(source).or_else(|why| bad(i, op, why))?;
+                fill(&mut filled, *slot).or_else(|why| bad(i, op, why))?;
             }
         }
     }
@@ -649,7 +742,19 @@ mod tests {
 
         let mut r = sample();
         r.job.push(SetupOp::PivotRoot);
-        assert!(roundtrip(&r).unwrap_err().to_string().contains("only mounts"));
+        assert!(roundtrip(&r).unwrap_err().to_string().contains("must follow the root"));
+
+        // After a template, a job may hold a tree and attach it again, but only what it held.
+        let mut r = sample();
+        r.job.insert(0, SetupOp::Hold { source: c("/tmp/p"), slot: 0 });
+        r.job.push(SetupOp::MakeDir { target: c("/tmp/p") });
+        r.job.push(SetupOp::Attach { slot: 0, target: c("/tmp/p") });
+        roundtrip(&r).unwrap();
+        r.job.remove(0);
+        assert!(roundtrip(&r).unwrap_err().to_string().contains("slot is not filled"));
+        r.job.pop();
+        r.job.push(SetupOp::Hold { source: c("/tmp/p"), slot: 0 });
+        assert!(roundtrip(&r).unwrap_err().to_string().contains("never attached"));
 
         let mut r = sample();
         r.template[0] = SetupOp::Root { layers: vec![c("/a")], writable: true };

@@ -22,13 +22,12 @@ use maelstrom_client::client::Client;
 use maelstrom_client::digests::DigestCache;
 use maelstrom_client::local::LocalConfig;
 use maelstrom_client::spec::{ContainerSpec, EnvironmentSpec, JobSpec, LayerSpec, PrefixOptions};
+use maelstrom_client::{JobResult, Zygote, ZygoteConfig};
 use maelstrom_config::{CommonOptions, LogLevel, Size, Source, getenv};
-use maelstrom_container::{Zygote, ZygoteConfig};
 use maelstrom_test_runner::filter::{self, Language, Selection};
 use maelstrom_test_runner::session::{self, Case, Session, SessionOptions};
-use maelstrom_test_runner::specfile::{SpecFile, TestSettings, add_runner_items};
+use maelstrom_test_runner::specfile::{SpecFile, TestSettings, add_runner_items, etc_hosts_layer};
 use maelstrom_test_runner::ui::UiKind;
-use maelstrom_worker::JobResult;
 
 use crate::cargo::{Artifact, Build, CargoOptions, Kind, Listing, ListingCache, Metadata, Package};
 
@@ -387,7 +386,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         extra_args: settings.extra_test_binary_args.0.clone(),
         listings: ListingCache::new(state_dir.join("cache/test-listings")),
         digests: DigestCache::open(&state_dir.join("cache/listing-digests")),
-        hidden: std::collections::HashSet::new(),
+        hosts: etc_hosts_layer(&state_dir)
+            .with_context(|| format!("write /etc/hosts under {}", state_dir.display()))?,
     };
     if wanted.is_empty() {
         eprintln!("cargo maelstrom: no package has tests the filters select; nothing to build");
@@ -461,8 +461,8 @@ struct Runner<'a> {
     extra_args: Vec<String>,
     listings: ListingCache,
     digests: DigestCache,
-    /// Packages already warned about.
-    hidden: std::collections::HashSet<String>,
+    /// The containers' `/etc/hosts`.
+    hosts: LayerSpec,
 }
 
 impl Runner<'_> {
@@ -584,16 +584,6 @@ impl Runner<'_> {
                 name: Some(&name),
             };
             let settings = self.spec.settings(&subject);
-            if let Some(mount) = hiding_mount(&settings.container, package.dir())
-                && self.hidden.insert(package.name.clone())
-            {
-                session.ui().println(&format!(
-                    "warning: the spec mounts a tmpfs at {mount}, which hides package {} (in {}): its tests \
-                     cannot see its files; move the project, or mount the tmpfs elsewhere",
-                    package.name,
-                    package.dir().display()
-                ));
-            }
             let case = Case {
                 package: package.name.clone(),
                 artifact: artifact_key.clone(),
@@ -630,10 +620,13 @@ impl Runner<'_> {
     fn container(&self, settings: &TestSettings, package: &Package, artifact: &Artifact) -> ContainerSpec {
         let mut container = settings.container.clone();
         let executable = artifact.executable.display().to_string();
-        let mut layers = vec![LayerSpec::Tree {
-            tree: package.dir().display().to_string(),
-            exclude: vec![self.target_dir.display().to_string()],
-        }];
+        let mut layers = vec![
+            self.hosts.clone(),
+            LayerSpec::Tree {
+                tree: package.dir().display().to_string(),
+                exclude: vec![self.target_dir.display().to_string()],
+            },
+        ];
         if settings.include_shared_libraries {
             layers.push(LayerSpec::SharedLibraryDependencies {
                 binaries: vec![executable.clone()],
@@ -666,17 +659,6 @@ impl Runner<'_> {
         add_runner_items(&mut container, layers, environment, dir);
         container
     }
-}
-
-/// A tmpfs mount point of the container that would cover `dir`.
-fn hiding_mount(container: &ContainerSpec, dir: &Path) -> Option<String> {
-    let mut mounts = container.mounts.iter().chain(container.added_mounts.iter()).flatten();
-    mounts.find_map(|mount| match mount {
-        maelstrom_client::spec::MountSpec::Tmp { mount_point } if dir.starts_with(mount_point) => {
-            Some(mount_point.clone())
-        }
-        _ => None,
-    })
 }
 
 /// Where cargo puts the profile's outputs: the reference's `<build-dir>`.

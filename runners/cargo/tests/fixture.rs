@@ -2,8 +2,8 @@
 //! (`expected.txt`) names, standalone and on a cluster; filters, listings, options, reports and
 //! exit codes.
 //!
-//! The fixture is copied once per run under /var/tmp (the default spec mounts a tmpfs at /tmp,
-//! which would hide it) and built there. These tests need cargo: as a user who cannot run it
+//! The fixture is copied once per run under /tmp, where the default spec mounts each test's own
+//! tmpfs, and built there: the package stays visible at its own path all the same. These tests need cargo: as a user who cannot run it
 //! (the test script's unprivileged pass), they say so and pass without checking anything.
 #![expect(clippy::tests_outside_test_module, reason = "an integration test file is its own test module")]
 
@@ -31,7 +31,7 @@ fn fixture() -> MutexGuard<'static, Fixture> {
     FIXTURE
         .get_or_init(|| {
             let dir =
-                tempfile::Builder::new().prefix("cargo-fixture-").tempdir_in("/var/tmp").expect("a temp dir");
+                tempfile::Builder::new().prefix("cargo-fixture-").tempdir_in("/tmp").expect("a temp dir");
             let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/cargo");
             copy_tree(&source, dir.path());
             Mutex::new(Fixture { dir })
@@ -134,6 +134,24 @@ fn the_table_holds_standalone() {
     assert!(stdout.contains("killed by signal 11"), "{stdout}");
     assert!(stdout.contains("exited with code 3"), "{stdout}");
     assert!(!stdout.contains("xxxxxxxxxx"), "a passing test's output is not shown");
+}
+
+/// Two copies of a test that binds localhost:20000 run at once, each on its own loopback.
+#[test]
+fn a_fixed_localhost_port_twice_at_once() {
+    if !cargo_usable() {
+        return;
+    }
+    let fixture = fixture();
+    let out =
+        fixture.run(&["-i", "name.equals(tests::binds_a_fixed_localhost_port)", "-r", "2", "--slots", "2"]);
+    let stdout = text(&out.stdout);
+    let passed = stdout
+        .lines()
+        .filter(|l| l.starts_with("fixture tests::binds_a_fixed_localhost_port") && l.contains(" OK "))
+        .count();
+    assert_eq!(passed, 2, "{stdout}\n{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0));
 }
 
 /// Where the other binaries are: beside this package's, built first unless given.

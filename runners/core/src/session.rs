@@ -7,8 +7,7 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use maelstrom_container::{Captured, Outcome};
-use maelstrom_worker::{JobError, JobId, JobResult};
+use maelstrom_client::{Ended, JobId, JobResult, Output, Ran};
 
 use crate::specfile::TestSettings;
 use crate::testdb::{Estimate, TestDb};
@@ -223,50 +222,42 @@ impl Session {
     pub fn result(&mut self, result: JobResult) {
         let Some((index, _)) = self.running.remove(&result.id) else { return };
         let case = &self.cases[index];
-        let (status, duration, stdout, stderr, mut details) = match result.result {
-            Ok(done) => {
-                let empty = self.no_test_marker.is_some_and(|marker| {
-                    done.stdout.bytes.windows(marker.len()).any(|w| w == marker.as_bytes())
-                });
-                let status = match done.outcome {
-                    Outcome::Exited(0) if empty => Status::Error,
-                    Outcome::Exited(0) => Status::Ok,
-                    Outcome::Exited(_) | Outcome::Signaled(_) => Status::Fail,
-                    Outcome::TimedOut => Status::Timeout,
+        let (status, duration, stdout, stderr, mut details) = match result.outcome.ran() {
+            Ok(Ran { ended, stdout: out, stderr: err, duration }) => {
+                let empty = ended == Ended::Exited(0)
+                    && self.no_test_marker.is_some_and(|marker| {
+                        out.bytes.windows(marker.len()).any(|w| w == marker.as_bytes())
+                    });
+                let status = match ended {
+                    Ended::Exited(0) if empty => Status::Error,
+                    Ended::Exited(0) => Status::Ok,
+                    Ended::Exited(_) | Ended::Signaled(_) => Status::Fail,
+                    Ended::TimedOut => Status::Timeout,
                 };
-                let stdout = (self.trim)(case, &done.stdout.bytes);
-                let stderr = String::from_utf8_lossy(&done.stderr.bytes).into_owned();
+                let stdout = (self.trim)(case, &out.bytes);
+                let stderr = String::from_utf8_lossy(&err.bytes).into_owned();
                 let mut details = Vec::new();
-                match done.outcome {
-                    Outcome::Exited(0) if empty => {
+                match ended {
+                    Ended::Exited(0) if empty => {
                         details.push(
                             "the test binary ran no test (do its extra arguments filter them out?)".into(),
                         );
                     }
-                    Outcome::Signaled(signal) => details.push(format!("killed by signal {signal}")),
-                    Outcome::TimedOut => details.push("timed out".to_owned()),
-                    Outcome::Exited(code) if code != 0 && code != 101 => {
+                    Ended::Signaled(signal) => details.push(format!("killed by signal {signal}")),
+                    Ended::TimedOut => details.push("timed out".to_owned()),
+                    Ended::Exited(code) if code != 0 && code != 101 => {
                         details.push(format!("exited with code {code}"));
                     }
-                    Outcome::Exited(_) => {}
+                    Ended::Exited(_) => {}
                 }
-                for (name, captured) in [("stdout", &done.stdout), ("stderr", &done.stderr)] {
+                for (name, captured) in [("stdout", &out), ("stderr", &err)] {
                     if captured.cut > 0 {
                         details.push(format!("{name} truncated, {} bytes lost", captured.cut));
                     }
                 }
-                (status, Some(done.duration), stdout, stderr, details)
+                (status, Some(duration), stdout, stderr, details)
             }
-            Err(JobError::Execution(message)) => (
-                Status::Error,
-                None,
-                String::new(),
-                String::new(),
-                vec![format!("execution error: {message}")],
-            ),
-            Err(JobError::System(message)) => {
-                (Status::Error, None, String::new(), String::new(), vec![format!("system error: {message}")])
-            }
+            Err(message) => (Status::Error, None, String::new(), String::new(), vec![message]),
         };
         let (mut stdout, mut stderr) = (stdout, stderr);
         if status == Status::Ok {
@@ -436,6 +427,6 @@ impl Session {
 }
 
 /// Captured output as text (for runners that build their own details).
-pub fn text(captured: &Captured) -> String {
+pub fn text(captured: &Output) -> String {
     String::from_utf8_lossy(&captured.bytes).into_owned()
 }

@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
-use maelstrom_client::spec::{ContainerSpec, EnvSpecs, EnvironmentSpec, LayerSpec, UseField};
+use maelstrom_client::spec::{
+    ContainerSpec, EnvSpecs, EnvironmentSpec, LayerSpec, NetworkMode, PrefixOptions, UseField,
+};
 
 use crate::filter::{self, Language, Pattern, Subject};
 
@@ -288,6 +290,30 @@ pub fn add_runner_items(
     if container.working_directory.is_none() && !working_directory_inherited {
         container.working_directory = Some(working_directory);
     }
+    // Tests that bind or dial localhost pass, and stay hermetic: a private loopback per test.
+    if container.network.is_none() && !inherited(UseField::Network) {
+        container.network = Some(NetworkMode::Loopback);
+    }
+}
+
+/// What every test's `/etc/hosts` says: `localhost` is the container's own loopback.
+const ETC_HOSTS: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n";
+
+/// A layer with the container's `/etc/hosts`, written under `dir` (the runner's state
+/// directory) the first time; a runner adds it to every test's container.
+pub fn etc_hosts_layer(dir: &Path) -> std::io::Result<LayerSpec> {
+    let root = dir.join("etc-hosts");
+    let path = root.join("etc/hosts");
+    if std::fs::read(&path).ok().as_deref() != Some(ETC_HOSTS.as_bytes()) {
+        std::fs::create_dir_all(root.join("etc"))?;
+        let temp = root.join(format!("etc/.hosts.{}", std::process::id()));
+        std::fs::write(&temp, ETC_HOSTS)?;
+        std::fs::rename(&temp, &path)?;
+    }
+    Ok(LayerSpec::Paths {
+        paths: vec![path.display().to_string()],
+        prefix: PrefixOptions { strip_prefix: Some(root.display().to_string()), ..PrefixOptions::default() },
+    })
 }
 
 /// A list field: replaced by the directive's own, or appended to by its `added_*` (which stay
@@ -317,7 +343,7 @@ fn list<T: Clone>(
 mod tests {
     use super::*;
     use crate::filter::Selector;
-    use maelstrom_client::spec::{LayerSpec, MountSpec, Network};
+    use maelstrom_client::spec::{LayerSpec, MountSpec, NetworkMode};
 
     const LANGUAGE: Language = Language {
         simple: &[Selector { name: "test", min: "te" }],
@@ -395,7 +421,7 @@ added_layers = [{ stubs = ["/c/"] }]
         let resolved =
             maelstrom_client::resolve::resolve(&inherits.container, &spec.containers, &|_| None).unwrap();
         assert_eq!(resolved.layers, vec![stubs("/base/"), stubs("/c/")]);
-        assert_eq!(resolved.network, Network::Loopback);
+        assert_eq!(resolved.network, NetworkMode::Loopback);
     }
 
     #[test]
@@ -426,6 +452,38 @@ added_layers = [{ stubs = ["/c/"] }]
             assert_eq!(resolved.environment, [("V".to_owned(), "1".to_owned())], "{parent}");
             assert_eq!(resolved.working_directory, workdir, "{parent}");
         }
+    }
+
+    #[test]
+    fn tests_get_a_private_loopback_unless_the_spec_says_otherwise() {
+        let named = |text: &str| -> BTreeMap<String, ContainerSpec> { toml::from_str(text).unwrap() };
+        let containers = named("[base]\nlayers = [{ stubs = [\"/b/\"] }]\nnetwork = \"local\"\n");
+        for (own, network) in [
+            ("layers = [{ stubs = [\"/d/\"] }]", NetworkMode::Loopback),
+            ("network = \"disabled\"", NetworkMode::Disabled),
+            ("network = \"local\"", NetworkMode::Local),
+            ("parent = \"base\"", NetworkMode::Local),
+            ("parent = { name = \"base\", use = [\"layers\"] }", NetworkMode::Loopback),
+        ] {
+            let mut container: ContainerSpec = toml::from_str(own).unwrap();
+            add_runner_items(&mut container, vec![stubs("/mine/")], Vec::new(), "/pkg".into());
+            let resolved = maelstrom_client::resolve::resolve(&container, &containers, &|_| None).unwrap();
+            assert_eq!(resolved.network, network, "{own}");
+        }
+    }
+
+    #[test]
+    fn etc_hosts_names_localhost() {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = etc_hosts_layer(dir.path()).unwrap();
+        let LayerSpec::Paths { paths, prefix } = &layer else { panic!("{layer:?}") };
+        let text = std::fs::read_to_string(&paths[0]).unwrap();
+        assert!(text.starts_with("127.0.0.1\tlocalhost\n"), "{text}");
+        assert_eq!(
+            Path::new(&paths[0]).strip_prefix(prefix.strip_prefix.as_ref().unwrap()).unwrap(),
+            Path::new("etc/hosts")
+        );
+        assert_eq!(etc_hosts_layer(dir.path()).unwrap(), layer, "written once, the same after");
     }
 
     #[test]

@@ -18,9 +18,8 @@ use clap::Parser;
 use maelstrom_client::client::Client;
 use maelstrom_client::local::LocalConfig;
 use maelstrom_client::spec::{StreamItem, StreamRequest};
+use maelstrom_client::{Ended, JobResult, Ran, Zygote, ZygoteConfig};
 use maelstrom_config::{CommonOptions, LogLevel, Size, Source, getenv};
-use maelstrom_container::{Outcome, Zygote, ZygoteConfig};
-use maelstrom_worker::{JobError, JobResult};
 
 const KEYS: &[&str] = &[
     "log-level",
@@ -236,7 +235,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 struct Exit {
     code: u8,
     /// With --one: how the job ended (`None` inside: it never ran).
-    one_outcome: Option<Option<Outcome>>,
+    one_outcome: Option<Option<Ended>>,
 }
 
 impl Exit {
@@ -248,9 +247,9 @@ impl Exit {
 
     fn as_one(&self) -> ExitCode {
         match self.one_outcome {
-            Some(Some(Outcome::Exited(code))) => ExitCode::from(code as u8),
-            Some(Some(Outcome::Signaled(signal))) => {
-                maelstrom_container::die_by_signal(signal);
+            Some(Some(Ended::Exited(code))) => ExitCode::from(code as u8),
+            Some(Some(Ended::Signaled(signal))) => {
+                maelstrom_client::die_by_signal(signal);
                 ExitCode::from(1)
             }
             _ => ExitCode::from(self.code.max(1)),
@@ -259,44 +258,39 @@ impl Exit {
 }
 
 fn report(index: usize, result: &JobResult, exit: &mut Exit, debug: bool) {
-    match &result.result {
-        Ok(done) => {
-            let _ = io::stdout().lock().write_all(&done.stdout.bytes);
+    match result.outcome.ran() {
+        Ok(Ran { ended, stdout, stderr: err, duration }) => {
+            let _ = io::stdout().lock().write_all(&stdout.bytes);
             let _ = io::stdout().flush();
             let mut stderr = io::stderr().lock();
-            let _ = stderr.write_all(&done.stderr.bytes);
-            match done.outcome {
-                Outcome::Exited(0) => {}
-                Outcome::Exited(code) => {
+            let _ = stderr.write_all(&err.bytes);
+            match ended {
+                Ended::Exited(0) => {}
+                Ended::Exited(code) => {
                     let _ = writeln!(stderr, "job {index}: exited with code {code}");
                     exit.fail(code as u8);
                 }
-                Outcome::Signaled(signal) => {
+                Ended::Signaled(signal) => {
                     let _ = writeln!(stderr, "job {index}: killed by signal {signal}");
                     exit.fail(1);
                 }
-                Outcome::TimedOut => {
+                Ended::TimedOut => {
                     let _ = writeln!(stderr, "job {index}: timed out");
                     exit.fail(1);
                 }
             }
-            for (name, captured) in [("stdout", &done.stdout), ("stderr", &done.stderr)] {
+            for (name, captured) in [("stdout", stdout), ("stderr", err)] {
                 if captured.cut > 0 {
                     let _ = writeln!(stderr, "job {index}: {name} truncated, {} bytes lost", captured.cut);
                 }
             }
             if debug {
-                let _ = writeln!(stderr, "job {index}: took {:?}", done.duration);
+                let _ = writeln!(stderr, "job {index}: took {duration:?}");
             }
-            exit.one_outcome.get_or_insert(Some(done.outcome));
+            exit.one_outcome.get_or_insert(Some(ended));
         }
-        Err(JobError::Execution(message)) => {
-            eprintln!("job {index}: execution error: {message}");
-            exit.fail(1);
-            exit.one_outcome.get_or_insert(None);
-        }
-        Err(JobError::System(message)) => {
-            eprintln!("job {index}: system error: {message}");
+        Err(message) => {
+            eprintln!("job {index}: {message}");
             exit.fail(1);
             exit.one_outcome.get_or_insert(None);
         }

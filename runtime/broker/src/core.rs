@@ -619,7 +619,8 @@ impl Broker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use maelstrom_wire::cluster::{JobSpec, LayerKind, Network, Output};
+    use maelstrom_wire::cluster::{JobSpec, LayerKind, Output};
+    use maelstrom_wire::zygote::NetworkMode;
     use rkyv::util::AlignedVec;
 
     fn job(layers: Vec<LayerRef>, priority: i8, estimated_ms: u64) -> AlignedVec {
@@ -629,7 +630,8 @@ mod tests {
             environment: vec![],
             layers,
             mounts: vec![],
-            network: Network::Disabled,
+            keep_visible: vec![],
+            network: NetworkMode::Disabled,
             writable_root: false,
             working_directory: "/".into(),
             user: 0,

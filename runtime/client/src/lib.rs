@@ -16,3 +16,9 @@ pub mod local;
 pub mod remote;
 pub mod resolve;
 pub mod spec;
+
+// What a runner needs of the layers below, so that it depends on this crate alone: the zygote,
+// started before any thread; the one result type; and exiting as a job did.
+pub use maelstrom_container::{Zygote, ZygoteConfig, die_by_signal};
+pub use maelstrom_wire::cluster::{Ended, Ran};
+pub use maelstrom_worker::{JobId, JobResult, Outcome, Output, ResultSink};

@@ -2,20 +2,21 @@
 //! built into the local layer cache, planned, and handed to the executor.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use maelstrom_container::{Device, Mount, NetworkMode, Spec, Zygote};
+use maelstrom_container::{Spec, Zygote};
 use maelstrom_wire::artifact::Digest;
+use maelstrom_wire::cluster::{self, LayerRef, Mount};
 use maelstrom_worker::cache::{CacheError, LayerCache};
+use maelstrom_worker::sandbox::{Origin, sandbox};
 use maelstrom_worker::{Executor, ExecutorConfig, ExecutorError, JobId, JobRequest, ResultSink};
 
 use crate::digests::DigestCache;
 use crate::layers::{Built, LayerBuilder};
 use crate::resolve::{Resolved, resolve};
-use crate::spec::{ContainerSpec, DeviceName, JobSpec, MountSpec, Network};
+use crate::spec::{ContainerSpec, JobSpec, LayerSpec, MountSpec};
 
 #[derive(Clone, Debug)]
 pub struct LocalConfig {
@@ -98,14 +99,19 @@ impl LocalClient {
         Ok(id)
     }
 
-    /// Resolves a job, builds its layers into the cache, and returns its sandbox spec.
+    /// Resolves a job, builds its layers into the cache, and returns its sandbox spec: made by
+    /// the worker's own [`sandbox`], from the job as it would travel to a cluster.
     pub fn prepare(&mut self, job: &JobSpec) -> Result<Spec, PrepareError> {
         let (resolved, built) = self.resolve(job)?;
         let mut layers = Vec::with_capacity(built.len());
         for built in &built {
             layers.push(self.tree(built)?);
         }
-        Ok(self.sandbox(job, resolved, layers))
+        let refs = built.iter().map(|b| b.layer_ref()).collect();
+        let bytes = cluster::encode_job(&wire_job(job, &resolved, refs, &self.project));
+        let archived = rkyv::access::<cluster::ArchivedJobSpec, rkyv::rancor::Error>(&bytes)
+            .map_err(|e| PrepareError(format!("the job does not encode: {e}")))?;
+        sandbox(archived, layers, Origin::ThisMachine).map_err(PrepareError)
     }
 
     /// Resolves a job's container and builds its layers' artifacts (not their trees).
@@ -140,13 +146,14 @@ impl LocalClient {
         Ok(tree)
     }
 
-    fn sandbox(&self, job: &JobSpec, resolved: Resolved, layers: Vec<PathBuf>) -> Spec {
-        sandbox(job, resolved, layers, &self.project)
-    }
-
     /// Writes caches back (the layer cache needs nothing; the digest cache is rewritten).
     pub fn save(&mut self) {
         self.layers.save();
+    }
+
+    /// Relative layer paths and bind sources are taken from here.
+    pub fn project(&self) -> &Path {
+        &self.project
     }
 
     pub fn executor(&self) -> &Executor {
@@ -154,50 +161,54 @@ impl LocalClient {
     }
 }
 
-/// The sandbox spec for a resolved job whose layers' trees are `layers` (bottom first).
-pub fn sandbox(job: &JobSpec, resolved: Resolved, layers: Vec<PathBuf>, project: &Path) -> Spec {
-    let mut spec = Spec::new(layers, &job.program);
-    spec.arguments = job.arguments.iter().map(OsString::from).collect();
-    spec.environment = resolved.environment.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
-    spec.working_directory = PathBuf::from(resolved.working_directory);
-    spec.writable_root = resolved.enable_writable_file_system;
-    spec.network = match resolved.network {
-        Network::Disabled => NetworkMode::Disabled,
-        Network::Loopback => NetworkMode::Loopback,
-        Network::Local => NetworkMode::Local,
-    };
-    spec.user = resolved.user;
-    spec.group = resolved.group;
-    spec.mounts = resolved.mounts.iter().map(|m| mount(m, project)).collect();
-    spec
-}
-
-fn mount(spec: &MountSpec, project: &Path) -> Mount {
-    match spec {
-        MountSpec::Bind { mount_point, local_path, read_only } => Mount::Bind {
-            source: project.join(local_path),
-            target: mount_point.into(),
-            read_only: *read_only,
-        },
-        MountSpec::Devices { devices } => Mount::Devices(devices.iter().map(|d| device(*d)).collect()),
-        MountSpec::Devpts { mount_point } => Mount::Devpts { target: mount_point.into() },
-        MountSpec::Mqueue { mount_point } => Mount::Mqueue { target: mount_point.into() },
-        MountSpec::Proc { mount_point } => Mount::Proc { target: mount_point.into() },
-        MountSpec::Sys { mount_point } => Mount::Sys { target: mount_point.into() },
-        MountSpec::Tmp { mount_point } => Mount::Tmp { target: mount_point.into() },
-    }
-}
-
-/// The sandbox's name for a device of a spec.
-pub fn device(name: DeviceName) -> Device {
-    match name {
-        DeviceName::Full => Device::Full,
-        DeviceName::Fuse => Device::Fuse,
-        DeviceName::Null => Device::Null,
-        DeviceName::Random => Device::Random,
-        DeviceName::Shm => Device::Shm,
-        DeviceName::Tty => Device::Tty,
-        DeviceName::Urandom => Device::Urandom,
-        DeviceName::Zero => Device::Zero,
+/// A resolved job in the one form a job has once resolved: as it travels to a cluster, and as
+/// the embedded worker takes it. Bind mount sources become absolute (from `project`).
+pub fn wire_job(
+    job: &JobSpec,
+    resolved: &Resolved,
+    layers: Vec<LayerRef>,
+    project: &Path,
+) -> cluster::JobSpec {
+    let mounts = resolved
+        .mounts
+        .iter()
+        .map(|mount| match mount {
+            MountSpec::Bind { mount_point, local_path, read_only } => Mount::Bind {
+                source: project.join(local_path).display().to_string(),
+                target: mount_point.clone(),
+                read_only: *read_only,
+            },
+            MountSpec::Devices { devices } => Mount::Devices(devices.clone()),
+            MountSpec::Devpts { mount_point } => Mount::Devpts(mount_point.clone()),
+            MountSpec::Mqueue { mount_point } => Mount::Mqueue(mount_point.clone()),
+            MountSpec::Proc { mount_point } => Mount::Proc(mount_point.clone()),
+            MountSpec::Sys { mount_point } => Mount::Sys(mount_point.clone()),
+            MountSpec::Tmp { mount_point } => Mount::Tmp(mount_point.clone()),
+        })
+        .collect();
+    // A runner's project tree stays visible at its own path, even under a fresh /tmp.
+    let keep_visible = resolved
+        .layers
+        .iter()
+        .filter_map(|layer| match layer {
+            LayerSpec::Tree { tree, .. } => Some(tree.clone()),
+            _ => None,
+        })
+        .collect();
+    cluster::JobSpec {
+        program: job.program.clone(),
+        arguments: job.arguments.clone(),
+        environment: resolved.environment.clone(),
+        layers,
+        mounts,
+        keep_visible,
+        network: resolved.network,
+        writable_root: resolved.enable_writable_file_system,
+        working_directory: resolved.working_directory.clone(),
+        user: resolved.user,
+        group: resolved.group,
+        timeout_ms: job.timeout.map_or(0, |t| u64::from(t.get()) * 1000),
+        priority: job.priority,
+        estimated_ms: job.estimated.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)),
     }
 }

@@ -14,18 +14,17 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use maelstrom_container::{Captured, Completed};
 use maelstrom_wire::artifact::{Digest, Hasher};
 use maelstrom_wire::cluster::{
     self, ArchivedControl, CHUNK_BYTES, ChunkHeader, Control, Frame, FrameReader, Hello, Kind, LayerRef,
-    Mount, Network as WireNetwork, Outcome, PROTOCOL_VERSION, Role,
+    Outcome, PROTOCOL_VERSION, Role,
 };
-use maelstrom_worker::{JobError, JobId, JobResult, ResultSink};
+use maelstrom_worker::{JobId, JobResult, ResultSink};
 
 use crate::layers::Built;
-use crate::local::{LocalClient, PrepareError};
+use crate::local::{LocalClient, PrepareError, wire_job};
 use crate::resolve::Resolved;
-use crate::spec::{ContainerSpec, JobSpec, MountSpec, Network};
+use crate::spec::{ContainerSpec, JobSpec, MountSpec, NetworkMode};
 
 /// Ids of jobs sent to the broker start here; lower ids are the local worker's.
 const REMOTE_IDS: JobId = 1 << 48;
@@ -167,7 +166,7 @@ impl RemoteClient {
             return self.local.run(job);
         }
         let layers: Vec<LayerRef> = built.iter().map(|b| b.layer_ref()).collect();
-        let wire = wire_job(job, &resolved, layers).map_err(PrepareError)?;
+        let wire = wire_job(job, &resolved, layers, self.local.project());
         let mut frame = Vec::new();
         cluster::encode_job_frame(Kind::Submit, self.next_id, &cluster::encode_job(&wire), &mut frame)
             .map_err(|e| PrepareError(format!("the job is too large to send to a broker: {e}")))?;
@@ -231,49 +230,8 @@ impl SharedSinkHandle {
 
 /// Jobs that need this machine: bind mounts of its files, or its network.
 pub fn must_run_locally(resolved: &Resolved) -> bool {
-    resolved.network == Network::Local || resolved.mounts.iter().any(|m| matches!(m, MountSpec::Bind { .. }))
-}
-
-/// The job as it travels to the cluster. Fails for a job that must run locally.
-pub fn wire_job(
-    job: &JobSpec,
-    resolved: &Resolved,
-    layers: Vec<LayerRef>,
-) -> Result<cluster::JobSpec, String> {
-    let network = match resolved.network {
-        Network::Disabled => WireNetwork::Disabled,
-        Network::Loopback => WireNetwork::Loopback,
-        Network::Local => return Err("a job on the host's network runs locally".into()),
-    };
-    let mut mounts = Vec::with_capacity(resolved.mounts.len());
-    for mount in &resolved.mounts {
-        mounts.push(match mount {
-            MountSpec::Bind { .. } => return Err("a job with bind mounts runs locally".into()),
-            MountSpec::Devices { devices } => {
-                Mount::Devices(devices.iter().map(|d| crate::local::device(*d).name().to_owned()).collect())
-            }
-            MountSpec::Devpts { mount_point } => Mount::Devpts(mount_point.clone()),
-            MountSpec::Mqueue { mount_point } => Mount::Mqueue(mount_point.clone()),
-            MountSpec::Proc { mount_point } => Mount::Proc(mount_point.clone()),
-            MountSpec::Sys { mount_point } => Mount::Sys(mount_point.clone()),
-            MountSpec::Tmp { mount_point } => Mount::Tmp(mount_point.clone()),
-        });
-    }
-    Ok(cluster::JobSpec {
-        program: job.program.clone(),
-        arguments: job.arguments.clone(),
-        environment: resolved.environment.clone(),
-        layers,
-        mounts,
-        network,
-        writable_root: resolved.enable_writable_file_system,
-        working_directory: resolved.working_directory.clone(),
-        user: resolved.user,
-        group: resolved.group,
-        timeout_ms: job.timeout.map_or(0, |t| u64::from(t.get()) * 1000),
-        priority: job.priority,
-        estimated_ms: job.estimated.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)),
-    })
+    resolved.network == NetworkMode::Local
+        || resolved.mounts.iter().any(|m| matches!(m, MountSpec::Bind { .. }))
 }
 
 /// Remembers where each of a layer's artifacts can be read, for the broker's requests.
@@ -294,33 +252,6 @@ fn register(artifacts: &mut HashMap<Digest, Source>, built: &Built) {
             }
         }
     }
-}
-
-/// A broker's result as the local worker would have given it.
-pub fn job_result(id: JobId, outcome: Outcome) -> JobResult {
-    let captured = |o: cluster::Output| Captured { bytes: o.bytes, cut: o.cut };
-    let done = |outcome, stdout, stderr, duration_us| {
-        Ok(Completed {
-            outcome,
-            stdout: captured(stdout),
-            stderr: captured(stderr),
-            duration: Duration::from_micros(duration_us),
-        })
-    };
-    let result = match outcome {
-        Outcome::Exited { code, stdout, stderr, duration_us } => {
-            done(maelstrom_container::Outcome::Exited(code), stdout, stderr, duration_us)
-        }
-        Outcome::Signaled { signal, stdout, stderr, duration_us } => {
-            done(maelstrom_container::Outcome::Signaled(signal), stdout, stderr, duration_us)
-        }
-        Outcome::TimedOut { stdout, stderr, duration_us } => {
-            done(maelstrom_container::Outcome::TimedOut, stdout, stderr, duration_us)
-        }
-        Outcome::ExecutionError(message) => Err(JobError::Execution(message)),
-        Outcome::SystemError(message) => Err(JobError::System(message)),
-    };
-    JobResult { id, result }
 }
 
 fn write_frames(mut stream: TcpStream, outbox: &Receiver<Vec<u8>>) {
@@ -438,7 +369,7 @@ fn read_results(
                             // Reported once: a second result for an id counts for nothing.
                             let taken = shared.lock().unwrap_or_else(|p| p.into_inner()).pending.remove(&id);
                             if taken {
-                                deliver(sink, job_result(id, outcome));
+                                deliver(sink, JobResult { id, outcome });
                             }
                         }
                         Err(e) => failure = Some(format!("bad result from the broker: {e}")),
@@ -467,7 +398,7 @@ fn read_results(
     };
     let _ = stream.shutdown(Shutdown::Both);
     for id in pending {
-        deliver(sink, JobResult { id, result: Err(JobError::System(message.clone())) });
+        deliver(sink, JobResult { id, outcome: Outcome::SystemError(message.clone()) });
     }
 }
 
@@ -475,7 +406,9 @@ fn read_results(
 mod tests {
     use super::*;
     use crate::spec::{StreamItem, StreamRequest};
-    use maelstrom_wire::cluster::{ArchivedJobSpec, LayerKind};
+    use maelstrom_wire::cluster::{ArchivedJobSpec, Mount};
+    use maelstrom_worker::sandbox::{Origin, sandbox};
+    use std::path::Path;
 
     fn job(json: &str) -> JobSpec {
         match serde_json::from_str::<StreamItem>(json).unwrap().into_request().unwrap() {
@@ -484,68 +417,41 @@ mod tests {
         }
     }
 
-    /// A job that travels must give the worker exactly the sandbox spec the local worker
-    /// would have made: that is what makes cluster results identical to standalone ones.
+    /// The cluster's workers take a job's sandbox from the same builder as the embedded one,
+    /// but refuse what would reach their own machine.
     #[test]
-    fn remote_jobs_get_the_same_sandbox_as_local_ones() {
-        let jobs = [
-            r#"{"program": "/bin/echo", "arguments": ["a", "b c"], "layers": [{"tar": "x.tar"}]}"#,
-            r#"{"program": "sh", "layers": [{"tar": "x.tar"}, {"paths": ["y"]}], "environment": {"A": "1", "PATH": "/usr/bin"},
-                "working_directory": "/work", "enable_writable_file_system": true, "user": 1000, "group": 100,
-                "network": "loopback", "timeout": 5, "priority": 3,
-                "mounts": [{"type": "tmp", "mount_point": "/tmp"}, {"type": "proc", "mount_point": "/proc"},
-                           {"type": "sys", "mount_point": "/sys"}, {"type": "devpts", "mount_point": "/dev/pts"},
-                           {"type": "mqueue", "mount_point": "/dev/mqueue"},
-                           {"type": "devices", "devices": ["null", "zero", "full", "random", "urandom", "tty", "shm", "fuse"]}]}"#,
-        ];
-        let project = PathBuf::from("/project");
-        for text in jobs {
-            let job = job(text);
-            let resolved =
-                crate::resolve::resolve(&job.container, &BTreeMap::new(), &|_| None).expect("resolves");
-            let trees: Vec<PathBuf> =
-                (0..resolved.layers.len()).map(|i| PathBuf::from(format!("/trees/{i}"))).collect();
-            let refs = (0..resolved.layers.len())
-                .map(|i| LayerRef { kind: LayerKind::Tar, digest: Digest::of(&[i as u8]) })
-                .collect();
-            let local = crate::local::sandbox(&job, resolved.clone(), trees.clone(), &project);
-            let wire = wire_job(&job, &resolved, refs).unwrap();
-            let bytes = cluster::encode_job(&wire);
-            let archived = rkyv::access::<ArchivedJobSpec, rkyv::rancor::Error>(&bytes).unwrap();
-            let remote = maelstrom_worker::remote::container_spec(archived, trees).unwrap();
-            assert_eq!(local, remote, "{text}");
-            assert_eq!(wire.timeout_ms, job.timeout.map_or(0, |t| u64::from(t.get()) * 1000));
-            assert_eq!(wire.priority, job.priority);
-        }
-    }
-
-    #[test]
-    fn jobs_that_need_this_machine_stay_local() {
-        for text in [
-            r#"{"program": "x", "layers": [{"tar": "x.tar"}], "network": "local"}"#,
-            r#"{"program": "x", "layers": [{"tar": "x.tar"}], "mounts": [{"type": "bind", "mount_point": "/m", "local_path": "d"}]}"#,
+    fn cluster_workers_refuse_what_reaches_the_host() {
+        for (text, why) in [
+            (r#"{"program": "x", "layers": [{"tar": "x.tar"}], "network": "local"}"#, "the host's network"),
+            (
+                r#"{"program": "x", "layers": [{"tar": "x.tar"}], "mounts": [{"type": "bind", "mount_point": "/m", "local_path": "d"}]}"#,
+                "a bind mount",
+            ),
         ] {
             let job = job(text);
             let resolved = crate::resolve::resolve(&job.container, &BTreeMap::new(), &|_| None).unwrap();
             assert!(must_run_locally(&resolved), "{text}");
-            assert!(wire_job(&job, &resolved, vec![]).is_err());
+            let bytes = cluster::encode_job(&wire_job(&job, &resolved, vec![], Path::new("/project")));
+            let archived = rkyv::access::<ArchivedJobSpec, rkyv::rancor::Error>(&bytes).unwrap();
+            let local = sandbox(archived, vec!["/l".into()], Origin::ThisMachine).unwrap();
+            assert!(local.network == maelstrom_container::NetworkMode::Local || !local.mounts.is_empty());
+            let error = sandbox(archived, vec!["/l".into()], Origin::Cluster).unwrap_err();
+            assert!(error.starts_with(why), "{error}");
         }
     }
 
     #[test]
-    fn results_convert_both_ways_unchanged() {
-        let output = |s: &str| cluster::Output { bytes: s.as_bytes().to_vec(), cut: 3 };
-        let cases = [
-            Outcome::Exited { code: 7, stdout: output("out"), stderr: output("err"), duration_us: 1234 },
-            Outcome::Signaled { signal: 9, stdout: output(""), stderr: output("x"), duration_us: 1 },
-            Outcome::TimedOut { stdout: output("a"), stderr: output("b"), duration_us: 5_000_000 },
-            Outcome::ExecutionError("no such program".into()),
-            Outcome::SystemError("lost".into()),
-        ];
-        for outcome in cases {
-            let result = job_result(9, outcome.clone());
-            assert_eq!(result.id, 9);
-            assert_eq!(maelstrom_worker::remote::outcome(result.result), outcome);
-        }
+    fn bind_sources_are_taken_from_the_project_and_trees_are_kept_visible() {
+        let job = job(
+            r#"{"program": "x", "layers": [{"tar": "x.tar"}], "mounts": [{"type": "bind", "mount_point": "/m", "local_path": "d", "read_only": true}]}"#,
+        );
+        let mut resolved = crate::resolve::resolve(&job.container, &BTreeMap::new(), &|_| None).unwrap();
+        resolved.layers.push(crate::spec::LayerSpec::Tree { tree: "/tmp/work/p".into(), exclude: vec![] });
+        let wire = wire_job(&job, &resolved, vec![], Path::new("/project"));
+        assert_eq!(
+            wire.mounts,
+            [Mount::Bind { source: "/project/d".into(), target: "/m".into(), read_only: true }]
+        );
+        assert_eq!(wire.keep_visible, ["/tmp/work/p"]);
     }
 }

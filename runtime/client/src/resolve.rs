@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::spec::{ContainerSpec, EnvironmentSpec, Inherit, LayerSpec, MountSpec, Network, UseField};
+use crate::spec::{ContainerSpec, EnvironmentSpec, Inherit, LayerSpec, MountSpec, NetworkMode, UseField};
 
 /// A container after inheritance, with defaults applied and its environment evaluated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,7 +19,7 @@ pub struct Resolved {
     pub mounts: Vec<MountSpec>,
     pub working_directory: String,
     pub enable_writable_file_system: bool,
-    pub network: Network,
+    pub network: NetworkMode,
     pub user: u32,
     pub group: u32,
 }
@@ -40,7 +40,7 @@ struct Fields {
     mounts: Vec<MountSpec>,
     working_directory: Option<String>,
     enable_writable_file_system: Option<bool>,
-    network: Option<Network>,
+    network: Option<NetworkMode>,
     user: Option<u32>,
     group: Option<u32>,
 }
@@ -189,7 +189,7 @@ pub fn resolve(
         mounts: fields.mounts,
         working_directory: fields.working_directory.unwrap_or_else(|| "/".to_owned()),
         enable_writable_file_system: fields.enable_writable_file_system.unwrap_or(false),
-        network: fields.network.unwrap_or(Network::Disabled),
+        network: fields.network.unwrap_or(NetworkMode::Disabled),
         user: fields.user.unwrap_or(0),
         group: fields.group.unwrap_or(0),
     })
@@ -294,7 +294,7 @@ mod tests {
     fn defaults_apply() {
         let r = resolve(&spec(r#"{"layers": [{"stubs": ["/tmp/"]}]}"#), &BTreeMap::new(), &no_env).unwrap();
         assert_eq!(r.working_directory, "/");
-        assert_eq!(r.network, Network::Disabled);
+        assert_eq!(r.network, NetworkMode::Disabled);
         assert!(!r.enable_writable_file_system);
         assert_eq!((r.user, r.group), (0, 0));
     }
@@ -312,7 +312,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.layers.len(), 2, "added layers append to the parent's");
-        assert_eq!(r.network, Network::Loopback);
+        assert_eq!(r.network, NetworkMode::Loopback);
         assert_eq!(r.user, 8);
         assert_eq!(r.mounts.len(), 1);
         assert_eq!(r.environment, [("A".into(), "1".into())]);
@@ -323,7 +323,7 @@ mod tests {
         let named = named(r#"{"base": {"layers": [{"stubs": ["/a"]}], "network": "loopback"}}"#);
         let r =
             resolve(&spec(r#"{"parent": {"name": "base", "use": ["layers"]}}"#), &named, &no_env).unwrap();
-        assert_eq!(r.network, Network::Disabled);
+        assert_eq!(r.network, NetworkMode::Disabled);
         assert_eq!(r.layers.len(), 1);
     }
 

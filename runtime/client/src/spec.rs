@@ -9,14 +9,9 @@ use std::path::PathBuf;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-/// How a job reaches the network.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Network {
-    Disabled,
-    Loopback,
-    Local,
-}
+/// How a job reaches the network, and the devices a `devices` mount can expose: the sandbox's
+/// own types, in the spec formats' words (`"loopback"`, `"null"`).
+pub use maelstrom_wire::zygote::{Device, NetworkMode};
 
 /// A field a container can inherit from its parent (or an image).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
@@ -274,20 +269,6 @@ impl<'de> Deserialize<'de> for LayerSpec {
     }
 }
 
-/// A device a `devices` mount can expose.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceName {
-    Full,
-    Fuse,
-    Null,
-    Random,
-    Shm,
-    Tty,
-    Urandom,
-    Zero,
-}
-
 /// A mount inside the container.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -299,7 +280,7 @@ pub enum MountSpec {
         read_only: bool,
     },
     Devices {
-        devices: Vec<DeviceName>,
+        devices: Vec<Device>,
     },
     Devpts {
         mount_point: String,
@@ -346,7 +327,7 @@ macro_rules! container_spec {
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub enable_writable_file_system: Option<bool>,
             #[serde(default, skip_serializing_if = "Option::is_none")]
-            pub network: Option<Network>,
+            pub network: Option<NetworkMode>,
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub user: Option<u32>,
             #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -535,7 +516,7 @@ mod tests {
         match parse(r#"{"containers": {"base": {"layers": [{"stubs": ["/tmp/"]}], "network": "local"}}}"#)
             .unwrap()
         {
-            StreamRequest::Containers(map) => assert_eq!(map["base"].network, Some(Network::Local)),
+            StreamRequest::Containers(map) => assert_eq!(map["base"].network, Some(NetworkMode::Local)),
             other => panic!("{other:?}"),
         }
         let error = parse(r#"{"containers": {}, "program": "x"}"#).unwrap_err();

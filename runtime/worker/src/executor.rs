@@ -57,11 +57,31 @@ pub enum JobError {
     System(String),
 }
 
-/// How one job ended.
+/// How one job ended, in the one form every part of the system uses: the cluster's
+/// [`Outcome`](maelstrom_wire::cluster::Outcome), whether the job ran here or on a cluster worker.
 #[derive(Debug)]
 pub struct JobResult {
     pub id: JobId,
-    pub result: Result<Completed, JobError>,
+    pub outcome: maelstrom_wire::cluster::Outcome,
+}
+
+/// A job's end as the sandbox and the executor see it, in the form that travels.
+pub fn outcome(result: Result<Completed, JobError>) -> maelstrom_wire::cluster::Outcome {
+    use maelstrom_wire::cluster::{Outcome as Ended, Output};
+    match result {
+        Ok(done) => {
+            let stdout = Output { bytes: done.stdout.bytes, cut: done.stdout.cut };
+            let stderr = Output { bytes: done.stderr.bytes, cut: done.stderr.cut };
+            let duration_us = u64::try_from(done.duration.as_micros()).unwrap_or(u64::MAX);
+            match done.outcome {
+                Outcome::Exited(code) => Ended::Exited { code, stdout, stderr, duration_us },
+                Outcome::Signaled(signal) => Ended::Signaled { signal, stdout, stderr, duration_us },
+                Outcome::TimedOut => Ended::TimedOut { stdout, stderr, duration_us },
+            }
+        }
+        Err(JobError::Execution(message)) => Ended::ExecutionError(message),
+        Err(JobError::System(message)) => Ended::SystemError(message),
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -610,6 +630,6 @@ impl EventLoop {
     }
 
     fn report(&mut self, id: JobId, result: Result<Completed, JobError>) {
-        (self.on_result)(JobResult { id, result });
+        (self.on_result)(JobResult { id, outcome: outcome(result) });
     }
 }

@@ -6,6 +6,7 @@
 //! - [`layer`]: turning a manifest or a tar archive into a tree, refusing what could escape.
 //! - [`remote`]: the cluster worker: the broker connection, artifact fetches, and the same
 //!   executor.
+//! - [`sandbox`]: a job's sandbox spec, the same wherever the job came from.
 //! - [`cache`]: the layer cache: one extracted tree per layer artifact, shared by concurrent
 //!   runs, bounded, least recently used first out.
 
@@ -14,7 +15,9 @@ pub mod executor;
 pub mod layer;
 pub mod queue;
 pub mod remote;
+pub mod sandbox;
 
 pub use executor::{
-    Executor, ExecutorConfig, ExecutorError, JobError, JobId, JobRequest, JobResult, ResultSink,
+    Executor, ExecutorConfig, ExecutorError, JobError, JobId, JobRequest, JobResult, ResultSink, outcome,
 };
+pub use maelstrom_wire::cluster::{Outcome, Output};

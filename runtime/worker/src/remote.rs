@@ -11,7 +11,6 @@
 //! (it is shutting down on an admin's request) ends the worker.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -20,16 +19,16 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use maelstrom_container::{Device, Mount, NetworkMode, Spec, Zygote};
+use maelstrom_container::{Spec, Zygote};
 use maelstrom_uring::{Completion, Done, Ring, Token};
 use maelstrom_wire::artifact::{ArchivedManifest, Digest, EntryKind, Hasher, Manifest};
 use maelstrom_wire::cluster::{
-    self, ArchivedControl, ArchivedJobSpec, ArchivedMount, ArchivedNetwork, Control, Frame, FrameReader,
-    Hello, Kind, LayerKind, LayerRef, Outcome, Output, PROTOCOL_VERSION, Role,
+    self, ArchivedControl, ArchivedJobSpec, Control, Frame, FrameReader, Hello, Kind, LayerKind, LayerRef,
+    Outcome, PROTOCOL_VERSION, Role,
 };
 
 use crate::cache::{CacheError, LayerCache};
-use crate::executor::{Executor, ExecutorConfig, ExecutorError, JobError, JobId, JobRequest, JobResult};
+use crate::executor::{Executor, ExecutorConfig, ExecutorError, JobId, JobRequest, JobResult};
 
 #[derive(Clone, Debug)]
 pub struct RemoteConfig {
@@ -165,69 +164,6 @@ fn manifest_blobs(manifest: &Manifest) -> Vec<Digest> {
             _ => None,
         })
         .collect()
-}
-
-/// The container spec for a job from the cluster, with its layers' trees (bottom first).
-pub fn container_spec(job: &ArchivedJobSpec, layers: Vec<PathBuf>) -> Result<Spec, String> {
-    let mut spec = Spec::new(layers, job.program.as_str());
-    spec.arguments = job.arguments.iter().map(|a| OsString::from(a.as_str())).collect();
-    spec.environment = job
-        .environment
-        .iter()
-        .map(|e| (OsString::from(e.0.as_str()), OsString::from(e.1.as_str())))
-        .collect();
-    spec.working_directory = PathBuf::from(job.working_directory.as_str());
-    spec.writable_root = job.writable_root;
-    spec.network = match job.network {
-        ArchivedNetwork::Disabled => NetworkMode::Disabled,
-        ArchivedNetwork::Loopback => NetworkMode::Loopback,
-    };
-    spec.user = job.user.to_native();
-    spec.group = job.group.to_native();
-    let mut mounts = Vec::with_capacity(job.mounts.len());
-    for mount in job.mounts.iter() {
-        mounts.push(match mount {
-            ArchivedMount::Devices(names) => {
-                let devices = names
-                    .iter()
-                    .map(|n| {
-                        Device::from_name(n.as_str())
-                            .ok_or_else(|| format!("unknown device {:?}", n.as_str()))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                Mount::Devices(devices)
-            }
-            ArchivedMount::Devpts(target) => Mount::Devpts { target: target.as_str().into() },
-            ArchivedMount::Mqueue(target) => Mount::Mqueue { target: target.as_str().into() },
-            ArchivedMount::Proc(target) => Mount::Proc { target: target.as_str().into() },
-            ArchivedMount::Sys(target) => Mount::Sys { target: target.as_str().into() },
-            ArchivedMount::Tmp(target) => Mount::Tmp { target: target.as_str().into() },
-        });
-    }
-    spec.mounts = mounts;
-    Ok(spec)
-}
-
-/// A job's result as the broker takes it.
-pub fn outcome(result: Result<maelstrom_container::Completed, JobError>) -> Outcome {
-    match result {
-        Ok(done) => {
-            let stdout = Output { bytes: done.stdout.bytes, cut: done.stdout.cut };
-            let stderr = Output { bytes: done.stderr.bytes, cut: done.stderr.cut };
-            let duration_us = u64::try_from(done.duration.as_micros()).unwrap_or(u64::MAX);
-            match done.outcome {
-                maelstrom_container::Outcome::Exited(code) => {
-                    Outcome::Exited { code, stdout, stderr, duration_us }
-                }
-                maelstrom_container::Outcome::Signaled(signal) => {
-                    Outcome::Signaled { signal, stdout, stderr, duration_us }
-                }
-                maelstrom_container::Outcome::TimedOut => Outcome::TimedOut { stdout, stderr, duration_us },
-            }
-        }
-        Err(JobError::Execution(message)) => Outcome::ExecutionError(message),
-        Err(JobError::System(message)) => Outcome::SystemError(message),
-    }
 }
 
 /// A job waiting for its layers, or running.
@@ -596,7 +532,7 @@ impl Worker {
     }
 
     fn start(&mut self, id: u64, job: &ArchivedJobSpec) {
-        let spec = match container_spec(job, Vec::new()) {
+        let spec = match crate::sandbox::sandbox(job, Vec::new(), crate::sandbox::Origin::Cluster) {
             Ok(spec) => spec,
             Err(e) => {
                 self.send(&Control::Done { id, outcome: Outcome::ExecutionError(e) });
@@ -885,7 +821,7 @@ impl Worker {
                 }
                 let Some(job) = self.jobs.remove(&id) else { return };
                 self.release_trees(&job.layers);
-                let mut outcome = outcome(result.result);
+                let mut outcome = result.outcome;
                 outcome.fit();
                 self.send(&Control::Done { id, outcome });
             }
