@@ -1,12 +1,12 @@
 //! Talking to cargo: the workspace's packages (`cargo metadata`), and building their test
 //! binaries (`cargo test --no-run`), each reported as soon as cargo has linked it.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
+use maelstrom_test_runner::run::Listed;
 use serde::Deserialize;
 
 /// Options passed through to cargo.
@@ -96,7 +96,7 @@ impl Package {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct Metadata {
     pub packages: Vec<Package>,
     pub workspace_members: Vec<String>,
@@ -214,6 +214,17 @@ impl std::fmt::Debug for Build {
     }
 }
 
+impl maelstrom_test_runner::run::Build<Artifact> for Build {
+    fn run(self: Box<Self>, ready: &mut dyn FnMut(Artifact)) -> anyhow::Result<i32> {
+        Build::run(*self, ready)
+    }
+
+    fn stopper(&self) -> Box<dyn Fn() + Send> {
+        let stopper = self.stopper();
+        Box::new(move || stopper.stop())
+    }
+}
+
 impl Build {
     /// Starts `cargo test --no-run` for `packages` (all of the workspace's if `None`).
     pub fn start(options: &CargoOptions, packages: Option<&[(&str, &str)]>) -> anyhow::Result<Self> {
@@ -276,11 +287,8 @@ impl Build {
     }
 }
 
-/// A test binary's cases: each name, and whether it is `#[ignore]`d.
-pub type Listing = Vec<(String, bool)>;
-
 /// A test binary's test cases: names and whether they are `#[ignore]`d.
-pub fn list_tests(executable: &Path) -> anyhow::Result<Vec<(String, bool)>> {
+pub fn list_tests(executable: &Path) -> anyhow::Result<Vec<Listed>> {
     let list = |ignored: bool| -> anyhow::Result<Vec<String>> {
         let mut command = Command::new(executable);
         command.args(["--list", "--format", "terse"]);
@@ -309,55 +317,8 @@ pub fn list_tests(executable: &Path) -> anyhow::Result<Vec<(String, bool)>> {
     Ok(list(false)?
         .into_iter()
         .map(|name| {
-            let is_ignored = ignored.contains(&name);
-            (name, is_ignored)
+            let ignored = ignored.contains(&name);
+            Listed { name, ignored }
         })
         .collect())
-}
-
-/// Test listings by binary digest, kept across runs: an unchanged binary is not asked again.
-#[derive(Debug)]
-pub struct ListingCache {
-    dir: PathBuf,
-    memory: BTreeMap<String, Vec<(String, bool)>>,
-}
-
-impl ListingCache {
-    pub fn new(dir: PathBuf) -> Self {
-        Self { dir, memory: BTreeMap::new() }
-    }
-
-    /// The listing for a binary with this digest (hex), asking `list` only if unknown.
-    pub fn get(
-        &mut self,
-        digest: &str,
-        list: impl FnOnce() -> anyhow::Result<Vec<(String, bool)>>,
-    ) -> anyhow::Result<Vec<(String, bool)>> {
-        if let Some(cases) = self.memory.get(digest) {
-            return Ok(cases.clone());
-        }
-        let path = self.dir.join(digest);
-        let cases = match std::fs::read_to_string(&path) {
-            Ok(text) => text
-                .lines()
-                .filter_map(|l| l.split_once(' '))
-                .map(|(flag, name)| (name.to_owned(), flag == "ignored"))
-                .collect(),
-            Err(_) => {
-                let cases = list()?;
-                let text: String = cases
-                    .iter()
-                    .map(|(n, i)| format!("{} {n}\n", if *i { "ignored" } else { "test" }))
-                    .collect();
-                let _ = std::fs::create_dir_all(&self.dir);
-                let temp = path.with_extension(std::process::id().to_string());
-                if std::fs::write(&temp, text).is_ok() {
-                    let _ = std::fs::rename(&temp, &path);
-                }
-                cases
-            }
-        };
-        self.memory.insert(digest.to_owned(), cases.clone());
-        Ok(cases)
-    }
 }

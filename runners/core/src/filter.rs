@@ -48,26 +48,6 @@ const MATCHERS: [Selector; 6] = [
     Selector { name: "globs", min: "g" },
 ];
 
-/// The language of cargo tests: artifact kinds as simple selectors, and the case's name, its
-/// package and its target's name by kind as compound ones.
-pub const CARGO: Language = Language {
-    simple: &[
-        Selector { name: "library", min: "l" },
-        Selector { name: "binary", min: "bi" },
-        Selector { name: "benchmark", min: "be" },
-        Selector { name: "example", min: "e" },
-        Selector { name: "test", min: "te" },
-    ],
-    compound: &[
-        Selector { name: "name", min: "n" },
-        Selector { name: "package", min: "p" },
-        Selector { name: "binary", min: "bi" },
-        Selector { name: "benchmark", min: "be" },
-        Selector { name: "example", min: "e" },
-        Selector { name: "test", min: "te" },
-    ],
-};
-
 /// What a pattern is evaluated against.
 pub trait Subject {
     /// A simple selector of the runner's language: `None` if not known yet.
@@ -460,6 +440,25 @@ impl fmt::Display for Pattern {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A language like cargo's, to test with.
+    const CARGO: Language = Language {
+        simple: &[
+            Selector { name: "library", min: "l" },
+            Selector { name: "binary", min: "bi" },
+            Selector { name: "benchmark", min: "be" },
+            Selector { name: "example", min: "e" },
+            Selector { name: "test", min: "te" },
+        ],
+        compound: &[
+            Selector { name: "name", min: "n" },
+            Selector { name: "package", min: "p" },
+            Selector { name: "binary", min: "bi" },
+            Selector { name: "benchmark", min: "be" },
+            Selector { name: "example", min: "e" },
+            Selector { name: "test", min: "te" },
+        ],
+    };
 
     /// A test case; `None` fields are not known yet.
     struct Case {

@@ -52,6 +52,35 @@ pub const EXIT_ERROR: i32 = 2;
 /// Cleans a test's output for display (the runner knows its framework's chatter).
 pub type Trim = Box<dyn Fn(&Case, &[u8]) -> String>;
 
+/// How a framework's test programs speak: their chatter, and what their exits mean.
+pub struct OutputRules {
+    pub trim: Trim,
+    /// Exit codes that only say the test failed (libtest's 101), so are not shown.
+    pub quiet_exit_codes: &'static [i32],
+    /// What a test program prints when it ran no test at all: a run that prints it is an
+    /// error, not a pass (say, a filter in the extra arguments that selects nothing).
+    pub no_test_marker: Option<&'static str>,
+}
+
+impl Default for OutputRules {
+    fn default() -> Self {
+        Self {
+            trim: Box::new(|_, out| String::from_utf8_lossy(out).into_owned()),
+            quiet_exit_codes: &[],
+            no_test_marker: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for OutputRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutputRules")
+            .field("quiet_exit_codes", &self.quiet_exit_codes)
+            .field("no_test_marker", &self.no_test_marker)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug)]
 struct Finished {
     case: usize,
@@ -75,9 +104,7 @@ pub struct Session {
     not_run: u64,
     /// Runs the listed cases make (each `repeat` times, ignored ones once).
     expected_runs: u64,
-    trim: Trim,
-    /// What a test binary prints when it ran no test at all (a framework's own words).
-    no_test_marker: Option<&'static str>,
+    rules: OutputRules,
     last_running_update: Instant,
 }
 
@@ -95,7 +122,7 @@ impl std::fmt::Debug for Session {
 pub type Submit<'a> = &'a mut dyn FnMut(&TestSettings, Option<NonZeroU32>, Estimate) -> Result<JobId, String>;
 
 impl Session {
-    pub fn new(options: SessionOptions, trim: Trim) -> Self {
+    pub fn new(options: SessionOptions, rules: OutputRules) -> Self {
         let db = TestDb::open(&options.test_db);
         let ui = Ui::new(options.ui, false);
         Self {
@@ -108,16 +135,9 @@ impl Session {
             failures: 0,
             not_run: 0,
             expected_runs: 0,
-            trim,
-            no_test_marker: None,
+            rules,
             last_running_update: Instant::now(),
         }
-    }
-
-    /// A passing run whose output has `marker` ran no test (say, a test binary given a filter
-    /// in the extra arguments): it is an error, not a pass.
-    pub fn set_no_test_marker(&mut self, marker: &'static str) {
-        self.no_test_marker = Some(marker);
     }
 
     /// Something that is not one test went wrong (a binary that could not be listed): it is
@@ -225,7 +245,7 @@ impl Session {
         let (status, duration, stdout, stderr, mut details) = match result.outcome.ran() {
             Ok(Ran { ended, stdout: out, stderr: err, duration }) => {
                 let empty = ended == Ended::Exited(0)
-                    && self.no_test_marker.is_some_and(|marker| {
+                    && self.rules.no_test_marker.is_some_and(|marker| {
                         out.bytes.windows(marker.len()).any(|w| w == marker.as_bytes())
                     });
                 let status = match ended {
@@ -234,7 +254,7 @@ impl Session {
                     Ended::Exited(_) | Ended::Signaled(_) => Status::Fail,
                     Ended::TimedOut => Status::Timeout,
                 };
-                let stdout = (self.trim)(case, &out.bytes);
+                let stdout = (self.rules.trim)(case, &out.bytes);
                 let stderr = String::from_utf8_lossy(&err.bytes).into_owned();
                 let mut details = Vec::new();
                 match ended {
@@ -245,7 +265,7 @@ impl Session {
                     }
                     Ended::Signaled(signal) => details.push(format!("killed by signal {signal}")),
                     Ended::TimedOut => details.push("timed out".to_owned()),
-                    Ended::Exited(code) if code != 0 && code != 101 => {
+                    Ended::Exited(code) if code != 0 && !self.rules.quiet_exit_codes.contains(&code) => {
                         details.push(format!("exited with code {code}"));
                     }
                     Ended::Exited(_) => {}
