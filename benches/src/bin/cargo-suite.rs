@@ -1,10 +1,12 @@
 //! A crate's test suite three ways, on a warm build, in alternating rounds of the same run:
 //! `cargo maelstrom` (every test in its own container), `cargo nextest run` (every test in its
-//! own process) and `cargo test --tests` (tests as threads of one process per binary).
-//! Medians are reported.
+//! own process, when installed) and `cargo test --tests` (tests as threads of one process per
+//! binary). The crate is copied under /tmp first (where each test's own /tmp is mounted), unless
+//! `--in-place`. Medians are reported.
 //!
 //! Ends with exactly one line:
-//! `cargo-suite: tests=<n> maelstrom_s=<s> nextest_s=<s> cargo_test_s=<s> ratio_vs_nextest=<r>`
+//! `cargo-suite: tests=<n> maelstrom_s=<s> nextest_s=<s|n/a> cargo_test_s=<s> ratio_vs_nextest=<r|n/a>
+//! ratio_vs_cargo_test=<r>`
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -23,6 +25,26 @@ struct Args {
     /// The cargo-maelstrom binary [default: beside this one, built first if cargo is at hand].
     #[arg(long)]
     binary: Option<PathBuf>,
+    /// Run in the crate's own directory instead of a copy under /tmp.
+    #[arg(long)]
+    in_place: bool,
+}
+
+/// Copies a directory tree, leaving out `target` directories and `.git`.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("{}: {e}", from.display())) {
+        let entry = entry.expect("an entry");
+        let target = to.join(entry.file_name());
+        let kind = entry.file_type().expect("a type");
+        if kind.is_dir() {
+            if entry.file_name() != "target" && entry.file_name() != ".git" {
+                copy_tree(&entry.path(), &target);
+            }
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
 }
 
 fn cargo() -> Command {
@@ -60,10 +82,19 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 fn main() {
     let args = Args::parse();
-    let dir = std::fs::canonicalize(&args.path).unwrap_or_else(|e| panic!("{}: {e}", args.path.display()));
+    let source = std::fs::canonicalize(&args.path).unwrap_or_else(|e| panic!("{}: {e}", args.path.display()));
     let binary = cargo_maelstrom(&args);
-    let nextest = cargo().args(["nextest", "--version"]).output().is_ok_and(|o| o.status.success());
-    assert!(nextest, "cargo-nextest is not installed: cargo install cargo-nextest --locked");
+    let has_nextest = cargo().args(["nextest", "--version"]).output().is_ok_and(|o| o.status.success());
+    if !has_nextest {
+        eprintln!("cargo-nextest is not installed (cargo install cargo-nextest --locked): not measured");
+    }
+    let copy = tempfile::Builder::new().prefix("cargo-suite-").tempdir_in("/tmp").expect("a dir under /tmp");
+    let dir = if args.in_place {
+        source
+    } else {
+        copy_tree(&source, copy.path());
+        copy.path().to_owned()
+    };
     let maelstrom = || {
         let mut command = Command::new(&binary);
         command.args(["maelstrom", "--ui", "simple"]);
@@ -80,16 +111,19 @@ fn main() {
         command
     };
     // Warm: the build, and each runner's own caches.
-    for command in [cargo_test(), nextest(), maelstrom()] {
-        timed(command, &dir);
+    timed(cargo_test(), &dir);
+    if has_nextest {
+        timed(nextest(), &dir);
     }
+    timed(maelstrom(), &dir);
     let (mut m, mut n, mut c) = (Vec::new(), Vec::new(), Vec::new());
     let mut tests = 0;
     for round in 0..args.rounds {
         let (took, code, stdout) = timed(maelstrom(), &dir);
         tests = stdout.lines().filter(|l| l.contains(". OK ") || l.contains(". FAIL ")).count();
         m.push(took.as_secs_f64());
-        let (nextest_took, nextest_code, _) = timed(nextest(), &dir);
+        let (nextest_took, nextest_code, _) =
+            if has_nextest { timed(nextest(), &dir) } else { (Duration::ZERO, None, String::new()) };
         n.push(nextest_took.as_secs_f64());
         let (cargo_took, cargo_code, _) = timed(cargo_test(), &dir);
         c.push(cargo_took.as_secs_f64());
@@ -101,8 +135,11 @@ fn main() {
         );
     }
     let (m, n, c) = (median(m), median(n), median(c));
+    let (nextest_s, ratio_vs_nextest) =
+        if has_nextest { (format!("{n:.3}"), format!("{:.2}", m / n)) } else { ("n/a".into(), "n/a".into()) };
     println!(
-        "cargo-suite: tests={tests} maelstrom_s={m:.3} nextest_s={n:.3} cargo_test_s={c:.3} ratio_vs_nextest={:.2}",
-        m / n
+        "cargo-suite: tests={tests} maelstrom_s={m:.3} nextest_s={nextest_s} cargo_test_s={c:.3} \
+         ratio_vs_nextest={ratio_vs_nextest} ratio_vs_cargo_test={:.2}",
+        m / c
     );
 }

@@ -1,10 +1,12 @@
 //! Whole-process throughput of `maelstrom-run`, as a user drives it: 1,000 jobs of `/bin/true`
-//! (with its shared-library layer) through one invocation, beside the floor measured in the same
-//! run (the same 1,000 executions without isolation, `xargs -P <cores>`), in alternating rounds;
-//! then `--one` on a warm cache, 50 times.
+//! (with its shared-library layer) through one invocation, beside two floors measured in the
+//! same run (the same 1,000 executions without isolation: `xargs -P <cores>`, and two shells
+//! each looping `/bin/true` half the times), in alternating rounds; then `--one` on a warm
+//! cache, 50 times.
 //!
 //! Ends with exactly one line:
-//! `run-throughput: jobs=1000 seconds=<s> jobs_per_s=<n> floor_seconds=<s> ratio=<r> one_p50_ms=<n> one_p99_ms=<n>`
+//! `run-throughput: jobs=1000 seconds=<s> jobs_per_s=<n> floor_seconds=<s> ratio=<r> shells_seconds=<s>
+//! ratio_vs_shells=<r> one_p50_ms=<n> one_p99_ms=<n>`
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -97,20 +99,39 @@ fn main() {
         command
     };
 
-    // Warm up: the first run builds the layer cache; both paths fault in their binaries.
+    // Two shells at once, each running `/bin/true` half the times: plain fork+exec.
+    let shells = || {
+        let start = Instant::now();
+        let half = args.jobs / 2;
+        let shell = |n: usize| {
+            Command::new("sh")
+                .args(["-c", &format!("i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done")])
+                .spawn()
+                .expect("start sh")
+        };
+        let children = [shell(half), shell(args.jobs - half)];
+        for mut child in children {
+            assert!(child.wait().expect("wait for sh").success(), "a shell loop failed");
+        }
+        start.elapsed().as_secs_f64()
+    };
+
+    // Warm up: the first run builds the layer cache; every path faults in its binaries.
     timed(run_command(&binary, &cache, &jobs, false), None);
     timed(floor(), Some(&numbers));
+    shells();
 
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let (mut ours, mut theirs, mut loops) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..args.rounds.max(1) {
         let mut measure_ours =
             || ours.push(timed(run_command(&binary, &cache, &jobs, false), None).as_secs_f64());
-        let mut measure_floor = || theirs.push(timed(floor(), Some(&numbers)).as_secs_f64());
         if round % 2 == 0 {
             measure_ours();
-            measure_floor();
+            theirs.push(timed(floor(), Some(&numbers)).as_secs_f64());
+            loops.push(shells());
         } else {
-            measure_floor();
+            loops.push(shells());
+            theirs.push(timed(floor(), Some(&numbers)).as_secs_f64());
             measure_ours();
         }
     }
@@ -122,8 +143,10 @@ fn main() {
 
     let seconds = median(ours.clone());
     let floor_seconds = median(theirs.clone());
+    let shells_seconds = median(loops.clone());
     eprintln!("maelstrom-run rounds (s): {ours:.3?}");
     eprintln!("xargs -P {cores} rounds (s): {theirs:.3?}");
+    eprintln!("two shell loops rounds (s): {loops:.3?}");
     eprintln!(
         "--one: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} runs",
         one_latency.value_at_quantile(0.5) as f64 / 1000.0,
@@ -133,10 +156,11 @@ fn main() {
     );
     println!(
         "run-throughput: jobs={} seconds={seconds:.3} jobs_per_s={:.0} floor_seconds={floor_seconds:.3} ratio={:.2} \
-         one_p50_ms={:.2} one_p99_ms={:.2}",
+         shells_seconds={shells_seconds:.3} ratio_vs_shells={:.2} one_p50_ms={:.2} one_p99_ms={:.2}",
         args.jobs,
         args.jobs as f64 / seconds,
         seconds / floor_seconds,
+        seconds / shells_seconds,
         one_latency.value_at_quantile(0.5) as f64 / 1000.0,
         one_latency.value_at_quantile(0.99) as f64 / 1000.0,
     );

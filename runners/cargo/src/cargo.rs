@@ -114,14 +114,32 @@ impl Metadata {
     }
 }
 
+/// Whether cargo will find a manifest (`--manifest-path`, or a `Cargo.toml` here or above), so
+/// that a build started now is not an error cargo metadata is about to report too.
+pub fn finds_a_manifest(options: &CargoOptions) -> bool {
+    match &options.manifest_path {
+        Some(path) => path.is_file(),
+        None => {
+            std::env::current_dir().is_ok_and(|dir| dir.ancestors().any(|d| d.join("Cargo.toml").is_file()))
+        }
+    }
+}
+
 /// `cargo metadata` for the workspace.
-pub fn metadata(options: &CargoOptions) -> anyhow::Result<Metadata> {
+///
+/// With `beside`, a build of the same workspace already running: a failure that cargo reports
+/// to both (a broken manifest) is shown once, by the build.
+pub fn metadata(options: &CargoOptions, beside: Option<&mut Build>) -> anyhow::Result<Metadata> {
     let mut command = cargo();
     command.args(["metadata", "--format-version=1", "--no-deps"]);
     options.metadata_args(&mut command);
-    let out =
-        command.stderr(Stdio::inherit()).output().map_err(|e| anyhow::anyhow!("run cargo metadata: {e}"))?;
+    let stderr = if beside.is_some() { Stdio::piped() } else { Stdio::inherit() };
+    let out = command.stderr(stderr).output().map_err(|e| anyhow::anyhow!("run cargo metadata: {e}"))?;
     if !out.status.success() {
+        let build_failed = beside.is_some_and(|build| build.wait().is_ok_and(|code| code != 0));
+        if !build_failed {
+            eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        }
         anyhow::bail!("cargo metadata failed ({})", out.status);
     }
     serde_json::from_slice(&out.stdout).map_err(|e| anyhow::anyhow!("read cargo metadata's output: {e}"))
@@ -208,6 +226,17 @@ impl Stopper {
     }
 }
 
+impl Drop for Build {
+    /// A build never run (the run ended before it: a bad spec file, say) does not go on alone.
+    fn drop(&mut self) {
+        if self.stdout.is_some() {
+            let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 impl std::fmt::Debug for Build {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Build")
@@ -250,6 +279,18 @@ impl Build {
             .map_err(|e| anyhow::anyhow!("run cargo test --no-run: {e}"))?;
         let stdout = child.stdout.take();
         Ok(Self { child: Arc::new(Mutex::new(child)), stdout })
+    }
+
+    /// Waits for the build to end, its artifacts unread; its exit code.
+    pub fn wait(&mut self) -> anyhow::Result<i32> {
+        drop(self.stdout.take());
+        let status = self
+            .child
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .wait()
+            .map_err(|e| anyhow::anyhow!("wait for cargo: {e}"))?;
+        Ok(status.code().unwrap_or(101))
     }
 
     pub fn stopper(&self) -> Stopper {

@@ -153,6 +153,9 @@ struct Cargo {
     list_binaries: bool,
     /// cargo's target directory (a relative `--target-dir` made absolute, as cargo does).
     target_dir: PathBuf,
+    /// The whole workspace's build, started before `cargo metadata` when nothing can narrow it,
+    /// so the two overlap.
+    early_build: std::sync::Mutex<Option<cargo::Build>>,
 }
 
 impl Cargo {
@@ -186,9 +189,23 @@ impl Cargo {
                 packages: cli.package.clone(),
                 list_binaries: cli.list_binaries,
                 target_dir: PathBuf::new(),
+                early_build: std::sync::Mutex::new(None),
             });
         }
-        let metadata = cargo::metadata(&options)?;
+        let runner = &cli.runner;
+        let builds_everything = !(runner.init
+            || runner.watch
+            || runner.list_packages
+            || cli.list_binaries
+            || !cli.package.is_empty()
+            || !runner.include.is_empty()
+            || !runner.exclude.is_empty());
+        let mut early_build = if builds_everything && cargo::finds_a_manifest(&options) {
+            Some(cargo::Build::start(&options, None)?)
+        } else {
+            None
+        };
+        let metadata = cargo::metadata(&options, early_build.as_mut())?;
         let members = metadata.members();
         if let Some(unknown) = cli.package.iter().find(|p| !members.iter().any(|m| m.name == **p)) {
             let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
@@ -208,6 +225,7 @@ impl Cargo {
             packages: cli.package.clone(),
             list_binaries: cli.list_binaries,
             target_dir,
+            early_build: std::sync::Mutex::new(early_build),
         })
     }
 
@@ -358,6 +376,10 @@ impl Framework for Cargo {
     }
 
     fn build(&self, packages: &[&Package], all: bool) -> anyhow::Result<Box<dyn Build<Artifact>>> {
+        let early = self.early_build.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(build) = early.filter(|_| all) {
+            return Ok(Box::new(build));
+        }
         let packages: Vec<(&str, &str)> =
             packages.iter().map(|p| (p.name.as_str(), p.version.as_str())).collect();
         Ok(Box::new(cargo::Build::start(&self.options, (!all).then_some(&packages[..]))?))

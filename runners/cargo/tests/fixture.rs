@@ -330,6 +330,18 @@ fn build_failures_exit_with_cargos_code_and_init_writes_the_default() {
         text(&out.stderr)
     );
 
+    assert_eq!(text(&out.stderr).matches("mismatched types").count(), 1, "shown once: {}", text(&out.stderr));
+
+    // A broken manifest: cargo's error once (the build and cargo metadata run side by side).
+    let manifest = std::fs::read_to_string(dir.path().join("Cargo.toml")).expect("read");
+    std::fs::write(dir.path().join("Cargo.toml"), "[package]\nname = \"broken\"\nversion = \n")
+        .expect("write");
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr).matches("string values must be quoted").count(), 1, "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("cargo maelstrom: cargo metadata failed"), "{}", text(&out.stderr));
+    std::fs::write(dir.path().join("Cargo.toml"), manifest).expect("write");
+
     let out = run(&["--init"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let written = std::fs::read_to_string(dir.path().join("cargo-maelstrom.toml")).expect("written");

@@ -36,6 +36,21 @@ const IDLE_REFRESH: Duration = Duration::from_millis(250);
 /// Slowest tests named in the summary.
 const SLOWEST_SHOWN: usize = 5;
 
+/// With `-L debug`, where a run's time goes: each phase's end, from the start, on stderr.
+#[derive(Debug)]
+struct Phases {
+    start: std::time::Instant,
+    on: bool,
+}
+
+impl Phases {
+    fn mark(&self, phase: &str) {
+        if self.on {
+            eprintln!("phase {phase}: {:.1} ms", self.start.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+}
+
 /// Who is running: names for messages, config files and variables.
 #[derive(Clone, Copy, Debug)]
 pub struct App {
@@ -125,7 +140,6 @@ pub struct RunnerOptions {
 
 /// The common options, resolved against the environment and the config files.
 #[derive(Debug)]
-#[expect(dead_code, reason = "some fields are read only through Debug, by --print-config")]
 pub struct Settings {
     broker: Option<(String, Source)>,
     log_level: (LogLevel, Source),
@@ -285,7 +299,9 @@ fn run<F: Framework>(
     let keys: Vec<&str> = COMMON_KEYS.iter().chain(app.keys).copied().collect();
     let config = options.common.load(app.config_name, app.env_prefix, &keys)?;
     let settings = options.settings(&config, cores as u64)?;
+    let phases = Phases { start: std::time::Instant::now(), on: settings.log_level.0 >= LogLevel::Debug };
     let framework = make(&config)?;
+    phases.mark("project (the framework's metadata)");
     if options.common.print_config {
         println!("{settings:#?}\n{framework:#?}");
         return Ok(0);
@@ -332,6 +348,7 @@ fn run<F: Framework>(
         }
         return Ok(0);
     }
+    phases.mark("selection");
     let mut spec = SpecFile::load(&spec_path, default_spec, language)?;
     spec.apply_templates(&framework.templates())?;
     if wanted.is_empty() {
@@ -340,6 +357,7 @@ fn run<F: Framework>(
     }
     let state_dir = framework.state_dir();
     let build = framework.build(&wanted, wanted.len() == all.len())?;
+    phases.mark("spec file, build started");
     let runner = Runner {
         framework: &framework,
         selection,
@@ -369,8 +387,10 @@ fn run<F: Framework>(
         project: framework.project_root().to_owned(),
     };
     let broker = settings.broker.as_ref().map(|(b, _)| b.as_str());
+    phases.mark("zygote");
     let mut client = Client::start(zygote, config, broker, sink).context("start the client")?;
     client.add_containers(runner.spec.containers.clone());
+    phases.mark("client");
     let session_options = SessionOptions {
         repeat: NonZeroU32::new(u32::try_from(settings.repeat.0).unwrap_or(u32::MAX))
             .unwrap_or(NonZeroU32::MIN),
@@ -399,7 +419,7 @@ fn run<F: Framework>(
             let _ = build_events.send(Event::BuildDone(done.map_err(|e| format!("{e:#}"))));
         })
         .context("start the build thread")?;
-    runner.drive(session, &mut client, &inbox, &*stopper)
+    runner.drive(session, &mut client, &inbox, &*stopper, &phases)
 }
 
 enum Event<A> {
@@ -460,6 +480,7 @@ impl<F: Framework> Runner<'_, F> {
         client: &mut Client,
         inbox: &Receiver<Event<F::Artifact>>,
         stop_build: &dyn Fn(),
+        phases: &Phases,
     ) -> anyhow::Result<i32> {
         let mut build: Option<Result<i32, String>> = None;
         let mut failure = None;
@@ -485,6 +506,7 @@ impl<F: Framework> Runner<'_, F> {
             match event {
                 Event::Result(result) => session.result(result),
                 Event::BuildDone(Ok(0)) => {
+                    phases.mark("build done");
                     session.listing_done();
                     build = Some(Ok(0));
                 }
@@ -493,12 +515,19 @@ impl<F: Framework> Runner<'_, F> {
                     break;
                 }
                 Event::BuildDone(Err(e)) => anyhow::bail!("the build: {e}"),
-                Event::Artifact(artifact) => self.artifact(&artifact, &mut session, client),
+                Event::Artifact(artifact) => {
+                    phases.mark("an artifact built");
+                    self.artifact(&artifact, &mut session, client);
+                    phases.mark("its tests sent");
+                }
             }
         }
+        phases.mark("tests done");
         client.save();
         let _ = self.digests.save();
-        Ok(session.finish(failure))
+        let code = session.finish(failure);
+        phases.mark("summary and saves");
+        Ok(code)
     }
 
     /// Lists an artifact's cases and sends the selected ones.
