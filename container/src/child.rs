@@ -362,7 +362,11 @@ pub(crate) fn run_ops(ops: &[ArchivedSetupOp], slots: &mut Slots, step: fn(u32) 
             ArchivedSetupOp::MakeDir { target } => {
                 // SAFETY: `target` is a validated NUL-terminated string.
                 let ret = unsafe { libc::mkdir(target.as_ptr(), 0o755) };
-                if ret != 0 && errno() != libc::EEXIST {
+                if ret == 0 {
+                    // Whatever the umask, the job (maybe another uid) must get through it.
+                    // SAFETY: as above.
+                    check(unsafe { libc::chmod(target.as_ptr(), 0o755) }.into(), step)?;
+                } else if errno() != libc::EEXIST {
                     check(ret.into(), step)?;
                 }
             }

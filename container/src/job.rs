@@ -112,19 +112,13 @@ impl Captured {
     }
 }
 
-/// How a job ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Exited(i32),
-    Signaled(i32),
-    /// Killed at its deadline.
-    TimedOut,
-}
+/// How a job ended: the wire's own type, so it is the same everywhere a result travels.
+pub use maelstrom_wire::cluster::Ended;
 
 /// A finished job.
 #[derive(Clone, Debug)]
 pub struct Completed {
-    pub outcome: Outcome,
+    pub outcome: Ended,
     pub stdout: Captured,
     pub stderr: Captured,
     /// From the spawn request to the reap.
@@ -215,9 +209,9 @@ pub fn supervise(
     let status = job.wait()?;
     let [(_, stdout), (_, stderr)] = streams;
     let outcome = match status {
-        _ if timed_out => Outcome::TimedOut,
-        ExitStatus::Exited(code) => Outcome::Exited(code),
-        ExitStatus::Signaled(signal) => Outcome::Signaled(signal),
+        _ if timed_out => Ended::TimedOut,
+        ExitStatus::Exited(code) => Ended::Exited(code),
+        ExitStatus::Signaled(signal) => Ended::Signaled(signal),
     };
     Ok(Completed { outcome, stdout, stderr, duration: start.elapsed() })
 }

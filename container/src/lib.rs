@@ -18,9 +18,9 @@ pub mod seccomp;
 mod sys;
 mod zygote;
 
-pub use job::{Captured, Completed, Job, Limits, OUTPUT_BYTES_MAX_DEFAULT, Outcome, supervise};
+pub use job::{Captured, Completed, Ended, Job, Limits, OUTPUT_BYTES_MAX_DEFAULT, supervise};
 pub use maelstrom_wire::zygote::REPLY_BYTES_MAX;
 pub use maelstrom_wire::zygote::{NetworkMode, Rlimit, SpawnRequest, Step};
 pub use plan::{Device, Mount, PlanError, Spec, compile};
-pub use sys::{ExitStatus, die_by_signal, eventfd, kill_process, mkfifo, pipe, posix_spawn_wait, write_all};
+pub use sys::{ExitStatus, die_by_signal, eventfd, kill_tree, mkfifo, pipe, posix_spawn_wait, write_all};
 pub use zygote::{Lane, SpawnError, StartError, Zygote, ZygoteConfig, describe, encode_request};

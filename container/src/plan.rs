@@ -76,6 +76,9 @@ pub struct Spec {
     pub arguments: Vec<OsString>,
 }
 
+/// Kept trees a spec may name.
+pub const KEEP_VISIBLE_MAX: usize = 16;
+
 /// The hostname a container gets unless its spec says otherwise.
 pub const HOSTNAME_DEFAULT: &str = "maelstrom";
 
@@ -130,6 +133,10 @@ pub enum PlanError {
     BadVariableName(OsString),
     #[error("more than {SLOTS_MAX} bind, device, proc and sys mounts")]
     TooManyMounts,
+    #[error("kept tree {path:?} {why}")]
+    BadKept { path: PathBuf, why: &'static str },
+    #[error("more than {KEEP_VISIBLE_MAX} kept trees")]
+    TooManyKept,
     #[error("PATH has more than {PROGRAM_CANDIDATES_MAX} entries")]
     PathTooLong,
     #[error("hostname {0:?} must be 1 to 64 bytes")]
@@ -237,10 +244,17 @@ pub fn compile(spec: &Spec) -> Result<SpawnRequest, PlanError> {
         return Err(PlanError::BadHostname(spec.hostname.clone()));
     }
     let lowered = lower(&spec.mounts)?;
+    if spec.keep_visible.len() > KEEP_VISIBLE_MAX {
+        return Err(PlanError::TooManyKept);
+    }
     let kept = spec
         .keep_visible
         .iter()
-        .map(|k| Ok((target(k)?, k.clone())))
+        .map(|k| match target(k) {
+            Ok(path) => Ok((path, k.clone())),
+            Err(PlanError::BadTarget { why, .. }) => Err(PlanError::BadKept { path: k.clone(), why }),
+            Err(other) => Err(other),
+        })
         .collect::<Result<Vec<_>, PlanError>>()?;
     let has_sys = lowered.iter().any(|l| matches!(l, Lowered::PerJob { kind: FsKind::Sys, .. }));
     if has_sys && spec.network == NetworkMode::Local {
@@ -627,6 +641,11 @@ mod tests {
             (Spec { arguments: vec!["a\0b".into()], ..base() }, "NUL byte at offset 1"),
             (Spec { environment: vec![("A=B".into(), "c".into())], ..base() }, "contains '='"),
             (Spec { hostname: String::new(), ..base() }, "hostname"),
+            (
+                Spec { keep_visible: vec![p("/tmp/../etc")], ..base() },
+                "kept tree \"/tmp/../etc\" must not contain",
+            ),
+            (Spec { keep_visible: vec![p("/k"); KEEP_VISIBLE_MAX + 1], ..base() }, "more than 16 kept trees"),
         ];
         for (spec, expected) in cases {
             let error = compile(&spec).unwrap_err().to_string();

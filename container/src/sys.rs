@@ -278,12 +278,49 @@ pub fn die_by_signal(signal: libc::c_int) {
     }
 }
 
-/// Sends SIGKILL to the process `pid` (a child the caller started: a build it no longer wants).
-pub fn kill_process(pid: libc::pid_t) {
-    // SAFETY: kill takes a pid and a signal number.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
+/// Processes walked at most when killing a tree.
+const TREE_PROCESSES_MAX: usize = 4096;
+
+/// Kills the process `pid` and every process descended from it (a build tool and the compilers
+/// it started). `pid` must be an unreaped child of the caller, so its id cannot be reused. Each
+/// process found is stopped first, so none can start another behind the walk; then all die.
+pub fn kill_tree(pid: libc::pid_t) {
+    let signal = |pid: libc::pid_t, signal| {
+        // SAFETY: kill takes a pid and a signal number.
+        unsafe { libc::kill(pid, signal) };
+    };
+    signal(pid, libc::SIGSTOP);
+    let mut tree = vec![pid];
+    loop {
+        let before = tree.len();
+        for (child, parent) in processes() {
+            if tree.len() < TREE_PROCESSES_MAX && tree.contains(&parent) && !tree.contains(&child) {
+                signal(child, libc::SIGSTOP);
+                tree.push(child);
+            }
+        }
+        if tree.len() == before {
+            break;
+        }
     }
+    for &member in tree.iter().rev() {
+        signal(member, libc::SIGKILL);
+    }
+}
+
+/// Every process's id and its parent's, from /proc.
+fn processes() -> Vec<(libc::pid_t, libc::pid_t)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|entry| {
+            let pid: libc::pid_t = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // `pid (comm) state ppid ...`, where comm may hold spaces and parentheses.
+            let after = &stat[stat.rfind(')')? + 1..];
+            let ppid = after.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, ppid))
+        })
+        .collect()
 }
 
 /// Makes a FIFO at `path` with permission bits `mode`.
@@ -677,5 +714,38 @@ mod tests {
         let mut buf = [0u8; 16];
         let err = recv_with_fds(b.as_fd(), &mut buf, &mut Vec::new()).unwrap_err();
         assert!(err.to_string().contains("larger than"), "{err}");
+    }
+
+    #[test]
+    fn kill_tree_ends_the_descendants_too() {
+        // A shell with two sleeping children, like cargo with its compilers.
+        let mut shell = std::process::Command::new("sh")
+            .args(["-c", "sleep 100 & sleep 100 & echo started; wait"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(shell.stdout.take().unwrap()), &mut line)
+            .unwrap();
+        let pid = shell.id() as libc::pid_t;
+        let children: Vec<libc::pid_t> =
+            processes().into_iter().filter(|(_, p)| *p == pid).map(|(c, _)| c).collect();
+        assert_eq!(children.len(), 2, "{children:?}");
+        kill_tree(pid);
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&shell.wait().unwrap()),
+            Some(libc::SIGKILL)
+        );
+        // The orphans are reaped by whoever adopted them; until then they are zombies.
+        let alive = |child: &libc::pid_t| {
+            std::fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            })
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while children.iter().any(alive) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!children.iter().any(alive), "a child outlived the tree: {children:?}");
     }
 }

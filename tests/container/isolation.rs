@@ -1,6 +1,6 @@
 //! What a job can see from inside its container, checked by the probe.
 
-use maelstrom_container::{Device, Mount, Outcome, Spec};
+use maelstrom_container::{Device, Ended, Mount, Spec};
 
 use crate::{Case, Ctx, Layer, expect_fact, job_host_uid, open_to_all, probe, report, run};
 
@@ -127,7 +127,7 @@ fn core_dumps_are_off(ctx: &Ctx) -> anyhow::Result<()> {
     let facts = report(ctx, &probe(&layer, &["report"]))?;
     expect_fact(&facts, "rlimit_core", "0,0")?;
     let done = run(ctx, &probe(&layer, &["segfault"]))?;
-    anyhow::ensure!(done.outcome == Outcome::Signaled(libc::SIGSEGV), "{:?}", done.outcome);
+    anyhow::ensure!(done.outcome == Ended::Signaled(libc::SIGSEGV), "{:?}", done.outcome);
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use maelstrom_container::{ExitStatus, Limits, Outcome};
+use maelstrom_container::{Ended, ExitStatus, Limits};
 
 use crate::{Case, Ctx, Layer, probe, run, run_with};
 
@@ -22,7 +22,7 @@ fn exit_codes_pass_through(ctx: &Ctx) -> anyhow::Result<()> {
     let layer = Layer::new();
     for code in [0, 3, 255] {
         let done = run(ctx, &probe(&layer, &["exit", &code.to_string()]))?;
-        anyhow::ensure!(done.outcome == Outcome::Exited(code), "exit {code}: got {:?}", done.outcome);
+        anyhow::ensure!(done.outcome == Ended::Exited(code), "exit {code}: got {:?}", done.outcome);
     }
     Ok(())
 }
@@ -31,7 +31,7 @@ fn timeout_kills_the_job(ctx: &Ctx) -> anyhow::Result<()> {
     let layer = Layer::new();
     let limits = Limits { timeout: Some(Duration::from_millis(200)), ..Limits::default() };
     let done = run_with(ctx, &probe(&layer, &["hang"]), &limits)?;
-    anyhow::ensure!(done.outcome == Outcome::TimedOut, "{:?}", done.outcome);
+    anyhow::ensure!(done.outcome == Ended::TimedOut, "{:?}", done.outcome);
     Ok(())
 }
 
@@ -43,7 +43,7 @@ fn probes_running(command: &str) -> Vec<u32> {
 fn orphans_die_with_the_job(ctx: &Ctx) -> anyhow::Result<()> {
     let layer = Layer::new();
     let done = run(ctx, &probe(&layer, &["orphan"]))?;
-    anyhow::ensure!(done.outcome == Outcome::Exited(0), "{:?}", done.outcome);
+    anyhow::ensure!(done.outcome == Ended::Exited(0), "{:?}", done.outcome);
     anyhow::ensure!(String::from_utf8_lossy(&done.stdout.bytes).contains("left a child behind"));
     let survivors = probes_running("orphan");
     anyhow::ensure!(survivors.is_empty(), "processes outlived their job: {survivors:?}");
@@ -54,7 +54,7 @@ fn output_past_the_cap_is_counted_not_kept(ctx: &Ctx) -> anyhow::Result<()> {
     let layer = Layer::new();
     let limits = Limits { output_bytes_max: 1 << 20, ..Limits::default() };
     let done = run_with(ctx, &probe(&layer, &["spew", &(3 << 20).to_string()]), &limits)?;
-    anyhow::ensure!(done.outcome == Outcome::Exited(0), "{:?}", done.outcome);
+    anyhow::ensure!(done.outcome == Ended::Exited(0), "{:?}", done.outcome);
     anyhow::ensure!(done.stdout.bytes.len() == 1 << 20, "kept {} bytes", done.stdout.bytes.len());
     anyhow::ensure!(done.stdout.cut == 2 << 20, "cut {} bytes", done.stdout.cut);
     anyhow::ensure!(done.stdout.bytes.iter().all(|&b| b == b'x'));

@@ -77,7 +77,7 @@ pub fn run_with(ctx: &Ctx, spec: &Spec, limits: &Limits) -> anyhow::Result<Compl
 pub fn report(ctx: &Ctx, spec: &Spec) -> anyhow::Result<BTreeMap<String, String>> {
     let done = run(ctx, spec)?;
     anyhow::ensure!(
-        done.outcome == maelstrom_container::Outcome::Exited(0),
+        done.outcome == maelstrom_container::Ended::Exited(0),
         "probe ended {:?}; stderr: {}",
         done.outcome,
         String::from_utf8_lossy(&done.stderr.bytes)

@@ -56,7 +56,7 @@ fn program_without_a_slash_is_found_on_path(ctx: &Ctx) -> anyhow::Result<()> {
     spec.arguments = vec!["exit".into(), "7".into()];
     spec.environment = vec![("PATH".into(), "/nowhere:/data:/bin".into())];
     let done = run(ctx, &spec)?;
-    anyhow::ensure!(done.outcome == maelstrom_container::Outcome::Exited(7), "{:?}", done.outcome);
+    anyhow::ensure!(done.outcome == maelstrom_container::Ended::Exited(7), "{:?}", done.outcome);
     Ok(())
 }
 

@@ -349,9 +349,20 @@ pub struct Ran<'a> {
     pub duration: std::time::Duration,
 }
 
+/// Why a job did not run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotRun<'a> {
+    /// The job's spec is at fault.
+    #[error("execution error: {0}")]
+    Execution(&'a str),
+    /// The system is at fault.
+    #[error("system error: {0}")]
+    System(&'a str),
+}
+
 impl Outcome {
-    /// The job as it ran, or why it did not (`execution error: ...`, `system error: ...`).
-    pub fn ran(&self) -> Result<Ran<'_>, String> {
+    /// The job as it ran, or why it did not.
+    pub fn ran(&self) -> Result<Ran<'_>, NotRun<'_>> {
         let ran = |ended, stdout, stderr, duration_us: &u64| {
             Ok(Ran { ended, stdout, stderr, duration: std::time::Duration::from_micros(*duration_us) })
         };
@@ -365,8 +376,8 @@ impl Outcome {
             Outcome::TimedOut { stdout, stderr, duration_us } => {
                 ran(Ended::TimedOut, stdout, stderr, duration_us)
             }
-            Outcome::ExecutionError(message) => Err(format!("execution error: {message}")),
-            Outcome::SystemError(message) => Err(format!("system error: {message}")),
+            Outcome::ExecutionError(message) => Err(NotRun::Execution(message)),
+            Outcome::SystemError(message) => Err(NotRun::System(message)),
         }
     }
 

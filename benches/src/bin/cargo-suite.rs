@@ -55,7 +55,8 @@ fn cargo() -> Command {
 
 fn cargo_maelstrom(args: &Args) -> PathBuf {
     if let Some(binary) = &args.binary {
-        return binary.clone();
+        // The commands run in the crate's directory: a relative path would not be found there.
+        return std::path::absolute(binary).expect("the binary's absolute path");
     }
     if std::env::var_os("CARGO").is_some() {
         let status = cargo()

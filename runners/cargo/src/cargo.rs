@@ -136,7 +136,7 @@ pub fn metadata(options: &CargoOptions, beside: Option<&mut Build>) -> anyhow::R
     let stderr = if beside.is_some() { Stdio::piped() } else { Stdio::inherit() };
     let out = command.stderr(stderr).output().map_err(|e| anyhow::anyhow!("run cargo metadata: {e}"))?;
     if !out.status.success() {
-        let build_failed = beside.is_some_and(|build| build.wait().is_ok_and(|code| code != 0));
+        let build_failed = beside.is_some_and(Build::fails_soon);
         if !build_failed {
             eprint!("{}", String::from_utf8_lossy(&out.stderr));
         }
@@ -202,14 +202,37 @@ struct Profile {
     test: bool,
 }
 
-/// The build, running: its artifacts come out as cargo reports them.
+/// How long a build that runs beside a failed `cargo metadata` has to fail too (on the same
+/// broken manifest, reporting it itself) before it is killed.
+const FAILING_BESIDE_METADATA_MS: u64 = 2000;
+
+/// The build, running: its artifacts come out as cargo reports them. Dropped before it ended,
+/// it is killed with the compilers it started.
 pub struct Build {
     child: Arc<Mutex<Child>>,
     stdout: Option<std::process::ChildStdout>,
 }
 
-/// Stops a build from another thread (on `--stop-after`). The child is only ever killed
-/// through its `Child`, so a process id cannot be reused under it.
+/// Kills cargo and what it started, unless it has ended (a reaped child is never signalled, so
+/// its process id cannot be reused under it).
+fn kill(child: &Mutex<Child>) {
+    let mut child = child.lock().unwrap_or_else(|p| p.into_inner());
+    if matches!(child.try_wait(), Ok(None)) {
+        maelstrom_client::kill_tree(child.id() as i32);
+    }
+}
+
+/// Waits for cargo to end; its exit code.
+fn end(child: &Mutex<Child>) -> anyhow::Result<i32> {
+    let status = child
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .wait()
+        .map_err(|e| anyhow::anyhow!("wait for cargo: {e}"))?;
+    Ok(status.code().unwrap_or(101))
+}
+
+/// Stops a build from another thread (on `--stop-after`).
 #[derive(Clone)]
 pub struct Stopper(Arc<Mutex<Child>>);
 
@@ -221,19 +244,16 @@ impl std::fmt::Debug for Stopper {
 
 impl Stopper {
     pub fn stop(&self) {
-        // A child already reaped is not signalled again.
-        let _ = self.0.lock().unwrap_or_else(|p| p.into_inner()).kill();
+        kill(&self.0);
     }
 }
 
 impl Drop for Build {
-    /// A build never run (the run ended before it: a bad spec file, say) does not go on alone.
+    /// A build that did not run to its end (the run ended first: a bad spec file, say) does
+    /// not go on alone.
     fn drop(&mut self) {
-        if self.stdout.is_some() {
-            let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill(&self.child);
+        let _ = end(&self.child);
     }
 }
 
@@ -281,16 +301,20 @@ impl Build {
         Ok(Self { child: Arc::new(Mutex::new(child)), stdout })
     }
 
-    /// Waits for the build to end, its artifacts unread; its exit code.
-    pub fn wait(&mut self) -> anyhow::Result<i32> {
-        drop(self.stdout.take());
-        let status = self
-            .child
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .wait()
-            .map_err(|e| anyhow::anyhow!("wait for cargo: {e}"))?;
-        Ok(status.code().unwrap_or(101))
+    /// Whether the build failed by itself soon (reporting why on its own), its artifacts unread;
+    /// if it did not, it is killed.
+    pub fn fails_soon(&mut self) -> bool {
+        let started = std::time::Instant::now();
+        while started.elapsed().as_millis() < u128::from(FAILING_BESIDE_METADATA_MS) {
+            match self.child.lock().unwrap_or_else(|p| p.into_inner()).try_wait() {
+                Ok(Some(status)) => return !status.success(),
+                Ok(None) => {}
+                Err(_) => break,
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        kill(&self.child);
+        false
     }
 
     pub fn stopper(&self) -> Stopper {
@@ -302,6 +326,7 @@ impl Build {
     pub fn run(mut self, artifact: &mut dyn FnMut(Artifact)) -> anyhow::Result<i32> {
         let stdout = self.stdout.take().ok_or_else(|| anyhow::anyhow!("cargo's output is not piped"))?;
         for line in BufReader::new(stdout).lines() {
+            // On an error, the build is killed as it is dropped.
             let line = line.map_err(|e| anyhow::anyhow!("read cargo's output: {e}"))?;
             let Ok(message) = serde_json::from_str::<Message>(&line) else { continue };
             if message.reason == "build-finished" && message.success == Some(false) {
@@ -318,13 +343,7 @@ impl Build {
             let Some(kind) = Kind::from_cargo(&target.kind) else { continue };
             artifact(Artifact { package_id, target: target.name, kind, executable });
         }
-        let status = self
-            .child
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .wait()
-            .map_err(|e| anyhow::anyhow!("wait for cargo: {e}"))?;
-        Ok(status.code().unwrap_or(101))
+        end(&self.child)
     }
 }
 

@@ -141,10 +141,8 @@ fn main() -> ExitCode {
 }
 
 /// cargo as a test framework: a workspace's packages, built with `cargo test --no-run`.
-#[derive(Debug)]
 struct Cargo {
     options: CargoOptions,
-    #[expect(dead_code, reason = "read through Debug by --print-config")]
     extra_test_binary_args_source: Source,
     extra_args: Vec<String>,
     metadata: Metadata,
@@ -155,7 +153,18 @@ struct Cargo {
     target_dir: PathBuf,
     /// The whole workspace's build, started before `cargo metadata` when nothing can narrow it,
     /// so the two overlap.
-    early_build: std::sync::Mutex<Option<cargo::Build>>,
+    early_build: std::cell::RefCell<Option<cargo::Build>>,
+}
+
+/// What `--print-config` shows of cargo's settings.
+impl std::fmt::Debug for Cargo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CargoSettings")
+            .field("cargo", &self.options)
+            .field("extra_test_binary_args", &(&self.extra_args, &self.extra_test_binary_args_source))
+            .field("package", &self.packages)
+            .finish()
+    }
 }
 
 impl Cargo {
@@ -189,7 +198,7 @@ impl Cargo {
                 packages: cli.package.clone(),
                 list_binaries: cli.list_binaries,
                 target_dir: PathBuf::new(),
-                early_build: std::sync::Mutex::new(None),
+                early_build: std::cell::RefCell::new(None),
             });
         }
         let runner = &cli.runner;
@@ -225,7 +234,7 @@ impl Cargo {
             packages: cli.package.clone(),
             list_binaries: cli.list_binaries,
             target_dir,
-            early_build: std::sync::Mutex::new(early_build),
+            early_build: std::cell::RefCell::new(early_build),
         })
     }
 
@@ -376,7 +385,7 @@ impl Framework for Cargo {
     }
 
     fn build(&self, packages: &[&Package], all: bool) -> anyhow::Result<Box<dyn Build<Artifact>>> {
-        let early = self.early_build.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let early = self.early_build.borrow_mut().take();
         if let Some(build) = early.filter(|_| all) {
             return Ok(Box::new(build));
         }

@@ -2,9 +2,10 @@
 //! (`expected.txt`) names, standalone and on a cluster; filters, listings, options, reports and
 //! exit codes.
 //!
-//! The fixture is copied once per run under /tmp, where the default spec mounts each test's own
-//! tmpfs, and built there: the package stays visible at its own path all the same. These tests need cargo: as a user who cannot run it
-//! (the test script's unprivileged pass), they say so and pass without checking anything.
+//! The fixture is copied once per run under /tmp, where the default spec mounts each test's
+//! own tmpfs, and built there: the package stays visible at its own path all the same. These
+//! tests need cargo: as a user who cannot run it (the test script's unprivileged pass), they
+//! say so and pass without checking anything.
 #![expect(clippy::tests_outside_test_module, reason = "an integration test file is its own test module")]
 
 use std::collections::BTreeMap;

@@ -26,7 +26,7 @@ use maelstrom_config::{CommonOptions, Config, LogLevel, Size, Source, getenv};
 use crate::filter::{self, Language, Selection, Subject};
 use crate::listing::ListingCache;
 use crate::session::{self, Case, OutputRules, Session, SessionOptions};
-use crate::specfile::{SpecFile, TestSettings, add_runner_items, etc_hosts_layer};
+use crate::specfile::{SpecFile, TestSettings, add_runner_items, default_network, etc_hosts_layer};
 use crate::testdb::Estimate;
 use crate::ui::UiKind;
 
@@ -574,12 +574,18 @@ impl<F: Framework> Runner<'_, F> {
         timeout: Option<NonZeroU32>,
         estimate: Estimate,
     ) -> JobSpec {
-        let CaseJob { mut layers, environment, working_directory, program, arguments } =
+        let CaseJob { layers, environment, working_directory, program, arguments } =
             self.framework.case_job(artifact, case, settings);
-        layers.insert(0, self.hosts.clone());
         let mut container = settings.container.clone();
         let environment = vec![EnvironmentSpec { vars: environment, extend: true }];
         add_runner_items(&mut container, layers, environment, working_directory);
+        // `/etc/hosts` goes below the directives' layers, so an image's or a layer's own wins
+        // (below the framework's additions at least, when the layers come from a parent).
+        match (&mut container.layers, &mut container.added_layers) {
+            (Some(layers), _) | (None, Some(layers)) => layers.insert(0, self.hosts.clone()),
+            (None, None) => container.added_layers = Some(vec![self.hosts.clone()]),
+        }
+        default_network(&mut container, &self.spec.containers);
         JobSpec {
             container,
             program,

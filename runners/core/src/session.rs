@@ -277,7 +277,7 @@ impl Session {
                 }
                 (status, Some(duration), stdout, stderr, details)
             }
-            Err(message) => (Status::Error, None, String::new(), String::new(), vec![message]),
+            Err(why) => (Status::Error, None, String::new(), String::new(), vec![why.to_string()]),
         };
         let (mut stdout, mut stderr) = (stdout, stderr);
         if status == Status::Ok {

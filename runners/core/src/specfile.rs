@@ -290,8 +290,12 @@ pub fn add_runner_items(
     if container.working_directory.is_none() && !working_directory_inherited {
         container.working_directory = Some(working_directory);
     }
-    // Tests that bind or dial localhost pass, and stay hermetic: a private loopback per test.
-    if container.network.is_none() && !inherited(UseField::Network) {
+}
+
+/// Tests that bind or dial localhost pass, and stay hermetic: unless the container sets or
+/// inherits a network, each test gets a private loopback.
+pub fn default_network(container: &mut ContainerSpec, named: &BTreeMap<String, ContainerSpec>) {
+    if maelstrom_client::resolve::network(container, named).is_none() {
         container.network = Some(NetworkMode::Loopback);
     }
 }
@@ -457,16 +461,21 @@ added_layers = [{ stubs = ["/c/"] }]
     #[test]
     fn tests_get_a_private_loopback_unless_the_spec_says_otherwise() {
         let named = |text: &str| -> BTreeMap<String, ContainerSpec> { toml::from_str(text).unwrap() };
-        let containers = named("[base]\nlayers = [{ stubs = [\"/b/\"] }]\nnetwork = \"local\"\n");
+        let containers = named(
+            "[base]\nlayers = [{ stubs = [\"/b/\"] }]\nnetwork = \"local\"\n\
+             [plain]\nlayers = [{ stubs = [\"/p/\"] }]\n",
+        );
         for (own, network) in [
             ("layers = [{ stubs = [\"/d/\"] }]", NetworkMode::Loopback),
             ("network = \"disabled\"", NetworkMode::Disabled),
             ("network = \"local\"", NetworkMode::Local),
             ("parent = \"base\"", NetworkMode::Local),
             ("parent = { name = \"base\", use = [\"layers\"] }", NetworkMode::Loopback),
+            ("parent = \"plain\"", NetworkMode::Loopback),
         ] {
             let mut container: ContainerSpec = toml::from_str(own).unwrap();
             add_runner_items(&mut container, vec![stubs("/mine/")], Vec::new(), "/pkg".into());
+            default_network(&mut container, &containers);
             let resolved = maelstrom_client::resolve::resolve(&container, &containers, &|_| None).unwrap();
             assert_eq!(resolved.network, network, "{own}");
         }

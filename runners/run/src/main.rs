@@ -289,8 +289,8 @@ fn report(index: usize, result: &JobResult, exit: &mut Exit, debug: bool) {
             }
             exit.one_outcome.get_or_insert(Some(ended));
         }
-        Err(message) => {
-            eprintln!("job {index}: {message}");
+        Err(why) => {
+            eprintln!("job {index}: {why}");
             exit.fail(1);
             exit.one_outcome.get_or_insert(None);
         }

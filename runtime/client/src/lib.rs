@@ -18,7 +18,8 @@ pub mod resolve;
 pub mod spec;
 
 // What a runner needs of the layers below, so that it depends on this crate alone: the zygote,
-// started before any thread; the one result type; and exiting as a job did.
-pub use maelstrom_container::{Zygote, ZygoteConfig, die_by_signal};
-pub use maelstrom_wire::cluster::{Ended, Ran};
+// started before any thread; the one result type; exiting as a job did; ending a build tool
+// with the compilers it started.
+pub use maelstrom_container::{Zygote, ZygoteConfig, die_by_signal, kill_tree};
+pub use maelstrom_wire::cluster::{Ended, NotRun, Ran};
 pub use maelstrom_worker::{JobId, JobResult, Outcome, Output, ResultSink};

@@ -111,7 +111,7 @@ impl LocalClient {
         let bytes = cluster::encode_job(&wire_job(job, &resolved, refs, &self.project));
         let archived = rkyv::access::<cluster::ArchivedJobSpec, rkyv::rancor::Error>(&bytes)
             .map_err(|e| PrepareError(format!("the job does not encode: {e}")))?;
-        sandbox(archived, layers, Origin::ThisMachine).map_err(PrepareError)
+        sandbox(archived, layers, Origin::ThisMachine).map_err(|e| PrepareError(e.to_string()))
     }
 
     /// Resolves a job's container and builds its layers' artifacts (not their trees).

@@ -435,7 +435,7 @@ mod tests {
             let archived = rkyv::access::<ArchivedJobSpec, rkyv::rancor::Error>(&bytes).unwrap();
             let local = sandbox(archived, vec!["/l".into()], Origin::ThisMachine).unwrap();
             assert!(local.network == maelstrom_container::NetworkMode::Local || !local.mounts.is_empty());
-            let error = sandbox(archived, vec!["/l".into()], Origin::Cluster).unwrap_err();
+            let error = sandbox(archived, vec!["/l".into()], Origin::Cluster).unwrap_err().to_string();
             assert!(error.starts_with(why), "{error}");
         }
     }

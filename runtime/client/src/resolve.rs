@@ -172,6 +172,23 @@ fn list<T: Clone>(own: &Option<Vec<T>>, added: &Option<Vec<T>>, inherited: Vec<T
     }
 }
 
+/// The network `spec` sets or inherits through its parents' `use`, if any does (`None`: the
+/// default applies). A loop or an unknown parent is left for [`resolve`] to report.
+pub fn network(spec: &ContainerSpec, named: &BTreeMap<String, ContainerSpec>) -> Option<NetworkMode> {
+    let mut spec = spec;
+    for _ in 0..=named.len() {
+        if spec.network.is_some() {
+            return spec.network;
+        }
+        let parent = spec.parent.as_ref()?;
+        if parent.use_.as_ref().is_some_and(|used| !used.contains(&UseField::Network)) {
+            return None;
+        }
+        spec = named.get(&parent.name)?;
+    }
+    None
+}
+
 /// Resolves `spec` against the `named` containers; `env` reads the client's environment for
 /// `$env{...}`.
 pub fn resolve(

@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use maelstrom_container::{
-    Captured, Completed, ExitStatus, Job, Lane, Outcome, SpawnError, SpawnRequest, Zygote,
+    Captured, Completed, Ended, ExitStatus, Job, Lane, SpawnError, SpawnRequest, Zygote,
 };
 use maelstrom_uring::{Completion, Done, Ring, RingError, Token};
 use rkyv::util::AlignedVec;
@@ -67,20 +67,20 @@ pub struct JobResult {
 
 /// A job's end as the sandbox and the executor see it, in the form that travels.
 pub fn outcome(result: Result<Completed, JobError>) -> maelstrom_wire::cluster::Outcome {
-    use maelstrom_wire::cluster::{Outcome as Ended, Output};
+    use maelstrom_wire::cluster::{Outcome, Output};
     match result {
         Ok(done) => {
             let stdout = Output { bytes: done.stdout.bytes, cut: done.stdout.cut };
             let stderr = Output { bytes: done.stderr.bytes, cut: done.stderr.cut };
             let duration_us = u64::try_from(done.duration.as_micros()).unwrap_or(u64::MAX);
             match done.outcome {
-                Outcome::Exited(code) => Ended::Exited { code, stdout, stderr, duration_us },
-                Outcome::Signaled(signal) => Ended::Signaled { signal, stdout, stderr, duration_us },
-                Outcome::TimedOut => Ended::TimedOut { stdout, stderr, duration_us },
+                Ended::Exited(code) => Outcome::Exited { code, stdout, stderr, duration_us },
+                Ended::Signaled(signal) => Outcome::Signaled { signal, stdout, stderr, duration_us },
+                Ended::TimedOut => Outcome::TimedOut { stdout, stderr, duration_us },
             }
         }
-        Err(JobError::Execution(message)) => Ended::ExecutionError(message),
-        Err(JobError::System(message)) => Ended::SystemError(message),
+        Err(JobError::Execution(message)) => Outcome::ExecutionError(message),
+        Err(JobError::System(message)) => Outcome::SystemError(message),
     }
 }
 
@@ -617,9 +617,9 @@ impl EventLoop {
             Err(e) => Err(JobError::System(format!("reap the job: {e}"))),
             Ok(status) => {
                 let outcome = match status {
-                    _ if running.timed_out => Outcome::TimedOut,
-                    ExitStatus::Exited(code) => Outcome::Exited(code),
-                    ExitStatus::Signaled(signal) => Outcome::Signaled(signal),
+                    _ if running.timed_out => Ended::TimedOut,
+                    ExitStatus::Exited(code) => Ended::Exited(code),
+                    ExitStatus::Signaled(signal) => Ended::Signaled(signal),
                 };
                 let [stdout, stderr] = running.streams.map(|s| s.captured);
                 Ok(Completed { outcome, stdout, stderr, duration: running.started.elapsed() })

@@ -535,7 +535,7 @@ impl Worker {
         let spec = match crate::sandbox::sandbox(job, Vec::new(), crate::sandbox::Origin::Cluster) {
             Ok(spec) => spec,
             Err(e) => {
-                self.send(&Control::Done { id, outcome: Outcome::ExecutionError(e) });
+                self.send(&Control::Done { id, outcome: Outcome::ExecutionError(e.to_string()) });
                 return;
             }
         };

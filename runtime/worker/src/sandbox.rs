@@ -18,11 +18,16 @@ pub enum Origin {
     Cluster,
 }
 
+/// A job a worker refuses to run.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SandboxError {
+    #[error("{what} ties a job to its client's machine; a cluster worker does not run it")]
+    HostOnly { what: &'static str },
+}
+
 /// The sandbox spec of `job`, whose layers' trees are `layers` (bottom first).
-pub fn sandbox(job: &ArchivedJobSpec, layers: Vec<PathBuf>, origin: Origin) -> Result<Spec, String> {
-    let refuse = |what: &str| {
-        Err(format!("{what} ties a job to its client's machine; a cluster worker does not run it"))
-    };
+pub fn sandbox(job: &ArchivedJobSpec, layers: Vec<PathBuf>, origin: Origin) -> Result<Spec, SandboxError> {
+    let refuse = |what| Err(SandboxError::HostOnly { what });
     let mut spec = Spec::new(layers, job.program.as_str());
     spec.arguments = job.arguments.iter().map(|a| OsString::from(a.as_str())).collect();
     spec.environment = job
