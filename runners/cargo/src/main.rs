@@ -398,8 +398,8 @@ impl Framework for Cargo {
         self.metadata.packages.iter().find(|p| p.id == artifact.package_id)
     }
 
-    fn executable<'a>(&self, artifact: &'a Artifact) -> &'a Path {
-        &artifact.executable
+    fn executable<'a>(&self, artifact: &'a Artifact) -> Option<&'a Path> {
+        Some(&artifact.executable)
     }
 
     fn list_cases(&self, artifact: &Artifact) -> anyhow::Result<Vec<Listed>> {
@@ -458,6 +458,7 @@ impl Framework for Cargo {
     fn output_rules(&self) -> OutputRules {
         OutputRules {
             trim: Box::new(|case, stdout| trim_libtest_output(&case.name, stdout)),
+            judge: None,
             quiet_exit_codes: &[101],
             no_test_marker: Some("\nrunning 0 tests\n"),
         }

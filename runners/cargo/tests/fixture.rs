@@ -8,14 +8,14 @@
 //! say so and pass without checking anything.
 #![expect(clippy::tests_outside_test_module, reason = "an integration test file is its own test module")]
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 mod common;
 
-use common::{CARGO, copy_tree};
+use common::CARGO;
+use maelstrom_testbins::runners::{self, copy_tree};
 
 fn cargo_usable() -> bool {
     static USABLE: OnceLock<bool> = OnceLock::new();
@@ -69,57 +69,16 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// The status of each test line (`name.....STATUS 0.001s`) in simple UI output.
-fn statuses(stdout: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    for line in stdout.lines() {
-        let line = match line.rsplit_once(' ') {
-            Some((rest, last)) if last.ends_with('s') && last[..last.len() - 1].parse::<f64>().is_ok() => {
-                rest
-            }
-            _ => line,
-        };
-        let Some((head, status)) = line.rsplit_once(' ') else { continue };
-        if !matches!(status, "OK" | "FAIL" | "TIMEOUT" | "ERR" | "IGNORED") || !head.ends_with('.') {
-            continue;
-        }
-        out.insert(head.trim_end_matches('.').to_owned(), status.to_owned());
-    }
-    out
-}
-
-fn expected() -> BTreeMap<String, String> {
-    let table = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/cargo/expected.txt"),
-    )
-    .expect("read the table");
-    table
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| {
-            l.rsplit_once(' ').map(|(name, status)| (name.trim().to_owned(), status.trim().to_owned()))
-        })
-        .collect()
-}
-
 fn assert_table(out: &Output) {
     let stdout = text(&out.stdout);
-    let got = statuses(&stdout);
-    let want = expected();
-    let wrong: Vec<String> = want
-        .iter()
-        .filter(|(name, status)| got.get(*name) != Some(status))
-        .map(|(name, status)| format!("{name}: want {status}, got {:?}", got.get(name)))
-        .chain(got.keys().filter(|n| !want.contains_key(*n)).map(|n| format!("{n}: not in the table")))
-        .collect();
+    let table = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/cargo/expected.txt");
+    let wrong = runners::mismatches(&stdout, &table);
     assert!(
         wrong.is_empty(),
         "{}\n--- stdout:\n{stdout}\n--- stderr:\n{}",
         wrong.join("\n"),
         text(&out.stderr)
     );
-    assert_eq!(out.status.code(), Some(1), "tests failed: exit 1");
-    assert!(stdout.contains("Ignored Tests   :         1"), "{stdout}");
 }
 
 #[test]
@@ -155,59 +114,20 @@ fn a_fixed_localhost_port_twice_at_once() {
     assert_eq!(out.status.code(), Some(0));
 }
 
-/// Where the other binaries are: beside this package's, built first unless given.
-fn cluster_bin(name: &str) -> PathBuf {
+/// Where the broker and worker are: beside this package's binary, built first unless given.
+fn cluster_bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        if let Some(dir) = std::env::var_os("MAELSTROM_BIN_DIR") {
-            return PathBuf::from(dir);
-        }
-        let status = Command::new(CARGO)
-            .args(["build", "--bins", "-p", "maelstrom-broker", "-p", "maelstrom-worker"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building the broker and worker failed");
-        Path::new(env!("CARGO_BIN_EXE_cargo-maelstrom")).parent().expect("a directory").to_owned()
-    })
-    .join(name)
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    DIR.get_or_init(|| runners::cluster_bin_dir(CARGO, Path::new(env!("CARGO_BIN_EXE_cargo-maelstrom"))))
 }
 
 #[test]
 fn the_table_holds_on_a_cluster() {
-    use std::io::BufRead;
     if !cargo_usable() {
         return;
     }
     let fixture = fixture();
-    let cluster = tempfile::tempdir().expect("a temp dir");
-    let mut broker = Command::new(cluster_bin("maelstrom-broker"))
-        .args(["--config-file", "-", "--cache-root"])
-        .arg(cluster.path().join("broker"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the broker");
-    let mut line = String::new();
-    std::io::BufReader::new(broker.stdout.take().expect("piped")).read_line(&mut line).expect("its address");
-    let _broker = Killed(broker);
-    let address = format!("127.0.0.1:{}", line.trim().rsplit(':').next().expect("a port"));
-    let _worker = Killed(
-        Command::new(cluster_bin("maelstrom-worker"))
-            .args(["--config-file", "-", "--broker", &address, "--slots", "2", "--cache-root"])
-            .arg(cluster.path().join("worker"))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the worker"),
-    );
+    let cluster = runners::Cluster::start(cluster_bin_dir());
+    let address = cluster.address.clone();
     let out = fixture.run(&["--broker", &address]);
     assert_table(&out);
 }
@@ -236,7 +156,7 @@ fn filters_and_listings() {
     assert_eq!(text(&out.stdout), "fixture integration integration_passes\n");
     let out = fixture.run(&["-i", "package.equals(other-pkg) - name.contains(exits)"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
-    assert_eq!(statuses(&text(&out.stdout)).len(), 1);
+    assert_eq!(runners::statuses(&text(&out.stdout)).len(), 1);
     let out = fixture.run(&["-p", "no-such-package"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
@@ -286,7 +206,7 @@ fn options_reports_and_exit_codes() {
         "package.equals(fixture) & (name.c(fails) | name.c(panics) | name.c(segfaults))",
     ]);
     assert_eq!(out.status.code(), Some(1));
-    let failed = statuses(&text(&out.stdout)).values().filter(|s| *s == "FAIL").count();
+    let failed = runners::statuses(&text(&out.stdout)).values().filter(|s| *s == "FAIL").count();
     assert!(failed >= 1, "{}", text(&out.stdout));
 
     let report = fixture.path().join("reports/junit.xml");

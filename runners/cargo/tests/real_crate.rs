@@ -12,7 +12,8 @@ use std::process::{Command, Stdio};
 
 mod common;
 
-use common::{CARGO, copy_tree};
+use common::CARGO;
+use maelstrom_testbins::runners::copy_tree;
 const CRATE: &str = "semver";
 const VERSION: &str = "1.0.28";
 

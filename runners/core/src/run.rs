@@ -258,10 +258,17 @@ pub trait Framework: Debug {
     -> anyhow::Result<Box<dyn Build<Self::Artifact>>>;
     /// The artifact's package, found among [`Framework::packages`].
     fn package_of(&self, artifact: &Self::Artifact) -> Option<&Self::Package>;
-    /// The artifact's file, whose digest keys the cached listing.
-    fn executable<'a>(&self, artifact: &'a Self::Artifact) -> &'a Path;
-    /// The artifact's cases, as the framework lists them.
+    /// The artifact's file, whose digest keys the cached listing (`None`: none to list, say a
+    /// package that failed to build; [`Framework::list_cases`] then says why).
+    fn executable<'a>(&self, artifact: &'a Self::Artifact) -> Option<&'a Path>;
+    /// The artifact's cases, as the framework lists them (kept by the artifact's digest, so
+    /// the same whatever this run selects).
     fn list_cases(&self, artifact: &Self::Artifact) -> anyhow::Result<Vec<Listed>>;
+    /// Whether this run's framework options let a case through (go's `-run`), besides the
+    /// filters.
+    fn case_wanted(&self, _artifact: &Self::Artifact, _case: &str) -> bool {
+        true
+    }
     /// The artifact's key in the test database (unique within its package).
     fn artifact_key(&self, artifact: &Self::Artifact) -> String;
     /// The artifact as shown when it fails as a whole.
@@ -272,6 +279,10 @@ pub trait Framework: Debug {
     fn case_job(&self, artifact: &Self::Artifact, case: &str, settings: &TestSettings) -> CaseJob;
     /// How a case's output and exit are read.
     fn output_rules(&self) -> OutputRules;
+    /// Whether what passing tests print is shown too (`go test -v`).
+    fn show_passing_output(&self) -> bool {
+        false
+    }
 }
 
 /// Runs a runner: resolves the options, makes the framework with `make` (from the loaded
@@ -402,6 +413,7 @@ fn run<F: Framework>(
         junit: settings.junit.map(|(p, _)| p),
         test_db: state_dir.join("state/test-listing.toml"),
         slowest_shown: SLOWEST_SHOWN,
+        show_passing_output: framework.show_passing_output(),
     };
     let mut session = Session::new(session_options, framework.output_rules());
     let names: Vec<&str> = wanted.iter().map(|p| framework.package_name(p)).collect();
@@ -441,17 +453,24 @@ struct Runner<'f, F: Framework> {
 impl<F: Framework> Runner<'_, F> {
     /// The artifact's cases, and which of them are selected.
     fn cases(&mut self, artifact: &F::Artifact) -> anyhow::Result<(Vec<Listed>, Vec<Listed>)> {
-        let executable = self.framework.executable(artifact);
-        let digest =
-            self.digests.digest(executable).map_err(|e| anyhow::anyhow!("{}: {e}", executable.display()))?;
         let framework = self.framework;
-        let cases = self.listings.get(&digest.0.hex(), || framework.list_cases(artifact))?;
+        let cases = match framework.executable(artifact) {
+            Some(executable) => {
+                let digest = self
+                    .digests
+                    .digest(executable)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", executable.display()))?;
+                self.listings.get(&digest.0.hex(), || framework.list_cases(artifact))?
+            }
+            None => framework.list_cases(artifact)?,
+        };
         let Some(package) = self.framework.package_of(artifact) else { return Ok((cases, Vec::new())) };
         let selected = cases
             .iter()
             .filter(|case| {
-                self.selection.eval(&*self.framework.subject(package, Some(artifact), Some(&case.name)))
-                    == Some(true)
+                framework.case_wanted(artifact, &case.name)
+                    && self.selection.eval(&*framework.subject(package, Some(artifact), Some(&case.name)))
+                        == Some(true)
             })
             .cloned()
             .collect();

@@ -28,6 +28,8 @@ pub struct SessionOptions {
     pub test_db: PathBuf,
     /// Slowest tests named in the summary.
     pub slowest_shown: usize,
+    /// Show what passing tests printed too (`go test -v`).
+    pub show_passing_output: bool,
 }
 
 /// One test case as a runner lists it.
@@ -52,9 +54,25 @@ pub const EXIT_ERROR: i32 = 2;
 /// Cleans a test's output for display (the runner knows its framework's chatter).
 pub type Trim = Box<dyn Fn(&Case, &[u8]) -> String>;
 
+/// A framework's own reading of a case that ran to its end, from what it printed (go's test
+/// events): it decides over the exit status. A timeout stays a timeout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Passed,
+    /// With the lines that say why (failed subtests, a crash).
+    Failed(Vec<String>),
+    /// With the framework's reason.
+    Skipped(Option<String>),
+}
+
+/// Reads a case's stdout, knowing how the job ended.
+pub type Judge = Box<dyn Fn(&Case, Ended, &[u8]) -> Verdict>;
+
 /// How a framework's test programs speak: their chatter, and what their exits mean.
 pub struct OutputRules {
     pub trim: Trim,
+    /// The framework's verdict, when its programs report one (otherwise the exit decides).
+    pub judge: Option<Judge>,
     /// Exit codes that only say the test failed (libtest's 101), so are not shown.
     pub quiet_exit_codes: &'static [i32],
     /// What a test program prints when it ran no test at all: a run that prints it is an
@@ -66,6 +84,7 @@ impl Default for OutputRules {
     fn default() -> Self {
         Self {
             trim: Box::new(|_, out| String::from_utf8_lossy(out).into_owned()),
+            judge: None,
             quiet_exit_codes: &[],
             no_test_marker: None,
         }
@@ -248,7 +267,7 @@ impl Session {
                     && self.rules.no_test_marker.is_some_and(|marker| {
                         out.bytes.windows(marker.len()).any(|w| w == marker.as_bytes())
                     });
-                let status = match ended {
+                let mut status = match ended {
                     Ended::Exited(0) if empty => Status::Error,
                     Ended::Exited(0) => Status::Ok,
                     Ended::Exited(_) | Ended::Signaled(_) => Status::Fail,
@@ -257,6 +276,19 @@ impl Session {
                 let stdout = (self.rules.trim)(case, &out.bytes);
                 let stderr = String::from_utf8_lossy(&err.bytes).into_owned();
                 let mut details = Vec::new();
+                if let Some(judge) = self.rules.judge.as_ref().filter(|_| ended != Ended::TimedOut) {
+                    match judge(case, ended, &out.bytes) {
+                        Verdict::Passed => status = Status::Ok,
+                        Verdict::Failed(why) => {
+                            status = Status::Fail;
+                            details.extend(why);
+                        }
+                        Verdict::Skipped(why) => {
+                            status = Status::Ignored;
+                            details.extend(why);
+                        }
+                    }
+                }
                 match ended {
                     Ended::Exited(0) if empty => {
                         details.push(
@@ -265,7 +297,11 @@ impl Session {
                     }
                     Ended::Signaled(signal) => details.push(format!("killed by signal {signal}")),
                     Ended::TimedOut => details.push("timed out".to_owned()),
-                    Ended::Exited(code) if code != 0 && !self.rules.quiet_exit_codes.contains(&code) => {
+                    Ended::Exited(code)
+                        if code != 0
+                            && !self.rules.quiet_exit_codes.contains(&code)
+                            && status != Status::Ignored =>
+                    {
                         details.push(format!("exited with code {code}"));
                     }
                     Ended::Exited(_) => {}
@@ -280,9 +316,17 @@ impl Session {
             Err(why) => (Status::Error, None, String::new(), String::new(), vec![why.to_string()]),
         };
         let (mut stdout, mut stderr) = (stdout, stderr);
-        if status == Status::Ok {
+        if status == Status::Ok && !self.options.show_passing_output {
             // A passing test's output is not shown or kept, nor what was cut of it.
             details.clear();
+            stdout.clear();
+            stderr.clear();
+        } else if status == Status::Ok {
+            details = [&stdout, &stderr]
+                .into_iter()
+                .map(|output| output.trim_matches('\n').trim_end().to_owned())
+                .filter(|output| !output.is_empty())
+                .collect();
             stdout.clear();
             stderr.clear();
         } else {

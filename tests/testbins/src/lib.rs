@@ -5,6 +5,8 @@
 
 use std::path::PathBuf;
 
+pub mod runners;
+
 const BUILT_DIR: &str = env!("OUT_DIR");
 
 fn program(name: &str) -> PathBuf {

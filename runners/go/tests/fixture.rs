@@ -1,0 +1,206 @@
+//! maelstrom-go-test on the fixture module (`tests/fixtures/go`): every outcome its table
+//! (`expected.txt`) names, standalone and on a cluster; go test's flags, listings, a package
+//! without tests, a nested module, a benchmark that is no test, and clear errors.
+//!
+//! The fixture is copied once per run under /tmp (where each test gets its own tmpfs) and built
+//! there. These tests need go (`MAELSTROM_GO`, else `go` on PATH): a user who cannot run it
+//! (the test script's unprivileged pass) is told so, and nothing is checked. CI installs go.
+#![expect(clippy::tests_outside_test_module, reason = "an integration test file is its own test module")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use maelstrom_testbins::runners::{self, copy_tree};
+
+fn go() -> String {
+    std::env::var("MAELSTROM_GO").unwrap_or_else(|_| "go".to_owned())
+}
+
+/// Whether go, and this build's maelstrom-go-test, can be run by this user (the test script's
+/// unprivileged pass reaches neither); says so when not.
+fn go_usable() -> bool {
+    static USABLE: OnceLock<bool> = OnceLock::new();
+    *USABLE.get_or_init(|| {
+        let runs = |command: &mut Command| command.output().is_ok_and(|o| o.status.success());
+        let usable = runs(Command::new(go()).arg("version"))
+            && runs(Command::new(env!("CARGO_BIN_EXE_maelstrom-go-test")).arg("--version"));
+        if !usable {
+            eprintln!("skipped: go ({}) or maelstrom-go-test cannot be run by this user", go());
+        }
+        usable
+    })
+}
+
+/// The fixture's copy, shared by the tests one at a time (they share its build).
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+fn fixture() -> MutexGuard<'static, Fixture> {
+    static FIXTURE: OnceLock<Mutex<Fixture>> = OnceLock::new();
+    FIXTURE
+        .get_or_init(|| {
+            let dir = tempfile::Builder::new().prefix("go-fixture-").tempdir_in("/tmp").expect("a temp dir");
+            copy_tree(&source(), dir.path());
+            Mutex::new(Fixture { dir })
+        })
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+fn source() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/go")
+}
+
+impl Fixture {
+    fn run_in(&self, dir: &str, args: &[&str]) -> Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_maelstrom-go-test"));
+        command
+            .current_dir(self.dir.path().join(dir))
+            .args(["--config-file", "-", "--ui", "simple"])
+            .args(args);
+        for var in ["MAELSTROM_GO_TEST_BROKER", "MAELSTROM_BROKER"] {
+            command.env_remove(var);
+        }
+        command.env("GOFLAGS", "-mod=mod").stdin(Stdio::null()).output().expect("run maelstrom-go-test")
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.run_in("", args)
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn assert_table(out: &Output) {
+    let stdout = text(&out.stdout);
+    let wrong = runners::mismatches(&stdout, &source().join("expected.txt"));
+    assert!(
+        wrong.is_empty(),
+        "{}\n--- stdout:\n{stdout}\n--- stderr:\n{}",
+        wrong.join("\n"),
+        text(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "tests failed: exit 1");
+}
+
+#[test]
+fn the_table_holds_standalone() {
+    if !go_usable() {
+        return;
+    }
+    let fixture = fixture();
+    let out = fixture.run(&["./..."]);
+    assert_table(&out);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(stdout.contains("arithmetic is broken"), "a failure's output is shown:\n{stdout}");
+    assert!(stdout.contains("--- FAIL: TestSubtests/bad"), "the failing subtest is named:\n{stdout}");
+    assert!(stdout.contains("log.Fatal ends the binary"), "{stdout}");
+    assert!(stdout.contains("the test binary crashed before TestExitsThree finished"), "{stdout}");
+    assert!(stdout.contains("exited with code 3"), "{stdout}");
+    assert!(stdout.contains("panic: a goroutine panics"), "{stdout}");
+    assert!(stdout.contains("skipped: fixture_test.go:"), "a skip says why:\n{stdout}");
+    assert!(stdout.contains("got:\ngoodbye\nwant:\nhello"), "an example's output is compared:\n{stdout}");
+    assert!(!stdout.contains("BenchmarkParse") && !stdout.contains("TestNested"), "{stdout}");
+    assert!(stderr.contains("?   \texample.com/fixture/notests\t[no test files]"), "{stderr}");
+}
+
+#[test]
+fn the_table_holds_on_a_cluster() {
+    if !go_usable() {
+        return;
+    }
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let bins = DIR.get_or_init(|| {
+        runners::cluster_bin_dir(env!("CARGO"), Path::new(env!("CARGO_BIN_EXE_maelstrom-go-test")))
+    });
+    let fixture = fixture();
+    let cluster = runners::Cluster::start(bins);
+    let out = fixture.run(&["./...", "--broker", &cluster.address]);
+    assert_table(&out);
+}
+
+#[test]
+fn go_test_flags() {
+    if !go_usable() {
+        return;
+    }
+    let fixture = fixture();
+    // -run with a subtest path: only the good subtest runs, so the test passes.
+    let out = fixture.run(&["-run", "TestSubtests/good", "./..."]);
+    let got = runners::statuses(&text(&out.stdout));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got["example.com/fixture TestSubtests"], "OK");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    // -skip, -short, -count: two runs each.
+    let out =
+        fixture.run(&["-run", "^Test(Passes|ShortOnly|Fails)$", "-skip", "TestFails", "-short", "-count=2"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.matches("example.com/fixture TestShortOnly.").count(), 2, "{stdout}");
+    assert!(!stdout.contains("TestFails"), "{stdout}");
+    assert!(runners::statuses(&stdout).values().all(|s| s == "OK"), "{stdout}");
+
+    // -list prints without running; the current directory's package is the default.
+    let out = fixture.run(&["-list", "^Example"]);
+    assert_eq!(
+        text(&out.stdout),
+        "example.com/fixture Example_passes\nexample.com/fixture Example_failsOnOutput\n",
+        "{}",
+        text(&out.stderr)
+    );
+    let out = fixture.run_in("withmain", &["--list-tests"]);
+    assert_eq!(text(&out.stdout), "example.com/fixture/withmain TestSawMain\n", "{}", text(&out.stderr));
+    let out = fixture.run(&["--list-packages", "./..."]);
+    assert_eq!(
+        text(&out.stdout),
+        "example.com/fixture\nexample.com/fixture/notests\nexample.com/fixture/withmain\n"
+    );
+
+    // The filter language's selectors.
+    let out = fixture.run(&["./...", "-i", "package_name.equals(withmain) | name.equals(TestPasses)"]);
+    let got = runners::statuses(&text(&out.stdout));
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        ["example.com/fixture TestPasses", "example.com/fixture/withmain TestSawMain"]
+    );
+
+    // -v shows what passing tests print; -failfast stops at the first failure.
+    let out = fixture.run(&["-run", "^TestPasses$", "-v"]);
+    assert!(text(&out.stdout).contains("a passing test's log"), "{}", text(&out.stdout));
+    let out = fixture.run(&["-run", "^TestPasses$"]);
+    assert!(!text(&out.stdout).contains("a passing test's log"), "{}", text(&out.stdout));
+    let out = fixture.run(&["-run", "^Test(Fails|ExitsThree)$", "-failfast", "--slots", "1"]);
+    assert_eq!(runners::statuses(&text(&out.stdout)).len(), 1, "{}", text(&out.stdout));
+}
+
+#[test]
+fn mistakes_get_one_clear_line() {
+    if !go_usable() {
+        return;
+    }
+    let fixture = fixture();
+    let out = fixture.run(&["-bench", "."]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).starts_with("maelstrom-go-test: -bench: not a flag maelstrom-go-test takes"));
+    let out = fixture.run(&["./nowhere/..."]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out = fixture.run(&["-i", "nmae.eq(x)"]);
+    assert!(
+        text(&out.stderr).contains("--include \"nmae.eq(x)\": column 1: unknown compound selector `nmae`"),
+        "{}",
+        text(&out.stderr)
+    );
+    let empty = tempfile::tempdir().expect("a temp dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_maelstrom-go-test"))
+        .current_dir(empty.path())
+        .args(["--config-file", "-"])
+        .env("GO111MODULE", "on")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no go.mod here or above"), "{}", text(&out.stderr));
+}

@@ -1,0 +1,128 @@
+//! What the runners' fixture tests share: copying a fixture, reading the simple UI's status
+//! lines, the expected-outcome tables, and a real broker with one worker on 127.0.0.1.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// Copies a directory tree, leaving out `target` directories and `.git`.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("{}: {e}", from.display())) {
+        let entry = entry.expect("an entry");
+        let target = to.join(entry.file_name());
+        let kind = entry.file_type().expect("a type");
+        if kind.is_dir() {
+            if entry.file_name() != "target" && entry.file_name() != ".git" {
+                copy_tree(&entry.path(), &target);
+            }
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// The status of each test line (`name.....STATUS 0.001s`) in the simple UI's output.
+pub fn statuses(stdout: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for line in stdout.lines() {
+        let line = match line.rsplit_once(' ') {
+            Some((rest, last)) if last.ends_with('s') && last[..last.len() - 1].parse::<f64>().is_ok() => {
+                rest
+            }
+            _ => line,
+        };
+        let Some((head, status)) = line.rsplit_once(' ') else { continue };
+        if !matches!(status, "OK" | "FAIL" | "TIMEOUT" | "ERR" | "IGNORED") || !head.ends_with('.') {
+            continue;
+        }
+        out.insert(head.trim_end_matches('.').to_owned(), status.to_owned());
+    }
+    out
+}
+
+/// A fixture's table (`expected.txt`): each test's name, then its status, a line each.
+pub fn expected(table: &Path) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(table).unwrap_or_else(|e| panic!("{}: {e}", table.display()));
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            l.rsplit_once(' ').map(|(name, status)| (name.trim().to_owned(), status.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// What differs between a run's statuses and the table: one line per test.
+pub fn mismatches(stdout: &str, table: &Path) -> Vec<String> {
+    let got = statuses(stdout);
+    let want = expected(table);
+    want.iter()
+        .filter(|(name, status)| got.get(*name) != Some(status))
+        .map(|(name, status)| format!("{name}: want {status}, got {:?}", got.get(name)))
+        .chain(got.keys().filter(|n| !want.contains_key(*n)).map(|n| format!("{n}: not in the table")))
+        .collect()
+}
+
+/// A process killed when dropped.
+#[derive(Debug)]
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A broker and one worker with 2 slots, on 127.0.0.1, until dropped.
+#[derive(Debug)]
+pub struct Cluster {
+    pub address: String,
+    _broker: Killed,
+    _worker: Killed,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `maelstrom-broker` and `maelstrom-worker` from `bin_dir`.
+    pub fn start(bin_dir: &Path) -> Self {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut broker = Command::new(bin_dir.join("maelstrom-broker"))
+            .args(["--config-file", "-", "--cache-root"])
+            .arg(dir.path().join("broker"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the broker");
+        let mut line = String::new();
+        std::io::BufReader::new(broker.stdout.take().expect("piped"))
+            .read_line(&mut line)
+            .expect("its address");
+        let broker = Killed(broker);
+        let address = format!("127.0.0.1:{}", line.trim().rsplit(':').next().expect("a port"));
+        let worker = Killed(
+            Command::new(bin_dir.join("maelstrom-worker"))
+                .args(["--config-file", "-", "--broker", &address, "--slots", "2", "--cache-root"])
+                .arg(dir.path().join("worker"))
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start the worker"),
+        );
+        Self { address, _broker: broker, _worker: worker, _dir: dir }
+    }
+}
+
+/// Where the cluster's binaries are: `MAELSTROM_BIN_DIR` when set (the test script's
+/// unprivileged pass), else beside `own_binary`, built first with `cargo`.
+pub fn cluster_bin_dir(cargo: &str, own_binary: &Path) -> PathBuf {
+    if let Some(dir) = std::env::var_os("MAELSTROM_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let status = Command::new(cargo)
+        .args(["build", "--bins", "-p", "maelstrom-broker", "-p", "maelstrom-worker"])
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "building the broker and worker failed");
+    own_binary.parent().expect("a directory").to_owned()
+}
