@@ -71,9 +71,11 @@ pub fn verdict(case: &str, ended: Ended, stdout: &[u8]) -> Verdict {
             Verdict::Failed(vec![format!("the test passed, but the binary then exited with code {code}")])
         }
         (_, Ended::Signaled(signal)) => Verdict::Failed(vec![format!("killed by signal {signal}")]),
-        (None, Ended::Exited(0)) => Verdict::Failed(vec![format!(
-            "the binary ended without a result for {case} (does -test.run select it?)"
-        )]),
+        (None, Ended::Exited(0)) if text.contains("testing: warning: no tests to run") => Verdict::Failed(
+            vec![format!("the binary ran no test: do its extra arguments filter {case} out?")],
+        ),
+        // Passed, its result line past what was kept of a long output (thousands of subtests).
+        (None, Ended::Exited(0)) => Verdict::Passed,
         (None, Ended::Exited(_)) => {
             Verdict::Failed(vec![format!("the test binary crashed before {case} finished")])
         }
@@ -160,6 +162,14 @@ mod tests {
             verdict("TestS", Ended::Exited(0), &skip),
             Verdict::Skipped(Some("skipped: s_test.go:3: not today".into()))
         );
+    }
+
+    #[test]
+    fn a_passing_binary_whose_output_was_cut_passed_unless_it_ran_nothing() {
+        let cut = framed(&["=== RUN   TestMany", "=== RUN   TestMany/1", "--- PASS: TestMany/1 (0.00s)"]);
+        assert_eq!(verdict("TestMany", Ended::Exited(0), &cut), Verdict::Passed);
+        let none = b"testing: warning: no tests to run\nPASS\n".to_vec();
+        assert!(matches!(verdict("TestMany", Ended::Exited(0), &none), Verdict::Failed(_)));
     }
 
     #[test]

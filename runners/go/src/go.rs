@@ -1,21 +1,16 @@
-//! Talking to go: a module's packages (`go list -json`), building their test binaries
-//! (`go test -c`, in parallel, each handed over as soon as it is linked), and listing a
-//! binary's cases (`-test.list`).
+//! Talking to go: a module's packages (`go list -json`), building their test binaries (one
+//! `go test -exec`, each handed over as soon as it is linked), and listing a binary's cases
+//! (`-test.list`).
 
-use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use maelstrom_test_runner::run::{self, Listed};
 use serde::Deserialize;
 
-/// How often a build worker looks at its `go test -c`, so a stop can reach it.
-const BUILD_POLL: Duration = Duration::from_millis(5);
-
-/// Flags passed through to `go list` and `go test -c`.
+/// Flags passed through to `go list` and the build.
 #[derive(Clone, Debug, Default)]
 pub struct BuildFlags {
     /// `-tags`, `-race`, `-cover`... as go takes them (`-name=value` or `-name`).
@@ -64,11 +59,18 @@ pub fn project_root() -> anyhow::Result<PathBuf> {
         .output()
         .map_err(|e| anyhow::anyhow!("run go env (is go installed and on PATH?): {e}"))?;
     anyhow::ensure!(out.status.success(), "go env failed ({})", out.status);
-    for path in String::from_utf8_lossy(&out.stdout).lines().map(str::trim) {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines().map(str::trim);
+    let (gowork, gomod) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+    for path in [gowork, gomod] {
         if !path.is_empty() && path != "off" && path != "/dev/null" {
             let root = Path::new(path).parent().unwrap_or(Path::new("/"));
             return Ok(root.to_owned());
         }
+    }
+    if gomod.is_empty() {
+        // GOPATH mode (GO111MODULE=off): the project is where go test is run.
+        return std::env::current_dir().map_err(|e| anyhow::anyhow!("the current directory: {e}"));
     }
     anyhow::bail!("no go.mod here or above: run maelstrom-go-test in a Go module (see go mod init)")
 }
@@ -107,148 +109,192 @@ pub struct Artifact {
     pub binary: Result<PathBuf, String>,
 }
 
-/// `go test -c` for each package, a few at once.
-pub struct Build {
-    jobs: Vec<(usize, String, PathBuf)>,
-    flags: BuildFlags,
-    parallel: usize,
-    running: Arc<Mutex<Running>>,
-}
+/// The variable that turns this program into `go test`'s `-exec` helper, naming where the
+/// binaries go.
+pub const EXEC_INTO: &str = "MAELSTROM_GO_TEST_EXEC_INTO";
 
-#[derive(Default)]
-struct Running {
-    stopped: bool,
-    children: Vec<Arc<Mutex<Child>>>,
+/// What the helper prints, for the runner to read in `go test -json`'s output.
+const BUILT: &str = "maelstrom-go-test: built ";
+
+/// Every package's test binary, from one `go test -json -exec <this program>`: go builds and
+/// links them in parallel, as `go test` does, and hands each to the helper as soon as it is
+/// linked; the helper keeps it and says where.
+pub struct Build {
+    child: Arc<Mutex<Child>>,
+    stdout: Option<std::process::ChildStdout>,
+    /// go's own messages, shown once the build is run (a build dropped unrun, beside a failed
+    /// `go list` that said the same, shows nothing).
+    stderr: Option<std::process::ChildStderr>,
+    /// Import path → index, for the packages asked for.
+    packages: Vec<(String, usize)>,
 }
 
 impl std::fmt::Debug for Build {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Build").field("packages", &self.jobs.len()).finish()
+        f.debug_struct("Build").field("packages", &self.packages.len()).finish()
+    }
+}
+
+/// One event of `go test -json`.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct GoEvent {
+    action: String,
+    #[serde(default)]
+    package: Option<String>,
+    /// On build events: `path [path.test]`.
+    #[serde(default)]
+    import_path: Option<String>,
+    #[serde(default)]
+    output: Option<String>,
+}
+
+/// Kills go and what it started, unless it has ended.
+fn kill(child: &Mutex<Child>) {
+    let mut child = child.lock().unwrap_or_else(|p| p.into_inner());
+    if matches!(child.try_wait(), Ok(None)) {
+        maelstrom_client::kill_tree(child.id() as i32);
+    }
+}
+
+impl Drop for Build {
+    fn drop(&mut self) {
+        kill(&self.child);
+        let _ = self.child.lock().unwrap_or_else(|p| p.into_inner()).wait();
     }
 }
 
 impl Build {
-    /// `packages`: (index, import path, where its binary goes).
-    pub fn new(packages: Vec<(usize, String, PathBuf)>, flags: BuildFlags, parallel: usize) -> Self {
-        Self { jobs: packages, flags, parallel: parallel.max(1), running: Arc::default() }
+    /// Starts building the packages `patterns` name (as `go test` takes them) into `into`;
+    /// [`Build::expect`] says which of them are wanted before the build is run.
+    pub fn start(patterns: &[String], flags: &BuildFlags, into: &Path) -> anyhow::Result<Self> {
+        let helper = std::env::current_exe().map_err(|e| anyhow::anyhow!("find this program: {e}"))?;
+        let mut command = go();
+        // -count=1: go must not answer from its test cache, or the helper is never run.
+        command.args(["test", "-json", "-count=1", "-exec"]).arg(helper).args(&flags.flags).args(patterns);
+        let mut child = command
+            .env(EXEC_INTO, into)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("run go test: {e}"))?;
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        Ok(Self { child: Arc::new(Mutex::new(child)), stdout, stderr, packages: Vec::new() })
     }
-}
 
-/// Kills what it started, and waits for it.
-fn stop(running: &Mutex<Running>) {
-    let mut running = running.lock().unwrap_or_else(|p| p.into_inner());
-    running.stopped = true;
-    for child in &running.children {
-        let mut child = child.lock().unwrap_or_else(|p| p.into_inner());
-        if matches!(child.try_wait(), Ok(None)) {
-            maelstrom_client::kill_tree(child.id() as i32);
-        }
+    /// The packages whose binaries are wanted: (index, import path).
+    pub fn expect(&mut self, packages: Vec<(usize, String)>) {
+        self.packages = packages.into_iter().map(|(index, path)| (path, index)).collect();
+    }
+
+    fn index(&self, import_path: &str) -> Option<usize> {
+        self.packages.iter().find(|(path, _)| path == import_path).map(|(_, index)| *index)
     }
 }
 
 impl run::Build<Artifact> for Build {
-    fn run(self: Box<Self>, ready: &mut dyn FnMut(Artifact)) -> anyhow::Result<i32> {
-        let queue = Arc::new(Mutex::new(VecDeque::from(self.jobs.clone())));
-        let (done, results) = channel();
-        let mut workers = Vec::new();
-        for _ in 0..self.parallel.min(self.jobs.len()) {
-            let (queue, done, flags, running) =
-                (Arc::clone(&queue), done.clone(), self.flags.clone(), Arc::clone(&self.running));
-            workers.push(std::thread::spawn(move || {
-                loop {
-                    let Some((index, import_path, output)) =
-                        queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
-                    else {
-                        return;
-                    };
-                    let binary = compile(&import_path, &output, &flags, &running);
-                    if done.send(Artifact { package: index, binary }).is_err() {
-                        return;
-                    }
+    fn run(mut self: Box<Self>, ready: &mut dyn FnMut(Artifact)) -> anyhow::Result<i32> {
+        let stdout = self.stdout.take().ok_or_else(|| anyhow::anyhow!("go's output is not piped"))?;
+        if let Some(mut stderr) = self.stderr.take() {
+            std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::stderr()));
+        }
+        let mut handed: Vec<usize> = Vec::new();
+        // Build errors by import path (go 1.24 and later report them as events).
+        let mut errors: Vec<(String, String)> = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.map_err(|e| anyhow::anyhow!("read go's output: {e}"))?;
+            let Ok(event) = serde_json::from_str::<GoEvent>(&line) else { continue };
+            if event.action == "build-output"
+                && let (Some(path), Some(output)) = (&event.import_path, &event.output)
+            {
+                let path = path.split(" [").next().unwrap_or(path).to_owned();
+                match errors.iter_mut().find(|(p, _)| *p == path) {
+                    Some((_, text)) => text.push_str(output),
+                    None => errors.push((path, output.clone())),
                 }
-            }));
+                continue;
+            }
+            let Some(index) = event.package.as_deref().and_then(|p| self.index(p)) else { continue };
+            if handed.contains(&index) {
+                continue;
+            }
+            let built = event.output.as_deref().and_then(|o| o.strip_prefix(BUILT)).map(str::trim_end);
+            let binary = match (event.action.as_str(), built) {
+                ("output", Some(path)) => Ok(PathBuf::from(path)),
+                ("fail", _) => {
+                    let package = event.package.as_deref().unwrap_or_default();
+                    let text =
+                        errors.iter().find(|(p, _)| p == package).map(|(_, t)| t.trim_end().to_owned());
+                    Err(format!(
+                        "the package does not build{}",
+                        text.map_or_else(|| " (go's errors are above)".to_owned(), |t| format!(":\n{t}"))
+                    ))
+                }
+                _ => continue,
+            };
+            handed.push(index);
+            ready(Artifact { package: index, binary });
         }
-        drop(done);
-        for artifact in results {
-            ready(artifact);
+        let status = self.child.lock().unwrap_or_else(|p| p.into_inner()).wait();
+        for (path, index) in &self.packages {
+            if !handed.contains(index) {
+                let why = match &status {
+                    Ok(status) => format!("go test ended ({status}) without building {path}"),
+                    Err(e) => format!("wait for go test: {e}"),
+                };
+                ready(Artifact { package: *index, binary: Err(why) });
+            }
         }
-        for worker in workers {
-            let _ = worker.join();
-        }
-        // A package that does not build is its own error; the others still run, as with go test.
+        // Each package that does not build is its own error; the others still run, as with go test.
         Ok(0)
     }
 
     fn stopper(&self) -> Box<dyn Fn() + Send> {
-        let running = Arc::clone(&self.running);
-        Box::new(move || stop(&running))
+        let child = Arc::clone(&self.child);
+        Box::new(move || kill(&child))
     }
 }
 
-/// One `go test -c`: the binary, or go's errors.
-fn compile(
-    import_path: &str,
-    output: &Path,
-    flags: &BuildFlags,
-    running: &Mutex<Running>,
-) -> Result<PathBuf, String> {
-    if let Some(dir) = output.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+/// The build when no package asked for has tests.
+#[derive(Debug)]
+pub struct NothingToBuild;
+
+impl run::Build<Artifact> for NothingToBuild {
+    fn run(self: Box<Self>, _ready: &mut dyn FnMut(Artifact)) -> anyhow::Result<i32> {
+        Ok(0)
     }
-    // Built beside the last binary, which is kept (with its digest, listing and layer) when
-    // nothing changed.
-    let fresh = output.with_extension("test.new");
-    let mut command = go();
-    command.args(["test", "-c", "-o"]).arg(&fresh).args(&flags.flags).arg(import_path);
-    let child = {
-        let mut running = running.lock().unwrap_or_else(|p| p.into_inner());
-        if running.stopped {
-            return Err("the build was stopped".into());
-        }
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("run go test -c: {e}"))?;
-        let child = Arc::new(Mutex::new(child));
-        running.children.push(Arc::clone(&child));
-        child
-    };
-    let mut stderr = child.lock().unwrap_or_else(|p| p.into_inner()).stderr.take();
-    // go's errors, read as they come, so a long report cannot fill the pipe and stall it.
-    let errors = std::thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(stderr) = stderr.as_mut() {
-            let _ = std::io::Read::read_to_string(stderr, &mut text);
-        }
-        text
-    });
-    let status = loop {
-        match child.lock().unwrap_or_else(|p| p.into_inner()).try_wait() {
-            Ok(Some(status)) => break Ok(status),
-            Ok(None) => {}
-            Err(e) => break Err(format!("wait for go test -c: {e}")),
-        }
-        std::thread::sleep(BUILD_POLL);
-    }?;
-    let errors = errors.join().unwrap_or_default();
-    if status.success() && fresh.exists() {
-        if same_contents(&fresh, output) {
-            let _ = std::fs::remove_file(&fresh);
-        } else {
-            std::fs::rename(&fresh, output)
-                .map_err(|e| format!("move the test binary to {}: {e}", output.display()))?;
-        }
-        Ok(output.to_owned())
-    } else if status.success() {
-        Err(format!(
-            "go test -c made no binary{}",
-            if errors.is_empty() { String::new() } else { format!(": {errors}") }
-        ))
-    } else {
-        Err(format!("the package does not build:\n{}", errors.trim_end()))
+
+    fn stopper(&self) -> Box<dyn Fn() + Send> {
+        Box::new(|| {})
     }
+}
+
+/// As `go test`'s `-exec` helper: keeps the test binary go built (go deletes it afterwards),
+/// under `into`, named after the package's directory, and says where. An unchanged binary is
+/// left as it was, with its digest and listing.
+pub fn keep_binary(into: &Path, binary: &Path) -> Result<(), String> {
+    let dir = std::env::current_dir().map_err(|e| format!("the package's directory: {e}"))?;
+    let name: String = dir
+        .display()
+        .to_string()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .collect();
+    let file = binary.file_name().ok_or_else(|| format!("{}: not a file", binary.display()))?;
+    let keep = into.join(name.trim_start_matches('_')).join(file);
+    if let Some(parent) = keep.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("create {}: {e}", parent.display()))?;
+    }
+    if !same_contents(binary, &keep) {
+        let temp = keep.with_extension(format!("new{}", std::process::id()));
+        std::fs::copy(binary, &temp)
+            .map_err(|e| format!("copy {} to {}: {e}", binary.display(), temp.display()))?;
+        std::fs::rename(&temp, &keep)
+            .map_err(|e| format!("move the test binary to {}: {e}", keep.display()))?;
+    }
+    println!("{BUILT}{}", keep.display());
+    Ok(())
 }
 
 /// Whether two files hold the same bytes.

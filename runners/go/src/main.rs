@@ -88,7 +88,7 @@ struct Cli {
     /// go test -list: print the tests matching this regular expression, without running them.
     #[arg(long = "go-list", value_name = "REGEXP", hide = true)]
     list: Option<String>,
-    /// Build flags for go test -c, as go spells them (-tags=..., -race...).
+    /// Build flags for go test, as go spells them (-tags=..., -race...).
     #[arg(long = "go-build-flag", value_name = "FLAG", hide = true)]
     build_flags: Vec<String>,
     /// Print the selected packages' tests (the reference's name for --list-tests).
@@ -265,6 +265,17 @@ fn go_duration_seconds(text: &str) -> Option<u64> {
 }
 
 fn main() -> ExitCode {
+    // Run by go test as its -exec helper, with a test binary go just linked.
+    if let Some(into) = std::env::var_os(go::EXEC_INTO) {
+        let binary = std::env::args_os().nth(1).map(PathBuf::from).unwrap_or_default();
+        return match go::keep_binary(Path::new(&into), &binary) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("maelstrom-go-test: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = match translate(std::env::args().collect()) {
         Ok(args) => args,
         Err(e) => {
@@ -291,6 +302,9 @@ struct GoTest {
     fullpath: bool,
     verbose: bool,
     extra_args: Vec<String>,
+    /// Every package's build, started before `go list` when nothing can narrow it, so the two
+    /// overlap.
+    early_build: std::cell::RefCell<Option<go::Build>>,
 }
 
 impl std::fmt::Debug for GoTest {
@@ -358,26 +372,32 @@ impl GoTest {
             fullpath,
             verbose: cli.verbose,
             extra_args,
+            early_build: std::cell::RefCell::new(None),
         };
         if cli.runner.common.print_config {
             return Ok(this);
         }
         this.root = go::project_root()?;
+        if cli.runner.init {
+            // Writing the spec file needs the project's root, nothing else.
+            return Ok(this);
+        }
         let patterns = if cli.packages.is_empty() { vec![".".to_owned()] } else { cli.packages.clone() };
+        let runner = &cli.runner;
+        let builds_everything = !(runner.init
+            || runner.watch
+            || runner.list_packages
+            || !runner.include.is_empty()
+            || !runner.exclude.is_empty());
+        if builds_everything {
+            let into = this.state_dir().join("cache/test-binaries");
+            *this.early_build.borrow_mut() = Some(go::Build::start(&patterns, &this.flags, &into)?);
+        }
         this.packages = go::list_packages(&patterns, &this.flags, &this.root)?;
         if let Some(broken) = this.packages.iter().find_map(|p| p.error.as_ref().map(|e| (p, e))) {
             anyhow::bail!("package {}: {}", broken.0.import_path, broken.1.err.trim());
         }
         Ok(this)
-    }
-
-    fn binary_path(&self, package: &Package) -> PathBuf {
-        let name: String = package
-            .import_path
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
-            .collect();
-        self.state_dir().join("cache/test-binaries").join(format!("{name}.test"))
     }
 
     fn package(&self, artifact: &Artifact) -> &Package {
@@ -455,7 +475,7 @@ impl Framework for GoTest {
         Box::new(Subject { package, name: case })
     }
 
-    fn build(&self, packages: &[&Package], _all: bool) -> anyhow::Result<Box<dyn Build<Artifact>>> {
+    fn build(&self, packages: &[&Package], all: bool) -> anyhow::Result<Box<dyn Build<Artifact>>> {
         // The state directory is a cache: never part of a package's files.
         let state = self.state_dir();
         std::fs::create_dir_all(&state).map_err(|e| anyhow::anyhow!("create {}: {e}", state.display()))?;
@@ -463,18 +483,29 @@ impl Framework for GoTest {
             state.join("CACHEDIR.TAG"),
             "Signature: 8a477f597d28d172789f06886806bc55\n# maelstrom-go-test's caches and state.\n",
         );
-        let mut jobs = Vec::new();
+        let mut build = Vec::new();
         for package in packages {
             let index = self.packages.iter().position(|p| std::ptr::eq(p, *package)).unwrap_or(0);
             if package.has_tests() {
-                jobs.push((index, package.import_path.clone(), self.binary_path(package)));
+                build.push((index, package.import_path.clone()));
             } else {
                 // As go test reports it.
                 eprintln!("?   \t{}\t[no test files]", package.import_path);
             }
         }
-        let parallel = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Ok(Box::new(go::Build::new(jobs, self.flags.clone(), parallel)))
+        if build.is_empty() {
+            return Ok(Box::new(go::NothingToBuild));
+        }
+        let early = self.early_build.borrow_mut().take();
+        let mut started = match early.filter(|_| all) {
+            Some(build) => build,
+            None => {
+                let paths: Vec<String> = build.iter().map(|(_, path)| path.clone()).collect();
+                go::Build::start(&paths, &self.flags, &state.join("cache/test-binaries"))?
+            }
+        };
+        started.expect(build);
+        Ok(Box::new(started))
     }
 
     fn package_of(&self, artifact: &Artifact) -> Option<&Package> {
@@ -508,15 +539,19 @@ impl Framework for GoTest {
         format!("{} {case}", self.package(artifact).import_path)
     }
 
-    /// What every go test gets: its package's directory at its own path (testdata, golden
-    /// files), as working directory, as go test runs it; the binary at `/`, and its shared
-    /// libraries if it has any (cgo).
+    /// What every go test gets: the project's files at their own paths (its package's testdata
+    /// and golden files, and the module's, which tests reach as `../../testdata`), its
+    /// package's directory as working directory, as go test runs it; the binary at `/`, and its
+    /// shared libraries if it has any (cgo).
     fn case_job(&self, artifact: &Artifact, case: &str, settings: &TestSettings) -> CaseJob {
         let package = self.package(artifact);
         let Ok(binary) = &artifact.binary else { return CaseJob::default() };
         let executable = binary.display().to_string();
+        // The package's own directory where it lies outside the project (a standard library
+        // package tested from elsewhere).
+        let tree = if package.dir.starts_with(&self.root) { &self.root } else { &package.dir };
         let mut layers = vec![LayerSpec::Tree {
-            tree: package.dir.display().to_string(),
+            tree: tree.display().to_string(),
             exclude: vec![self.state_dir().display().to_string()],
         }];
         if settings.include_shared_libraries {

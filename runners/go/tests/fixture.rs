@@ -153,7 +153,12 @@ fn go_test_flags() {
         text(&out.stderr)
     );
     let out = fixture.run_in("withmain", &["--list-tests"]);
-    assert_eq!(text(&out.stdout), "example.com/fixture/withmain TestSawMain\n", "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "example.com/fixture/withmain TestReadsModuleTestdata\nexample.com/fixture/withmain TestSawMain\n",
+        "{}",
+        text(&out.stderr)
+    );
     let out = fixture.run(&["--list-packages", "./..."]);
     assert_eq!(
         text(&out.stdout),
@@ -165,7 +170,11 @@ fn go_test_flags() {
     let got = runners::statuses(&text(&out.stdout));
     assert_eq!(
         got.keys().collect::<Vec<_>>(),
-        ["example.com/fixture TestPasses", "example.com/fixture/withmain TestSawMain"]
+        [
+            "example.com/fixture TestPasses",
+            "example.com/fixture/withmain TestReadsModuleTestdata",
+            "example.com/fixture/withmain TestSawMain"
+        ]
     );
 
     // -v shows what passing tests print; -failfast stops at the first failure.
@@ -203,4 +212,22 @@ fn mistakes_get_one_clear_line() {
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("no go.mod here or above"), "{}", text(&out.stderr));
+
+    // --init needs a module, not a package where it is run.
+    std::fs::write(empty.path().join("go.mod"), "module example.com/empty\n\ngo 1.19\n").expect("write");
+    let init = || {
+        Command::new(env!("CARGO_BIN_EXE_maelstrom-go-test"))
+            .current_dir(empty.path())
+            .args(["--config-file", "-", "--init"])
+            .output()
+            .expect("run")
+    };
+    let out = init();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let written = std::fs::read_to_string(empty.path().join("maelstrom-go-test.toml")).expect("written");
+    assert!(
+        written.contains("enable_writable_file_system = true") && written.contains("GOCACHE"),
+        "{written}"
+    );
+    assert_eq!(init().status.code(), Some(1), "an existing file is kept");
 }
