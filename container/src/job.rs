@@ -36,6 +36,18 @@ impl Job {
 
     /// Sends SIGKILL through the pidfd; the kernel then kills everything in the job's pid
     /// namespace. Killing a job that already exited is not an error.
+    /// Sends `signal` to the job (unless it has been reaped). A job is pid 1 of its namespace:
+    /// it gets only the signals it handles.
+    pub fn signal(&self, signal: libc::c_int) -> io::Result<()> {
+        if self.status.is_some() {
+            return Ok(());
+        }
+        match sys::pidfd_send_signal(self.pidfd.as_fd(), signal) {
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            other => other,
+        }
+    }
+
     pub fn kill(&self) -> io::Result<()> {
         if self.status.is_some() {
             return Ok(());

@@ -42,7 +42,14 @@ impl Ctx {
             let id = self.next.fetch_add(1, Ordering::Relaxed);
             self.routes.lock().unwrap().insert(id, send.clone());
             let spawn = maelstrom_container::compile(&spec)?;
-            self.executor.submit(JobRequest { id, spawn, priority, estimated: None, timeout });
+            self.executor.submit(JobRequest {
+                id,
+                spawn,
+                priority,
+                estimated: None,
+                timeout,
+                timeout_warning: None,
+            });
             ids.push(id);
         }
         Ok((ids, receive))

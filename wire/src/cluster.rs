@@ -166,6 +166,18 @@ pub enum Mount {
     Tmp(String),
 }
 
+/// At its timeout a job is sent `signal` first, and killed `grace_ms` later: a go test gets
+/// SIGQUIT, and dumps its goroutines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(compare(PartialEq), derive(Debug, Clone, Copy))]
+pub struct TimeoutWarning {
+    pub signal: i32,
+    pub grace_ms: u64,
+}
+
+/// The longest a warned job may take to end after its warning.
+pub const TIMEOUT_GRACE_MS_MAX: u64 = 60_000;
+
 /// A job as it travels: everything resolved, layers named by artifact.
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(compare(PartialEq), derive(Debug))]
@@ -185,6 +197,7 @@ pub struct JobSpec {
     pub group: u32,
     /// 0: none.
     pub timeout_ms: u64,
+    pub timeout_warning: Option<TimeoutWarning>,
     pub priority: i8,
     /// 0: unknown.
     pub estimated_ms: u64,
@@ -457,6 +470,7 @@ pub fn typical_job() -> JobSpec {
         user: 0,
         group: 0,
         timeout_ms: 60_000,
+        timeout_warning: None,
         priority: 0,
         estimated_ms: 40,
     }

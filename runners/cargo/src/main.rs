@@ -451,6 +451,7 @@ impl Framework for Cargo {
             working_directory: package.dir().display().to_string(),
             program: format!("/{}", file_name(&artifact.executable)),
             arguments,
+            timeout_warning: None,
         }
     }
 

@@ -203,6 +203,8 @@ pub struct CaseJob {
     pub working_directory: String,
     pub program: String,
     pub arguments: Vec<String>,
+    /// What the case is sent at its timeout before it is killed.
+    pub timeout_warning: Option<maelstrom_client::TimeoutWarning>,
 }
 
 /// A build running: its artifacts come out as the build tool reports them.
@@ -593,7 +595,7 @@ impl<F: Framework> Runner<'_, F> {
         timeout: Option<NonZeroU32>,
         estimate: Estimate,
     ) -> JobSpec {
-        let CaseJob { layers, environment, working_directory, program, arguments } =
+        let CaseJob { layers, environment, working_directory, program, arguments, timeout_warning } =
             self.framework.case_job(artifact, case, settings);
         let mut container = settings.container.clone();
         let environment = vec![EnvironmentSpec { vars: environment, extend: true }];
@@ -610,6 +612,7 @@ impl<F: Framework> Runner<'_, F> {
             program,
             arguments,
             timeout,
+            timeout_warning,
             priority: estimate.priority,
             estimated: estimate.duration,
         }

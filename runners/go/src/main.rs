@@ -30,6 +30,12 @@ use crate::go::{Artifact, BuildFlags, Package};
 const SPEC_FILE: &str = "maelstrom-go-test.toml";
 const DEFAULT_SPEC: &str = include_str!("default-spec.toml");
 
+/// SIGQUIT, on Linux.
+const SIGQUIT: i32 = 3;
+
+/// How long a timed-out test has to dump its goroutines before it is killed.
+const TIMEOUT_GRACE_MS: u64 = 2000;
+
 /// Where the runner keeps its state, under the project's root.
 const STATE_DIR: &str = ".maelstrom-go-test";
 
@@ -589,6 +595,11 @@ impl Framework for GoTest {
             working_directory: package.dir.display().to_string(),
             program: format!("/{file}"),
             arguments,
+            // As go test's own -timeout does: SIGQUIT, so the goroutines are dumped.
+            timeout_warning: Some(maelstrom_client::TimeoutWarning {
+                signal: SIGQUIT,
+                grace_ms: TIMEOUT_GRACE_MS,
+            }),
         }
     }
 

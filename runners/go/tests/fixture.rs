@@ -102,6 +102,8 @@ fn the_table_holds_standalone() {
     assert!(stdout.contains("the test binary crashed before TestExitsThree finished"), "{stdout}");
     assert!(stdout.contains("exited with code 3"), "{stdout}");
     assert!(stdout.contains("panic: a goroutine panics"), "{stdout}");
+    // A timeout sends SIGQUIT first, as go test's own does: the goroutines are dumped.
+    assert!(stdout.contains("SIGQUIT: quit") && stdout.contains("fixture.TestHangs"), "{stdout}");
     assert!(stdout.contains("skipped: fixture_test.go:"), "a skip says why:\n{stdout}");
     assert!(stdout.contains("got:\ngoodbye\nwant:\nhello"), "an example's output is compared:\n{stdout}");
     assert!(!stdout.contains("BenchmarkParse") && !stdout.contains("TestNested"), "{stdout}");

@@ -637,6 +637,7 @@ mod tests {
             user: 0,
             group: 0,
             timeout_ms: 0,
+            timeout_warning: None,
             priority,
             estimated_ms,
         })

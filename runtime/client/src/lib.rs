@@ -21,5 +21,5 @@ pub mod spec;
 // started before any thread; the one result type; exiting as a job did; ending a build tool
 // with the compilers it started.
 pub use maelstrom_container::{Zygote, ZygoteConfig, die_by_signal, kill_tree};
-pub use maelstrom_wire::cluster::{Ended, NotRun, Ran};
+pub use maelstrom_wire::cluster::{Ended, NotRun, Ran, TimeoutWarning};
 pub use maelstrom_worker::{JobId, JobResult, Outcome, Output, ResultSink};

@@ -95,6 +95,7 @@ impl LocalClient {
             priority: job.priority,
             estimated: job.estimated,
             timeout,
+            timeout_warning: job.timeout_warning,
         });
         Ok(id)
     }
@@ -208,6 +209,7 @@ pub fn wire_job(
         user: resolved.user,
         group: resolved.group,
         timeout_ms: job.timeout.map_or(0, |t| u64::from(t.get()) * 1000),
+        timeout_warning: job.timeout_warning,
         priority: job.priority,
         estimated_ms: job.estimated.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)),
     }

@@ -362,6 +362,9 @@ pub struct JobSpec {
     pub arguments: Vec<String>,
     /// `None` for no timeout.
     pub timeout: Option<std::num::NonZeroU32>,
+    /// What the job is sent at its timeout before it is killed (runners only: a go test's
+    /// SIGQUIT).
+    pub timeout_warning: Option<maelstrom_wire::cluster::TimeoutWarning>,
     pub priority: i8,
     /// How long it is expected to take (longest first, within a priority).
     pub estimated: Option<std::time::Duration>,
@@ -427,6 +430,7 @@ impl StreamItem {
             program,
             arguments: arguments.unwrap_or_default(),
             timeout: timeout.and_then(std::num::NonZeroU32::new),
+            timeout_warning: None,
             priority: priority.unwrap_or(0),
             estimated: None,
         })))

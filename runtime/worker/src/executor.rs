@@ -43,6 +43,8 @@ pub struct JobRequest {
     pub priority: i8,
     pub estimated: Option<Duration>,
     pub timeout: Option<Duration>,
+    /// At the timeout, a signal first, and the kill after a grace.
+    pub timeout_warning: Option<maelstrom_wire::cluster::TimeoutWarning>,
 }
 
 /// Why a job produced no outcome.
@@ -196,6 +198,8 @@ enum Kind {
     Exit = 2,
     Deadline = 3,
     Drain = 4,
+    /// The end of a timed-out job's grace after its warning signal.
+    Grace = 5,
 }
 
 fn job_token(id: JobId, kind: Kind) -> Token {
@@ -237,6 +241,7 @@ struct Running {
     timed_out: bool,
     started: Instant,
     timers: Vec<Kind>,
+    warning: Option<maelstrom_wire::cluster::TimeoutWarning>,
 }
 
 struct EventLoop {
@@ -467,7 +472,8 @@ impl EventLoop {
                 1 => Kind::Stderr,
                 2 => Kind::Exit,
                 3 => Kind::Deadline,
-                _ => Kind::Drain,
+                4 => Kind::Drain,
+                _ => Kind::Grace,
             };
             self.job_event(id, kind, completion);
         }
@@ -555,8 +561,11 @@ impl EventLoop {
             self.ring.timeout(job_token(id, Kind::Deadline), timeout.saturating_sub(started.elapsed()));
             timers.push(Kind::Deadline);
         }
-        self.running
-            .insert(id, Running { job, pidfd, streams, exited: false, timed_out: false, started, timers });
+        let warning = request.timeout_warning;
+        self.running.insert(
+            id,
+            Running { job, pidfd, streams, exited: false, timed_out: false, started, timers, warning },
+        );
     }
 
     fn job_event(&mut self, id: JobId, kind: Kind, completion: Completion) {
@@ -588,6 +597,18 @@ impl EventLoop {
             }
             (Kind::Deadline, _) if completion.result == -libc::ETIME => {
                 running.timed_out = true;
+                match running.warning {
+                    Some(warning) if running.job.signal(warning.signal).is_ok() => {
+                        let grace = warning.grace_ms.min(maelstrom_wire::cluster::TIMEOUT_GRACE_MS_MAX);
+                        self.ring.timeout(job_token(id, Kind::Grace), Duration::from_millis(grace));
+                        running.timers.push(Kind::Grace);
+                    }
+                    _ => {
+                        let _ = running.job.kill();
+                    }
+                }
+            }
+            (Kind::Grace, _) if completion.result == -libc::ETIME => {
                 let _ = running.job.kill();
             }
             (Kind::Drain, _) if completion.result == -libc::ETIME => {

@@ -177,6 +177,7 @@ struct Job {
     priority: i8,
     estimated: Option<Duration>,
     timeout: Option<Duration>,
+    timeout_warning: Option<cluster::TimeoutWarning>,
     /// Layers still without a tree.
     missing: usize,
 }
@@ -559,6 +560,10 @@ impl Worker {
             priority: job.priority,
             estimated: millis(job.estimated_ms.to_native()),
             timeout: millis(job.timeout_ms.to_native()),
+            timeout_warning: job.timeout_warning.as_ref().map(|w| cluster::TimeoutWarning {
+                signal: w.signal.to_native(),
+                grace_ms: w.grace_ms.to_native(),
+            }),
             missing: 0,
         };
         let mut unique = HashSet::new();
@@ -800,6 +805,7 @@ impl Worker {
             priority: job.priority,
             estimated: job.estimated,
             timeout: job.timeout,
+            timeout_warning: job.timeout_warning,
         };
         self.executor.submit(request);
     }
