@@ -458,6 +458,7 @@ impl Framework for Cargo {
     /// libtest's chatter is trimmed; its 101 only says a test failed; "running 0 tests" is no pass.
     fn output_rules(&self) -> OutputRules {
         OutputRules {
+            reporter: None,
             trim: Box::new(|case, stdout| trim_libtest_output(&case.name, stdout)),
             judge: None,
             quiet_exit_codes: &[101],

@@ -68,8 +68,19 @@ pub enum Verdict {
 /// Reads a case's stdout, knowing how the job ended.
 pub type Judge = Box<dyn Fn(&Case, Ended, &[u8]) -> Verdict>;
 
+/// A framework's own report of each case, on stdout (go test -json's event stream); the UI
+/// and the summary then go to stderr.
+pub trait Reporter {
+    /// A case ended: how (`None`: it never ran), what it printed, how long it took.
+    fn case(&mut self, case: &Case, ended: Option<Ended>, stdout: &[u8], duration: Option<Duration>);
+    /// The run ended.
+    fn finish(&mut self);
+}
+
 /// How a framework's test programs speak: their chatter, and what their exits mean.
 pub struct OutputRules {
+    /// Reports each case in the framework's own format, on stdout.
+    pub reporter: Option<Box<dyn Reporter>>,
     pub trim: Trim,
     /// The framework's verdict, when its programs report one (otherwise the exit decides).
     pub judge: Option<Judge>,
@@ -83,6 +94,7 @@ pub struct OutputRules {
 impl Default for OutputRules {
     fn default() -> Self {
         Self {
+            reporter: None,
             trim: Box::new(|_, out| String::from_utf8_lossy(out).into_owned()),
             judge: None,
             quiet_exit_codes: &[],
@@ -143,7 +155,7 @@ pub type Submit<'a> = &'a mut dyn FnMut(&TestSettings, Option<NonZeroU32>, Estim
 impl Session {
     pub fn new(options: SessionOptions, rules: OutputRules) -> Self {
         let db = TestDb::open(&options.test_db);
-        let ui = Ui::new(options.ui, false);
+        let ui = Ui::new(options.ui, false, rules.reporter.is_some());
         Self {
             options,
             ui,
@@ -172,6 +184,9 @@ impl Session {
         });
         self.expected_runs += 1;
         self.ui.set_total(self.expected_runs);
+        if let Some(reporter) = &mut self.rules.reporter {
+            reporter.case(&self.cases[index], None, message.as_bytes(), None);
+        }
         self.record(Finished {
             case: index,
             status: Status::Error,
@@ -261,6 +276,12 @@ impl Session {
     pub fn result(&mut self, result: JobResult) {
         let Some((index, _)) = self.running.remove(&result.id) else { return };
         let case = &self.cases[index];
+        if let Some(reporter) = &mut self.rules.reporter {
+            match result.outcome.ran() {
+                Ok(ran) => reporter.case(case, Some(ran.ended), &ran.stdout.bytes, Some(ran.duration)),
+                Err(why) => reporter.case(case, None, why.to_string().as_bytes(), None),
+            }
+        }
         let (status, duration, stdout, stderr, mut details) = match result.outcome.ran() {
             Ok(Ran { ended, stdout: out, stderr: err, duration }) => {
                 let empty = ended == Ended::Exited(0)
@@ -378,7 +399,13 @@ impl Session {
         self.not_run = self.running.len() as u64;
         self.ui.finish();
         let summary = self.summary();
-        println!("{summary}");
+        match &mut self.rules.reporter {
+            Some(reporter) => {
+                reporter.finish();
+                eprintln!("{summary}");
+            }
+            None => println!("{summary}"),
+        }
         if let Some(path) = &self.options.junit
             && let Err(e) = self.write_junit(path)
         {

@@ -65,7 +65,8 @@ pub struct Ui {
     bar: Option<ProgressBar>,
     running: Option<ProgressBar>,
     started: Instant,
-    out: std::io::Stdout,
+    /// Stderr when stdout is a framework's event stream (`go test -json`).
+    to_stderr: bool,
 }
 
 impl std::fmt::Debug for Ui {
@@ -75,8 +76,9 @@ impl std::fmt::Debug for Ui {
 }
 
 impl Ui {
-    pub fn new(kind: UiKind, listing: bool) -> Self {
-        let terminal = std::io::stdout().is_terminal();
+    pub fn new(kind: UiKind, listing: bool, to_stderr: bool) -> Self {
+        let terminal =
+            if to_stderr { std::io::stderr().is_terminal() } else { std::io::stdout().is_terminal() };
         let kind = match kind {
             UiKind::Auto if terminal && !listing => UiKind::Fancy,
             UiKind::Auto => UiKind::Simple,
@@ -84,7 +86,8 @@ impl Ui {
         };
         let width = if terminal { terminal_width().unwrap_or(WIDTH_DEFAULT) } else { WIDTH_DEFAULT };
         let (multi, bar, running) = if terminal && !listing {
-            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
+            let target = if to_stderr { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::stdout() };
+            let multi = MultiProgress::with_draw_target(target);
             let bar = multi.add(ProgressBar::new(0));
             bar.set_style(
                 ProgressStyle::with_template(
@@ -104,7 +107,7 @@ impl Ui {
         } else {
             (None, None, None)
         };
-        Self { kind, width, multi, bar, running, started: Instant::now(), out: std::io::stdout() }
+        Self { kind, width, multi, bar, running, started: Instant::now(), to_stderr }
     }
 
     pub fn kind(&self) -> UiKind {
@@ -117,8 +120,11 @@ impl Ui {
             Some(multi) => {
                 let _ = multi.println(line);
             }
+            None if self.to_stderr => {
+                let _ = writeln!(std::io::stderr(), "{line}");
+            }
             None => {
-                let _ = writeln!(self.out, "{line}");
+                let _ = writeln!(std::io::stdout(), "{line}");
             }
         }
     }

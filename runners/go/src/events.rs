@@ -181,3 +181,177 @@ mod tests {
         assert_eq!(why, ["killed by signal 9"]);
     }
 }
+
+/// `go test -json`'s event stream, on stdout, from each case's framed output: what
+/// `go tool test2json` would make of it, so gotestsum and go-junit-report can read it. Each
+/// package starts when its first case ends, and passes or fails at the end of the run.
+#[derive(Debug, Default)]
+pub struct JsonReporter {
+    /// Package → whether a case of it failed, and the time its cases took.
+    packages: Vec<(String, bool, f64)>,
+}
+
+impl JsonReporter {
+    fn emit(
+        &self,
+        action: &str,
+        package: &str,
+        test: Option<&str>,
+        elapsed: Option<f64>,
+        output: Option<&str>,
+    ) {
+        use std::io::Write;
+        let mut event = serde_json::Map::new();
+        event.insert("Time".into(), now_rfc3339().into());
+        event.insert("Action".into(), action.into());
+        event.insert("Package".into(), package.into());
+        if let Some(test) = test.filter(|t| !t.is_empty()) {
+            event.insert("Test".into(), test.into());
+        }
+        if let Some(elapsed) = elapsed {
+            event.insert("Elapsed".into(), serde_json::json!((elapsed * 1000.0).round() / 1000.0));
+        }
+        if let Some(output) = output {
+            event.insert("Output".into(), output.into());
+        }
+        let _ = writeln!(std::io::stdout().lock(), "{}", serde_json::Value::Object(event));
+    }
+
+    fn package(&mut self, package: &str) -> usize {
+        if let Some(index) = self.packages.iter().position(|(p, _, _)| p == package) {
+            return index;
+        }
+        self.emit("start", package, None, None, None);
+        self.packages.push((package.to_owned(), false, 0.0));
+        self.packages.len() - 1
+    }
+}
+
+/// Seconds in a `--- PASS: name (1.23s)` line.
+fn elapsed_of(line: &str) -> Option<f64> {
+    let inner = line.rsplit_once(" (")?.1.strip_suffix("s)")?;
+    inner.parse().ok()
+}
+
+impl maelstrom_test_runner::session::Reporter for JsonReporter {
+    fn case(
+        &mut self,
+        case: &maelstrom_test_runner::session::Case,
+        ended: Option<Ended>,
+        stdout: &[u8],
+        duration: Option<std::time::Duration>,
+    ) {
+        let package = case.package.clone();
+        let index = self.package(&package);
+        if case.artifact.is_empty() {
+            // Not a test: its package failed as a whole (it does not build).
+            for line in String::from_utf8_lossy(stdout).lines() {
+                self.emit("output", &package, None, None, Some(&format!("{line}\n")));
+            }
+            self.packages[index].1 = true;
+            return;
+        }
+        let text = String::from_utf8_lossy(stdout);
+        let mut owner = case.name.clone();
+        let mut own_result = false;
+        for line in text.lines() {
+            let shown = format!("{}\n", clean(line.trim_start_matches(FRAME)));
+            match event(line) {
+                Some(Event::Owner(name)) => {
+                    let name = if name.is_empty() { case.name.as_str() } else { name };
+                    owner = name.to_owned();
+                    let rest = line.trim_start_matches(FRAME);
+                    if rest.starts_with("=== RUN") {
+                        self.emit("run", &package, Some(name), None, None);
+                    } else if rest.starts_with("=== PAUSE") {
+                        self.emit("pause", &package, Some(name), None, None);
+                    } else if rest.starts_with("=== CONT") {
+                        self.emit("cont", &package, Some(name), None, None);
+                    }
+                    if !rest.starts_with("=== NAME") {
+                        self.emit("output", &package, Some(name), None, Some(&shown));
+                    }
+                }
+                Some(Event::Result { name, result }) => {
+                    self.emit("output", &package, Some(name), None, Some(&shown));
+                    let action = match result {
+                        "PASS" => "pass",
+                        "SKIP" => "skip",
+                        _ => "fail",
+                    };
+                    self.emit(action, &package, Some(name), elapsed_of(line), None);
+                    own_result |= name == case.name;
+                }
+                // The binary's last word belongs to the package, whose result comes at the end.
+                Some(Event::End) => {}
+                None => self.emit("output", &package, Some(&owner), None, Some(&shown)),
+            }
+        }
+        let seconds = duration.map(|d| d.as_secs_f64());
+        let verdict = match ended {
+            Some(ended) => verdict(&case.name, ended, stdout),
+            None => Verdict::Failed(Vec::new()),
+        };
+        if !own_result {
+            // A crash, a timeout or a cut output: the case's result is the runner's.
+            let (action, why) = match (&verdict, ended) {
+                (_, Some(Ended::TimedOut)) => ("fail", Some("timed out".to_owned())),
+                (Verdict::Passed, _) => ("pass", None),
+                (Verdict::Skipped(_), _) => ("skip", None),
+                (Verdict::Failed(why), _) => ("fail", why.first().cloned()),
+            };
+            if let Some(why) = why {
+                self.emit("output", &package, Some(&case.name), None, Some(&format!("{why}\n")));
+            }
+            self.emit(action, &package, Some(&case.name), seconds, None);
+        }
+        let failed = matches!(verdict, Verdict::Failed(_)) || ended == Some(Ended::TimedOut);
+        let entry = &mut self.packages[index];
+        entry.1 |= failed;
+        entry.2 += seconds.unwrap_or(0.0);
+    }
+
+    fn finish(&mut self) {
+        for (package, failed, seconds) in &self.packages {
+            let (action, word) = if *failed { ("fail", "FAIL") } else { ("pass", "ok  ") };
+            self.emit("output", package, None, None, Some(&format!("{word}\t{package}\t{seconds:.3}s\n")));
+            self.emit(action, package, None, Some(*seconds), None);
+        }
+    }
+}
+
+/// Now, as test2json writes it (UTC, RFC 3339 with nanoseconds).
+fn now_rfc3339() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let (days, rest) = ((now.as_secs() / 86_400) as i64, now.as_secs() % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        now.subsec_nanos()
+    )
+}
+
+#[cfg(test)]
+mod json_tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_civil() {
+        let text = now_rfc3339();
+        assert_eq!(text.len(), "2026-12-01T21:00:00.000000000Z".len(), "{text}");
+        assert!(text.starts_with("20") && text.ends_with('Z'), "{text}");
+        assert_eq!(elapsed_of("--- PASS: TestA (1.25s)"), Some(1.25));
+    }
+}

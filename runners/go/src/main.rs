@@ -91,6 +91,9 @@ struct Cli {
     /// go test -v: show what passing tests print too.
     #[arg(long = "go-v", hide = true)]
     verbose: bool,
+    /// go test -json: go test's event stream on stdout (the UI and summary go to stderr).
+    #[arg(long = "go-json", hide = true)]
+    json: bool,
     /// go test -list: print the tests matching this regular expression, without running them.
     #[arg(long = "go-list", value_name = "REGEXP", hide = true)]
     list: Option<String>,
@@ -131,6 +134,7 @@ const GO_FLAGS: &[(&str, GoFlag)] = &[
     ("list", GoFlag::Value("go-list")),
     ("short", GoFlag::Switch("go-short")),
     ("v", GoFlag::Switch("go-v")),
+    ("json", GoFlag::Switch("go-json")),
     ("count", GoFlag::Count),
     ("timeout", GoFlag::Timeout),
     ("failfast", GoFlag::Failfast),
@@ -307,6 +311,7 @@ struct GoTest {
     short: bool,
     fullpath: bool,
     verbose: bool,
+    json: bool,
     extra_args: Vec<String>,
     /// Every package's build, started before `go list` when nothing can narrow it, so the two
     /// overlap.
@@ -377,6 +382,7 @@ impl GoTest {
             short,
             fullpath,
             verbose: cli.verbose,
+            json: cli.json,
             extra_args,
             early_build: std::cell::RefCell::new(None),
         };
@@ -606,6 +612,7 @@ impl Framework for GoTest {
     /// The binary's own events decide; its framing is trimmed from what is shown.
     fn output_rules(&self) -> OutputRules {
         OutputRules {
+            reporter: self.json.then(|| Box::new(events::JsonReporter::default()) as _),
             trim: Box::new(|_, stdout| events::trim(stdout)),
             judge: Some(Box::new(|case, ended, stdout| events::verdict(&case.name, ended, stdout))),
             quiet_exit_codes: &[1],

@@ -179,6 +179,22 @@ fn go_test_flags() {
         ]
     );
 
+    // -json: go test's event stream, and nothing else, on stdout.
+    let out = fixture.run(&["-json", "-run", "^Test(Subtests|Passes)$"]);
+    let events: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}")))
+        .collect();
+    let has = |action: &str, test: Option<&str>| {
+        events.iter().any(|e| {
+            e["Action"] == action && e["Package"] == "example.com/fixture" && e["Test"].as_str() == test
+        })
+    };
+    assert!(has("pass", Some("TestPasses")) && has("pass", Some("TestSubtests/good")), "{events:?}");
+    assert!(has("fail", Some("TestSubtests/bad")) && has("fail", Some("TestSubtests")), "{events:?}");
+    assert!(has("start", None) && has("fail", None), "the package starts and fails: {events:?}");
+    assert!(text(&out.stderr).contains("Test Summary"), "the summary goes to stderr");
+
     // -v shows what passing tests print; -failfast stops at the first failure.
     let out = fixture.run(&["-run", "^TestPasses$", "-v"]);
     assert!(text(&out.stdout).contains("a passing test's log"), "{}", text(&out.stdout));
