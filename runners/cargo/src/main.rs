@@ -459,6 +459,7 @@ impl Framework for Cargo {
     fn output_rules(&self) -> OutputRules {
         OutputRules {
             reporter: None,
+            parts: None,
             trim: Box::new(|case, stdout| trim_libtest_output(&case.name, stdout)),
             judge: None,
             quiet_exit_codes: &[101],

@@ -81,6 +81,8 @@ pub trait Reporter {
 pub struct OutputRules {
     /// Reports each case in the framework's own format, on stdout.
     pub reporter: Option<Box<dyn Reporter>>,
+    /// A case's parts with results of their own (go's subtests).
+    pub parts: Option<Parts>,
     pub trim: Trim,
     /// The framework's verdict, when its programs report one (otherwise the exit decides).
     pub judge: Option<Judge>,
@@ -95,6 +97,7 @@ impl Default for OutputRules {
     fn default() -> Self {
         Self {
             reporter: None,
+            parts: None,
             trim: Box::new(|_, out| String::from_utf8_lossy(out).into_owned()),
             judge: None,
             quiet_exit_codes: &[],
@@ -122,7 +125,21 @@ struct Finished {
     stdout: String,
     stderr: String,
     details: Vec<String>,
+    /// The case's own parts (go's subtests), for the JUnit report.
+    parts: Vec<Part>,
 }
+
+/// A part of a case with a result of its own (a go subtest): reported under its case.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Part {
+    /// Its full name (`TestX/case_1`).
+    pub name: String,
+    pub status: Status,
+    pub duration: Option<Duration>,
+}
+
+/// Finds a case's parts in its stdout.
+pub type Parts = Box<dyn Fn(&Case, &[u8]) -> Vec<Part>>;
 
 pub struct Session {
     options: SessionOptions,
@@ -195,6 +212,7 @@ impl Session {
             stdout: String::new(),
             stderr: String::new(),
             details: vec![message],
+            parts: Vec::new(),
         });
     }
 
@@ -227,6 +245,7 @@ impl Session {
                 stdout: String::new(),
                 stderr: String::new(),
                 details: Vec::new(),
+                parts: Vec::new(),
             });
             return;
         }
@@ -247,6 +266,7 @@ impl Session {
                     stdout: String::new(),
                     stderr: String::new(),
                     details: vec![format!("error: {message}")],
+                    parts: Vec::new(),
                 }),
             }
         }
@@ -361,7 +381,20 @@ impl Session {
             shown.append(&mut details);
             details = shown;
         }
-        self.record(Finished { case: index, status, about_a_test: true, duration, stdout, stderr, details });
+        let parts = match (&self.rules.parts, result.outcome.ran()) {
+            (Some(parts), Ok(ran)) => parts(&self.cases[index], &ran.stdout.bytes),
+            _ => Vec::new(),
+        };
+        self.record(Finished {
+            case: index,
+            status,
+            about_a_test: true,
+            duration,
+            stdout,
+            stderr,
+            details,
+            parts,
+        });
         self.refresh_running(false);
     }
 
@@ -507,6 +540,19 @@ impl Session {
                 test.set_system_err(f.stderr.clone());
             }
             suites[position].1.add_test_case(test);
+            for part in &f.parts {
+                let status = match part.status {
+                    Status::Ok => TestCaseStatus::success(),
+                    Status::Ignored => TestCaseStatus::skipped(),
+                    _ => TestCaseStatus::non_success(NonSuccessKind::Failure),
+                };
+                let mut test = TestCase::new(part.name.clone(), status);
+                test.set_classname(format!("{} {}", case.package, case.artifact));
+                if let Some(duration) = part.duration {
+                    test.set_time(duration);
+                }
+                suites[position].1.add_test_case(test);
+            }
         }
         report.add_test_suites(suites.into_iter().map(|(_, suite)| suite));
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

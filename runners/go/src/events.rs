@@ -355,3 +355,24 @@ mod json_tests {
         assert_eq!(elapsed_of("--- PASS: TestA (1.25s)"), Some(1.25));
     }
 }
+
+/// A case's subtests, with their results, from its framed output (for the JUnit report).
+pub fn subtests(case: &str, stdout: &[u8]) -> Vec<maelstrom_test_runner::session::Part> {
+    use maelstrom_test_runner::ui::Status;
+    let text = String::from_utf8_lossy(stdout);
+    let prefix = format!("{case}/");
+    text.lines()
+        .filter_map(|line| match event(line) {
+            Some(Event::Result { name, result }) if name.starts_with(&prefix) => {
+                let status = match result {
+                    "PASS" => Status::Ok,
+                    "SKIP" => Status::Ignored,
+                    _ => Status::Fail,
+                };
+                let duration = elapsed_of(line).map(std::time::Duration::from_secs_f64);
+                Some(maelstrom_test_runner::session::Part { name: name.to_owned(), status, duration })
+            }
+            _ => None,
+        })
+        .collect()
+}

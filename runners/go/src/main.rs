@@ -125,6 +125,9 @@ enum GoFlag {
     Timeout,
     /// Stop at the first failure.
     Failfast,
+    /// Accepted: each test runs alone in a container of its own, so no order between tests
+    /// can matter.
+    Shuffle,
 }
 
 /// go test's flags, as a go developer types them, single dash.
@@ -138,6 +141,7 @@ const GO_FLAGS: &[(&str, GoFlag)] = &[
     ("count", GoFlag::Count),
     ("timeout", GoFlag::Timeout),
     ("failfast", GoFlag::Failfast),
+    ("shuffle", GoFlag::Shuffle),
     ("tags", GoFlag::BuildValue),
     ("covermode", GoFlag::BuildValue),
     ("coverpkg", GoFlag::BuildValue),
@@ -189,7 +193,10 @@ fn translate(args: Vec<String>) -> Result<Vec<String>, String> {
                 GO_FLAGS.iter().map(|(n, _)| format!("-{n}")).collect::<Vec<_>>().join(" ")
             ));
         };
-        let takes = matches!(flag, GoFlag::Value(_) | GoFlag::BuildValue | GoFlag::Count | GoFlag::Timeout);
+        let takes = matches!(
+            flag,
+            GoFlag::Value(_) | GoFlag::BuildValue | GoFlag::Count | GoFlag::Timeout | GoFlag::Shuffle
+        );
         let value = match (takes, value) {
             (true, Some(value)) => Some(value),
             (true, None) => Some(args.next().ok_or_else(|| format!("-{name} needs a value"))?),
@@ -220,6 +227,12 @@ fn translate(args: Vec<String>) -> Result<Vec<String>, String> {
                 out.extend(["--timeout".to_owned(), seconds.to_string()]);
             }
             GoFlag::Failfast => out.extend(["--stop-after".to_owned(), "1".to_owned()]),
+            GoFlag::Shuffle => {
+                let text = value.unwrap_or_default();
+                if !(text == "on" || text == "off" || text.parse::<i64>().is_ok()) {
+                    return Err(format!("-shuffle {text}: expected off, on or a seed"));
+                }
+            }
         }
     }
     Ok(out)
@@ -613,6 +626,7 @@ impl Framework for GoTest {
     fn output_rules(&self) -> OutputRules {
         OutputRules {
             reporter: self.json.then(|| Box::new(events::JsonReporter::default()) as _),
+            parts: Some(Box::new(|case, stdout| events::subtests(&case.name, stdout))),
             trim: Box::new(|_, stdout| events::trim(stdout)),
             judge: Some(Box::new(|case, ended, stdout| events::verdict(&case.name, ended, stdout))),
             quiet_exit_codes: &[1],
@@ -666,6 +680,8 @@ mod tests {
         let error = args(&["-bench", "."]).unwrap_err();
         assert!(error.starts_with("-bench: not a flag maelstrom-go-test takes"), "{error}");
         assert_eq!(args(&["-count", "0"]).unwrap_err(), "-count 0: must be at least 1");
+        assert_eq!(args(&["-shuffle=on", "./..."]).unwrap(), ["./..."]);
+        assert!(args(&["-shuffle", "sometimes"]).unwrap_err().contains("expected off, on or a seed"));
         assert!(args(&["-timeout", "soon"]).unwrap_err().contains("not a duration"));
         assert_eq!(args(&["-short=false"]).unwrap(), Vec::<String>::new());
         assert_eq!(args(&["-short=maybe"]).unwrap_err(), "-short=maybe: -short is true or false");

@@ -195,6 +195,16 @@ fn go_test_flags() {
     assert!(has("start", None) && has("fail", None), "the package starts and fails: {events:?}");
     assert!(text(&out.stderr).contains("Test Summary"), "the summary goes to stderr");
 
+    // --junit: subtests are test cases of their own, under their test's suite.
+    let report = tempfile::NamedTempFile::new().expect("a temp file");
+    let out = fixture.run(&["-run", "^TestSubtests$", "--junit", report.path().to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1));
+    let xml = std::fs::read_to_string(report.path()).expect("the report");
+    for name in ["name=\"TestSubtests\"", "name=\"TestSubtests/good\"", "name=\"TestSubtests/bad\""] {
+        assert!(xml.contains(name), "{name} in {xml}");
+    }
+    assert_eq!(xml.matches("<failure").count(), 2, "the test and its bad subtest fail: {xml}");
+
     // -v shows what passing tests print; -failfast stops at the first failure.
     let out = fixture.run(&["-run", "^TestPasses$", "-v"]);
     assert!(text(&out.stdout).contains("a passing test's log"), "{}", text(&out.stdout));
