@@ -34,10 +34,8 @@ impl Job {
         self.pidfd.as_fd()
     }
 
-    /// Sends SIGKILL through the pidfd; the kernel then kills everything in the job's pid
-    /// namespace. Killing a job that already exited is not an error.
-    /// Sends `signal` to the job (unless it has been reaped). A job is pid 1 of its namespace:
-    /// it gets only the signals it handles.
+    /// Sends `signal` to the job through its pidfd (unless it has been reaped). A job is pid 1
+    /// of its namespace: it gets only the signals it handles (and SIGKILL).
     pub fn signal(&self, signal: libc::c_int) -> io::Result<()> {
         if self.status.is_some() {
             return Ok(());
@@ -48,14 +46,10 @@ impl Job {
         }
     }
 
+    /// Sends SIGKILL through the pidfd; the kernel then kills everything in the job's pid
+    /// namespace. Killing a job that already exited is not an error.
     pub fn kill(&self) -> io::Result<()> {
-        if self.status.is_some() {
-            return Ok(());
-        }
-        match sys::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGKILL) {
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
-            other => other,
-        }
+        self.signal(libc::SIGKILL)
     }
 
     /// Waits for the job to exit and reaps it.

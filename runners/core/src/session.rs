@@ -66,13 +66,15 @@ pub enum Verdict {
 }
 
 /// Reads a case's stdout, knowing how the job ended.
-pub type Judge = Box<dyn Fn(&Case, Ended, &[u8]) -> Verdict>;
+pub type Judge = Box<dyn Fn(&Case, Ended, &Output) -> Verdict>;
 
 /// A framework's own report of each case, on stdout (go test -json's event stream); the UI
 /// and the summary then go to stderr.
 pub trait Reporter {
     /// A case ended: how (`None`: it never ran), what it printed, how long it took.
-    fn case(&mut self, case: &Case, ended: Option<Ended>, stdout: &[u8], duration: Option<Duration>);
+    fn case(&mut self, case: &Case, ended: Option<Ended>, stdout: &Output, duration: Option<Duration>);
+    /// A case was not run: its framework or the spec file ignores it.
+    fn ignored(&mut self, case: &Case);
     /// The run ended.
     fn finish(&mut self);
 }
@@ -202,7 +204,12 @@ impl Session {
         self.expected_runs += 1;
         self.ui.set_total(self.expected_runs);
         if let Some(reporter) = &mut self.rules.reporter {
-            reporter.case(&self.cases[index], None, message.as_bytes(), None);
+            reporter.case(
+                &self.cases[index],
+                None,
+                &Output { bytes: message.clone().into_bytes(), cut: 0 },
+                None,
+            );
         }
         self.record(Finished {
             case: index,
@@ -237,6 +244,9 @@ impl Session {
         let ignored = self.cases[index].ignored || settings.ignore;
         self.expected_runs += if ignored { 1 } else { u64::from(self.options.repeat.get()) };
         if ignored {
+            if let Some(reporter) = &mut self.rules.reporter {
+                reporter.ignored(&self.cases[index]);
+            }
             self.record(Finished {
                 case: index,
                 status: Status::Ignored,
@@ -298,8 +308,10 @@ impl Session {
         let case = &self.cases[index];
         if let Some(reporter) = &mut self.rules.reporter {
             match result.outcome.ran() {
-                Ok(ran) => reporter.case(case, Some(ran.ended), &ran.stdout.bytes, Some(ran.duration)),
-                Err(why) => reporter.case(case, None, why.to_string().as_bytes(), None),
+                Ok(ran) => reporter.case(case, Some(ran.ended), ran.stdout, Some(ran.duration)),
+                Err(why) => {
+                    reporter.case(case, None, &Output { bytes: why.to_string().into_bytes(), cut: 0 }, None)
+                }
             }
         }
         let (status, duration, stdout, stderr, mut details) = match result.outcome.ran() {
@@ -318,7 +330,7 @@ impl Session {
                 let stderr = String::from_utf8_lossy(&err.bytes).into_owned();
                 let mut details = Vec::new();
                 if let Some(judge) = self.rules.judge.as_ref().filter(|_| ended != Ended::TimedOut) {
-                    match judge(case, ended, &out.bytes) {
+                    match judge(case, ended, out) {
                         Verdict::Passed => status = Status::Ok,
                         Verdict::Failed(why) => {
                             status = Status::Fail;

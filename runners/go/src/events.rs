@@ -38,8 +38,9 @@ fn event(line: &str) -> Option<Event<'_>> {
     matches!(framed.trim(), "PASS" | "FAIL").then_some(Event::End)
 }
 
-/// The verdict on top-level case `case` from the binary's stdout, knowing how it exited.
-pub fn verdict(case: &str, ended: Ended, stdout: &[u8]) -> Verdict {
+/// The verdict on top-level case `case` from the binary's stdout (and whether it was cut),
+/// knowing how it exited.
+pub fn verdict(case: &str, ended: Ended, stdout: &[u8], cut: bool) -> Verdict {
     let text = String::from_utf8_lossy(stdout);
     let mut own = None;
     let mut failed_subtests = Vec::new();
@@ -70,12 +71,19 @@ pub fn verdict(case: &str, ended: Ended, stdout: &[u8]) -> Verdict {
         (Some(_), Ended::Exited(code)) => {
             Verdict::Failed(vec![format!("the test passed, but the binary then exited with code {code}")])
         }
-        (_, Ended::Signaled(signal)) => Verdict::Failed(vec![format!("killed by signal {signal}")]),
+        // The session says which signal.
+        (_, Ended::Signaled(_)) => Verdict::Failed(Vec::new()),
+        // Passed, its result line past what was kept of a long output (thousands of subtests).
+        (None, Ended::Exited(0)) if cut => Verdict::Passed,
         (None, Ended::Exited(0)) if text.contains("testing: warning: no tests to run") => Verdict::Failed(
             vec![format!("the binary ran no test: do its extra arguments filter {case} out?")],
         ),
-        // Passed, its result line past what was kept of a long output (thousands of subtests).
-        (None, Ended::Exited(0)) => Verdict::Passed,
+        (None, Ended::Exited(0)) => Verdict::Failed(vec![format!(
+            "the binary exited 0 without a result for {case} (a TestMain that does not call m.Run?)"
+        )]),
+        (None, Ended::Exited(_)) if cut => {
+            Verdict::Failed(vec![format!("the test binary failed; {case}'s result is past the output kept")])
+        }
         (None, Ended::Exited(_)) => {
             Verdict::Failed(vec![format!("the test binary crashed before {case} finished")])
         }
@@ -130,10 +138,10 @@ mod tests {
     #[test]
     fn results_come_from_the_cases_own_line() {
         let pass = framed(&["=== RUN   TestA", "--- PASS: TestA (0.00s)", "=== NAME  ", "PASS"]);
-        assert_eq!(verdict("TestA", Ended::Exited(0), &pass), Verdict::Passed);
+        assert_eq!(verdict("TestA", Ended::Exited(0), &pass, false), Verdict::Passed);
         // A test that prints a fake result line is not fooled by it: only framed lines count.
         let fake = b"=== RUN   TestA\n--- PASS: TestA (0.00s)\n".to_vec();
-        assert!(matches!(verdict("TestA", Ended::Exited(1), &fake), Verdict::Failed(_)));
+        assert!(matches!(verdict("TestA", Ended::Exited(1), &fake, false), Verdict::Failed(_)));
     }
 
     #[test]
@@ -150,7 +158,7 @@ mod tests {
             "FAIL",
         ]);
         assert_eq!(
-            verdict("TestSub", Ended::Exited(1), &out),
+            verdict("TestSub", Ended::Exited(1), &out, false),
             Verdict::Failed(vec!["--- FAIL: TestSub/bad".into()])
         );
         assert!(trim(&out).contains("    x_test.go:9: the bad subtest fails\n--- FAIL: TestSub/bad (0.00s)"));
@@ -159,7 +167,7 @@ mod tests {
         let skip =
             framed(&["=== RUN   TestS", "    s_test.go:3: not today", "--- SKIP: TestS (0.00s)", "PASS"]);
         assert_eq!(
-            verdict("TestS", Ended::Exited(0), &skip),
+            verdict("TestS", Ended::Exited(0), &skip, false),
             Verdict::Skipped(Some("skipped: s_test.go:3: not today".into()))
         );
     }
@@ -167,18 +175,22 @@ mod tests {
     #[test]
     fn a_passing_binary_whose_output_was_cut_passed_unless_it_ran_nothing() {
         let cut = framed(&["=== RUN   TestMany", "=== RUN   TestMany/1", "--- PASS: TestMany/1 (0.00s)"]);
-        assert_eq!(verdict("TestMany", Ended::Exited(0), &cut), Verdict::Passed);
+        assert_eq!(verdict("TestMany", Ended::Exited(0), &cut, true), Verdict::Passed);
+        assert!(
+            matches!(verdict("TestMany", Ended::Exited(0), &cut, false), Verdict::Failed(_)),
+            "not cut: no pass"
+        );
         let none = b"testing: warning: no tests to run\nPASS\n".to_vec();
-        assert!(matches!(verdict("TestMany", Ended::Exited(0), &none), Verdict::Failed(_)));
+        assert!(matches!(verdict("TestMany", Ended::Exited(0), &none, false), Verdict::Failed(_)));
     }
 
     #[test]
     fn a_binary_that_ends_without_the_result_crashed() {
         let out = framed(&["=== RUN   TestExit"]);
-        let Verdict::Failed(why) = verdict("TestExit", Ended::Exited(3), &out) else { panic!() };
+        let Verdict::Failed(why) = verdict("TestExit", Ended::Exited(3), &out, false) else { panic!() };
         assert_eq!(why, ["the test binary crashed before TestExit finished"]);
-        let Verdict::Failed(why) = verdict("TestExit", Ended::Signaled(9), &out) else { panic!() };
-        assert_eq!(why, ["killed by signal 9"]);
+        let Verdict::Failed(why) = verdict("TestExit", Ended::Signaled(9), &out, false) else { panic!() };
+        assert!(why.is_empty(), "the session says which signal: {why:?}");
     }
 }
 
@@ -238,9 +250,10 @@ impl maelstrom_test_runner::session::Reporter for JsonReporter {
         &mut self,
         case: &maelstrom_test_runner::session::Case,
         ended: Option<Ended>,
-        stdout: &[u8],
+        output: &maelstrom_client::Output,
         duration: Option<std::time::Duration>,
     ) {
+        let stdout = output.bytes.as_slice();
         let package = case.package.clone();
         let index = self.package(&package);
         if case.artifact.is_empty() {
@@ -289,7 +302,7 @@ impl maelstrom_test_runner::session::Reporter for JsonReporter {
         }
         let seconds = duration.map(|d| d.as_secs_f64());
         let verdict = match ended {
-            Some(ended) => verdict(&case.name, ended, stdout),
+            Some(ended) => verdict(&case.name, ended, stdout, output.cut > 0),
             None => Verdict::Failed(Vec::new()),
         };
         if !own_result {
@@ -309,6 +322,19 @@ impl maelstrom_test_runner::session::Reporter for JsonReporter {
         let entry = &mut self.packages[index];
         entry.1 |= failed;
         entry.2 += seconds.unwrap_or(0.0);
+    }
+
+    fn ignored(&mut self, case: &maelstrom_test_runner::session::Case) {
+        self.package(&case.package);
+        self.emit("run", &case.package, Some(&case.name), None, None);
+        self.emit(
+            "output",
+            &case.package,
+            Some(&case.name),
+            None,
+            Some("    ignored by maelstrom-go-test.toml\n"),
+        );
+        self.emit("skip", &case.package, Some(&case.name), Some(0.0), None);
     }
 
     fn finish(&mut self) {

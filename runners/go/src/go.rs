@@ -25,8 +25,11 @@ pub fn go() -> Command {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Package {
+    /// Empty for a pattern that names nothing.
+    #[serde(default)]
     pub dir: PathBuf,
     pub import_path: String,
+    #[serde(default)]
     pub name: String,
     #[serde(default)]
     pub test_go_files: Vec<String>,
@@ -34,6 +37,11 @@ pub struct Package {
     pub x_test_go_files: Vec<String>,
     #[serde(default)]
     pub error: Option<PackageError>,
+    #[serde(default)]
+    pub deps_errors: Vec<PackageError>,
+    /// The module the package belongs to (none in GOPATH mode).
+    #[serde(default)]
+    pub module: Option<Module>,
     /// The package's path relative to the project root (`""` at the root); filled in after.
     #[serde(skip)]
     pub path: String,
@@ -45,16 +53,32 @@ pub struct PackageError {
     pub err: String,
 }
 
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Module {
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+}
+
 impl Package {
     pub fn has_tests(&self) -> bool {
         !self.test_go_files.is_empty() || !self.x_test_go_files.is_empty()
     }
+
+    /// Whether go cannot load it (a bad pattern, a missing import): go test reports it failed.
+    pub fn is_broken(&self) -> bool {
+        self.error.is_some() || !self.deps_errors.is_empty()
+    }
 }
 
-/// The project's root: the directory of the `go.work` or `go.mod` go uses here.
+/// The oldest go whose test binaries frame their events (`-test.v=test2json`).
+const GO_MINOR_MIN: u32 = 20;
+
+/// The project's root: the directory of the `go.work` or `go.mod` go uses here. Checks that
+/// go is recent enough.
 pub fn project_root() -> anyhow::Result<PathBuf> {
     let out = go()
-        .args(["env", "GOWORK", "GOMOD"])
+        .args(["env", "GOWORK", "GOMOD", "GOVERSION"])
         .stderr(Stdio::inherit())
         .output()
         .map_err(|e| anyhow::anyhow!("run go env (is go installed and on PATH?): {e}"))?;
@@ -62,6 +86,17 @@ pub fn project_root() -> anyhow::Result<PathBuf> {
     let text = String::from_utf8_lossy(&out.stdout);
     let mut lines = text.lines().map(str::trim);
     let (gowork, gomod) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+    let version = lines.next().unwrap_or("");
+    let minor =
+        version.strip_prefix("go1.").and_then(|v| v.split(['.', 'r', 'b']).next()?.parse::<u32>().ok());
+    if minor.is_some_and(|m| m < GO_MINOR_MIN) {
+        anyhow::bail!(
+            "{version} is too old: maelstrom-go-test needs go 1.{GO_MINOR_MIN} or later (its test binaries \
+             report their events, -test.v=test2json), found at {}",
+            std::env::var("MAELSTROM_GO").unwrap_or_else(|_| "go".into())
+        );
+    }
+
     for path in [gowork, gomod] {
         if !path.is_empty() && path != "off" && path != "/dev/null" {
             let root = Path::new(path).parent().unwrap_or(Path::new("/"));
@@ -78,7 +113,8 @@ pub fn project_root() -> anyhow::Result<PathBuf> {
 /// `go list -json` for `patterns` (as `go test` takes them).
 pub fn list_packages(patterns: &[String], flags: &BuildFlags, root: &Path) -> anyhow::Result<Vec<Package>> {
     let mut command = go();
-    command.args(["list", "-json"]);
+    // -e: a package go cannot load is reported, as go test reports it, not the end of the run.
+    command.args(["list", "-e", "-json"]);
     command.args(flags.flags.iter().filter(|f| is_list_flag(f)));
     command.args(patterns);
     let out = command.stderr(Stdio::inherit()).output().map_err(|e| anyhow::anyhow!("run go list: {e}"))?;
@@ -127,6 +163,8 @@ pub struct Build {
     stderr: Option<std::process::ChildStderr>,
     /// Import path → index, for the packages asked for.
     packages: Vec<(String, usize)>,
+    /// Why go could not load a package (`go list -e`), by index.
+    load_errors: Vec<(usize, String)>,
 }
 
 impl std::fmt::Debug for Build {
@@ -147,6 +185,9 @@ struct GoEvent {
     import_path: Option<String>,
     #[serde(default)]
     output: Option<String>,
+    /// On a package's failure: the build (`path [path.test]`) that failed, maybe a dependency.
+    #[serde(default)]
+    failed_build: Option<String>,
 }
 
 /// Kills go and what it started, unless it has ended.
@@ -169,23 +210,35 @@ impl Build {
     /// [`Build::expect`] says which of them are wanted before the build is run.
     pub fn start(patterns: &[String], flags: &BuildFlags, into: &Path) -> anyhow::Result<Self> {
         let helper = std::env::current_exe().map_err(|e| anyhow::anyhow!("find this program: {e}"))?;
+        // go splits -exec's value into words, as a shell would.
+        let helper = format!("'{}'", helper.display().to_string().replace('\'', "'\\''"));
+        // Each set of build flags keeps its own binaries: a -race run beside a plain one
+        // does not swap them under it.
+        let into = into.join(format!("{:016x}", fnv1a(flags.flags.join("\0").as_bytes())));
         let mut command = go();
         // -count=1: go must not answer from its test cache, or the helper is never run.
-        command.args(["test", "-json", "-count=1", "-exec"]).arg(helper).args(&flags.flags).args(patterns);
+        command.args(["test", "-json", "-count=1", "-exec", &helper]).args(&flags.flags).args(patterns);
         let mut child = command
-            .env(EXEC_INTO, into)
+            .env(EXEC_INTO, &into)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| anyhow::anyhow!("run go test: {e}"))?;
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-        Ok(Self { child: Arc::new(Mutex::new(child)), stdout, stderr, packages: Vec::new() })
+        Ok(Self {
+            child: Arc::new(Mutex::new(child)),
+            stdout,
+            stderr,
+            packages: Vec::new(),
+            load_errors: Vec::new(),
+        })
     }
 
-    /// The packages whose binaries are wanted: (index, import path).
-    pub fn expect(&mut self, packages: Vec<(usize, String)>) {
-        self.packages = packages.into_iter().map(|(index, path)| (path, index)).collect();
+    /// The packages whose binaries are wanted: (index, import path, why go cannot load it).
+    pub fn expect(&mut self, packages: Vec<(usize, String, Option<String>)>) {
+        self.load_errors = packages.iter().filter_map(|(i, _, e)| e.clone().map(|e| (*i, e))).collect();
+        self.packages = packages.into_iter().map(|(index, path, _)| (path, index)).collect();
     }
 
     fn index(&self, import_path: &str) -> Option<usize> {
@@ -200,36 +253,58 @@ impl run::Build<Artifact> for Build {
             std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::stderr()));
         }
         let mut handed: Vec<usize> = Vec::new();
-        // Build errors by import path (go 1.24 and later report them as events).
-        let mut errors: Vec<(String, String)> = Vec::new();
+        // What go said of each build (go 1.24 and later: `path [path.test]` → its errors), and
+        // of each package (a setup failure, the helper's own errors).
+        let mut builds: Vec<(String, String)> = Vec::new();
+        let mut said: Vec<(usize, String)> = Vec::new();
+        let append = |list: &mut Vec<(String, String)>, key: &str, text: &str| match list
+            .iter_mut()
+            .find(|(k, _)| k == key)
+        {
+            Some((_, all)) => all.push_str(text),
+            None => list.push((key.to_owned(), text.to_owned())),
+        };
         for line in BufReader::new(stdout).lines() {
             let line = line.map_err(|e| anyhow::anyhow!("read go's output: {e}"))?;
             let Ok(event) = serde_json::from_str::<GoEvent>(&line) else { continue };
             if event.action == "build-output"
                 && let (Some(path), Some(output)) = (&event.import_path, &event.output)
             {
-                let path = path.split(" [").next().unwrap_or(path).to_owned();
-                match errors.iter_mut().find(|(p, _)| *p == path) {
-                    Some((_, text)) => text.push_str(output),
-                    None => errors.push((path, output.clone())),
-                }
+                append(&mut builds, path, output);
                 continue;
             }
             let Some(index) = event.package.as_deref().and_then(|p| self.index(p)) else { continue };
             if handed.contains(&index) {
                 continue;
             }
-            let built = event.output.as_deref().and_then(|o| o.strip_prefix(BUILT)).map(str::trim_end);
-            let binary = match (event.action.as_str(), built) {
-                ("output", Some(path)) => Ok(PathBuf::from(path)),
-                ("fail", _) => {
-                    let package = event.package.as_deref().unwrap_or_default();
-                    let text =
-                        errors.iter().find(|(p, _)| p == package).map(|(_, t)| t.trim_end().to_owned());
-                    Err(format!(
-                        "the package does not build{}",
-                        text.map_or_else(|| " (go's errors are above)".to_owned(), |t| format!(":\n{t}"))
-                    ))
+            let output = event.output.as_deref().unwrap_or_default();
+            let binary = match event.action.as_str() {
+                "output" => match output.strip_prefix(BUILT) {
+                    Some(path) => Ok(PathBuf::from(path.trim_end())),
+                    None => {
+                        match said.iter_mut().find(|(i, _)| *i == index) {
+                            Some((_, all)) => all.push_str(output),
+                            None => said.push((index, output.to_owned())),
+                        }
+                        continue;
+                    }
+                },
+                "fail" => {
+                    let build =
+                        event.failed_build.as_deref().and_then(|b| builds.iter().find(|(k, _)| k == b));
+                    let own = said.iter().find(|(i, _)| *i == index).map(|(_, t)| t.as_str());
+                    let loading = self.load_errors.iter().find(|(i, _)| *i == index).map(|(_, t)| t.as_str());
+                    let text = build
+                        .map(|(_, t)| t.as_str())
+                        .or(own)
+                        .or(loading)
+                        .map(str::trim_end)
+                        .unwrap_or_default();
+                    Err(if text.is_empty() {
+                        "the package does not build (go's errors are above)".to_owned()
+                    } else {
+                        format!("the package does not build:\n{text}")
+                    })
                 }
                 _ => continue,
             };
@@ -275,14 +350,9 @@ impl run::Build<Artifact> for NothingToBuild {
 /// left as it was, with its digest and listing.
 pub fn keep_binary(into: &Path, binary: &Path) -> Result<(), String> {
     let dir = std::env::current_dir().map_err(|e| format!("the package's directory: {e}"))?;
-    let name: String = dir
-        .display()
-        .to_string()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
-        .collect();
     let file = binary.file_name().ok_or_else(|| format!("{}: not a file", binary.display()))?;
-    let keep = into.join(name.trim_start_matches('_')).join(file);
+    // Named by the package's directory, so the same package keeps the same file.
+    let keep = into.join(format!("{:016x}", fnv1a(dir.as_os_str().as_encoded_bytes()))).join(file);
     if let Some(parent) = keep.parent() {
         std::fs::create_dir_all(parent).map_err(|e| format!("create {}: {e}", parent.display()))?;
     }
@@ -297,24 +367,85 @@ pub fn keep_binary(into: &Path, binary: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether two files hold the same bytes.
+/// A stable 64-bit hash (FNV-1a) for cache names.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Bytes compared at a time.
+const COMPARE_CHUNK_BYTES: usize = 1 << 20;
+
+/// The longest a test binary may take to list its tests.
+pub const LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether two files hold the same bytes (read a chunk at a time).
 fn same_contents(a: &Path, b: &Path) -> bool {
-    let same_size = match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(a), Ok(b)) => a.len() == b.len(),
-        _ => false,
-    };
-    same_size && matches!((std::fs::read(a), std::fs::read(b)), (Ok(a), Ok(b)) if a == b)
+    use std::io::Read;
+    let (Ok(mut a), Ok(mut b)) = (std::fs::File::open(a), std::fs::File::open(b)) else { return false };
+    match (a.metadata(), b.metadata()) {
+        (Ok(ma), Ok(mb)) if ma.len() == mb.len() => {}
+        _ => return false,
+    }
+    let (mut x, mut y) = (vec![0u8; COMPARE_CHUNK_BYTES], vec![0u8; COMPARE_CHUNK_BYTES]);
+    loop {
+        let Ok(n) = a.read(&mut x) else { return false };
+        if n == 0 {
+            return true;
+        }
+        if b.read_exact(&mut y[..n]).is_err() || x[..n] != y[..n] {
+            return false;
+        }
+    }
 }
 
 /// A test binary's cases: tests, examples with output, fuzz targets (run on their seed
 /// corpus). Benchmarks are not tests.
+///
+/// The binary runs here, outside any container (its TestMain too), for at most
+/// [`LIST_TIMEOUT`]: a listing that hangs is an error, not a hung run.
 pub fn list_cases(binary: &Path, dir: &Path) -> anyhow::Result<Vec<Listed>> {
-    let out = Command::new(binary)
+    let mut child = Command::new(binary)
         .args(["-test.list", "."])
         .current_dir(dir)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| anyhow::anyhow!("list the tests of {}: {e}", binary.display()))?;
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let (stdout, stderr) = (read(stdout.map(|p| Box::new(p) as _)), read(stderr.map(|p| Box::new(p) as _)));
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) =
+            child.try_wait().map_err(|e| anyhow::anyhow!("wait for {}: {e}", binary.display()))?
+        {
+            break status;
+        }
+        if started.elapsed() > LIST_TIMEOUT {
+            maelstrom_client::kill_tree(child.id() as i32);
+            let _ = child.wait();
+            anyhow::bail!(
+                "list the tests of {}: it took more than {} s (does its TestMain wait for something?)",
+                binary.display(),
+                LIST_TIMEOUT.as_secs()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    let out = std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    };
     if !out.status.success() {
         anyhow::bail!(
             "list the tests of {}: it exited with {}: {}",

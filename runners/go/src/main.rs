@@ -1,7 +1,8 @@
 //! `maelstrom-go-test`: `go test`, with every test in its own container.
 //!
 //! It lists the packages `go test` would test (`go list`), builds each one's test binary with
-//! `go test -c` (a few at once; each runs as soon as it is linked), lists each binary's tests,
+//! one `go test -exec` (in parallel, as go test builds; each runs as soon as it is linked), lists
+//! each binary's tests,
 //! examples and fuzz targets, and runs every selected one as a job: on the embedded worker, or
 //! on a cluster with `--broker`. Outcomes come from the test binary's own events
 //! (`-test.v=test2json`), not from scraped text. The run itself is the runner core's; this file
@@ -30,8 +31,8 @@ use crate::go::{Artifact, BuildFlags, Package};
 const SPEC_FILE: &str = "maelstrom-go-test.toml";
 const DEFAULT_SPEC: &str = include_str!("default-spec.toml");
 
-/// SIGQUIT, on Linux.
-const SIGQUIT: i32 = 3;
+/// What go test sends a test at its timeout, so it dumps its goroutines.
+const SIGQUIT: i32 = libc::SIGQUIT;
 
 /// How long a timed-out test has to dump its goroutines before it is killed.
 const TIMEOUT_GRACE_MS: u64 = 2000;
@@ -115,11 +116,11 @@ enum GoFlag {
     Value(&'static str),
     /// Becomes `--<ours>`.
     Switch(&'static str),
-    /// A build flag with a value, passed to go test -c as given.
+    /// A build flag with a value, passed to the build as given.
     BuildValue,
     /// A build flag without a value.
     BuildSwitch,
-    /// Accepted, and changes nothing here (`-count=1`: nothing is cached anyway).
+    /// Repeats (`-count=1`, go's way of skipping its test cache, is a no-op: nothing is cached).
     Count,
     /// A duration: every test's timeout.
     Timeout,
@@ -183,8 +184,18 @@ fn translate(args: Vec<String>) -> Result<Vec<String>, String> {
             Some((name, value)) => (name, Some(value.to_owned())),
             None => (&arg[1..], None),
         };
+        if name == "args" {
+            // go test's own way of saying: the rest is for the test binary.
+            out.push("--".to_owned());
+            out.extend(args.by_ref());
+            break;
+        }
         let Some(&(_, flag)) = GO_FLAGS.iter().find(|(n, _)| *n == name) else {
-            if SHORT_WITH_VALUE.contains(&arg[1..2]) && !arg[1..].chars().all(|c| c.is_ascii_alphabetic()) {
+            // Our own one-letter option with its value attached (`-r3`, `-ifoo`), never a
+            // `-name=value`, which is go's.
+            let first = name.chars().next().unwrap_or('-');
+            let attached = !arg[1..].contains('=') && !name.chars().all(|c| c.is_ascii_alphabetic());
+            if SHORT_WITH_VALUE.contains(first) && attached {
                 out.push(arg);
                 continue;
             }
@@ -207,7 +218,7 @@ fn translate(args: Vec<String>) -> Result<Vec<String>, String> {
             (false, None) => None,
         };
         match flag {
-            GoFlag::Value(ours) => out.extend([format!("--{ours}"), value.unwrap_or_default()]),
+            GoFlag::Value(ours) => out.push(format!("--{ours}={}", value.unwrap_or_default())),
             GoFlag::Switch(ours) => out.push(format!("--{ours}")),
             GoFlag::BuildValue => out.push(format!("--go-build-flag=-{name}={}", value.unwrap_or_default())),
             GoFlag::BuildSwitch => out.push(format!("--go-build-flag=-{name}")),
@@ -313,14 +324,13 @@ fn main() -> ExitCode {
     run::main(&APP, &cli.runner, |config| GoTest::new(&cli, config))
 }
 
-/// go as a test framework: a module's packages, each built with `go test -c`.
+/// go as a test framework: a module's packages, built as `go test` builds them.
 struct GoTest {
     root: PathBuf,
     packages: Vec<Package>,
     flags: BuildFlags,
-    /// `-run`, split at its first unbracketed `/`: the top-level pattern and the rest.
-    run: Option<(regex::Regex, String, Option<String>)>,
-    skip: Option<(regex::Regex, String)>,
+    run: Option<GoPattern>,
+    skip: Option<GoPattern>,
     short: bool,
     fullpath: bool,
     verbose: bool,
@@ -333,7 +343,7 @@ struct GoTest {
 
 impl std::fmt::Debug for GoTest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GoSettings")
+        f.debug_struct("GoTest")
             .field("build_flags", &self.flags.flags)
             .field("short", &self.short)
             .field("fullpath", &self.fullpath)
@@ -342,18 +352,87 @@ impl std::fmt::Debug for GoTest {
     }
 }
 
-/// Splits a `-run` pattern at its first `/` outside brackets and parentheses.
-fn split_run(pattern: &str) -> (&str, Option<&str>) {
-    let mut depth = 0i32;
-    for (i, c) in pattern.char_indices() {
+/// A `-run` or `-skip` pattern, split as go splits it: alternatives at the top level (`|`), each
+/// a path of elements (`/`), each a regular expression for the test at that depth.
+#[derive(Debug)]
+struct GoPattern {
+    text: String,
+    /// Each alternative: its first element (matched against top-level tests), and the rest.
+    alternatives: Vec<(regex::Regex, Vec<String>)>,
+}
+
+impl GoPattern {
+    /// `None` for an empty pattern, which selects nothing out (as go takes it).
+    fn new(flag: &str, text: &str) -> anyhow::Result<Option<Self>> {
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let alternatives = split_go(text)
+            .into_iter()
+            .map(|elements| {
+                let mut elements = elements.into_iter();
+                let first = elements.next().unwrap_or_default();
+                let regex = regex::Regex::new(&first).map_err(|e| anyhow::anyhow!("{flag} {text:?}: {e}"))?;
+                Ok((regex, elements.collect()))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Some(Self { text: text.to_owned(), alternatives }))
+    }
+
+    /// The alternatives whose first element matches top-level test `name`.
+    fn matching<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [String]> + 'a {
+        self.alternatives
+            .iter()
+            .filter(move |(first, _)| first.is_match(name))
+            .map(|(_, rest)| rest.as_slice())
+    }
+
+    /// `-test.run` for one top-level test: `^Name$`, and what the pattern asks of its subtests.
+    fn for_test(&self, name: &str) -> String {
+        let own = format!("^{}$", regex::escape(name));
+        let rests: Vec<&[String]> = self.matching(name).collect();
+        if rests.is_empty() || rests.iter().any(|rest| rest.is_empty()) {
+            return own;
+        }
+        rests.iter().map(|rest| format!("{own}/{}", rest.join("/"))).collect::<Vec<_>>().join("|")
+    }
+}
+
+/// Splits a go test pattern as go's testing package does: alternatives at `|`, elements at
+/// `/`, both outside brackets and parentheses; a backslash escapes the next character.
+fn split_go(pattern: &str) -> Vec<Vec<String>> {
+    let (mut alternatives, mut elements, mut current) = (Vec::new(), Vec::new(), String::new());
+    let (mut brackets, mut parens) = (0usize, 0i32);
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
         match c {
-            '[' | '(' => depth += 1,
-            ']' | ')' => depth -= 1,
-            '/' if depth == 0 => return (&pattern[..i], Some(&pattern[i + 1..])),
+            '[' => brackets += 1,
+            ']' => brackets = brackets.saturating_sub(1),
+            '(' if brackets == 0 => parens += 1,
+            ')' if brackets == 0 => parens -= 1,
+            '\\' => {
+                current.push(c);
+                if let Some(next) = chars.next() {
+                    current.push(next);
+                }
+                continue;
+            }
+            '/' if brackets == 0 && parens == 0 => {
+                elements.push(std::mem::take(&mut current));
+                continue;
+            }
+            '|' if brackets == 0 && parens == 0 => {
+                elements.push(std::mem::take(&mut current));
+                alternatives.push(std::mem::take(&mut elements));
+                continue;
+            }
             _ => {}
         }
+        current.push(c);
     }
-    (pattern, None)
+    elements.push(current);
+    alternatives.push(elements);
+    alternatives
 }
 
 impl GoTest {
@@ -369,21 +448,13 @@ impl GoTest {
         {
             flags.flags.push(format!("-vet={vet}"));
         }
-        let pattern = cli.list.as_ref().or(cli.run.as_ref());
-        let run = match pattern {
-            Some(pattern) => {
-                let (top, rest) = split_run(pattern);
-                let regex = regex::Regex::new(top).map_err(|e| anyhow::anyhow!("-run {pattern:?}: {e}"))?;
-                Some((regex, pattern.clone(), rest.map(str::to_owned)))
-            }
-            None => None,
+        let run = match (&cli.list, &cli.run) {
+            (Some(list), _) => GoPattern::new("-list", list)?,
+            (None, Some(run)) => GoPattern::new("-run", run)?,
+            (None, None) => None,
         };
         let skip = match &cli.skip {
-            Some(pattern) => {
-                let (top, _) = split_run(pattern);
-                let regex = regex::Regex::new(top).map_err(|e| anyhow::anyhow!("-skip {pattern:?}: {e}"))?;
-                Some((regex, pattern.clone()))
-            }
+            Some(skip) => GoPattern::new("-skip", skip)?,
             None => None,
         };
         let mut this = Self {
@@ -419,9 +490,6 @@ impl GoTest {
             *this.early_build.borrow_mut() = Some(go::Build::start(&patterns, &this.flags, &into)?);
         }
         this.packages = go::list_packages(&patterns, &this.flags, &this.root)?;
-        if let Some(broken) = this.packages.iter().find_map(|p| p.error.as_ref().map(|e| (p, e))) {
-            anyhow::bail!("package {}: {}", broken.0.import_path, broken.1.err.trim());
-        }
         Ok(this)
     }
 
@@ -431,12 +499,9 @@ impl GoTest {
 
     /// Whether `-run` and `-skip` let a top-level case through.
     fn runs(&self, case: &str) -> bool {
-        let run = self.run.as_ref().is_none_or(|(regex, _, _)| regex.is_match(case));
-        // A -skip with a subtest part skips subtests, not the whole case.
-        let skipped = self
-            .skip
-            .as_ref()
-            .is_some_and(|(regex, pattern)| split_run(pattern).1.is_none() && regex.is_match(case));
+        let run = self.run.as_ref().is_none_or(|run| run.matching(case).next().is_some());
+        // A -skip alternative with a subtest part skips subtests, not the whole case.
+        let skipped = self.skip.as_ref().is_some_and(|skip| skip.matching(case).any(<[String]>::is_empty));
         run && !skipped
     }
 }
@@ -510,9 +575,21 @@ impl Framework for GoTest {
         );
         let mut build = Vec::new();
         for package in packages {
-            let index = self.packages.iter().position(|p| std::ptr::eq(p, *package)).unwrap_or(0);
-            if package.has_tests() {
-                build.push((index, package.import_path.clone()));
+            let index = self
+                .packages
+                .iter()
+                .position(|p| std::ptr::eq(p, *package))
+                .expect("INVARIANT: the core builds packages from Framework::packages");
+            // A package go cannot load is built too: go test says why, and it fails alone.
+            if package.has_tests() || package.is_broken() {
+                let why = package
+                    .error
+                    .iter()
+                    .chain(&package.deps_errors)
+                    .map(|e| e.err.trim())
+                    .collect::<Vec<_>>();
+                let why = (!why.is_empty()).then(|| why.join("\n"));
+                build.push((index, package.import_path.clone(), why));
             } else {
                 // As go test reports it.
                 eprintln!("?   \t{}\t[no test files]", package.import_path);
@@ -525,7 +602,7 @@ impl Framework for GoTest {
         let mut started = match early.filter(|_| all) {
             Some(build) => build,
             None => {
-                let paths: Vec<String> = build.iter().map(|(_, path)| path.clone()).collect();
+                let paths: Vec<String> = build.iter().map(|(_, path, _)| path.clone()).collect();
                 go::Build::start(&paths, &self.flags, &state.join("cache/test-binaries"))?
             }
         };
@@ -572,9 +649,15 @@ impl Framework for GoTest {
         let package = self.package(artifact);
         let Ok(binary) = &artifact.binary else { return CaseJob::default() };
         let executable = binary.display().to_string();
-        // The package's own directory where it lies outside the project (a standard library
-        // package tested from elsewhere).
-        let tree = if package.dir.starts_with(&self.root) { &self.root } else { &package.dir };
+        // Its module's files (a go.work's modules each have their own), else the project's, or
+        // just the package's own directory where it lies outside both.
+        let module =
+            package.module.as_ref().and_then(|m| m.dir.as_ref()).filter(|d| package.dir.starts_with(d));
+        let tree = match module {
+            Some(module) => module,
+            None if package.dir.starts_with(&self.root) => &self.root,
+            None => &package.dir,
+        };
         let mut layers = vec![LayerSpec::Tree {
             tree: tree.display().to_string(),
             exclude: vec![self.state_dir().display().to_string()],
@@ -590,21 +673,24 @@ impl Framework for GoTest {
             paths: vec![executable],
             prefix: PrefixOptions { strip_prefix: strip, ..PrefixOptions::default() },
         });
-        let mut run = format!("^{}$", regex::escape(case));
-        if let Some((_, _, Some(rest))) = &self.run {
-            run.push('/');
-            run.push_str(rest);
-        }
+        let run = match &self.run {
+            Some(run) => run.for_test(case),
+            None => format!("^{}$", regex::escape(case)),
+        };
         let mut arguments = vec![
-            "-test.run".to_owned(),
-            run,
+            format!("-test.run={run}"),
             "-test.v=test2json".to_owned(),
             "-test.timeout=0".to_owned(),
+            // As go test passes it: a test that exits 0 on its own has not passed.
+            "-test.paniconexit0".to_owned(),
             format!("-test.short={}", self.short),
-            format!("-test.fullpath={}", self.fullpath),
         ];
-        if let Some((_, pattern)) = &self.skip {
-            arguments.extend(["-test.skip".to_owned(), pattern.clone()]);
+        if self.fullpath {
+            // Known to go 1.21 and later only.
+            arguments.push("-test.fullpath=true".to_owned());
+        }
+        if let Some(skip) = &self.skip {
+            arguments.push(format!("-test.skip={}", skip.text));
         }
         arguments.extend(self.extra_args.iter().cloned());
         let file = binary.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
@@ -628,7 +714,9 @@ impl Framework for GoTest {
             reporter: self.json.then(|| Box::new(events::JsonReporter::default()) as _),
             parts: Some(Box::new(|case, stdout| events::subtests(&case.name, stdout))),
             trim: Box::new(|_, stdout| events::trim(stdout)),
-            judge: Some(Box::new(|case, ended, stdout| events::verdict(&case.name, ended, stdout))),
+            judge: Some(Box::new(|case, ended, stdout| {
+                events::verdict(&case.name, ended, &stdout.bytes, stdout.cut > 0)
+            })),
             quiet_exit_codes: &[1],
             no_test_marker: None,
         }
@@ -654,7 +742,7 @@ mod tests {
     fn go_flags_become_ours() {
         assert_eq!(
             args(&["-run", "TestX/case_1", "-short", "-count=3", "./...", "-timeout", "1m30s"]).unwrap(),
-            ["--go-run", "TestX/case_1", "--go-short", "--repeat", "3", "./...", "--timeout", "90"]
+            ["--go-run=TestX/case_1", "--go-short", "--repeat", "3", "./...", "--timeout", "90"]
         );
         assert_eq!(
             args(&["-tags=integration", "-race", "-failfast", "-v", "-r", "2"]).unwrap(),
@@ -672,13 +760,18 @@ mod tests {
             args(&["-i", "name.equals(-run)", "--", "-test.parallel", "4"]).unwrap()[1],
             "name.equals(-run)"
         );
-        assert_eq!(args(&["-r3", "-run=^TestA$"]).unwrap(), ["-r3", "--go-run", "^TestA$"]);
+        assert_eq!(args(&["-r3", "-run=^TestA$"]).unwrap(), ["-r3", "--go-run=^TestA$"]);
+        assert_eq!(args(&["-run", "-x"]).unwrap(), ["--go-run=-x"], "a value may start with a dash");
+        assert_eq!(args(&["./...", "-args", "-v"]).unwrap(), ["./...", "--", "-v"]);
     }
 
     #[test]
     fn unknown_go_flags_are_named() {
         let error = args(&["-bench", "."]).unwrap_err();
         assert!(error.starts_with("-bench: not a flag maelstrom-go-test takes"), "{error}");
+        for go_only in ["-bench=.", "-coverprofile=c.out", "-test.run=X", "-é"] {
+            assert!(args(&[go_only]).is_err(), "{go_only} is refused by name, not taken as one of ours");
+        }
         assert_eq!(args(&["-count", "0"]).unwrap_err(), "-count 0: must be at least 1");
         assert_eq!(args(&["-shuffle=on", "./..."]).unwrap(), ["./..."]);
         assert!(args(&["-shuffle", "sometimes"]).unwrap_err().contains("expected off, on or a seed"));
@@ -693,7 +786,13 @@ mod tests {
         assert_eq!(go_duration_seconds("1.5s"), Some(2));
         assert_eq!(go_duration_seconds("0"), Some(0));
         assert_eq!(go_duration_seconds("10"), None);
-        assert_eq!(split_run("TestX/case_1"), ("TestX", Some("case_1")));
-        assert_eq!(split_run("Test[/]X"), ("Test[/]X", None));
+        assert_eq!(split_go("TestX/case_1"), [vec!["TestX", "case_1"]]);
+        assert_eq!(split_go("Test[/]X"), [vec!["Test[/]X"]]);
+        assert_eq!(split_go("TestA|TestB/x"), [vec!["TestA"], vec!["TestB", "x"]]);
+        assert_eq!(split_go("(A|B)/c\\/d"), [vec!["(A|B)", "c\\/d"]]);
+        let run = GoPattern::new("-run", "TestA|TestB/x|TestB/y").unwrap().unwrap();
+        assert_eq!(run.for_test("TestA"), "^TestA$");
+        assert_eq!(run.for_test("TestB"), "^TestB$/x|^TestB$/y");
+        assert!(GoPattern::new("-skip", "").unwrap().is_none(), "an empty pattern skips nothing");
     }
 }

@@ -108,6 +108,10 @@ fn the_table_holds_standalone() {
     assert!(stdout.contains("got:\ngoodbye\nwant:\nhello"), "an example's output is compared:\n{stdout}");
     assert!(!stdout.contains("BenchmarkParse") && !stdout.contains("TestNested"), "{stdout}");
     assert!(stderr.contains("?   \texample.com/fixture/notests\t[no test files]"), "{stderr}");
+    assert!(
+        stdout.contains("cannot use \"not a number\""),
+        "a package that does not build says why:\n{stdout}"
+    );
 }
 
 #[test]
@@ -132,7 +136,7 @@ fn go_test_flags() {
     }
     let fixture = fixture();
     // -run with a subtest path: only the good subtest runs, so the test passes.
-    let out = fixture.run(&["-run", "TestSubtests/good", "./..."]);
+    let out = fixture.run(&["-run", "TestSubtests/good"]);
     let got = runners::statuses(&text(&out.stdout));
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got["example.com/fixture TestSubtests"], "OK");
@@ -164,7 +168,7 @@ fn go_test_flags() {
     let out = fixture.run(&["--list-packages", "./..."]);
     assert_eq!(
         text(&out.stdout),
-        "example.com/fixture\nexample.com/fixture/notests\nexample.com/fixture/withmain\n"
+        "example.com/fixture\nexample.com/fixture/broken\nexample.com/fixture/notests\nexample.com/fixture/withmain\n"
     );
 
     // The filter language's selectors.
@@ -174,6 +178,8 @@ fn go_test_flags() {
         got.keys().collect::<Vec<_>>(),
         [
             "example.com/fixture TestPasses",
+            // It might have had a TestPasses: it was built, and it does not build.
+            "example.com/fixture/broken",
             "example.com/fixture/withmain TestReadsModuleTestdata",
             "example.com/fixture/withmain TestSawMain"
         ]
@@ -223,8 +229,14 @@ fn mistakes_get_one_clear_line() {
     let out = fixture.run(&["-bench", "."]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).starts_with("maelstrom-go-test: -bench: not a flag maelstrom-go-test takes"));
+    // A pattern that names nothing fails, as under go test, with go's reason.
     let out = fixture.run(&["./nowhere/..."]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("ERR") && stdout.contains("lstat ./nowhere/: no such file or directory"),
+        "{stdout}"
+    );
     let out = fixture.run(&["-i", "nmae.eq(x)"]);
     assert!(
         text(&out.stderr).contains("--include \"nmae.eq(x)\": column 1: unknown compound selector `nmae`"),

@@ -32,6 +32,9 @@ const OUTPUT_CHUNK_BYTES: usize = 64 << 10;
 /// How long to keep reading a job's output after it exited.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
 
+/// The highest signal number a timeout warning may name (Linux's SIGRTMAX).
+const SIGNAL_MAX: i32 = 64;
+
 /// Submission-queue entries of the ring.
 const RING_ENTRIES: u32 = 256;
 
@@ -473,7 +476,8 @@ impl EventLoop {
                 2 => Kind::Exit,
                 3 => Kind::Deadline,
                 4 => Kind::Drain,
-                _ => Kind::Grace,
+                5 => Kind::Grace,
+                _ => return,
             };
             self.job_event(id, kind, completion);
         }
@@ -598,7 +602,10 @@ impl EventLoop {
             (Kind::Deadline, _) if completion.result == -libc::ETIME => {
                 running.timed_out = true;
                 match running.warning {
-                    Some(warning) if running.job.signal(warning.signal).is_ok() => {
+                    Some(warning)
+                        if (1..=SIGNAL_MAX).contains(&warning.signal)
+                            && running.job.signal(warning.signal).is_ok() =>
+                    {
                         let grace = warning.grace_ms.min(maelstrom_wire::cluster::TIMEOUT_GRACE_MS_MAX);
                         self.ring.timeout(job_token(id, Kind::Grace), Duration::from_millis(grace));
                         running.timers.push(Kind::Grace);
