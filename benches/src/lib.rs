@@ -1,5 +1,6 @@
-//! Shared pieces of the benches: the trivial container every startup bench spawns, and the
-//! unisolated floor it is compared against.
+//! Shared pieces of the benches: the trivial container every startup bench spawns, the
+//! unisolated floor it is compared against, and what the suite benches share (a binary of
+//! this workspace, a timed command, medians).
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, OwnedFd};
@@ -66,4 +67,43 @@ impl TrivialContainer {
         job.wait().map_err(maelstrom_container::SpawnError::Pipes)?;
         Ok(())
     }
+}
+
+/// This workspace's binary `name` (of package `package`): `given` if the user named one (made
+/// absolute: the benches run commands elsewhere), else beside this bench, built first if cargo
+/// is at hand.
+pub fn workspace_binary(given: Option<&std::path::Path>, package: &str, name: &str) -> std::path::PathBuf {
+    if let Some(binary) = given {
+        return std::path::absolute(binary).expect("the binary's absolute path");
+    }
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--release", "--quiet", "-p", package])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build of {package} failed");
+    }
+    std::env::current_exe().expect("our own path").with_file_name(name)
+}
+
+/// Runs a command in `dir`; its wall time, exit code and stdout.
+pub fn timed_in(
+    mut command: std::process::Command,
+    dir: &std::path::Path,
+) -> (std::time::Duration, Option<i32>, String) {
+    let start = std::time::Instant::now();
+    let out = command
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .expect("run");
+    (start.elapsed(), out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The median (the upper one of an even count).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }

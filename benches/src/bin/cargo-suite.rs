@@ -8,11 +8,13 @@
 //! `cargo-suite: tests=<n> maelstrom_s=<s> nextest_s=<s|n/a> cargo_test_s=<s> ratio_vs_nextest=<r|n/a>
 //! ratio_vs_cargo_test=<r>`
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
 
 use clap::Parser;
+use maelstrom_benches::{median, timed_in, workspace_binary};
+use maelstrom_testbins::runners::copy_tree;
 
 #[derive(Parser, Debug)]
 #[command(about = "Time a crate's tests under cargo maelstrom, cargo nextest and cargo test")]
@@ -30,61 +32,16 @@ struct Args {
     in_place: bool,
 }
 
-/// Copies a directory tree, leaving out `target` directories and `.git`.
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("{}: {e}", from.display())) {
-        let entry = entry.expect("an entry");
-        let target = to.join(entry.file_name());
-        let kind = entry.file_type().expect("a type");
-        if kind.is_dir() {
-            if entry.file_name() != "target" && entry.file_name() != ".git" {
-                copy_tree(&entry.path(), &target);
-            }
-        } else if kind.is_file() {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
-}
-
 fn cargo() -> Command {
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     command.env_remove("CARGO_TARGET_DIR");
     command
 }
 
-fn cargo_maelstrom(args: &Args) -> PathBuf {
-    if let Some(binary) = &args.binary {
-        // The commands run in the crate's directory: a relative path would not be found there.
-        return std::path::absolute(binary).expect("the binary's absolute path");
-    }
-    if std::env::var_os("CARGO").is_some() {
-        let status = cargo()
-            .args(["build", "--release", "--quiet", "-p", "cargo-maelstrom"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build of cargo-maelstrom failed");
-    }
-    std::env::current_exe().expect("our own path").with_file_name("cargo-maelstrom")
-}
-
-/// Runs a command in the crate; its wall time, exit code and stdout.
-fn timed(mut command: Command, dir: &Path) -> (Duration, Option<i32>, String) {
-    let start = Instant::now();
-    let out = command.current_dir(dir).stdin(Stdio::null()).stderr(Stdio::null()).output().expect("run");
-    (start.elapsed(), out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 fn main() {
     let args = Args::parse();
     let source = std::fs::canonicalize(&args.path).unwrap_or_else(|e| panic!("{}: {e}", args.path.display()));
-    let binary = cargo_maelstrom(&args);
+    let binary = workspace_binary(args.binary.as_deref(), "cargo-maelstrom", "cargo-maelstrom");
     let has_nextest = cargo().args(["nextest", "--version"]).output().is_ok_and(|o| o.status.success());
     if !has_nextest {
         eprintln!("cargo-nextest is not installed (cargo install cargo-nextest --locked): not measured");
@@ -112,21 +69,21 @@ fn main() {
         command
     };
     // Warm: the build, and each runner's own caches.
-    timed(cargo_test(), &dir);
+    timed_in(cargo_test(), &dir);
     if has_nextest {
-        timed(nextest(), &dir);
+        timed_in(nextest(), &dir);
     }
-    timed(maelstrom(), &dir);
+    timed_in(maelstrom(), &dir);
     let (mut m, mut n, mut c) = (Vec::new(), Vec::new(), Vec::new());
     let mut tests = 0;
     for round in 0..args.rounds {
-        let (took, code, stdout) = timed(maelstrom(), &dir);
+        let (took, code, stdout) = timed_in(maelstrom(), &dir);
         tests = stdout.lines().filter(|l| l.contains(". OK ") || l.contains(". FAIL ")).count();
         m.push(took.as_secs_f64());
         let (nextest_took, nextest_code, _) =
-            if has_nextest { timed(nextest(), &dir) } else { (Duration::ZERO, None, String::new()) };
+            if has_nextest { timed_in(nextest(), &dir) } else { (Duration::ZERO, None, String::new()) };
         n.push(nextest_took.as_secs_f64());
-        let (cargo_took, cargo_code, _) = timed(cargo_test(), &dir);
+        let (cargo_took, cargo_code, _) = timed_in(cargo_test(), &dir);
         c.push(cargo_took.as_secs_f64());
         eprintln!(
             "round {round}: maelstrom {:.3}s (exit {code:?}), nextest {:.3}s (exit {nextest_code:?}), cargo test {:.3}s (exit {cargo_code:?})",

@@ -5,11 +5,11 @@
 //! Ends with exactly one line:
 //! `go-suite: tests=<n> maelstrom_s=<s> go_test_s=<s> ratio=<r>`
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::Command;
 
 use clap::Parser;
+use maelstrom_benches::{median, timed_in, workspace_binary};
 
 #[derive(Parser, Debug)]
 #[command(about = "Time a Go module's tests under maelstrom-go-test and go test -count=1")]
@@ -26,37 +26,10 @@ struct Args {
     binary: Option<PathBuf>,
 }
 
-fn maelstrom_go_test(args: &Args) -> PathBuf {
-    if let Some(binary) = &args.binary {
-        return std::path::absolute(binary).expect("the binary's absolute path");
-    }
-    if let Some(cargo) = std::env::var_os("CARGO") {
-        let status = Command::new(cargo)
-            .args(["build", "--release", "--quiet", "-p", "maelstrom-go-test"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build of maelstrom-go-test failed");
-    }
-    std::env::current_exe().expect("our own path").with_file_name("maelstrom-go-test")
-}
-
-/// Runs a command in the module; its wall time, exit code and stdout.
-fn timed(mut command: Command, dir: &Path) -> (Duration, Option<i32>, String) {
-    let start = Instant::now();
-    let out = command.current_dir(dir).stdin(Stdio::null()).stderr(Stdio::null()).output().expect("run");
-    (start.elapsed(), out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 fn main() {
     let args = Args::parse();
     let dir = std::fs::canonicalize(&args.dir).unwrap_or_else(|e| panic!("{}: {e}", args.dir.display()));
-    let binary = maelstrom_go_test(&args);
+    let binary = workspace_binary(args.binary.as_deref(), "maelstrom-go-test", "maelstrom-go-test");
     let packages = if args.packages.is_empty() { vec!["./...".to_owned()] } else { args.packages.clone() };
     let maelstrom = || {
         let mut command = Command::new(&binary);
@@ -69,8 +42,8 @@ fn main() {
         command
     };
     // Warm: go's build cache, the test binaries, the layer cache, the listings.
-    timed(go_test(), &dir);
-    let (_, _, first) = timed(maelstrom(), &dir);
+    timed_in(go_test(), &dir);
+    let (_, _, first) = timed_in(maelstrom(), &dir);
     let failed: Vec<&str> = first.lines().filter(|l| l.contains(". FAIL ") || l.contains(". ERR ")).collect();
     if !failed.is_empty() {
         eprintln!("not passing under maelstrom-go-test:\n  {}", failed.join("\n  "));
@@ -79,11 +52,11 @@ fn main() {
     let mut tests = 0;
     for round in 0..args.rounds.max(1) {
         let (ours, theirs) = if round % 2 == 0 {
-            let ours = timed(maelstrom(), &dir);
-            (ours, timed(go_test(), &dir))
+            let ours = timed_in(maelstrom(), &dir);
+            (ours, timed_in(go_test(), &dir))
         } else {
-            let theirs = timed(go_test(), &dir);
-            (timed(maelstrom(), &dir), theirs)
+            let theirs = timed_in(go_test(), &dir);
+            (timed_in(maelstrom(), &dir), theirs)
         };
         tests = ours
             .2

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hdrhistogram::Histogram;
+use maelstrom_benches::median;
 
 #[derive(Parser, Debug)]
 #[command(about = "Measure maelstrom-run against the same executions without isolation")]
@@ -65,11 +66,6 @@ fn timed(mut command: Command, stdin: Option<&[u8]>) -> Duration {
     let elapsed = start.elapsed();
     assert!(out.status.success(), "{command:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     elapsed
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 fn run_command(binary: &Path, cache: &Path, file: &Path, one: bool) -> Command {
