@@ -115,7 +115,11 @@ pub fn list_packages(patterns: &[String], flags: &BuildFlags, root: &Path) -> an
     let mut command = go();
     // -e: a package go cannot load is reported, as go test reports it, not the end of the run.
     // Only the fields read: the others (staleness above all) cost go several times more.
-    command.args(["list", "-e", "-json=Dir,ImportPath,Name,TestGoFiles,XTestGoFiles,Error,DepsErrors,Module"]);
+    command.args([
+        "list",
+        "-e",
+        "-json=Dir,ImportPath,Name,TestGoFiles,XTestGoFiles,Error,DepsErrors,Module",
+    ]);
     command.args(flags.flags.iter().filter(|f| is_list_flag(f)));
     command.args(patterns);
     let out = command.stderr(Stdio::inherit()).output().map_err(|e| anyhow::anyhow!("run go list: {e}"))?;
