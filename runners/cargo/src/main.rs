@@ -422,13 +422,17 @@ impl Framework for Cargo {
         }
     }
 
-    /// What every cargo test gets: its package's files (with the package as working directory),
+    /// What every cargo test gets: its workspace's files (with the package as working directory),
     /// its shared libraries, the binary at `/`, and the variables cargo sets for tests.
     fn case_job(&self, artifact: &Artifact, case: &str, settings: &TestSettings) -> CaseJob {
         let executable = artifact.executable.display().to_string();
         let Some(package) = self.package_of(artifact) else { return CaseJob::default() };
+        // The workspace's files at their own paths (a test may read `../shared/data`), or the
+        // package's own directory where it lies outside the workspace's.
+        let root = &self.metadata.workspace_root;
+        let tree = if package.dir().starts_with(root) { root.as_path() } else { package.dir() };
         let mut layers = vec![LayerSpec::Tree {
-            tree: package.dir().display().to_string(),
+            tree: tree.display().to_string(),
             exclude: vec![self.target_dir.display().to_string()],
         }];
         if settings.include_shared_libraries {
