@@ -11,9 +11,9 @@
 //! Ends with exactly one line:
 //! `cluster: dispatch_per_s=<n> e2e_jobs_per_s=<n> standalone_jobs_per_s=<n> lost=<n>`
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -119,16 +119,6 @@ fn bin_dir(args: &Args) -> PathBuf {
     std::env::current_exe().expect("our own path").parent().expect("a directory").to_owned()
 }
 
-/// Kills the child when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Median jobs/s of the cluster and of standalone mode, and the jobs lost in all runs.
 fn end_to_end(args: &Args) -> (f64, f64, usize) {
     let bins = bin_dir(args);
@@ -138,37 +128,8 @@ fn end_to_end(args: &Args) -> (f64, f64, usize) {
     let per_worker = args.worker_slots.unwrap_or(cores);
     let standalone_slots = if args.worker_slots.is_some() { per_worker * 2 } else { cores };
 
-    let mut broker = Command::new(bins.join("maelstrom-broker"))
-        .args(["--config-file", "-", "--cache-root"])
-        .arg(dir.path().join("broker"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the broker");
-    let mut line = String::new();
-    BufReader::new(broker.stdout.take().expect("piped")).read_line(&mut line).expect("the broker's address");
-    let _broker = Process(broker);
-    let port = line.trim().rsplit(':').next().expect("a port").to_owned();
-    let address = format!("127.0.0.1:{port}");
-    let _workers: Vec<Process> = (0..2)
-        .map(|n| {
-            let child = Command::new(bins.join("maelstrom-worker"))
-                .args([
-                    "--config-file",
-                    "-",
-                    "--broker",
-                    &address,
-                    "--slots",
-                    &per_worker.to_string(),
-                    "--cache-root",
-                ])
-                .arg(dir.path().join(format!("worker-{n}")))
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start a worker");
-            Process(child)
-        })
-        .collect();
+    let cluster = maelstrom_testbins::runners::Cluster::start_with(&bins, 2, per_worker);
+    let address = cluster.address.clone();
     wait_for_workers(&bins, &address, 2);
 
     let run = |broker: bool, jobs: usize| -> (Duration, usize) {

@@ -75,18 +75,23 @@ impl Drop for Killed {
     }
 }
 
-/// A broker and one worker with 2 slots, on 127.0.0.1, until dropped.
+/// A broker and its workers on 127.0.0.1, until dropped.
 #[derive(Debug)]
 pub struct Cluster {
     pub address: String,
     _broker: Killed,
-    _worker: Killed,
+    _workers: Vec<Killed>,
     _dir: tempfile::TempDir,
 }
 
 impl Cluster {
-    /// Starts `maelstrom-broker` and `maelstrom-worker` from `bin_dir`.
+    /// Starts `maelstrom-broker` and one `maelstrom-worker` with 2 slots, from `bin_dir`.
     pub fn start(bin_dir: &Path) -> Self {
+        Self::start_with(bin_dir, 1, 2)
+    }
+
+    /// Starts `maelstrom-broker` and `workers` workers of `slots` slots each, from `bin_dir`.
+    pub fn start_with(bin_dir: &Path, workers: usize, slots: usize) -> Self {
         let dir = tempfile::tempdir().expect("a temp dir");
         let mut broker = Command::new(bin_dir.join("maelstrom-broker"))
             .args(["--config-file", "-", "--cache-root"])
@@ -101,15 +106,20 @@ impl Cluster {
             .expect("its address");
         let broker = Killed(broker);
         let address = format!("127.0.0.1:{}", line.trim().rsplit(':').next().expect("a port"));
-        let worker = Killed(
-            Command::new(bin_dir.join("maelstrom-worker"))
-                .args(["--config-file", "-", "--broker", &address, "--slots", "2", "--cache-root"])
-                .arg(dir.path().join("worker"))
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start the worker"),
-        );
-        Self { address, _broker: broker, _worker: worker, _dir: dir }
+        let workers = (0..workers)
+            .map(|n| {
+                Killed(
+                    Command::new(bin_dir.join("maelstrom-worker"))
+                        .args(["--config-file", "-", "--broker", &address, "--slots", &slots.to_string()])
+                        .arg("--cache-root")
+                        .arg(dir.path().join(format!("worker-{n}")))
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .expect("start a worker"),
+                )
+            })
+            .collect();
+        Self { address, _broker: broker, _workers: workers, _dir: dir }
     }
 }
 
