@@ -608,11 +608,15 @@ pub(crate) struct NetnsArgs {
     pub(crate) netns: c_int,
     pub(crate) sockstat: c_int,
     pub(crate) sockstat6: c_int,
+    /// /proc/net/{dev,snmp,snmp6,ip6_flowlabel}: counters and flow labels, which must read
+    /// as they did when the namespace was new (-1 where IPv6 is off).
+    pub(crate) traces: [c_int; 4],
     pub(crate) failure: Option<Failure>,
 }
 
 /// Entry point of a network-namespace maker: joins the owner user namespace, unshares a network
-/// namespace, brings `lo` up if asked, and leaves fds to the namespace and its socket counters.
+/// namespace, brings `lo` up if asked, and leaves fds to the namespace, its socket counts, and
+/// its traffic counters and flow labels.
 pub(crate) extern "C" fn netns_main(arg: *mut c_void) -> c_int {
     // SAFETY: as for `job_main`.
     let args = unsafe { &mut *arg.cast::<NetnsArgs>() };
@@ -632,6 +636,17 @@ pub(crate) extern "C" fn netns_main(arg: *mut c_void) -> c_int {
         args.netns = check(open(c"/proc/thread-self/ns/net").into(), step)?;
         args.sockstat = check(open(c"/proc/thread-self/net/sockstat").into(), step)?;
         args.sockstat6 = open(c"/proc/thread-self/net/sockstat6");
+        let traces = [
+            c"/proc/thread-self/net/dev",
+            c"/proc/thread-self/net/snmp",
+            c"/proc/thread-self/net/snmp6",
+            c"/proc/thread-self/net/ip6_flowlabel",
+        ];
+        for (slot, path) in args.traces.iter_mut().zip(traces) {
+            *slot = open(path);
+        }
+        args.traces[0] = check(args.traces[0].into(), step)?;
+        args.traces[1] = check(args.traces[1].into(), step)?;
         Ok(())
     })();
     match result {
@@ -671,15 +686,21 @@ fn loopback_up(step: Step) -> Res {
 pub(crate) struct IpcnsArgs {
     pub(crate) owner_fd: c_int,
     pub(crate) ipcns: c_int,
-    /// /proc/sysvipc/{shm,sem,msg} of the new namespace.
-    pub(crate) sysv: [c_int; 3],
+    /// /proc/sys/kernel/{shm,sem,msg}_next_id of the new namespace, open for reading and
+    /// writing, each set to 0.
+    pub(crate) next_ids: [c_int; 3],
     /// The root of the namespace's mqueue filesystem.
     pub(crate) mqueue: c_int,
     pub(crate) failure: Option<Failure>,
 }
 
 /// Entry point of an IPC-namespace maker: joins the owner user namespace, unshares an IPC
-/// namespace, and leaves fds to it and to the listings that tell whether it is empty.
+/// namespace, and leaves fds to it and to what tells whether a job ever used it.
+///
+/// Each kind of System V object has a `next_id` sysctl: the id the next object of that kind
+/// gets, then back to -1. Set to 0 here, where a fresh namespace would give 0 anyway, it
+/// stays 0 until a job makes an object of that kind; so a namespace whose three are still 0
+/// was never used for System V IPC, and has no id counter or cursor a next job could notice.
 pub(crate) extern "C" fn ipcns_main(arg: *mut c_void) -> c_int {
     // SAFETY: as for `job_main`.
     let args = unsafe { &mut *arg.cast::<IpcnsArgs>() };
@@ -691,15 +712,21 @@ pub(crate) extern "C" fn ipcns_main(arg: *mut c_void) -> c_int {
         // privilege over the mount namespace, which the lane's is not.
         // SAFETY: as above.
         check(unsafe { libc::unshare(libc::CLONE_NEWIPC | libc::CLONE_NEWNS) }.into(), step)?;
-        let open = |path: &std::ffi::CStr| {
+        let open = |path: &std::ffi::CStr, flags: c_int| {
             // SAFETY: literal paths, plain flags.
-            unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) }
+            unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) }
         };
-        args.ipcns = check(open(c"/proc/thread-self/ns/ipc").into(), step)?;
-        for (slot, path) in
-            args.sysv.iter_mut().zip([c"/proc/sysvipc/shm", c"/proc/sysvipc/sem", c"/proc/sysvipc/msg"])
-        {
-            *slot = check(open(path).into(), step)?;
+        args.ipcns = check(open(c"/proc/thread-self/ns/ipc", libc::O_RDONLY).into(), step)?;
+        let sysctls = [
+            c"/proc/sys/kernel/shm_next_id",
+            c"/proc/sys/kernel/sem_next_id",
+            c"/proc/sys/kernel/msg_next_id",
+        ];
+        for (slot, path) in args.next_ids.iter_mut().zip(sysctls) {
+            *slot = check(open(path, libc::O_RDWR).into(), step)?;
+            // SAFETY: writes one byte of a literal to the fd just opened.
+            let written = unsafe { libc::write(*slot, c"0".as_ptr().cast(), 1) };
+            check(written as libc::c_long, step)?;
         }
         let mut mount = new_fs(FsKind::Mqueue, step)?;
         // SAFETY: `mount` is the mqueue mount fd; "." opens its root for reading.

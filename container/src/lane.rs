@@ -11,6 +11,11 @@
 //! The jobs are cloned with `CLONE_PARENT`: they are the worker's children, so the worker waits
 //! for them through their pidfds. The lane never reaps a job; it only watches each job's pidfd to
 //! learn when its network namespace can go back to the pool.
+//!
+//! When the worker dies, however it dies, its end of the lane's socket closes: the lane then
+//! kills every job it started that still runs (each the init of its own pid namespace, so
+//! their children go too) and exits. A job cannot opt out of that the way it can clear its own
+//! parent-death signal.
 
 #![expect(unsafe_code, reason = "this module is one of the two that own raw syscalls")]
 
@@ -30,6 +35,10 @@ use crate::sys::{self, ChildStack};
 
 /// Template mount namespaces one lane keeps (least recently used go first).
 pub(crate) const TEMPLATES_MAX: usize = 32;
+
+/// Bytes read of each file that tells whether a job touched a network namespace (the longest,
+/// /proc/net/snmp6, is about 3 KiB; one longer than this counts as touched).
+const TRACE_BYTES_MAX: usize = 16 << 10;
 
 /// Idle namespaces one lane keeps per kind (IPC, network with `lo` down, network with `lo` up).
 pub(crate) const POOL_IDLE_MAX: usize = 32;
@@ -76,10 +85,13 @@ pub(crate) fn main(
 
 fn serve_lane(sock: &OwnedFd, boot: Boot, worker: libc::pid_t, seccomp: &[seccompiler::sock_filter]) -> i32 {
     match Lane::boot(sock.as_fd(), boot, worker, seccomp) {
-        Ok(mut lane) => match lane.serve(sock.as_fd()) {
-            Ok(()) => 0,
-            Err(_) => 2,
-        },
+        Ok(mut lane) => {
+            let served = lane.serve(sock.as_fd());
+            // The worker is gone (or out of step): so are its jobs, whatever they did to their
+            // parent-death signal.
+            lane.kill_jobs();
+            if served.is_ok() { 0 } else { 2 }
+        }
         Err((step, error)) => {
             let hello = LaneHello::Failed {
                 version: LANE_PROTOCOL_VERSION,
@@ -95,23 +107,32 @@ fn serve_lane(sock: &OwnedFd, boot: Boot, worker: libc::pid_t, seccomp: &[seccom
     }
 }
 
-/// A pooled network namespace and the fds that tell whether it is empty.
+/// A pooled network namespace and the fds that tell whether a job left a trace in it.
 #[derive(Debug)]
 struct Netns {
     ns: OwnedFd,
     sockstat: OwnedFd,
     sockstat6: Option<OwnedFd>,
+    /// Files that must read as they did when the namespace was new: `lo`'s traffic counters,
+    /// the IPv4 and IPv6 protocol counters, and the IPv6 flow labels.
+    traces: Vec<(OwnedFd, Vec<u8>)>,
 }
 
 impl Netns {
-    /// Whether no socket, connection in TIME_WAIT, or fragment is left in the namespace.
+    /// Whether no socket, connection in TIME_WAIT, or fragment is left in the namespace, and
+    /// no counter moved and no flow label lingers since it was made: a job that used the
+    /// network at all leaves it unclean, and it is dropped.
     fn is_clean(&self, scratch: &mut [u8]) -> bool {
         let mut files = vec![&self.sockstat];
         files.extend(&self.sockstat6);
-        files.into_iter().all(|fd| match sys::pread0(fd.as_fd(), scratch) {
+        let no_sockets = files.into_iter().all(|fd| match sys::pread0(fd.as_fd(), scratch) {
             Ok(n) => sockstat_is_clean(&scratch[..n]),
             Err(_) => false,
-        })
+        });
+        no_sockets
+            && self.traces.iter().all(|(fd, new)| {
+                sys::pread0(fd.as_fd(), scratch).is_ok_and(|n| n < scratch.len() && scratch[..n] == **new)
+            })
     }
 }
 
@@ -132,24 +153,25 @@ pub(crate) fn sockstat_is_clean(text: &[u8]) -> bool {
     })
 }
 
-/// A pooled IPC namespace and the fds that tell whether it is empty.
+/// A pooled IPC namespace and the fds that tell whether a job used it.
 #[derive(Debug)]
 struct Ipcns {
     ns: OwnedFd,
-    /// /proc/sysvipc/{shm,sem,msg}, as seen from inside.
-    sysv: [OwnedFd; 3],
+    /// /proc/sys/kernel/{shm,sem,msg}_next_id, as seen from inside: 0 until the namespace's
+    /// first System V object of that kind (see [`child::ipcns_main`]).
+    next_ids: [OwnedFd; 3],
     /// The root of its mqueue filesystem.
     mqueue: OwnedFd,
 }
 
 impl Ipcns {
-    /// Whether no System V object and no POSIX message queue is left in the namespace.
+    /// Whether no job ever made a System V object here, and no POSIX message queue is left.
+    /// One that made and removed objects is not clean either: the kernel's id cursor moved, so
+    /// the next job's first id would tell.
     fn is_clean(&self, scratch: &mut [u8]) -> bool {
-        let header_only = |fd: &OwnedFd| match sys::pread0(fd.as_fd(), scratch) {
-            Ok(n) => scratch[..n].iter().filter(|&&b| b == b'\n').count() <= 1,
-            Err(_) => false,
-        };
-        self.sysv.iter().all(header_only) && sys::dir_is_empty(self.mqueue.as_fd()).unwrap_or(false)
+        let untouched =
+            |fd: &OwnedFd| sys::pread0(fd.as_fd(), scratch).is_ok_and(|n| scratch[..n] == *b"0\n");
+        self.next_ids.iter().all(untouched) && sys::dir_is_empty(self.mqueue.as_fd()).unwrap_or(false)
     }
 }
 
@@ -205,7 +227,8 @@ impl Lane {
         worker: libc::pid_t,
         seccomp: &[seccompiler::sock_filter],
     ) -> BootResult<Self> {
-        sys::set_parent_death_signal(libc::SIGKILL).map_err(at(BootStep::WatchWorker))?;
+        // No parent-death signal: when the worker dies its end of the socket closes, and the
+        // lane, seeing that, kills the jobs it started before it exits.
         if sys::getppid() != worker {
             return Err((BootStep::WatchWorker, io::Error::from_raw_os_error(libc::ESRCH)));
         }
@@ -260,7 +283,7 @@ impl Lane {
             busy: Vec::new(),
             argv: Vec::new(),
             envp: Vec::new(),
-            scratch: vec![0; 4096],
+            scratch: vec![0; TRACE_BYTES_MAX],
         };
         // The owner of the pooled network and IPC namespaces maps only `1 → job_id`. Jobs can
         // join what it owns but hold no capability there; its root maps to no one, so sysctls
@@ -292,6 +315,7 @@ impl Lane {
         let mut reply = AlignedVec::new();
         let mut fds = Vec::new();
         loop {
+            self.await_request(sock)?;
             let len = sys::recv_with_fds(sock, request, &mut fds)?;
             if len == 0 {
                 return Ok(());
@@ -397,6 +421,14 @@ impl Lane {
             Some(f) => SpawnReply::Failed { step: f.step, errno: f.errno, pid },
         };
         (reply, Some(pidfd))
+    }
+
+    /// Kills every job this lane started that may still run. Each is the init of its own pid
+    /// namespace, so everything it started dies with it.
+    fn kill_jobs(&mut self) {
+        for busy in &self.busy {
+            let _ = sys::pidfd_send_signal(busy.job.as_fd(), libc::SIGKILL);
+        }
     }
 
     /// The template mount namespace for `ops`, built on first use.
@@ -515,34 +547,47 @@ impl Lane {
             netns: -1,
             sockstat: -1,
             sockstat6: -1,
+            traces: [-1; 4],
             failure: None,
         };
         let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES | libc::SIGCHLD;
         // SAFETY: `netns_main` follows the child rules; `args` lives on this frame.
         let built = unsafe { self.clone_helper(child::netns_main, flags, (&raw mut args).cast()) };
         let (ns, sockstat, sockstat6) = (adopt(args.netns), adopt(args.sockstat), adopt(args.sockstat6));
+        let traces: Vec<OwnedFd> = args.traces.into_iter().filter_map(adopt).collect();
         built.map_err(|errno| Failure { step: Step::CreateNetwork, errno })?;
         if let Some(f) = args.failure {
             return Err(f);
         }
-        match (ns, sockstat) {
-            (Some(ns), Some(sockstat)) => Ok(Netns { ns, sockstat, sockstat6 }),
-            _ => Err(Failure { step: Step::CreateNetwork, errno: libc::EBADF }),
-        }
+        let (Some(ns), Some(sockstat)) = (ns, sockstat) else {
+            return Err(Failure { step: Step::CreateNetwork, errno: libc::EBADF });
+        };
+        let mut scratch = vec![0; TRACE_BYTES_MAX];
+        let traces = traces
+            .into_iter()
+            .map(|fd| {
+                let n = sys::pread0(fd.as_fd(), &mut scratch).map_err(|e| Failure {
+                    step: Step::CreateNetwork,
+                    errno: e.raw_os_error().unwrap_or(libc::EIO),
+                })?;
+                Ok((fd, scratch[..n].to_vec()))
+            })
+            .collect::<Result<_, Failure>>()?;
+        Ok(Netns { ns, sockstat, sockstat6, traces })
     }
 
     fn make_ipcns(&self) -> Result<Ipcns, Failure> {
         let mut args = IpcnsArgs {
             owner_fd: self.netns_owner.as_raw_fd(),
             ipcns: -1,
-            sysv: [-1; 3],
+            next_ids: [-1; 3],
             mqueue: -1,
             failure: None,
         };
         let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES | libc::SIGCHLD;
         // SAFETY: `ipcns_main` follows the child rules; `args` lives on this frame.
         let built = unsafe { self.clone_helper(child::ipcns_main, flags, (&raw mut args).cast()) };
-        let [shm, sem, msg] = args.sysv.map(adopt);
+        let [shm, sem, msg] = args.next_ids.map(adopt);
         let (ns, mqueue) = (adopt(args.ipcns), adopt(args.mqueue));
         built.map_err(|errno| Failure { step: Step::CreateIpc, errno })?;
         if let Some(f) = args.failure {
@@ -550,29 +595,50 @@ impl Lane {
         }
         match (ns, shm, sem, msg, mqueue) {
             (Some(ns), Some(shm), Some(sem), Some(msg), Some(mqueue)) => {
-                Ok(Ipcns { ns, sysv: [shm, sem, msg], mqueue })
+                Ok(Ipcns { ns, next_ids: [shm, sem, msg], mqueue })
             }
             _ => Err(Failure { step: Step::CreateIpc, errno: libc::EBADF }),
         }
     }
 
-    /// Returns the namespaces of exited jobs to the pools, if they are empty. A namespace with
-    /// anything left in it (a socket whose release is deferred, a connection in TIME_WAIT, a
-    /// System V object or message queue nobody removed) is dropped instead, so no job ever sees
-    /// a trace of another.
+    /// Waits for the next request, and meanwhile returns the namespaces of jobs that end to
+    /// the pools: checking them here, while the lane is idle, keeps that work out of the next
+    /// spawn's way.
+    fn await_request(&mut self, sock: BorrowedFd<'_>) -> io::Result<()> {
+        loop {
+            let mut polls = Vec::with_capacity(1 + self.busy.len());
+            polls.push(libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            polls.extend(self.watches());
+            sys::poll(&mut polls, None)?;
+            self.reclaim_ended(&polls[1..]);
+            if polls[0].revents != 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    fn watches(&self) -> impl Iterator<Item = libc::pollfd> + '_ {
+        self.busy.iter().map(|b| libc::pollfd { fd: b.job.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+    }
+
+    /// Returns the namespaces of jobs that ended since the last look to the pools.
     fn reclaim(&mut self) {
         if self.busy.is_empty() {
             return;
         }
-        let mut polls: Vec<libc::pollfd> = self
-            .busy
-            .iter()
-            .map(|b| libc::pollfd { fd: b.job.as_raw_fd(), events: libc::POLLIN, revents: 0 })
-            .collect();
-        if sys::poll(&mut polls, Some(std::time::Duration::ZERO)).unwrap_or(0) == 0 {
-            return;
+        let mut polls: Vec<libc::pollfd> = self.watches().collect();
+        if sys::poll(&mut polls, Some(std::time::Duration::ZERO)).unwrap_or(0) > 0 {
+            self.reclaim_ended(&polls);
         }
-        for i in (0..self.busy.len()).rev() {
+    }
+
+    /// Returns the namespaces of the jobs whose entries in `polls` (one per busy job, in order)
+    /// say they ended to the pools, if they are clean. A namespace with anything left in it (a
+    /// socket whose release is deferred, a connection in TIME_WAIT, a System V object or
+    /// message queue nobody removed) or any trace of use is dropped instead, so no job ever
+    /// sees a trace of another.
+    fn reclaim_ended(&mut self, polls: &[libc::pollfd]) {
+        for i in (0..self.busy.len().min(polls.len())).rev() {
             if polls[i].revents == 0 {
                 continue;
             }

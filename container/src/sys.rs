@@ -510,12 +510,6 @@ pub fn make_mounts_private() -> io::Result<()> {
     .map(drop)
 }
 
-/// Asks for `signal` when the parent thread exits.
-pub fn set_parent_death_signal(signal: libc::c_int) -> io::Result<()> {
-    // SAFETY: PR_SET_PDEATHSIG takes an integer signal number.
-    cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) }).map(drop)
-}
-
 /// Replaces `target` (0, 1 or 2) with a duplicate of `fd`.
 pub fn dup2(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
     // SAFETY: dup2 takes two integers; `target` is one of the standard fds, owned by the process.

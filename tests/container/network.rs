@@ -20,6 +20,8 @@ pub const CASES: &[(&str, Case)] = &[
     ("network::time_wait_is_never_inherited", time_wait_is_never_inherited),
     ("network::ipc_objects_are_never_inherited", ipc_objects_are_never_inherited),
     ("network::namespace_sysctls_are_read_only", namespace_sysctls_are_read_only),
+    ("network::system_v_ids_start_afresh_in_every_job", system_v_ids_start_afresh_in_every_job),
+    ("network::counters_and_flow_labels_are_never_inherited", counters_and_flow_labels_are_never_inherited),
 ];
 
 fn with_network(mut spec: Spec, network: NetworkMode) -> Spec {
@@ -150,6 +152,60 @@ fn ipc_objects_are_never_inherited(ctx: &Ctx) -> anyhow::Result<()> {
         }
         expect_fact(&seen, "mq", &libc::ENOENT.to_string())
             .map_err(|e| e.context(format!("round {round}")))?;
+    }
+    Ok(())
+}
+
+/// Runs `first` twice, then `then` twice, so that each of the test zygote's two lanes runs a
+/// `then` after a `first`, and returns the `then`s' stdout.
+fn after(ctx: &Ctx, first: &Spec, then: &Spec) -> anyhow::Result<Vec<String>> {
+    for _ in 0..2 {
+        run(ctx, first)?;
+    }
+    (0..2).map(|_| Ok(String::from_utf8_lossy(&run(ctx, then)?.stdout.bytes).into_owned())).collect()
+}
+
+/// A job that made and removed System V objects leaves nothing listed, but the kernel's id
+/// cursor moved: the next job's first ids must still be those of a new namespace.
+fn system_v_ids_start_afresh_in_every_job(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    let churn = probe(&layer, &["ipc-churn"]);
+    let first = probe(&layer, &["ipc-first"]);
+    for round in 0..3 {
+        for seen in after(ctx, &churn, &first)? {
+            anyhow::ensure!(seen == "shm_id=0\nsem_id=0\nmsg_id=0\n", "round {round}: {seen:?}");
+        }
+    }
+    Ok(())
+}
+
+/// Traffic on `lo` and a lingering IPv6 flow label are traces of a job in its network namespace:
+/// the next job must see neither.
+fn counters_and_flow_labels_are_never_inherited(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    for network in [NetworkMode::Loopback, NetworkMode::Disabled] {
+        let mut touch = with_network(probe(&layer, &["net-touch"]), network);
+        touch.mounts = vec![Mount::Proc { target: "/proc".into() }];
+        let touched = facts(&run(ctx, &touch)?.stdout.bytes);
+        expect_fact(&touched, "flowlabel", "made").map_err(|e| e.context(format!("network {network:?}")))?;
+        let udp =
+            if network == NetworkMode::Loopback { "sent".to_owned() } else { libc::ENETUNREACH.to_string() };
+        expect_fact(&touched, "udp", &udp).map_err(|e| e.context(format!("network {network:?}")))?;
+        let cat = |file: &str| Spec { arguments: vec!["cat".into(), file.into()], ..touch.clone() };
+        for labels in after(ctx, &touch, &cat("/proc/net/ip6_flowlabel"))? {
+            anyhow::ensure!(
+                labels.lines().count() == 1,
+                "network {network:?}: a flow label was inherited:\n{labels}"
+            );
+        }
+        for dev in after(ctx, &touch, &cat("/proc/net/dev"))? {
+            let lo = dev.lines().find(|l| l.trim_start().starts_with("lo:")).unwrap_or_default().to_owned();
+            let counters: Vec<&str> = lo.split_whitespace().skip(1).collect();
+            anyhow::ensure!(
+                counters.len() == 16 && counters.iter().all(|c| *c == "0"),
+                "network {network:?}: lo's counters were inherited: {lo:?}"
+            );
+        }
     }
     Ok(())
 }

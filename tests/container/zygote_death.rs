@@ -88,6 +88,10 @@ fn doomed_worker(marker: &str) -> ! {
         let request = maelstrom_container::compile(&spec)?;
         let devnull = std::fs::File::options().write(true).open("/dev/null")?;
         let _job = zygote.spawn(&request, devnull.as_fd(), devnull.as_fd())?;
+        // One that clears its parent-death signal and leaves a child: it must die all the same.
+        spec.arguments = vec!["undying".into(), marker.into()];
+        let request = maelstrom_container::compile(&spec)?;
+        let _undying = zygote.spawn(&request, devnull.as_fd(), devnull.as_fd())?;
         println!("started");
         std::thread::sleep(std::time::Duration::from_secs(600));
         Ok(())
@@ -103,8 +107,9 @@ fn hanging(marker: &str) -> Vec<u32> {
     maelstrom_testbins::processes_with_args(&["/bin/probe", "hang", marker])
 }
 
-/// A worker killed with SIGKILL cannot clean up: its jobs must die by themselves (for a root
-/// worker too, whose jobs change uid, which clears a parent-death signal set before).
+/// A worker killed with SIGKILL cannot clean up: its jobs must die all the same (for a root
+/// worker too, whose jobs change uid, which clears a parent-death signal set before; and a job
+/// that clears its own parent-death signal, with the child it started), within a second.
 fn jobs_die_with_the_worker() -> anyhow::Result<()> {
     use std::io::BufRead;
     let marker = format!("doomed-{}", std::process::id());
@@ -115,10 +120,17 @@ fn jobs_die_with_the_worker() -> anyhow::Result<()> {
     let mut line = String::new();
     std::io::BufReader::new(worker.stdout.take().expect("piped")).read_line(&mut line)?;
     anyhow::ensure!(line.trim() == "started", "the worker said {line:?}");
-    anyhow::ensure!(!hanging(&marker).is_empty(), "the job is not running");
+    // The plain job, the one that cleared its death signal, and that one's child.
+    for _ in 0..100 {
+        if hanging(&marker).len() >= 3 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    anyhow::ensure!(hanging(&marker).len() == 3, "not all jobs run: {:?}", hanging(&marker));
     worker.kill()?;
     worker.wait()?;
-    for _ in 0..100 {
+    for _ in 0..20 {
         if hanging(&marker).is_empty() {
             return Ok(());
         }

@@ -10,6 +10,10 @@
 //   probe ipc-leave        create a System V shm segment, semaphore set and message queue,
 //                          and a POSIX message queue /probe, and leave them all behind
 //   probe ipc-look         count what of those it can see (needs /proc)
+//   probe ipc-churn        create and remove one System V object of each kind
+//   probe ipc-first        create one System V object of each kind and report its id
+//   probe net-touch        send a datagram to 127.0.0.1 and make an IPv6 flow label that
+//                          lingers a minute after its socket closes
 //   probe ls DIR           the sorted entries of DIR
 //   probe cat FILE         the contents of FILE
 //   probe write FILE TEXT  write TEXT to FILE; report ok or the errno
@@ -20,6 +24,8 @@
 //   probe stdin            read stdin to its end and print how many bytes came
 //   probe say MS TEXT      sleep MS milliseconds, then print TEXT
 //   probe hang             sleep forever
+//   probe undying          clear the parent-death signal, start a child `probe hang`,
+//                          and become `probe hang` too
 //   probe orphan           leave a child sleeping forever, then exit 0
 //   probe deny WHAT -- PROGRAM ARGS...
 //                          run PROGRAM under a seccomp filter that makes io_uring_setup
@@ -48,7 +54,14 @@ extern "C" {
     fn semget(key: i32, count: i32, flags: i32) -> i32;
     fn msgget(key: i32, flags: i32) -> i32;
     fn prctl(option: i32, ...) -> i32;
+    fn shmctl(id: i32, command: i32, buf: *mut u8) -> i32;
+    fn semctl(id: i32, number: i32, command: i32, ...) -> i32;
+    fn msgctl(id: i32, command: i32, buf: *mut u8) -> i32;
+    fn socket(domain: i32, kind: i32, protocol: i32) -> i32;
+    fn setsockopt(fd: i32, level: i32, name: i32, value: *const u8, len: u32) -> i32;
 }
+
+const IPC_RMID: i32 = 0;
 
 #[repr(C)]
 struct SockFilter {
@@ -287,6 +300,47 @@ fn ipc_look() {
     println!("mq={}", if mq >= 0 { "found".to_string() } else { errno().to_string() });
 }
 
+/// One System V object of each kind, made under a private key: (kind, id or -errno).
+fn ipc_make() -> [(&'static str, i32); 3] {
+    let id = |n: i32| if n >= 0 { n } else { -errno() };
+    unsafe {
+        [
+            ("shm", id(shmget(0, 4096, IPC_CREAT | 0o600))),
+            ("sem", id(semget(0, 1, IPC_CREAT | 0o600))),
+            ("msg", id(msgget(0, IPC_CREAT | 0o600))),
+        ]
+    }
+}
+
+fn ipc_remove(made: &[(&str, i32)]) {
+    for &(kind, id) in made.iter().filter(|(_, id)| *id >= 0) {
+        let removed = unsafe {
+            match kind {
+                "shm" => shmctl(id, IPC_RMID, std::ptr::null_mut()),
+                "sem" => semctl(id, 0, IPC_RMID),
+                _ => msgctl(id, IPC_RMID, std::ptr::null_mut()),
+            }
+        };
+        assert_eq!(removed, 0, "remove {kind} {id}: errno {}", errno());
+    }
+}
+
+fn net_touch() {
+    let udp = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|s| s.send_to(b"x", (Ipv4Addr::LOCALHOST, 9)));
+    println!("udp={}", udp.map_or_else(|e| code(&e), |_| "sent".into()));
+    // struct in6_flowlabel_req: destination ::1, label 0xabcde, action GET, share EXCL,
+    // flags CREATE, linger 60 s.
+    let mut request = [0u8; 32];
+    request[15] = 1;
+    request[16..20].copy_from_slice(&0xabcde_u32.to_be_bytes());
+    request[21] = 1;
+    request[22..24].copy_from_slice(&1u16.to_ne_bytes());
+    request[26..28].copy_from_slice(&60u16.to_ne_bytes());
+    let fd = unsafe { socket(10, 2, 0) };
+    let made = if fd < 0 { -errno() } else { unsafe { setsockopt(fd, 41, 32, request.as_ptr(), 32) } };
+    println!("flowlabel={}", if made == 0 { "made".to_string() } else { errno().to_string() });
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
@@ -299,6 +353,19 @@ fn main() {
         "ipc-leave" => ipc_leave(),
         "deny" => deny(&arg(1), args.get(3..).unwrap_or_default()),
         "ipc-look" => ipc_look(),
+        "ipc-churn" => {
+            let made = ipc_make();
+            ipc_remove(&made);
+            println!("churned");
+        }
+        "ipc-first" => {
+            let made = ipc_make();
+            for (kind, id) in made {
+                println!("{kind}_id={id}");
+            }
+            ipc_remove(&made);
+        }
+        "net-touch" => net_touch(),
         "cat" => match std::fs::read(arg(1)) {
             Ok(bytes) => io::stdout().write_all(&bytes).expect("stdout"),
             Err(e) => println!("error:{}", code(&e)),
@@ -335,6 +402,15 @@ fn main() {
         "hang" => loop {
             std::thread::sleep(Duration::from_secs(3600));
         },
+        "undying" => {
+            unsafe { prctl(1, 0i64) };
+            let me = "/bin/probe";
+            let child = std::process::Command::new(me).args(["hang"]).args(&args[1..]).spawn();
+            child.expect("start a child");
+            let error = std::os::unix::process::CommandExt::exec(std::process::Command::new(me).args(["hang"]).args(&args[1..]));
+            eprintln!("probe: exec myself: {error}");
+            std::process::exit(127);
+        }
         "orphan" => {
             if unsafe { fork() } == 0 {
                 loop {
