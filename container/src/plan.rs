@@ -20,6 +20,8 @@ use maelstrom_wire::zygote::{
 };
 use maelstrom_wire::{CBytes, InteriorNul};
 
+use crate::sys;
+
 /// A mount inside the container. Mount points must already exist in the layers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mount {
@@ -89,6 +91,41 @@ pub const PATH_DEFAULT: &str = "/bin:/usr/bin";
 /// handler on the host would otherwise run on the job's behalf).
 pub fn rlimits_default() -> Vec<Rlimit> {
     vec![Rlimit { resource: libc::RLIMIT_CORE, soft: 0, hard: 0 }]
+}
+
+/// Processes one job may have at once, whatever the worker's share (a fork bomb stops here).
+pub const JOB_PROCESSES_MAX: u64 = 16_384;
+
+/// Processes a job may have at least, however small the share (a build's test runs many).
+pub const JOB_PROCESSES_MIN: u64 = 64;
+
+/// Open files a job may raise its own limit to, at most.
+pub const JOB_OPEN_FILES_MAX: u64 = 65_536;
+
+/// The limits each of a worker's `slots` jobs gets, as its share of what the worker itself may
+/// use: processes, a quarter of the machine's process ids (or of the worker's own process
+/// limit, if lower) shared among the slots, so jobs together can never take the machine's
+/// last ones; open files, the worker's own limit up to [`JOB_OPEN_FILES_MAX`]. Never above
+/// what the worker has, which a job could not be given anyway.
+///
+/// A job's processes are counted in its own user namespace, so one job's count is its own.
+pub fn rlimits_share(slots: usize) -> Vec<Rlimit> {
+    let read = |path: &str| std::fs::read_to_string(path).ok().and_then(|t| t.trim().parse::<u64>().ok());
+    let machine = [read("/proc/sys/kernel/pid_max"), read("/proc/sys/kernel/threads-max")]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(32_768);
+    let unlimited = (u64::MAX, u64::MAX);
+    let (_, own_processes) = sys::getrlimit(libc::RLIMIT_NPROC).unwrap_or(unlimited);
+    let (own_files_soft, own_files) = sys::getrlimit(libc::RLIMIT_NOFILE).unwrap_or(unlimited);
+    let share = (machine / 4).min(own_processes) / slots.max(1) as u64;
+    let processes = share.clamp(JOB_PROCESSES_MIN, JOB_PROCESSES_MAX).min(own_processes);
+    let files = own_files.min(JOB_OPEN_FILES_MAX);
+    let mut rlimits = rlimits_default();
+    rlimits.push(Rlimit { resource: libc::RLIMIT_NPROC, soft: processes, hard: processes });
+    rlimits.push(Rlimit { resource: libc::RLIMIT_NOFILE, soft: own_files_soft.min(files), hard: files });
+    rlimits
 }
 
 impl Spec {

@@ -510,6 +510,14 @@ pub fn make_mounts_private() -> io::Result<()> {
     .map(drop)
 }
 
+/// This process's soft and hard limit of `resource` (`u64::MAX`: unlimited).
+pub fn getrlimit(resource: libc::__rlimit_resource_t) -> io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `limit` is a live rlimit for the kernel to fill.
+    cvt(unsafe { libc::getrlimit(resource, &raw mut limit) })?;
+    Ok((limit.rlim_cur, limit.rlim_max))
+}
+
 /// Replaces `target` (0, 1 or 2) with a duplicate of `fd`.
 pub fn dup2(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
     // SAFETY: dup2 takes two integers; `target` is one of the standard fds, owned by the process.

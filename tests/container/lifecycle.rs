@@ -8,6 +8,7 @@ use maelstrom_container::{Ended, ExitStatus, Limits};
 use crate::{Case, Ctx, Layer, probe, run, run_with};
 
 pub const CASES: &[(&str, Case)] = &[
+    ("lifecycle::a_fork_bomb_stops_at_its_own_process_limit", a_fork_bomb_stops_at_its_own_process_limit),
     ("lifecycle::exit_codes_pass_through", exit_codes_pass_through),
     ("lifecycle::timeout_kills_the_job", timeout_kills_the_job),
     ("lifecycle::orphans_die_with_the_job", orphans_die_with_the_job),
@@ -109,5 +110,33 @@ fn many_jobs_run_at_once(ctx: &Ctx) -> anyhow::Result<()> {
     for job in &mut jobs {
         anyhow::ensure!(job.wait()? == ExitStatus::Signaled(libc::SIGKILL));
     }
+    Ok(())
+}
+
+/// Two fork bombs at once, each under a process limit of 40 that this test sets (so the bombs
+/// are on a leash): each stops at its own limit, counted in its own user namespace rather
+/// than shared, and a job beside them runs as if they were not there.
+fn a_fork_bomb_stops_at_its_own_process_limit(ctx: &Ctx) -> anyhow::Result<()> {
+    const LIMIT: u64 = 40;
+    let layer = Layer::new();
+    let mut bomb = probe(&layer, &["forkbomb", "1000"]);
+    bomb.rlimits.push(maelstrom_container::Rlimit { resource: libc::RLIMIT_NPROC, soft: LIMIT, hard: LIMIT });
+    let honest = probe(&layer, &["say", "0", "fine"]);
+    let (bombs, honest) = std::thread::scope(|scope| {
+        let bombs: Vec<_> = (0..2).map(|_| scope.spawn(|| run(ctx, &bomb))).collect();
+        let honest = run(ctx, &honest);
+        (bombs.into_iter().map(|b| b.join().expect("no panic")).collect::<Vec<_>>(), honest)
+    });
+    for done in bombs {
+        let facts = crate::facts(&done?.stdout.bytes);
+        let forked: u64 = facts.get("forked").and_then(|n| n.parse().ok()).unwrap_or(u64::MAX);
+        anyhow::ensure!(
+            (LIMIT - 4..LIMIT).contains(&forked),
+            "a bomb forked {forked} times under a limit of {LIMIT}: {facts:?}"
+        );
+        crate::expect_fact(&facts, "errno", &libc::EAGAIN.to_string())?;
+    }
+    let honest = honest?;
+    anyhow::ensure!(honest.outcome == Ended::Exited(0) && honest.stdout.bytes == b"fine\n", "{honest:?}");
     Ok(())
 }

@@ -521,3 +521,26 @@ fn the_cache_stays_within_its_bound() {
     let left = trees(&p.cache).len();
     assert!(left <= 3, "old trees were not evicted: {left} left");
 }
+
+/// Every job gets its share of the machine's processes (counted per job), so a fork bomb stops
+/// at its share; fewer slots, a bigger share. Open files stay bounded too.
+#[test]
+fn jobs_get_their_share_of_processes_and_open_files() {
+    let project = Project::new();
+    let limits = |slots: &str| {
+        let out = project.run(&["--slots", slots], &[probe_job(&["report"])]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let facts = facts(&out);
+        let pair = |key: &str| -> (u64, u64) {
+            let (soft, hard) = facts[key].split_once(',').unwrap();
+            (soft.parse().unwrap(), hard.parse().unwrap())
+        };
+        (pair("rlimit_nproc"), pair("rlimit_nofile"))
+    };
+    let (one, _) = limits("1");
+    let (four, files) = limits("4");
+    assert_eq!(one.0, one.1, "{one:?}");
+    assert!((64..=16_384).contains(&one.1), "processes with one slot: {one:?}");
+    assert!((64..=one.1).contains(&four.1), "processes with four slots: {four:?}, one: {one:?}");
+    assert!(files.1 <= 65_536 && files.0 <= files.1, "open files: {files:?}");
+}

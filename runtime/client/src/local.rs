@@ -53,6 +53,8 @@ pub struct LocalClient {
     executor: Executor,
     project: PathBuf,
     next_id: JobId,
+    /// Every job's resource limits: its share of this machine's.
+    rlimits: Vec<maelstrom_container::Rlimit>,
 }
 
 impl LocalClient {
@@ -74,6 +76,7 @@ impl LocalClient {
             executor,
             project: config.project,
             next_id: 1,
+            rlimits: maelstrom_container::rlimits_share(config.slots),
         })
     }
 
@@ -112,7 +115,7 @@ impl LocalClient {
         let bytes = cluster::encode_job(&wire_job(job, &resolved, refs, &self.project));
         let archived = rkyv::access::<cluster::ArchivedJobSpec, rkyv::rancor::Error>(&bytes)
             .map_err(|e| PrepareError(format!("the job does not encode: {e}")))?;
-        sandbox(archived, layers, Origin::ThisMachine).map_err(|e| PrepareError(e.to_string()))
+        sandbox(archived, layers, Origin::ThisMachine, &self.rlimits).map_err(|e| PrepareError(e.to_string()))
     }
 
     /// Resolves a job's container and builds its layers' artifacts (not their trees).

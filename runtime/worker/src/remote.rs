@@ -246,6 +246,8 @@ struct Worker {
     blob_refs: HashMap<Digest, u32>,
     stop: bool,
     refused: Option<String>,
+    /// Every job's resource limits: its share of this worker's.
+    rlimits: Vec<maelstrom_container::Rlimit>,
 }
 
 /// Runs the worker until the broker says stop or refuses it.
@@ -275,6 +277,7 @@ pub fn serve(zygote: Zygote, config: RemoteConfig) -> Result<(), WorkerError> {
         .name("builder".into())
         .spawn(move || builder(builder_cache, requests, builder_inbox))
         .map_err(io_error("start the builder thread"))?;
+    let config_slots = config.slots;
     let mut worker = Worker {
         config,
         ring: Ring::new(256)?,
@@ -297,6 +300,7 @@ pub fn serve(zygote: Zygote, config: RemoteConfig) -> Result<(), WorkerError> {
         blob_refs: HashMap::new(),
         stop: false,
         refused: None,
+        rlimits: maelstrom_container::rlimits_share(config_slots),
     };
     worker.ring.read(WAKE, &wake, Vec::with_capacity(8));
     worker.connect()?;
@@ -533,13 +537,14 @@ impl Worker {
     }
 
     fn start(&mut self, id: u64, job: &ArchivedJobSpec) {
-        let spec = match crate::sandbox::sandbox(job, Vec::new(), crate::sandbox::Origin::Cluster) {
-            Ok(spec) => spec,
-            Err(e) => {
-                self.send(&Control::Done { id, outcome: Outcome::ExecutionError(e.to_string()) });
-                return;
-            }
-        };
+        let spec =
+            match crate::sandbox::sandbox(job, Vec::new(), crate::sandbox::Origin::Cluster, &self.rlimits) {
+                Ok(spec) => spec,
+                Err(e) => {
+                    self.send(&Control::Done { id, outcome: Outcome::ExecutionError(e.to_string()) });
+                    return;
+                }
+            };
         let layers: Vec<LayerRef> = job
             .layers
             .iter()

@@ -5,7 +5,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use maelstrom_container::{Mount, NetworkMode, Spec};
+use maelstrom_container::{Mount, NetworkMode, Rlimit, Spec};
 use maelstrom_wire::cluster::{ArchivedJobSpec, ArchivedMount};
 use maelstrom_wire::zygote::ArchivedNetworkMode;
 
@@ -25,10 +25,17 @@ pub enum SandboxError {
     HostOnly { what: &'static str },
 }
 
-/// The sandbox spec of `job`, whose layers' trees are `layers` (bottom first).
-pub fn sandbox(job: &ArchivedJobSpec, layers: Vec<PathBuf>, origin: Origin) -> Result<Spec, SandboxError> {
+/// The sandbox spec of `job`, whose layers' trees are `layers` (bottom first), under the
+/// worker's per-job `rlimits` (see [`maelstrom_container::rlimits_share`]).
+pub fn sandbox(
+    job: &ArchivedJobSpec,
+    layers: Vec<PathBuf>,
+    origin: Origin,
+    rlimits: &[Rlimit],
+) -> Result<Spec, SandboxError> {
     let refuse = |what| Err(SandboxError::HostOnly { what });
     let mut spec = Spec::new(layers, job.program.as_str());
+    spec.rlimits = rlimits.to_vec();
     spec.arguments = job.arguments.iter().map(|a| OsString::from(a.as_str())).collect();
     spec.environment = job
         .environment

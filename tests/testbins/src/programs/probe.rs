@@ -27,6 +27,8 @@
 //   probe undying          clear the parent-death signal, start a child `probe hang`,
 //                          and become `probe hang` too
 //   probe orphan           leave a child sleeping forever, then exit 0
+//   probe forkbomb CAP     fork children that sleep until a fork fails or CAP succeeded;
+//                          report how many and the errno (children die with the job)
 //   probe deny WHAT -- PROGRAM ARGS...
 //                          run PROGRAM under a seccomp filter that makes io_uring_setup
 //                          (WHAT=io_uring) or the creation of user namespaces (WHAT=userns)
@@ -204,6 +206,11 @@ fn report(args: &[String]) {
     let mut limit = [u64::MAX; 2];
     unsafe { getrlimit(RLIMIT_CORE, &mut limit) };
     fact("rlimit_core", format!("{},{}", limit[0], limit[1]));
+    for (name, resource) in [("rlimit_nproc", 6), ("rlimit_nofile", 7)] {
+        let mut limit = [u64::MAX; 2];
+        unsafe { getrlimit(resource, &mut limit) };
+        fact(name, format!("{},{}", limit[0], limit[1]));
+    }
     if let Ok(sockstat) = std::fs::read_to_string("/proc/net/sockstat") {
         fact("sockstat", sockstat.lines().take(2).collect::<Vec<_>>().join(";"));
     }
@@ -410,6 +417,24 @@ fn main() {
             let error = std::os::unix::process::CommandExt::exec(std::process::Command::new(me).args(["hang"]).args(&args[1..]));
             eprintln!("probe: exec myself: {error}");
             std::process::exit(127);
+        }
+        "forkbomb" => {
+            let cap: u32 = arg(1).parse().expect("forkbomb CAP");
+            let mut forked = 0;
+            let mut failed = "none".to_string();
+            while forked < cap {
+                match unsafe { fork() } {
+                    0 => loop {
+                        std::thread::sleep(Duration::from_secs(3600));
+                    },
+                    pid if pid < 0 => {
+                        failed = errno().to_string();
+                        break;
+                    }
+                    _ => forked += 1,
+                }
+            }
+            println!("forked={forked}\nerrno={failed}");
         }
         "orphan" => {
             if unsafe { fork() } == 0 {
