@@ -722,11 +722,13 @@ pub(crate) extern "C" fn ipcns_main(arg: *mut c_void) -> c_int {
             c"/proc/sys/kernel/sem_next_id",
             c"/proc/sys/kernel/msg_next_id",
         ];
+        // Where the kernel does not offer them per namespace, the namespace serves one job.
         for (slot, path) in args.next_ids.iter_mut().zip(sysctls) {
-            *slot = check(open(path, libc::O_RDWR).into(), step)?;
-            // SAFETY: writes one byte of a literal to the fd just opened.
-            let written = unsafe { libc::write(*slot, c"0".as_ptr().cast(), 1) };
-            check(written as libc::c_long, step)?;
+            *slot = open(path, libc::O_RDWR);
+            // SAFETY: writes one byte of a literal to the fd just opened (or fails on -1).
+            if *slot >= 0 && unsafe { libc::write(*slot, c"0".as_ptr().cast(), 1) } != 1 {
+                close(slot);
+            }
         }
         let mut mount = new_fs(FsKind::Mqueue, step)?;
         // SAFETY: `mount` is the mqueue mount fd; "." opens its root for reading.

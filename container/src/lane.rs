@@ -77,6 +77,7 @@ pub(crate) fn main(
 ) -> ! {
     // A panic must never unwind into the worker's frames this process was forked with (their
     // destructors would run here, in the lane): it ends the lane instead.
+    // (A lane that panics kills its jobs on the way out: see `Drop for Lane`.)
     let served =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve_lane(&sock, boot, worker, seccomp)));
     // SAFETY: ends this lane without running the worker's atexit handlers or destructors.
@@ -85,13 +86,22 @@ pub(crate) fn main(
 
 fn serve_lane(sock: &OwnedFd, boot: Boot, worker: libc::pid_t, seccomp: &[seccompiler::sock_filter]) -> i32 {
     match Lane::boot(sock.as_fd(), boot, worker, seccomp) {
-        Ok(mut lane) => {
-            let served = lane.serve(sock.as_fd());
-            // The worker is gone (or out of step): so are its jobs, whatever they did to their
-            // parent-death signal.
-            lane.kill_jobs();
-            if served.is_ok() { 0 } else { 2 }
-        }
+        Ok(mut lane) => match lane.serve(sock.as_fd()) {
+            // The worker closed the socket: it is gone (or dropped this lane, killing it), and
+            // so are its jobs, whatever they did to their parent-death signal.
+            Ok(()) => {
+                lane.kill_jobs();
+                0
+            }
+            // Out of step with a live worker, whose executor still watches these jobs; they go
+            // only if the worker went too.
+            Err(_) => {
+                if lane.worker_gone() {
+                    lane.kill_jobs();
+                }
+                2
+            }
+        },
         Err((step, error)) => {
             let hello = LaneHello::Failed {
                 version: LANE_PROTOCOL_VERSION,
@@ -158,8 +168,10 @@ pub(crate) fn sockstat_is_clean(text: &[u8]) -> bool {
 struct Ipcns {
     ns: OwnedFd,
     /// /proc/sys/kernel/{shm,sem,msg}_next_id, as seen from inside: 0 until the namespace's
-    /// first System V object of that kind (see [`child::ipcns_main`]).
-    next_ids: [OwnedFd; 3],
+    /// first System V object of that kind (see [`child::ipcns_main`]). `None` where the kernel
+    /// does not offer them per namespace (before 5.19, or without checkpoint/restore): such a
+    /// namespace serves one job only.
+    next_ids: Option<[OwnedFd; 3]>,
     /// The root of its mqueue filesystem.
     mqueue: OwnedFd,
 }
@@ -171,7 +183,8 @@ impl Ipcns {
     fn is_clean(&self, scratch: &mut [u8]) -> bool {
         let untouched =
             |fd: &OwnedFd| sys::pread0(fd.as_fd(), scratch).is_ok_and(|n| scratch[..n] == *b"0\n");
-        self.next_ids.iter().all(untouched) && sys::dir_is_empty(self.mqueue.as_fd()).unwrap_or(false)
+        self.next_ids.as_ref().is_some_and(|ids| ids.iter().all(untouched))
+            && sys::dir_is_empty(self.mqueue.as_fd()).unwrap_or(false)
     }
 }
 
@@ -412,15 +425,29 @@ impl Lane {
         };
         // SAFETY: CLONE_PIDFD stored a new pidfd that nothing else owns.
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-        // Without a way to watch the job, its namespaces can never be proven empty: drop them.
-        if let Ok(job) = pidfd.try_clone() {
-            self.busy.push(Busy { job, borrowed });
-        }
-        let reply = match args.failure {
-            None => SpawnReply::Started { pid },
-            Some(f) => SpawnReply::Failed { step: f.step, errno: f.errno, pid },
+        // A job the lane cannot watch could neither be killed with the worker nor have its
+        // namespaces proven empty: it does not run.
+        let reply = match (pidfd.try_clone(), args.failure) {
+            (Ok(job), None) => {
+                self.busy.push(Busy { job, borrowed });
+                SpawnReply::Started { pid }
+            }
+            (Ok(job), Some(f)) => {
+                self.busy.push(Busy { job, borrowed });
+                SpawnReply::Failed { step: f.step, errno: f.errno, pid }
+            }
+            (Err(e), _) => {
+                let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+                SpawnReply::Failed { step: Step::Clone, errno: e.raw_os_error().unwrap_or(libc::EMFILE), pid }
+            }
         };
         (reply, Some(pidfd))
+    }
+
+    fn worker_gone(&self) -> bool {
+        let mut worker =
+            [libc::pollfd { fd: self.worker_pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        sys::poll(&mut worker, Some(std::time::Duration::ZERO)).is_ok_and(|n| n > 0)
     }
 
     /// Kills every job this lane started that may still run. Each is the init of its own pid
@@ -587,16 +614,18 @@ impl Lane {
         let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES | libc::SIGCHLD;
         // SAFETY: `ipcns_main` follows the child rules; `args` lives on this frame.
         let built = unsafe { self.clone_helper(child::ipcns_main, flags, (&raw mut args).cast()) };
-        let [shm, sem, msg] = args.next_ids.map(adopt);
+        let next_ids = args.next_ids.map(adopt);
         let (ns, mqueue) = (adopt(args.ipcns), adopt(args.mqueue));
         built.map_err(|errno| Failure { step: Step::CreateIpc, errno })?;
         if let Some(f) = args.failure {
             return Err(f);
         }
-        match (ns, shm, sem, msg, mqueue) {
-            (Some(ns), Some(shm), Some(sem), Some(msg), Some(mqueue)) => {
-                Ok(Ipcns { ns, next_ids: [shm, sem, msg], mqueue })
-            }
+        let next_ids = match next_ids {
+            [Some(shm), Some(sem), Some(msg)] => Some([shm, sem, msg]),
+            _ => None,
+        };
+        match (ns, mqueue) {
+            (Some(ns), Some(mqueue)) => Ok(Ipcns { ns, next_ids, mqueue }),
             _ => Err(Failure { step: Step::CreateIpc, errno: libc::EBADF }),
         }
     }
@@ -652,6 +681,16 @@ impl Lane {
                     idle.push(netns);
                 }
             }
+        }
+    }
+}
+
+impl Drop for Lane {
+    /// A lane that panics would leave its jobs with no one to kill them when the worker dies:
+    /// they die now.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.kill_jobs();
         }
     }
 }

@@ -103,29 +103,42 @@ pub const JOB_PROCESSES_MIN: u64 = 64;
 pub const JOB_OPEN_FILES_MAX: u64 = 65_536;
 
 /// The limits each of a worker's `slots` jobs gets, as its share of what the worker itself may
-/// use: processes, a quarter of the machine's process ids (or of the worker's own process
-/// limit, if lower) shared among the slots, so jobs together can never take the machine's
-/// last ones; open files, the worker's own limit up to [`JOB_OPEN_FILES_MAX`]. Never above
-/// what the worker has, which a job could not be given anyway.
+/// use. Processes: a quarter of the machine's process ids, or half of the worker's own soft
+/// limit if that is lower (the kernel counts jobs against it too, and the worker needs the
+/// rest), shared among the slots. Open files: the worker's own limit, up to
+/// [`JOB_OPEN_FILES_MAX`]. Never above what the worker has, which a job could not be given.
 ///
-/// A job's processes are counted in its own user namespace, so one job's count is its own.
+/// A job's processes are counted in its own user namespace, so one job's count is its own;
+/// before Linux 5.14 the count was the user's over the whole machine, so no process limit is
+/// set there (it would count every job, and the worker's user's other processes, at once).
 pub fn rlimits_share(slots: usize) -> Vec<Rlimit> {
-    let read = |path: &str| std::fs::read_to_string(path).ok().and_then(|t| t.trim().parse::<u64>().ok());
-    let machine = [read("/proc/sys/kernel/pid_max"), read("/proc/sys/kernel/threads-max")]
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let number = |path: &str| read(path).and_then(|t| t.trim().parse::<u64>().ok());
+    let machine = [number("/proc/sys/kernel/pid_max"), number("/proc/sys/kernel/threads-max")]
         .into_iter()
         .flatten()
         .min()
         .unwrap_or(32_768);
     let unlimited = (u64::MAX, u64::MAX);
-    let (_, own_processes) = sys::getrlimit(libc::RLIMIT_NPROC).unwrap_or(unlimited);
+    let (own_soft, own_hard) = sys::getrlimit(libc::RLIMIT_NPROC).unwrap_or(unlimited);
     let (own_files_soft, own_files) = sys::getrlimit(libc::RLIMIT_NOFILE).unwrap_or(unlimited);
-    let share = (machine / 4).min(own_processes) / slots.max(1) as u64;
-    let processes = share.clamp(JOB_PROCESSES_MIN, JOB_PROCESSES_MAX).min(own_processes);
-    let files = own_files.min(JOB_OPEN_FILES_MAX);
     let mut rlimits = rlimits_default();
-    rlimits.push(Rlimit { resource: libc::RLIMIT_NPROC, soft: processes, hard: processes });
+    if read("/proc/sys/kernel/osrelease").is_some_and(|release| counts_processes_per_namespace(&release)) {
+        let share = (machine / 4).min(own_soft / 2) / slots.max(1) as u64;
+        let processes = share.clamp(JOB_PROCESSES_MIN, JOB_PROCESSES_MAX).min(own_hard);
+        rlimits.push(Rlimit { resource: libc::RLIMIT_NPROC, soft: processes, hard: processes });
+    }
+    let files = own_files.min(JOB_OPEN_FILES_MAX);
     rlimits.push(Rlimit { resource: libc::RLIMIT_NOFILE, soft: own_files_soft.min(files), hard: files });
     rlimits
+}
+
+/// Whether a kernel of `release` (as in `uname -r`) counts RLIMIT_NPROC per user namespace
+/// (5.14 and later).
+fn counts_processes_per_namespace(release: &str) -> bool {
+    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (5, 14)
 }
 
 impl Spec {
@@ -517,6 +530,15 @@ impl fmt::Display for Printed<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_limits_wait_for_kernels_that_count_per_namespace() {
+        assert!(counts_processes_per_namespace("6.18.44-fc-v857"));
+        assert!(counts_processes_per_namespace("5.14.0-284.el9.x86_64"));
+        assert!(!counts_processes_per_namespace("5.13.19"));
+        assert!(!counts_processes_per_namespace("5.10.0-28-amd64"));
+        assert!(!counts_processes_per_namespace("garbage"));
+    }
 
     fn p(s: &str) -> PathBuf {
         PathBuf::from(s)

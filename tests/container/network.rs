@@ -198,6 +198,15 @@ fn counters_and_flow_labels_are_never_inherited(ctx: &Ctx) -> anyhow::Result<()>
                 "network {network:?}: a flow label was inherited:\n{labels}"
             );
         }
+        for snmp in after(ctx, &touch, &cat("/proc/net/snmp"))? {
+            for (row, counter) in [("Ip:", "OutNoRoutes"), ("Udp:", "OutDatagrams")] {
+                let value = snmp_counter(&snmp, row, counter);
+                anyhow::ensure!(
+                    value == Some(0),
+                    "network {network:?}: {row} {counter} was inherited: {value:?}"
+                );
+            }
+        }
         for dev in after(ctx, &touch, &cat("/proc/net/dev"))? {
             let lo = dev.lines().find(|l| l.trim_start().starts_with("lo:")).unwrap_or_default().to_owned();
             let counters: Vec<&str> = lo.split_whitespace().skip(1).collect();
@@ -208,6 +217,14 @@ fn counters_and_flow_labels_are_never_inherited(ctx: &Ctx) -> anyhow::Result<()>
         }
     }
     Ok(())
+}
+
+/// A counter of `/proc/net/snmp`: `row` is a header line of names then a line of values.
+fn snmp_counter(snmp: &str, row: &str, counter: &str) -> Option<u64> {
+    let mut rows = snmp.lines().filter(|l| l.starts_with(row));
+    let (names, values) = (rows.next()?, rows.next()?);
+    let at = names.split_whitespace().position(|n| n == counter)?;
+    values.split_whitespace().nth(at)?.parse().ok()
 }
 
 fn namespace_sysctls_are_read_only(ctx: &Ctx) -> anyhow::Result<()> {
