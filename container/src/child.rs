@@ -19,10 +19,12 @@
 
 #![expect(unsafe_code, reason = "this module is one of the two that own raw syscalls")]
 
-use std::ffi::{c_char, c_int, c_void};
+use std::ffi::{c_char, c_int, c_long, c_void};
 use std::ptr;
 
 use maelstrom_wire::zygote::{ArchivedSetupOp, ArchivedSpawnRequest, FsKind, SLOTS_MAX, Step};
+
+use crate::sys::gated;
 
 /// Where a child stopped and why.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,26 +185,24 @@ fn mount_data(kind: FsKind) -> *const c_void {
 /// Creates a detached filesystem of `kind` with the new mount API and returns its mount fd.
 fn new_fs(kind: FsKind, step: Step) -> Res<c_int> {
     // SAFETY: fsopen takes a NUL-terminated literal and flags.
-    let mut fs =
-        check(unsafe { libc::syscall(libc::SYS_fsopen, fs_name(kind), libc::FSOPEN_CLOEXEC) }, step)?;
+    let mut fs = check(
+        unsafe { gated(libc::SYS_fsopen, [fs_name(kind) as c_long, libc::FSOPEN_CLOEXEC.into(), 0, 0, 0]) },
+        step,
+    )?;
     // SAFETY: FSCONFIG_CMD_CREATE takes no key or value.
     let created = check(
-        unsafe {
-            libc::syscall(
-                libc::SYS_fsconfig,
-                fs,
-                libc::FSCONFIG_CMD_CREATE,
-                ptr::null::<c_char>(),
-                ptr::null::<c_void>(),
-                0,
-            )
-        },
+        unsafe { gated(libc::SYS_fsconfig, [fs.into(), libc::FSCONFIG_CMD_CREATE.into(), 0, 0, 0]) },
         step,
     );
     let mounted = created.and_then(|_| {
         // SAFETY: fsmount takes the fs context fd and flag words.
         check(
-            unsafe { libc::syscall(libc::SYS_fsmount, fs, libc::FSMOUNT_CLOEXEC, mount_attributes(kind)) },
+            unsafe {
+                gated(
+                    libc::SYS_fsmount,
+                    [fs.into(), libc::FSMOUNT_CLOEXEC.into(), mount_attributes(kind) as c_long, 0, 0],
+                )
+            },
             step,
         )
     });
@@ -210,31 +210,59 @@ fn new_fs(kind: FsKind, step: Step) -> Res<c_int> {
     mounted
 }
 
-/// Clones the tree at `path` as a detached mount, optionally recursive and read-only.
+/// mount(2), through the lanes' filter (see [`gated`]).
+fn mount(
+    source: *const c_char,
+    target: *const c_char,
+    fstype: *const c_char,
+    flags: libc::c_ulong,
+    data: *const c_void,
+) -> c_long {
+    let args = [source as c_long, target as c_long, fstype as c_long, flags as c_long, data as c_long];
+    // SAFETY: the caller passes NUL-terminated strings and data (or null) that live for the call.
+    unsafe { gated(libc::SYS_mount, args) }
+}
+
+fn setns(fd: c_int, nstype: c_int) -> c_long {
+    // SAFETY: setns takes an fd the caller owns and a namespace type.
+    unsafe { gated(libc::SYS_setns, [fd.into(), nstype.into(), 0, 0, 0]) }
+}
+
+fn unshare(flags: c_int) -> c_long {
+    // SAFETY: unshare takes flags.
+    unsafe { gated(libc::SYS_unshare, [flags.into(), 0, 0, 0, 0]) }
+}
+
+/// Clones the tree at `path` as a detached mount, optionally recursive and read-only; always
+/// `nosuid`, so no file in a container has set-id or file-capability powers.
 fn clone_tree(path: *const c_char, recursive: bool, attributes: u64, step: Step) -> Res<c_int> {
+    let attributes = attributes | libc::MOUNT_ATTR_NOSUID;
     let flags = libc::OPEN_TREE_CLONE
         | libc::OPEN_TREE_CLOEXEC
         | if recursive { libc::AT_RECURSIVE as u32 } else { 0 };
     // SAFETY: `path` is NUL-terminated; open_tree takes a dirfd, a path and flags.
-    let mut fd = check(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path, flags) }, step)?;
-    if attributes != 0 {
-        let attr = libc::mount_attr { attr_set: attributes, attr_clr: 0, propagation: 0, userns_fd: 0 };
-        let at = libc::AT_EMPTY_PATH | if recursive { libc::AT_RECURSIVE } else { 0 };
-        // SAFETY: `attr` is a live mount_attr of the size passed; the path is an empty literal.
-        let set = unsafe {
-            libc::syscall(
-                libc::SYS_mount_setattr,
-                fd,
-                c"".as_ptr(),
-                at,
-                &raw const attr,
-                size_of::<libc::mount_attr>(),
-            )
-        };
-        if let Err(failure) = check(set, step) {
-            close(&mut fd);
-            return Err(failure);
-        }
+    let mut fd = check(
+        unsafe { gated(libc::SYS_open_tree, [libc::AT_FDCWD.into(), path as c_long, flags.into(), 0, 0]) },
+        step,
+    )?;
+    let attr = libc::mount_attr { attr_set: attributes, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    let at = libc::AT_EMPTY_PATH | if recursive { libc::AT_RECURSIVE } else { 0 };
+    // SAFETY: `attr` is a live mount_attr of the size passed; the path is an empty literal.
+    let set = unsafe {
+        gated(
+            libc::SYS_mount_setattr,
+            [
+                fd.into(),
+                c"".as_ptr() as c_long,
+                at.into(),
+                (&raw const attr) as c_long,
+                size_of::<libc::mount_attr>() as c_long,
+            ],
+        )
+    };
+    if let Err(failure) = check(set, step) {
+        close(&mut fd);
+        return Err(failure);
     }
     Ok(fd)
 }
@@ -243,13 +271,15 @@ fn clone_tree(path: *const c_char, recursive: bool, attributes: u64, step: Step)
 fn attach(mut fd: c_int, target: *const c_char, step: Step) -> Res {
     // SAFETY: `fd` is a detached mount owned here; `target` is NUL-terminated.
     let moved = unsafe {
-        libc::syscall(
+        gated(
             libc::SYS_move_mount,
-            fd,
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            target,
-            libc::MOVE_MOUNT_F_EMPTY_PATH,
+            [
+                fd.into(),
+                c"".as_ptr() as c_long,
+                libc::AT_FDCWD.into(),
+                target as c_long,
+                libc::MOVE_MOUNT_F_EMPTY_PATH.into(),
+            ],
         )
     };
     close(&mut fd);
@@ -296,12 +326,7 @@ fn make_root(layers: &[maelstrom_wire::ArchivedCBytes], writable: bool, step: St
         Some(data) if ok => {
             let flags = libc::MS_NOSUID | libc::MS_NODEV | if writable { 0 } else { libc::MS_RDONLY };
             // SAFETY: all strings are NUL-terminated; `data` lives on this stack.
-            check(
-                unsafe { libc::mount(c"overlay".as_ptr(), top, c"overlay".as_ptr(), flags, data.cast()) }
-                    .into(),
-                step,
-            )
-            .map(drop)
+            check(mount(c"overlay".as_ptr(), top, c"overlay".as_ptr(), flags, data.cast()), step).map(drop)
         }
         _ => Err(Failure { step, errno: libc::E2BIG }),
     };
@@ -328,10 +353,11 @@ fn make_upper(upper: c_int, top: *const c_char, step: Step) -> Res {
 }
 
 fn pivot_root(step: Step) -> Res {
+    let dot = c".".as_ptr() as c_long;
     // SAFETY: "." names the current directory for both arguments (the stacked-pivot idiom).
-    check(unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) }, step)?;
+    check(unsafe { gated(libc::SYS_pivot_root, [dot, dot, 0, 0, 0]) }, step)?;
     // SAFETY: detaches the old root, now stacked on ".".
-    check(unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) }.into(), step)?;
+    check(unsafe { gated(libc::SYS_umount2, [dot, libc::MNT_DETACH.into(), 0, 0, 0]) }, step)?;
     chdir(c"/".as_ptr(), step)
 }
 
@@ -352,9 +378,7 @@ pub(crate) fn run_ops(ops: &[ArchivedSetupOp], slots: &mut Slots, step: fn(u32) 
                 let kind = kind.native();
                 let name = fs_name(kind);
                 // SAFETY: all strings are NUL-terminated literals or validated archived strings.
-                let ret =
-                    unsafe { libc::mount(name, target.as_ptr(), name, mount_flags(kind), mount_data(kind)) };
-                check(ret.into(), step)?;
+                check(mount(name, target.as_ptr(), name, mount_flags(kind), mount_data(kind)), step)?;
             }
             ArchivedSetupOp::Hold { source, slot } => {
                 slots.put(*slot, clone_tree(source.as_ptr(), true, 0, step)?)
@@ -419,6 +443,10 @@ pub(crate) struct JobArgs<'a> {
     pub(crate) argv: *const *const c_char,
     pub(crate) envp: *const *const c_char,
     pub(crate) slots: Slots,
+    /// Keep root's capabilities in the job's user namespace (the spec allows them).
+    pub(crate) keep_capabilities: bool,
+    /// A seccomp filter to load last (the open lane's jobs), else none: the lane's is enough.
+    pub(crate) filter: Option<&'a [seccompiler::sock_filter]>,
     pub(crate) failure: Option<Failure>,
 }
 
@@ -460,20 +488,20 @@ fn job_setup(args: &mut JobArgs<'_>) -> Res {
 
     if args.netns_fd >= 0 {
         // SAFETY: setns takes an fd owned by the lane and a namespace type.
-        check(unsafe { libc::setns(args.netns_fd, libc::CLONE_NEWNET) }.into(), Step::JoinNetwork)?;
+        check(setns(args.netns_fd, libc::CLONE_NEWNET), Step::JoinNetwork)?;
     }
 
     // SAFETY: as above.
-    check(unsafe { libc::setns(args.ipcns_fd, libc::CLONE_NEWIPC) }.into(), Step::JoinIpc)?;
+    check(setns(args.ipcns_fd, libc::CLONE_NEWIPC), Step::JoinIpc)?;
 
     let request = args.request;
     if args.template_fd >= 0 {
         // SAFETY: as above.
-        check(unsafe { libc::setns(args.template_fd, libc::CLONE_NEWNS) }.into(), Step::JoinTemplate)?;
+        check(setns(args.template_fd, libc::CLONE_NEWNS), Step::JoinTemplate)?;
     }
     if args.template_fd < 0 || !request.job.is_empty() {
         // SAFETY: unshare takes flags.
-        check(unsafe { libc::unshare(libc::CLONE_NEWNS) }.into(), Step::UnshareMounts)?;
+        check(unshare(libc::CLONE_NEWNS), Step::UnshareMounts)?;
     }
     run_ops(&request.job, &mut args.slots, |op| Step::Job { op })?;
 
@@ -499,7 +527,7 @@ fn job_setup(args: &mut JobArgs<'_>) -> Res {
         die_with_worker(args.worker_pidfd, userns)?;
     }
     // SAFETY: unshare takes flags.
-    check(unsafe { libc::unshare(libc::CLONE_NEWUSER) }.into(), userns)?;
+    check(unshare(libc::CLONE_NEWUSER), userns)?;
     write_at(proc_self, c"setgroups", b"deny", userns)?;
     write_at(proc_self, c"uid_map", args.uid_map.bytes.get(..args.uid_map.len).unwrap_or(&[]), userns)?;
     write_at(proc_self, c"gid_map", args.gid_map.bytes.get(..args.gid_map.len).unwrap_or(&[]), userns)?;
@@ -523,8 +551,43 @@ fn job_setup(args: &mut JobArgs<'_>) -> Res {
     // SAFETY: closes every fd above stderr in this child's own fd table.
     check(unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) }, stdio)?;
 
-    // No-new-privileges and the seccomp filter were installed in the lane and are inherited.
+    if !args.keep_capabilities {
+        drop_capabilities()?;
+    }
+    // No-new-privileges and the lane's seccomp filter are inherited; the open lane's jobs add
+    // their own, which allows what their spec asks for and no more.
+    if let Some(filter) = args.filter {
+        let program =
+            libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr().cast_mut().cast() };
+        // SAFETY: `program` points at a filter the lane keeps alive until this child execs.
+        let ret =
+            unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &raw const program) };
+        check(ret, Step::Policy)?;
+    }
     exec(request, args.argv, args.envp)
+}
+
+/// Gives up every capability for good. The job's new user namespace gave it all of them; it
+/// keeps none now, and exec gives none back:
+/// - the locked "no root" securebit stops exec from handing root the bounding set (cheaper than
+///   emptying the bounding set, which is one credential change per capability);
+/// - no ambient capabilities can be raised (and there are none);
+/// - file capabilities count for nothing: every mount of a container is `nosuid`.
+fn drop_capabilities() -> Res {
+    let step = Step::Policy;
+    const NOROOT: libc::c_ulong = 1 << 0;
+    const NOROOT_LOCKED: libc::c_ulong = 1 << 1;
+    const KEEP_CAPS_LOCKED: libc::c_ulong = 1 << 5;
+    const NO_CAP_AMBIENT_RAISE: libc::c_ulong = 1 << 6;
+    const NO_CAP_AMBIENT_RAISE_LOCKED: libc::c_ulong = 1 << 7;
+    let bits = NOROOT | NOROOT_LOCKED | KEEP_CAPS_LOCKED | NO_CAP_AMBIENT_RAISE | NO_CAP_AMBIENT_RAISE_LOCKED;
+    // SAFETY: prctl with integer arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_SECUREBITS, bits, 0, 0, 0) }.into(), step)?;
+    const VERSION_3: u32 = 0x2008_0522;
+    let header = [VERSION_3, 0];
+    let data = [0u32; 6];
+    // SAFETY: a v3 header for this thread and two zeroed data structs (three u32 each).
+    check(unsafe { libc::syscall(libc::SYS_capset, header.as_ptr(), data.as_ptr()) }, step).map(drop)
 }
 
 /// Tries each candidate like execvp: on to the next while it is missing, and reports
@@ -622,10 +685,9 @@ pub(crate) extern "C" fn netns_main(arg: *mut c_void) -> c_int {
     let args = unsafe { &mut *arg.cast::<NetnsArgs>() };
     let step = Step::CreateNetwork;
     let result = (|| {
-        // SAFETY: setns and unshare take an fd and flags.
-        check(unsafe { libc::setns(args.owner_fd, libc::CLONE_NEWUSER) }.into(), step)?;
+        check(setns(args.owner_fd, libc::CLONE_NEWUSER), step)?;
         // SAFETY: as above.
-        check(unsafe { libc::unshare(libc::CLONE_NEWNET) }.into(), step)?;
+        check(unshare(libc::CLONE_NEWNET), step)?;
         if args.loopback {
             loopback_up(step)?;
         }
@@ -707,11 +769,10 @@ pub(crate) extern "C" fn ipcns_main(arg: *mut c_void) -> c_int {
     let step = Step::CreateIpc;
     let result = (|| {
         // SAFETY: setns and unshare take an fd and flags.
-        check(unsafe { libc::setns(args.owner_fd, libc::CLONE_NEWUSER) }.into(), step)?;
+        check(setns(args.owner_fd, libc::CLONE_NEWUSER), step)?;
         // A mount namespace of our own too: mounting the namespace's mqueue filesystem takes
         // privilege over the mount namespace, which the lane's is not.
-        // SAFETY: as above.
-        check(unsafe { libc::unshare(libc::CLONE_NEWIPC | libc::CLONE_NEWNS) }.into(), step)?;
+        check(unshare(libc::CLONE_NEWIPC | libc::CLONE_NEWNS), step)?;
         let open = |path: &std::ffi::CStr, flags: c_int| {
             // SAFETY: literal paths, plain flags.
             unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) }

@@ -24,13 +24,14 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use maelstrom_wire::zygote::{
-    self, ArchivedNetworkMode, ArchivedSetupOp, ArchivedSpawnRequest, BootStep, FsKind,
+    self, Allowance, ArchivedNetworkMode, ArchivedSetupOp, ArchivedSpawnRequest, BootStep, FsKind,
     LANE_PROTOCOL_VERSION, LaneHello, SPAWN_REQUEST_BYTES_MAX, SetupOp, SpawnReply, Step,
 };
 use rkyv::util::AlignedVec;
 use rkyv::vec::ArchivedVec;
 
 use crate::child::{self, Failure, IpcnsArgs, JobArgs, MapLine, NetnsArgs, Slots, TemplateArgs};
+use crate::seccomp;
 use crate::sys::{self, ChildStack};
 
 /// Template mount namespaces one lane keeps (least recently used go first).
@@ -73,19 +74,27 @@ pub(crate) fn main(
     sock: OwnedFd,
     boot: Boot,
     worker: libc::pid_t,
-    seccomp: &[seccompiler::sock_filter],
+    filter: &[seccompiler::sock_filter],
+    open: bool,
 ) -> ! {
     // A panic must never unwind into the worker's frames this process was forked with (their
     // destructors would run here, in the lane): it ends the lane instead.
     // (A lane that panics kills its jobs on the way out: see `Drop for Lane`.)
-    let served =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve_lane(&sock, boot, worker, seccomp)));
+    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        serve_lane(&sock, boot, worker, filter, open)
+    }));
     // SAFETY: ends this lane without running the worker's atexit handlers or destructors.
     unsafe { libc::_exit(served.unwrap_or(3)) }
 }
 
-fn serve_lane(sock: &OwnedFd, boot: Boot, worker: libc::pid_t, seccomp: &[seccompiler::sock_filter]) -> i32 {
-    match Lane::boot(sock.as_fd(), boot, worker, seccomp) {
+fn serve_lane(
+    sock: &OwnedFd,
+    boot: Boot,
+    worker: libc::pid_t,
+    filter: &[seccompiler::sock_filter],
+    open: bool,
+) -> i32 {
+    match Lane::boot(sock.as_fd(), boot, worker, filter, open) {
         Ok(mut lane) => match lane.serve(sock.as_fd()) {
             // The worker closed the socket: it is gone (or dropped this lane, killing it), and
             // so are its jobs, whatever they did to their parent-death signal.
@@ -225,6 +234,10 @@ struct Lane {
     argv: Vec<*const c_char>,
     envp: Vec<*const c_char>,
     scratch: Vec<u8>,
+    /// The open lane: its jobs may be allowed more than the default policy, and load their own
+    /// filters, compiled here once per set of allowances.
+    open: bool,
+    filters: Vec<(seccomp::Allowances, Vec<seccompiler::sock_filter>)>,
 }
 
 type BootResult<T> = Result<T, (BootStep, io::Error)>;
@@ -238,7 +251,8 @@ impl Lane {
         sock: BorrowedFd<'_>,
         boot: Boot,
         worker: libc::pid_t,
-        seccomp: &[seccompiler::sock_filter],
+        filter: &[seccompiler::sock_filter],
+        open: bool,
     ) -> BootResult<Self> {
         // No parent-death signal: when the worker dies its end of the socket closes, and the
         // lane, seeing that, kills the jobs it started before it exits.
@@ -297,6 +311,8 @@ impl Lane {
             argv: Vec::new(),
             envp: Vec::new(),
             scratch: vec![0; TRACE_BYTES_MAX],
+            open,
+            filters: Vec::new(),
         };
         // The owner of the pooled network and IPC namespaces maps only `1 → job_id`. Jobs can
         // join what it owns but hold no capability there; its root maps to no one, so sysctls
@@ -306,7 +322,7 @@ impl Lane {
         let owner = Maps { uid: owner_map.clone(), gid: owner_map, deny_setgroups: false };
         lane.netns_owner = new_user_namespace(&owner, false).map_err(at(BootStep::NetworkOwner))?.0;
         // Installed once here, the filter is inherited by every job: no job pays to load it.
-        sys::install_seccomp(seccomp).map_err(at(BootStep::Seccomp))?;
+        sys::install_seccomp(filter).map_err(at(BootStep::Seccomp))?;
         let hello = LaneHello::Ready { version: LANE_PROTOCOL_VERSION, pid: sys::getpid() };
         let mut buf = AlignedVec::new();
         zygote::encode(&hello, &mut buf)
@@ -384,6 +400,17 @@ impl Lane {
         self.envp.extend(request.environment.iter().map(|e| e.as_ptr()));
         self.envp.push(std::ptr::null());
 
+        let allowances = zygote::allowance_bits(request.allow.iter());
+        let filter = match (self.open, allowances) {
+            (false, 0) => None,
+            // The worker sends such jobs to the open lane only.
+            (false, _) => {
+                self.give_back(borrowed);
+                return failed(Failure { step: Step::Policy, errno: libc::EPERM });
+            }
+            (true, allowances) => Some(self.filter(allowances)),
+        };
+        let filter = filter.map(|index| self.filters[index].1.as_slice());
         let mut args = JobArgs {
             request,
             template_fd,
@@ -399,6 +426,8 @@ impl Lane {
             argv: self.argv.as_ptr(),
             envp: self.envp.as_ptr(),
             slots: Slots::new(),
+            keep_capabilities: allowances & Allowance::Capabilities.bit() != 0,
+            filter,
             failure: None,
         };
         // No CLONE_NEWIPC or CLONE_NEWNET: the job joins pooled ones, which costs far less.
@@ -442,6 +471,17 @@ impl Lane {
             }
         };
         (reply, Some(pidfd))
+    }
+
+    /// The index in `filters` of the open lane's jobs' filter with these allowances.
+    fn filter(&mut self, allowances: seccomp::Allowances) -> usize {
+        match self.filters.iter().position(|(a, _)| *a == allowances) {
+            Some(index) => index,
+            None => {
+                self.filters.push((allowances, seccomp::program(allowances, None)));
+                self.filters.len() - 1
+            }
+        }
     }
 
     fn worker_gone(&self) -> bool {

@@ -16,7 +16,7 @@ use std::path::{Component, Path, PathBuf};
 
 pub use maelstrom_wire::zygote::Device;
 use maelstrom_wire::zygote::{
-    FsKind, NetworkMode, PROGRAM_CANDIDATES_MAX, Rlimit, SLOTS_MAX, SetupOp, SpawnRequest,
+    Allowance, FsKind, NetworkMode, PROGRAM_CANDIDATES_MAX, Rlimit, SLOTS_MAX, SetupOp, SpawnRequest,
 };
 use maelstrom_wire::{CBytes, InteriorNul};
 
@@ -76,6 +76,8 @@ pub struct Spec {
     /// Looked up in the environment's `PATH` when it has no slash.
     pub program: OsString,
     pub arguments: Vec<OsString>,
+    /// What the job may use beyond the default sandbox (see [`crate::seccomp`]).
+    pub allow: Vec<Allowance>,
 }
 
 /// Kept trees a spec may name.
@@ -158,6 +160,7 @@ impl Spec {
             rlimits: rlimits_default(),
             program: program.into(),
             arguments: Vec::new(),
+            allow: Vec::new(),
         }
     }
 }
@@ -360,6 +363,12 @@ pub fn compile(spec: &Spec) -> Result<SpawnRequest, PlanError> {
         program,
         arguments,
         environment,
+        allow: {
+            let mut allow = spec.allow.clone();
+            allow.sort_unstable();
+            allow.dedup();
+            allow
+        },
     })
 }
 

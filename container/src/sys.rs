@@ -16,6 +16,7 @@ use std::ffi::CStr;
 use std::io;
 use std::mem::{MaybeUninit, size_of};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub(crate) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -485,29 +486,53 @@ pub fn getegid() -> u32 {
     unsafe { libc::getegid() }
 }
 
+/// The zygote's secret: the sixth argument that lets the sandbox's own mount and namespace
+/// calls through the lanes' seccomp filter (see [`crate::seccomp`]). Set once, before the
+/// lanes are forked; read by them and by the children that share their memory.
+static SECRET: AtomicU64 = AtomicU64::new(0);
+
+/// Draws the secret. Called by the zygote before it forks its lanes.
+pub fn draw_secret() -> io::Result<u64> {
+    let mut bytes = [0u8; 8];
+    // SAFETY: `bytes` is writable for its length.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        return Err(if n < 0 { io::Error::last_os_error() } else { io::Error::from_raw_os_error(libc::EIO) });
+    }
+    let secret = u64::from_ne_bytes(bytes);
+    SECRET.store(secret, Ordering::Relaxed);
+    Ok(secret)
+}
+
+/// Makes syscall `nr` (one of the filter's gated ones, which take at most five arguments) with
+/// `args` and the secret as the sixth argument. Returns the raw result, like `libc::syscall`.
+///
+/// # Safety
+/// As for the syscall itself with these arguments.
+pub unsafe fn gated(nr: libc::c_long, args: [libc::c_long; 5]) -> libc::c_long {
+    let [a, b, c, d, e] = args;
+    let secret = SECRET.load(Ordering::Relaxed) as libc::c_long;
+    // SAFETY: the caller vouches for the first five; the kernel ignores the sixth.
+    unsafe { libc::syscall(nr, a, b, c, d, e, secret) }
+}
+
 pub fn unshare(flags: libc::c_int) -> io::Result<()> {
     // SAFETY: unshare takes an integer.
-    cvt(unsafe { libc::unshare(flags) }).map(drop)
+    cvt(unsafe { gated(libc::SYS_unshare, [flags.into(), 0, 0, 0, 0]) } as libc::c_int).map(drop)
 }
 
 pub fn setns(fd: BorrowedFd<'_>, nstype: libc::c_int) -> io::Result<()> {
     // SAFETY: setns takes an fd borrowed for the call and an integer.
-    cvt(unsafe { libc::setns(fd.as_raw_fd(), nstype) }).map(drop)
+    cvt(unsafe { gated(libc::SYS_setns, [fd.as_raw_fd().into(), nstype.into(), 0, 0, 0]) } as libc::c_int)
+        .map(drop)
 }
 
 /// Makes every mount in this mount namespace private, so nothing propagates to or from the host.
 pub fn make_mounts_private() -> io::Result<()> {
+    let flags = (libc::MS_REC | libc::MS_PRIVATE) as libc::c_long;
     // SAFETY: the path is a NUL-terminated literal; the other pointers may be null for this call.
-    cvt(unsafe {
-        libc::mount(
-            std::ptr::null(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        )
-    })
-    .map(drop)
+    cvt(unsafe { gated(libc::SYS_mount, [0, c"/".as_ptr() as libc::c_long, 0, flags, 0]) } as libc::c_int)
+        .map(drop)
 }
 
 /// This process's soft and hard limit of `resource` (`u64::MAX`: unlimited).

@@ -37,7 +37,7 @@ pub enum StartError {
          threads (call Zygote::start first thing in main)"
     )]
     Threaded { threads: usize },
-    #[error("compile the seccomp policy: {0}")]
+    #[error("set up the seccomp policy: {0}")]
     Seccomp(String),
     #[error("start zygote lane {lane}: {what}")]
     Io {
@@ -111,11 +111,23 @@ pub struct Lane {
     pidfd: OwnedFd,
     sock: OwnedFd,
     request_bytes_max: usize,
+    open: bool,
 }
 
 impl Lane {
     pub fn index(&self) -> usize {
         self.index
+    }
+
+    /// Whether this is the zygote's open lane, the one that starts the jobs whose specs allow
+    /// more than the default sandbox (and only those).
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// Whether this lane is the one to start `request`.
+    pub fn serves(&self, request: &SpawnRequest) -> bool {
+        self.open != request.allow.is_empty()
     }
 
     pub fn pid(&self) -> libc::pid_t {
@@ -185,6 +197,7 @@ impl Lane {
         pidfd: OwnedFd,
         sock: OwnedFd,
         request_bytes_max: usize,
+        open: bool,
     ) -> Result<Self, StartError> {
         let mut buf = AlignedVec::<16>::with_capacity(REPLY_BYTES_MAX);
         buf.resize(REPLY_BYTES_MAX, 0);
@@ -228,7 +241,7 @@ impl Lane {
             }
             ArchivedLaneHello::Ready { .. } => unreachable!("version checked by the arms above"),
         }
-        Ok(Self { index, pid, pidfd, sock, request_bytes_max })
+        Ok(Self { index, pid, pidfd, sock, request_bytes_max, open })
     }
 }
 
@@ -287,11 +300,16 @@ impl Zygote {
             return Err(StartError::Threaded { threads });
         }
         sys::default_sigchld().map_err(|source| StartError::Io { lane: 0, what: "reset SIGCHLD", source })?;
-        let policy = seccomp::compile().map_err(|e| StartError::Seccomp(e.to_string()))?;
+        let secret = sys::draw_secret().map_err(|e| StartError::Seccomp(format!("draw its secret: {e}")))?;
+        let strict = seccomp::program(0, Some(secret));
+        let open = seccomp::program(seccomp::all_allowances(), None);
         let worker = sys::getpid();
         let (uid, gid) = (sys::geteuid(), sys::getegid());
         let mut lanes: Vec<Lane> = Vec::new();
-        for index in 0..config.lanes.max(1) {
+        // The last lane is the open one.
+        let count = config.lanes.max(1) + 1;
+        for index in 0..count {
+            let is_open = index + 1 == count;
             let io_error = |what| move |source| StartError::Io { lane: index, what, source };
             let (ours, theirs) = sys::seqpacket_pair().map_err(io_error("create its socket"))?;
             let wanted = SPAWN_REQUEST_BYTES_MAX + (64 << 10);
@@ -307,12 +325,12 @@ impl Zygote {
             match unsafe { sys::fork() }.map_err(io_error("fork"))? {
                 Forked::Child => {
                     close_fds_except(theirs.as_raw_fd());
-                    lane::main(theirs, boot, worker, &policy)
+                    lane::main(theirs, boot, worker, if is_open { &open } else { &strict }, is_open)
                 }
                 Forked::Parent { pid } => {
                     drop(theirs);
                     let pidfd = sys::pidfd_open(pid).map_err(io_error("open its pidfd"))?;
-                    lanes.push(Lane::greet(index, pid, pidfd, ours, request_bytes_max)?);
+                    lanes.push(Lane::greet(index, pid, pidfd, ours, request_bytes_max, is_open)?);
                 }
             }
         }
@@ -346,7 +364,7 @@ impl Zygote {
         stdout: BorrowedFd<'_>,
         stderr: BorrowedFd<'_>,
     ) -> Result<Job, SpawnError> {
-        let (lane, mut exchange) = self.pick();
+        let (lane, mut exchange) = self.pick(request);
         if let Some((lane, status)) = &exchange.died {
             return Err(SpawnError::LaneDied { lane: *lane, status: status.clone() });
         }
@@ -367,12 +385,13 @@ impl Zygote {
         }
     }
 
-    /// A free lane if there is one, else the next in turn.
-    fn pick(&self) -> (&Lane, MutexGuard<'_, Exchange>) {
+    /// Of the lanes that serve `request`, a free one if there is one, else the next in turn.
+    fn pick(&self, request: &SpawnRequest) -> (&Lane, MutexGuard<'_, Exchange>) {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let n = self.slots.len();
+        let serving: Vec<&Slot> = self.slots.iter().filter(|slot| slot.lane.serves(request)).collect();
+        let n = serving.len();
         for i in 0..n {
-            let slot = &self.slots[(start + i) % n];
+            let slot = serving[(start + i) % n];
             if let Ok(exchange) = slot.exchange.try_lock()
                 && exchange.died.is_none()
             {
@@ -381,13 +400,13 @@ impl Zygote {
         }
         // All busy: wait for the first live lane in turn (a dead one only if all are).
         for i in 0..n - 1 {
-            let slot = &self.slots[(start + i) % n];
+            let slot = serving[(start + i) % n];
             let exchange = slot.exchange.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             if exchange.died.is_none() {
                 return (&slot.lane, exchange);
             }
         }
-        let slot = &self.slots[(start + n - 1) % n];
+        let slot = serving[(start + n - 1) % n];
         (&slot.lane, slot.exchange.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 }

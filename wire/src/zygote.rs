@@ -25,7 +25,7 @@ use rkyv::util::AlignedVec;
 use crate::{CBytes, DecodeError};
 
 /// Bumped whenever a type in this module changes shape.
-pub const LANE_PROTOCOL_VERSION: u32 = 1;
+pub const LANE_PROTOCOL_VERSION: u32 = 2;
 
 /// Largest spawn request, in bytes. Arguments and environment dominate; this allows about half
 /// of a default `ARG_MAX`. The socket buffers are sized to carry it in one datagram.
@@ -64,6 +64,81 @@ pub enum NetworkMode {
     Loopback,
     /// The host's network.
     Local,
+}
+
+/// Something the default sandbox refuses a job, which its spec may allow by name.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "snake_case"))]
+#[rkyv(compare(PartialEq), derive(Debug, Clone, Copy, PartialEq, Eq))]
+pub enum Allowance {
+    /// Keep the capabilities of root in the job's own user namespace.
+    Capabilities,
+    /// Create and enter user namespaces (`unshare`, `clone`, `clone3`, `setns`).
+    UserNamespaces,
+    /// `io_uring_setup`, `io_uring_enter`, `io_uring_register`.
+    IoUring,
+    /// `ptrace` and what shares its access check: `process_vm_readv`/`writev`, `kcmp`,
+    /// `pidfd_getfd`, `process_madvise`.
+    Ptrace,
+    /// `mount`, `umount2`, `pivot_root` and the mount API (`fsopen`, `move_mount`...).
+    Mount,
+    Userfaultfd,
+    /// `add_key`, `request_key`, `keyctl`.
+    Keyrings,
+    Bpf,
+    /// `perf_event_open`.
+    PerfEvents,
+}
+
+impl Allowance {
+    pub const ALL: [Allowance; 9] = [
+        Allowance::Capabilities,
+        Allowance::UserNamespaces,
+        Allowance::IoUring,
+        Allowance::Ptrace,
+        Allowance::Mount,
+        Allowance::Userfaultfd,
+        Allowance::Keyrings,
+        Allowance::Bpf,
+        Allowance::PerfEvents,
+    ];
+
+    /// The name specs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Allowance::Capabilities => "capabilities",
+            Allowance::UserNamespaces => "user_namespaces",
+            Allowance::IoUring => "io_uring",
+            Allowance::Ptrace => "ptrace",
+            Allowance::Mount => "mount",
+            Allowance::Userfaultfd => "userfaultfd",
+            Allowance::Keyrings => "keyrings",
+            Allowance::Bpf => "bpf",
+            Allowance::PerfEvents => "perf_events",
+        }
+    }
+
+    /// This allowance's bit in a set.
+    pub fn bit(self) -> u32 {
+        1 << self as u32
+    }
+}
+
+/// A set of allowances as bits ([`Allowance::bit`]).
+pub fn allowance_bits<'a>(allowances: impl IntoIterator<Item = &'a ArchivedAllowance>) -> u32 {
+    allowances.into_iter().fold(0, |bits, a| bits | 1 << *a as u32)
 }
 
 /// A device a container can be given (`/dev/<name>`, the host's node; `shm` is a fresh tmpfs).
@@ -287,6 +362,8 @@ pub struct SpawnRequest {
     pub arguments: Vec<CBytes>,
     /// `NAME=value` entries: the job's whole environment.
     pub environment: Vec<CBytes>,
+    /// What the job may use beyond the default sandbox.
+    pub allow: Vec<Allowance>,
 }
 
 /// Where a job's setup stopped.
@@ -319,6 +396,8 @@ pub enum Step {
     UserNamespace,
     Stdio,
     Rlimit,
+    /// Dropping capabilities and loading the job's own seccomp filter.
+    Policy,
     Exec,
 }
 
@@ -340,6 +419,7 @@ impl fmt::Display for Step {
             Step::UserNamespace => f.write_str("enter the job's user namespace"),
             Step::Stdio => f.write_str("set up stdin, stdout and stderr"),
             Step::Rlimit => f.write_str("set a resource limit"),
+            Step::Policy => f.write_str("apply the job's sandbox policy (capabilities, seccomp)"),
             Step::Exec => f.write_str("execute the program"),
         }
     }
@@ -363,6 +443,7 @@ impl ArchivedStep {
             ArchivedStep::UserNamespace => Step::UserNamespace,
             ArchivedStep::Stdio => Step::Stdio,
             ArchivedStep::Rlimit => Step::Rlimit,
+            ArchivedStep::Policy => Step::Policy,
             ArchivedStep::Exec => Step::Exec,
         }
     }
@@ -682,6 +763,7 @@ mod tests {
             program: vec![c("/usr/bin/true"), c("/bin/true")],
             arguments: vec![c("true"), c("--flag")],
             environment: vec![c("PATH=/usr/bin:/bin")],
+            allow: vec![Allowance::IoUring],
         }
     }
 

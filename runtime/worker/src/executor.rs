@@ -397,14 +397,23 @@ impl EventLoop {
 
     /// Starts waiting jobs while slots and lanes allow.
     fn dispatch(&mut self) {
-        while self.slots_free > 0 && !self.queue.is_empty() {
-            let Some(lane) = self.lanes.iter().position(|l| l.dead.is_none() && l.spawning.is_none()) else {
-                if let Some(why) = self.lanes.iter().find_map(|l| l.dead.clone())
-                    && self.lanes.iter().all(|l| l.dead.is_some())
+        while self.slots_free > 0
+            && let Some(next) = self.queue.peek()
+        {
+            // Jobs whose specs allow more than the default sandbox go to the open lane, the
+            // others to the rest.
+            let serving = |l: &LaneState| l.lane.serves(&next.spawn);
+            let Some(lane) =
+                self.lanes.iter().position(|l| serving(l) && l.dead.is_none() && l.spawning.is_none())
+            else {
+                if let Some(why) = self.lanes.iter().filter(|l| serving(l)).find_map(|l| l.dead.clone())
+                    && self.lanes.iter().filter(|l| serving(l)).all(|l| l.dead.is_some())
                 {
-                    for job in self.queue.remove_where(|_| true) {
+                    let open = next.spawn.allow.is_empty();
+                    for job in self.queue.remove_where(|job| job.spawn.allow.is_empty() == open) {
                         self.report(job.id, Err(JobError::System(why.clone())));
                     }
+                    continue;
                 }
                 return;
             };

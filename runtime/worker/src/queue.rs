@@ -79,6 +79,11 @@ impl<T> Queue<T> {
         self.heap.pop().map(|e| e.item)
     }
 
+    /// The item `pop` would return.
+    pub fn peek(&self) -> Option<&T> {
+        self.heap.peek().map(|e| &e.item)
+    }
+
     pub fn len(&self) -> usize {
         self.heap.len()
     }

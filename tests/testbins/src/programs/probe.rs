@@ -29,6 +29,9 @@
 //   probe orphan           leave a child sleeping forever, then exit 0
 //   probe forkbomb CAP     fork children that sleep until a fork fails or CAP succeeded;
 //                          report how many and the errno (children die with the job)
+//   probe try WHAT...      try each of: userns, netns, io_uring, ptrace, fsopen, userfaultfd,
+//                          clone3, statmount, perf; report `WHAT=ok` or `WHAT=<errno>`;
+//                          and `caps=<CapEff>`
 //   probe deny WHAT -- PROGRAM ARGS...
 //                          run PROGRAM under a seccomp filter that makes io_uring_setup
 //                          (WHAT=io_uring) or the creation of user namespaces (WHAT=userns)
@@ -125,6 +128,79 @@ fn deny(what: &str, command: &[String]) -> ! {
     let error = std::os::unix::process::CommandExt::exec(std::process::Command::new(&command[0]).args(&command[1..]));
     eprintln!("probe: exec {}: {error}", command[0]);
     std::process::exit(127);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod nr {
+    pub const UNSHARE: i64 = 272;
+    pub const PTRACE: i64 = 101;
+    pub const USERFAULTFD: i64 = 323;
+    pub const PERF_EVENT_OPEN: i64 = 298;
+    pub const CAPGET: i64 = 125;
+}
+#[cfg(target_arch = "aarch64")]
+mod nr {
+    pub const UNSHARE: i64 = 97;
+    pub const PTRACE: i64 = 117;
+    pub const USERFAULTFD: i64 = 282;
+    pub const PERF_EVENT_OPEN: i64 = 241;
+    pub const CAPGET: i64 = 90;
+}
+
+extern "C" {
+    fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
+    fn close(fd: i32) -> i32;
+    fn _exit(code: i32) -> !;
+}
+
+/// Tries what a default sandbox refuses; `ok` or the errno, one line each.
+fn try_each(whats: &[String]) {
+    let result = |ret: i64| if ret >= 0 { "ok".to_string() } else { errno().to_string() };
+    let fd_result = |ret: i64| {
+        if ret >= 0 {
+            unsafe { close(ret as i32) };
+        }
+        result(ret)
+    };
+    for what in whats {
+        let outcome = unsafe {
+            match what.as_str() {
+                "userns" => result(syscall(nr::UNSHARE, 0x1000_0000i64)),
+                "netns" => result(syscall(nr::UNSHARE, 0x4000_0000i64)),
+                "io_uring" => {
+                    let mut params = [0u8; 120];
+                    fd_result(syscall(425, 1i64, params.as_mut_ptr()))
+                }
+                "ptrace" => {
+                    let child = fork();
+                    if child == 0 {
+                        let ret = syscall(nr::PTRACE, 0i64, 0i64, 0i64, 0i64);
+                        _exit(if ret == 0 { 0 } else { errno() });
+                    }
+                    let mut status = 0;
+                    waitpid(child, &mut status, 0);
+                    let code = (status >> 8) & 0xff;
+                    if code == 0 { "ok".into() } else { code.to_string() }
+                }
+                "fsopen" => fd_result(syscall(430, c"tmpfs".as_ptr(), 0i64)),
+                "userfaultfd" => fd_result(syscall(nr::USERFAULTFD, 0o2000001i64)),
+                "clone3" => result(syscall(435, 0i64, 0i64)),
+                "statmount" => result(syscall(457, 0i64, 0i64, 0i64, 0i64)),
+                "perf" => fd_result(syscall(nr::PERF_EVENT_OPEN, 0i64, 0i64, -1i64, -1i64, 0i64)),
+                other => {
+                    eprintln!("probe: try what? {other:?}");
+                    std::process::exit(2);
+                }
+            }
+        };
+        println!("{what}={outcome}");
+    }
+    // capget, v3: effective sets of the two 32-bit halves.
+    let header = [0x2008_0522u32, 0];
+    let mut data = [0u32; 6];
+    let ret = unsafe { syscall(nr::CAPGET, header.as_ptr(), data.as_mut_ptr()) };
+    let caps = if ret == 0 { format!("{:016x}", u64::from(data[3]) << 32 | u64::from(data[0])) } else { errno().to_string() };
+    println!("caps={caps}");
 }
 
 const IPC_CREAT: i32 = 0o1000;
@@ -358,6 +434,7 @@ fn main() {
         "timewait" => timewait(arg(1).parse().expect("timewait PORT")),
         "ls" => println!("{}", entries(&arg(1))),
         "ipc-leave" => ipc_leave(),
+        "try" => try_each(args.get(1..).unwrap_or_default()),
         "deny" => deny(&arg(1), args.get(3..).unwrap_or_default()),
         "ipc-look" => ipc_look(),
         "ipc-churn" => {
