@@ -23,7 +23,7 @@ use crate::artifact::Digest;
 use crate::zygote::{Device, NetworkMode};
 
 /// Bumped whenever a type in this module changes shape.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Bytes of a frame header.
 pub const HEADER_BYTES: usize = 8;
@@ -191,6 +191,8 @@ pub struct JobSpec {
     /// Trees of the layers that stay visible at their own paths over a tmpfs mount.
     pub keep_visible: Vec<String>,
     pub network: NetworkMode,
+    /// What the job may use beyond the default sandbox.
+    pub allow: Vec<crate::zygote::Allowance>,
     pub writable_root: bool,
     pub working_directory: String,
     pub user: u32,
@@ -465,6 +467,7 @@ pub fn typical_job() -> JobSpec {
         ],
         keep_visible: Vec::new(),
         network: NetworkMode::Disabled,
+        allow: Vec::new(),
         writable_root: false,
         working_directory: "/work/my_crate".into(),
         user: 0,

@@ -136,6 +136,22 @@ impl Allowance {
     }
 }
 
+impl ArchivedAllowance {
+    pub fn native(self) -> Allowance {
+        match self {
+            ArchivedAllowance::Capabilities => Allowance::Capabilities,
+            ArchivedAllowance::UserNamespaces => Allowance::UserNamespaces,
+            ArchivedAllowance::IoUring => Allowance::IoUring,
+            ArchivedAllowance::Ptrace => Allowance::Ptrace,
+            ArchivedAllowance::Mount => Allowance::Mount,
+            ArchivedAllowance::Userfaultfd => Allowance::Userfaultfd,
+            ArchivedAllowance::Keyrings => Allowance::Keyrings,
+            ArchivedAllowance::Bpf => Allowance::Bpf,
+            ArchivedAllowance::PerfEvents => Allowance::PerfEvents,
+        }
+    }
+}
+
 /// A set of allowances as bits ([`Allowance::bit`]).
 pub fn allowance_bits<'a>(allowances: impl IntoIterator<Item = &'a ArchivedAllowance>) -> u32 {
     allowances.into_iter().fold(0, |bits, a| bits | 1 << *a as u32)

@@ -261,6 +261,9 @@ pub fn augment(candidate: &mut ContainerSpec, directive: &ContainerSpec) {
         ($($field:ident),*) => { $(if directive.$field.is_some() { candidate.$field = directive.$field; })* };
     }
     scalars!(enable_writable_file_system, network, user, group);
+    if directive.allow.is_some() {
+        candidate.allow.clone_from(&directive.allow);
+    }
 }
 
 /// Adds what a runner gives every test (its files and variables, and its working directory
@@ -347,7 +350,7 @@ fn list<T: Clone>(
 mod tests {
     use super::*;
     use crate::filter::Selector;
-    use maelstrom_client::spec::{LayerSpec, MountSpec, NetworkMode};
+    use maelstrom_client::spec::{Allowance, LayerSpec, MountSpec, NetworkMode};
 
     const LANGUAGE: Language = Language {
         simple: &[Selector { name: "test", min: "te" }],
@@ -375,6 +378,7 @@ mod tests {
 [containers.base]
 layers = [{ stubs = ["/base/"] }]
 network = "loopback"
+allow = ["ptrace"]
 
 [[directives]]
 layers = [{ stubs = ["/a/"] }]
@@ -387,6 +391,7 @@ filter = "package.equals(foo)"
 added_layers = [{ stubs = ["/b/"] }]
 added_environment = { B = "2" }
 user = 1000
+allow = ["io_uring", "perf_events"]
 ignore = true
 
 [[directives]]
@@ -406,6 +411,7 @@ added_layers = [{ stubs = ["/c/"] }]
         let env = foo.container.environment.as_ref().unwrap();
         assert_eq!(env.0.iter().flat_map(|e| e.vars.keys()).collect::<Vec<_>>(), ["A", "B"]);
         assert_eq!(foo.container.user, Some(1000));
+        assert_eq!(foo.container.allow, Some(vec![Allowance::IoUring, Allowance::PerfEvents]));
         assert_eq!(foo.container.mounts, Some(vec![MountSpec::Tmp { mount_point: "/tmp".into() }]));
         assert!(foo.ignore);
         assert_eq!(foo.timeout, NonZeroU32::new(10));
@@ -426,6 +432,7 @@ added_layers = [{ stubs = ["/c/"] }]
             maelstrom_client::resolve::resolve(&inherits.container, &spec.containers, &|_| None).unwrap();
         assert_eq!(resolved.layers, vec![stubs("/base/"), stubs("/c/")]);
         assert_eq!(resolved.network, NetworkMode::Loopback);
+        assert_eq!(resolved.allow, [Allowance::Ptrace], "inherited like the network");
     }
 
     #[test]

@@ -544,3 +544,44 @@ fn jobs_get_their_share_of_processes_and_open_files() {
     assert!((64..=one.1).contains(&four.1), "processes with four slots: {four:?}, one: {one:?}");
     assert!(files.1 <= 65_536 && files.0 <= files.1, "open files: {files:?}");
 }
+
+/// The default sandbox refuses io_uring, ptrace and new user namespaces; a job's `allow` opens
+/// what it names and nothing else, whatever the jobs around it ask; a name we do not know is
+/// one clear line.
+#[test]
+fn a_job_is_allowed_only_what_its_spec_names() {
+    let project = Project::new();
+    let tries = ["try", "io_uring", "ptrace", "userns"];
+    let jobs = [
+        probe_job(&tries),
+        with(probe_job(&tries), json!({"allow": ["io_uring", "ptrace"]})),
+        probe_job(&tries),
+        with(probe_job(&tries), json!({"allow": ["user_namespaces"]})),
+    ];
+    let out = project.run(&["--slots", "2"], &jobs);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut seen: Vec<String> = stdout(&out)
+        .split("caps=")
+        .filter(|chunk| chunk.contains("io_uring="))
+        .map(|chunk| {
+            let mut lines: Vec<&str> = chunk.lines().filter(|l| l.contains('=')).collect();
+            lines.sort_unstable();
+            lines.join(" ")
+        })
+        .collect();
+    seen.sort_unstable();
+    let eperm = libc::EPERM;
+    let mut expected = [
+        format!("io_uring={eperm} ptrace={eperm} userns=ok"),
+        format!("io_uring={eperm} ptrace={eperm} userns={eperm}"),
+        format!("io_uring={eperm} ptrace={eperm} userns={eperm}"),
+        format!("io_uring=ok ptrace=ok userns={eperm}"),
+    ];
+    expected.sort_unstable();
+    assert_eq!(seen, expected, "{}", stdout(&out));
+
+    let out = project.run(&[], &[with(probe_job(&tries), json!({"allow": ["iouring"]}))]);
+    let err = stderr(&out);
+    assert!(err.starts_with("maelstrom-run: stdin:1:") && err.contains("unknown variant `iouring`"), "{err}");
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -632,6 +632,7 @@ mod tests {
             mounts: vec![],
             keep_visible: vec![],
             network: NetworkMode::Disabled,
+            allow: vec![],
             writable_root: false,
             working_directory: "/".into(),
             user: 0,

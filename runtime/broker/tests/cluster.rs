@@ -480,6 +480,8 @@ fn cluster_results_match_standalone() {
             json!({"mounts": [{"type": "proc", "mount_point": "/proc"}, {"type": "tmp", "mount_point": "/tmp"}]}),
         ),
         with(probe_job(&["report"]), json!({"network": "loopback", "user": 1000, "group": 1000})),
+        probe_job(&["try", "io_uring", "ptrace"]),
+        with(probe_job(&["try", "io_uring", "ptrace"]), json!({"allow": ["ptrace"]})),
         // These two need this machine: they run on the client's local worker either way.
         with(probe_job(&["report"]), json!({"network": "local"})),
         with(
@@ -494,7 +496,7 @@ fn cluster_results_match_standalone() {
             |o: &Output| format!("{:?}\nstdout: {}\nstderr: {}", o.status, text(&o.stdout), text(&o.stderr));
         assert_eq!(show(&standalone), show(&clustered), "job {job}");
     }
-    assert!(cluster.status()["completed"] >= 11);
+    assert!(cluster.status()["completed"] >= 13);
 }
 
 #[test]

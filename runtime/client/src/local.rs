@@ -207,6 +207,7 @@ pub fn wire_job(
         mounts,
         keep_visible,
         network: resolved.network,
+        allow: resolved.allow.clone(),
         writable_root: resolved.enable_writable_file_system,
         working_directory: resolved.working_directory.clone(),
         user: resolved.user,

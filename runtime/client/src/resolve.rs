@@ -8,7 +8,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::spec::{ContainerSpec, EnvironmentSpec, Inherit, LayerSpec, MountSpec, NetworkMode, UseField};
+use crate::spec::{
+    Allowance, ContainerSpec, EnvironmentSpec, Inherit, LayerSpec, MountSpec, NetworkMode, UseField,
+};
 
 /// A container after inheritance, with defaults applied and its environment evaluated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,6 +24,8 @@ pub struct Resolved {
     pub network: NetworkMode,
     pub user: u32,
     pub group: u32,
+    /// Sorted, without repeats.
+    pub allow: Vec<Allowance>,
 }
 
 /// Why a container cannot be resolved. The message is meant for a person.
@@ -43,6 +47,7 @@ struct Fields {
     network: Option<NetworkMode>,
     user: Option<u32>,
     group: Option<u32>,
+    allow: Option<Vec<Allowance>>,
 }
 
 /// Which fields `spec` sets plainly (not through `added_*`).
@@ -56,6 +61,7 @@ fn sets(spec: &ContainerSpec, field: UseField) -> bool {
         UseField::Network => spec.network.is_some(),
         UseField::User => spec.user.is_some(),
         UseField::Group => spec.group.is_some(),
+        UseField::Allow => spec.allow.is_some(),
     }
 }
 
@@ -159,6 +165,7 @@ fn fields(
         network: spec.network.or_else(|| parent.network.filter(|_| uses(UseField::Network))),
         user: spec.user.or_else(|| parent.user.filter(|_| uses(UseField::User))),
         group: spec.group.or_else(|| parent.group.filter(|_| uses(UseField::Group))),
+        allow: spec.allow.clone().or_else(|| parent.allow.filter(|_| uses(UseField::Allow))),
     })
 }
 
@@ -209,6 +216,12 @@ pub fn resolve(
         network: fields.network.unwrap_or(NetworkMode::Disabled),
         user: fields.user.unwrap_or(0),
         group: fields.group.unwrap_or(0),
+        allow: {
+            let mut allow = fields.allow.unwrap_or_default();
+            allow.sort_unstable();
+            allow.dedup();
+            allow
+        },
     })
 }
 

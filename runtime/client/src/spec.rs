@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 /// How a job reaches the network, and the devices a `devices` mount can expose: the sandbox's
 /// own types, in the spec formats' words (`"loopback"`, `"null"`).
-pub use maelstrom_wire::zygote::{Device, NetworkMode};
+pub use maelstrom_wire::zygote::{Allowance, Device, NetworkMode};
 
 /// A field a container can inherit from its parent (or an image).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
@@ -25,10 +25,11 @@ pub enum UseField {
     Network,
     User,
     Group,
+    Allow,
 }
 
 impl UseField {
-    pub const ALL: [UseField; 8] = [
+    pub const ALL: [UseField; 9] = [
         UseField::Layers,
         UseField::EnableWritableFileSystem,
         UseField::Environment,
@@ -37,6 +38,7 @@ impl UseField {
         UseField::Network,
         UseField::User,
         UseField::Group,
+        UseField::Allow,
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,6 +51,7 @@ impl UseField {
             UseField::Network => "network",
             UseField::User => "user",
             UseField::Group => "group",
+            UseField::Allow => "allow",
         }
     }
 }
@@ -332,6 +335,10 @@ macro_rules! container_spec {
             pub user: Option<u32>,
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub group: Option<u32>,
+            /// What jobs may use beyond the default sandbox, by name (ours; not in the
+            /// reference's format).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub allow: Option<Vec<Allowance>>,
         }
     };
 }
@@ -399,6 +406,7 @@ impl StreamItem {
             network,
             user,
             group,
+            allow,
         } = self;
         let container = ContainerSpec {
             image,
@@ -414,6 +422,7 @@ impl StreamItem {
             network,
             user,
             group,
+            allow,
         };
         if let Some(containers) = containers {
             if program.is_some() || arguments.is_some() || timeout.is_some() || priority.is_some() {

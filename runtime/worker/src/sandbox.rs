@@ -50,6 +50,7 @@ pub fn sandbox(
         ArchivedNetworkMode::Local if origin == Origin::Cluster => return refuse("the host's network"),
         ArchivedNetworkMode::Local => NetworkMode::Local,
     };
+    spec.allow = job.allow.iter().map(|a| a.native()).collect();
     spec.user = job.user.to_native();
     spec.group = job.group.to_native();
     let mut mounts = Vec::with_capacity(job.mounts.len());
