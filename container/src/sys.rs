@@ -504,6 +504,12 @@ pub fn draw_secret() -> io::Result<u64> {
     Ok(secret)
 }
 
+/// Forgets the secret: in the worker once its lanes are forked, and in the open lane, which
+/// needs no secret, so that only the strict lanes hold it.
+pub fn forget_secret() {
+    SECRET.store(0, Ordering::Relaxed);
+}
+
 /// Makes syscall `nr` (one of the filter's gated ones, which take at most five arguments) with
 /// `args` and the secret as the sixth argument. Returns the raw result, like `libc::syscall`.
 ///

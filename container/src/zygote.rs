@@ -325,6 +325,9 @@ impl Zygote {
             match unsafe { sys::fork() }.map_err(io_error("fork"))? {
                 Forked::Child => {
                     close_fds_except(theirs.as_raw_fd());
+                    if is_open {
+                        sys::forget_secret();
+                    }
                     lane::main(theirs, boot, worker, if is_open { &open } else { &strict }, is_open)
                 }
                 Forked::Parent { pid } => {
@@ -334,6 +337,8 @@ impl Zygote {
                 }
             }
         }
+        sys::forget_secret();
+        drop(strict);
         let slots = lanes
             .into_iter()
             .map(|lane| {

@@ -481,8 +481,8 @@ fn cluster_results_match_standalone() {
         ),
         with(probe_job(&["report"]), json!({"network": "loopback", "user": 1000, "group": 1000})),
         probe_job(&["try", "io_uring", "ptrace"]),
+        // These three need this machine: they run on the client's local worker either way.
         with(probe_job(&["try", "io_uring", "ptrace"]), json!({"allow": ["ptrace"]})),
-        // These two need this machine: they run on the client's local worker either way.
         with(probe_job(&["report"]), json!({"network": "local"})),
         with(
             probe_job(&["cat", "/data/file"]),
@@ -496,7 +496,7 @@ fn cluster_results_match_standalone() {
             |o: &Output| format!("{:?}\nstdout: {}\nstderr: {}", o.status, text(&o.stdout), text(&o.stderr));
         assert_eq!(show(&standalone), show(&clustered), "job {job}");
     }
-    assert!(cluster.status()["completed"] >= 13);
+    assert!(cluster.status()["completed"] >= 12);
 }
 
 #[test]

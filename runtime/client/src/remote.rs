@@ -228,9 +228,11 @@ impl SharedSinkHandle {
     }
 }
 
-/// Jobs that need this machine: bind mounts of its files, or its network.
+/// Jobs that need this machine: bind mounts of its files, or its network. And jobs whose spec
+/// allows more than the default sandbox: they are the client's own risk, not the cluster's.
 pub fn must_run_locally(resolved: &Resolved) -> bool {
     resolved.network == NetworkMode::Local
+        || !resolved.allow.is_empty()
         || resolved.mounts.iter().any(|m| matches!(m, MountSpec::Bind { .. }))
 }
 

@@ -250,7 +250,9 @@ struct Running {
 struct EventLoop {
     ring: Ring,
     lanes: Vec<LaneState>,
-    queue: Queue<JobRequest>,
+    /// Waiting jobs: those with the default sandbox, and those whose specs allow more (which
+    /// only the open lane starts), so that neither kind waits behind the other's lanes.
+    queues: [Queue<JobRequest>; 2],
     running: HashMap<JobId, Running>,
     slots_free: usize,
     config: ExecutorConfig,
@@ -284,7 +286,7 @@ impl EventLoop {
         Self {
             ring,
             lanes,
-            queue: Queue::default(),
+            queues: [Queue::default(), Queue::default()],
             running: HashMap::new(),
             slots_free: config.slots.max(1),
             config,
@@ -347,7 +349,8 @@ impl EventLoop {
                     if self.shutting_down {
                         self.report(job.id, Err(JobError::System("the worker is shutting down".into())));
                     } else {
-                        self.queue.push(job.priority, job.estimated, *job);
+                        let kind = usize::from(!job.spawn.allow.is_empty());
+                        self.queues[kind].push(job.priority, job.estimated, *job);
                     }
                 }
                 Ok(Command::Cancel(id)) => self.cancel(id),
@@ -358,7 +361,9 @@ impl EventLoop {
     }
 
     fn cancel(&mut self, id: JobId) {
-        for job in self.queue.remove_where(|job| job.id == id) {
+        let removed: Vec<JobRequest> =
+            self.queues.iter_mut().flat_map(|q| q.remove_where(|job| job.id == id)).collect();
+        for job in removed {
             self.report(job.id, Err(JobError::System("cancelled".into())));
         }
         if let Some(running) = self.running.get(&id) {
@@ -374,7 +379,7 @@ impl EventLoop {
             return;
         }
         self.shutting_down = true;
-        for job in self.queue.remove_where(|_| true) {
+        for job in self.take_all_waiting() {
             self.report(job.id, Err(JobError::System("the worker is shutting down".into())));
         }
         for running in self.running.values() {
@@ -383,7 +388,7 @@ impl EventLoop {
     }
 
     fn fail_everything(&mut self, why: &str) {
-        for job in self.queue.remove_where(|_| true) {
+        for job in self.take_all_waiting() {
             self.report(job.id, Err(JobError::System(why.to_owned())));
         }
         let spawning: Vec<JobId> =
@@ -397,27 +402,37 @@ impl EventLoop {
 
     /// Starts waiting jobs while slots and lanes allow.
     fn dispatch(&mut self) {
-        while self.slots_free > 0
-            && let Some(next) = self.queue.peek()
-        {
-            // Jobs whose specs allow more than the default sandbox go to the open lane, the
-            // others to the rest.
-            let serving = |l: &LaneState| l.lane.serves(&next.spawn);
-            let Some(lane) =
-                self.lanes.iter().position(|l| serving(l) && l.dead.is_none() && l.spawning.is_none())
-            else {
-                if let Some(why) = self.lanes.iter().filter(|l| serving(l)).find_map(|l| l.dead.clone())
-                    && self.lanes.iter().filter(|l| serving(l)).all(|l| l.dead.is_some())
-                {
-                    let open = next.spawn.allow.is_empty();
-                    for job in self.queue.remove_where(|job| job.spawn.allow.is_empty() == open) {
+        while self.slots_free > 0 {
+            // Of the kinds with a job waiting and a lane free to start it, the one whose next
+            // job ranks higher; the default kind on a tie.
+            let mut best: Option<(usize, usize)> = None;
+            for kind in 0..2 {
+                if self.queues[kind].is_empty() {
+                    continue;
+                }
+                let open = kind == 1;
+                let serving = |l: &LaneState| l.lane.is_open() == open;
+                if self.lanes.iter().filter(|l| serving(l)).all(|l| l.dead.is_some()) {
+                    // No lane of this kind is left: its jobs cannot start, and say why.
+                    let why = self.lanes.iter().filter(|l| serving(l)).find_map(|l| l.dead.clone());
+                    let why = why.unwrap_or_else(|| "no zygote lane can start this job".to_owned());
+                    for job in self.queues[kind].remove_where(|_| true) {
                         self.report(job.id, Err(JobError::System(why.clone())));
                     }
                     continue;
                 }
-                return;
-            };
-            let job = self.queue.pop().expect("checked non-empty");
+                let free =
+                    self.lanes.iter().position(|l| serving(l) && l.dead.is_none() && l.spawning.is_none());
+                let Some(lane) = free else { continue };
+                let rank = |kind: usize| {
+                    self.queues[kind].peek().map(|j| (j.priority, j.estimated.unwrap_or_default()))
+                };
+                if best.is_none_or(|(other, _)| rank(kind) > rank(other)) {
+                    best = Some((kind, lane));
+                }
+            }
+            let Some((kind, lane)) = best else { return };
+            let job = self.queues[kind].pop().expect("peeked above");
             self.slots_free -= 1;
             if let Err(error) = self.send_to_lane(lane, job) {
                 self.slots_free += 1;
@@ -425,6 +440,10 @@ impl EventLoop {
                 self.report(id, Err(error));
             }
         }
+    }
+
+    fn take_all_waiting(&mut self) -> Vec<JobRequest> {
+        self.queues.iter_mut().flat_map(|q| q.remove_where(|_| true)).collect()
     }
 
     fn send_to_lane(&mut self, index: usize, job: JobRequest) -> Result<(), (JobId, JobError)> {

@@ -50,6 +50,9 @@ pub fn sandbox(
         ArchivedNetworkMode::Local if origin == Origin::Cluster => return refuse("the host's network"),
         ArchivedNetworkMode::Local => NetworkMode::Local,
     };
+    if origin == Origin::Cluster && !job.allow.is_empty() {
+        return refuse("an allowance beyond the default sandbox");
+    }
     spec.allow = job.allow.iter().map(|a| a.native()).collect();
     spec.user = job.user.to_native();
     spec.group = job.group.to_native();
@@ -73,4 +76,23 @@ pub fn sandbox(
     spec.mounts = mounts;
     spec.keep_visible = job.keep_visible.iter().map(|k| PathBuf::from(k.as_str())).collect();
     Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use maelstrom_wire::cluster::{JobSpec, encode_job, typical_job};
+    use maelstrom_wire::zygote::Allowance;
+
+    #[test]
+    fn cluster_workers_refuse_what_ties_a_job_to_its_client_or_widens_the_sandbox() {
+        let plain = encode_job(&typical_job());
+        let allowing = encode_job(&JobSpec { allow: vec![Allowance::IoUring], ..typical_job() });
+        let access = |b| rkyv::access::<ArchivedJobSpec, rkyv::rancor::Error>(b).unwrap();
+        assert!(sandbox(access(&plain), vec!["/l".into()], Origin::Cluster, &[]).is_ok());
+        let refused = sandbox(access(&allowing), vec!["/l".into()], Origin::Cluster, &[]);
+        assert!(matches!(refused, Err(SandboxError::HostOnly { .. })), "{refused:?}");
+        let local = sandbox(access(&allowing), vec!["/l".into()], Origin::ThisMachine, &[]).unwrap();
+        assert_eq!(local.allow, [Allowance::IoUring]);
+    }
 }
