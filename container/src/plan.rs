@@ -363,12 +363,7 @@ pub fn compile(spec: &Spec) -> Result<SpawnRequest, PlanError> {
         program,
         arguments,
         environment,
-        allow: {
-            let mut allow = spec.allow.clone();
-            allow.sort_unstable();
-            allow.dedup();
-            allow
-        },
+        allow: spec.allow.clone(),
     })
 }
 

@@ -154,7 +154,7 @@ impl ArchivedAllowance {
 
 /// A set of allowances as bits ([`Allowance::bit`]).
 pub fn allowance_bits<'a>(allowances: impl IntoIterator<Item = &'a ArchivedAllowance>) -> u32 {
-    allowances.into_iter().fold(0, |bits, a| bits | 1 << *a as u32)
+    allowances.into_iter().fold(0, |bits, a| bits | a.native().bit())
 }
 
 /// A device a container can be given (`/dev/<name>`, the host's node; `shm` is a fresh tmpfs).
