@@ -7,7 +7,7 @@ use maelstrom_container::{NetworkMode, Zygote, ZygoteConfig};
 
 fn main() {
     // The zygote must fork before criterion (or anything) starts a thread.
-    let zygote = Zygote::start(ZygoteConfig { lanes: 1 }).expect("start the zygote");
+    let zygote = Zygote::start(ZygoteConfig { lanes: 1, cgroups: None }).expect("start the zygote");
     let mut criterion = Criterion::default().configure_from_args();
     let mut group = criterion.benchmark_group("container_startup");
     let floor = TrivialContainer::new(NetworkMode::Local, Mounts::None).expect("trivial container");

@@ -63,9 +63,28 @@ impl TrivialContainer {
         &self,
         zygote: &maelstrom_container::Zygote,
     ) -> Result<(), maelstrom_container::SpawnError> {
-        let mut job = zygote.spawn(&self.request, self.devnull.as_fd(), self.devnull.as_fd())?;
+        self.spawn_once(zygote, &self.request)
+    }
+
+    /// One container of `request` (this container's, maybe limited: see [`Self::limited`]).
+    pub fn spawn_once(
+        &self,
+        zygote: &maelstrom_container::Zygote,
+        request: &SpawnRequest,
+    ) -> Result<(), maelstrom_container::SpawnError> {
+        let mut job = zygote.spawn(request, self.devnull.as_fd(), self.devnull.as_fd())?;
         job.wait().map_err(maelstrom_container::SpawnError::Pipes)?;
         Ok(())
+    }
+
+    /// This container under a worker's limits: its share's rlimits and tmpfs size, started in
+    /// job cgroup `cgroup`.
+    pub fn limited(&self, share: &maelstrom_container::Share, cgroup: u32) -> SpawnRequest {
+        let mut request = self.request.clone();
+        request.rlimits = share.rlimits.clone();
+        request.tmpfs_bytes = share.tmpfs_bytes;
+        request.cgroup = cgroup;
+        request
     }
 }
 

@@ -107,8 +107,9 @@ impl StackString {
             .all(|&c| if matches!(c, b',' | b':' | b'\\') { self.push(&[b'\\', c]) } else { self.push(&[c]) })
     }
 
-    fn push_int(&mut self, mut n: u32) -> bool {
-        let mut digits = [0u8; 10];
+    fn push_int(&mut self, n: impl Into<u64>) -> bool {
+        let mut n: u64 = n.into();
+        let mut digits = [0u8; 20];
         let mut i = digits.len();
         loop {
             i -= 1;
@@ -174,26 +175,60 @@ fn mount_flags(kind: FsKind) -> libc::c_ulong {
     flags
 }
 
-fn mount_data(kind: FsKind) -> *const c_void {
-    match kind {
-        FsKind::Tmp => c"mode=1777".as_ptr().cast(),
-        FsKind::Devpts => c"newinstance,ptmxmode=0666,mode=0620".as_ptr().cast(),
+/// Mount options for a new filesystem of `kind`; `tmpfs_bytes` (if not 0) sizes a tmpfs.
+fn mount_data(kind: FsKind, tmpfs_bytes: u64, out: &mut StackString) -> *const c_void {
+    let data: &[u8] = match kind {
+        FsKind::Tmp => b"mode=1777",
+        FsKind::Devpts => b"newinstance,ptmxmode=0666,mode=0620",
+        _ => return ptr::null(),
+    };
+    let sized = kind == FsKind::Tmp && tmpfs_bytes != 0;
+    let ok = out.push(data) && (!sized || (out.push(b",size=") && out.push_int(tmpfs_bytes)));
+    // A size too long to write cannot happen (20 digits); unsized is the kernel's default.
+    match out.finish() {
+        Some(data) if ok => data.cast(),
         _ => ptr::null(),
     }
 }
 
-/// Creates a detached filesystem of `kind` with the new mount API and returns its mount fd.
-fn new_fs(kind: FsKind, step: Step) -> Res<c_int> {
+/// Creates a detached filesystem of `kind` with the new mount API and returns its mount fd;
+/// `tmpfs_bytes` (if not 0) sizes a tmpfs.
+fn new_fs(kind: FsKind, tmpfs_bytes: u64, step: Step) -> Res<c_int> {
     // SAFETY: fsopen takes a NUL-terminated literal and flags.
     let mut fs = check(
         unsafe { gated(libc::SYS_fsopen, [fs_name(kind) as c_long, libc::FSOPEN_CLOEXEC.into(), 0, 0, 0]) },
         step,
     )?;
-    // SAFETY: FSCONFIG_CMD_CREATE takes no key or value.
-    let created = check(
-        unsafe { gated(libc::SYS_fsconfig, [fs.into(), libc::FSCONFIG_CMD_CREATE.into(), 0, 0, 0]) },
-        step,
-    );
+    let mut sized = Ok(0);
+    if kind == FsKind::Tmp && tmpfs_bytes != 0 {
+        let mut size = StackString::new();
+        sized = match size.push_int(tmpfs_bytes).then(|| size.finish()).flatten() {
+            Some(value) => check(
+                // SAFETY: FSCONFIG_SET_STRING takes a NUL-terminated key and value, both live here.
+                unsafe {
+                    gated(
+                        libc::SYS_fsconfig,
+                        [
+                            fs.into(),
+                            libc::FSCONFIG_SET_STRING.into(),
+                            c"size".as_ptr() as c_long,
+                            value as c_long,
+                            0,
+                        ],
+                    )
+                },
+                step,
+            ),
+            None => Err(Failure { step, errno: libc::E2BIG }),
+        };
+    }
+    let created = sized.and_then(|_| {
+        check(
+            // SAFETY: FSCONFIG_CMD_CREATE takes no key or value.
+            unsafe { gated(libc::SYS_fsconfig, [fs.into(), libc::FSCONFIG_CMD_CREATE.into(), 0, 0, 0]) },
+            step,
+        )
+    });
     let mounted = created.and_then(|_| {
         // SAFETY: fsmount takes the fs context fd and flag words.
         check(
@@ -293,7 +328,7 @@ fn chdir(path: *const c_char, step: Step) -> Res {
 
 /// Builds the root: a bind of the only layer, or an overlay of all of them, mounted over the
 /// top layer's path; then moves there.
-fn make_root(layers: &[maelstrom_wire::ArchivedCBytes], writable: bool, step: Step) -> Res {
+fn make_root(layers: &[maelstrom_wire::ArchivedCBytes], writable: bool, tmpfs_bytes: u64, step: Step) -> Res {
     let Some(top) = layers.last() else { return Err(Failure { step, errno: libc::EINVAL }) };
     let top = top.as_ptr();
     let guard = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
@@ -309,7 +344,7 @@ fn make_root(layers: &[maelstrom_wire::ArchivedCBytes], writable: bool, step: St
     }
     let mut upper = -1;
     if writable {
-        upper = new_fs(FsKind::Tmp, step)?;
+        upper = new_fs(FsKind::Tmp, tmpfs_bytes, step)?;
         if let Err(failure) = make_upper(upper, top, step) {
             close(&mut upper);
             return Err(failure);
@@ -362,23 +397,34 @@ fn pivot_root(step: Step) -> Res {
 }
 
 /// The interpreter: runs `ops` in order. `step(i)` names op `i` in a failure.
-pub(crate) fn run_ops(ops: &[ArchivedSetupOp], slots: &mut Slots, step: fn(u32) -> Step) -> Res {
+/// Runs `ops`; each tmpfs they make is of `tmpfs_bytes` (0: the kernel's default size).
+pub(crate) fn run_ops(
+    ops: &[ArchivedSetupOp],
+    slots: &mut Slots,
+    tmpfs_bytes: u64,
+    step: fn(u32) -> Step,
+) -> Res {
     for (i, op) in ops.iter().enumerate() {
         let step = step(i as u32);
         match op {
-            ArchivedSetupOp::Root { layers, writable } => make_root(layers, *writable, step)?,
+            ArchivedSetupOp::Root { layers, writable } => make_root(layers, *writable, tmpfs_bytes, step)?,
             ArchivedSetupOp::CloneTree { source, read_only, slot } => {
                 let attributes = if *read_only { libc::MOUNT_ATTR_RDONLY } else { 0 };
                 slots.put(*slot, clone_tree(source.as_ptr(), true, attributes, step)?);
             }
-            ArchivedSetupOp::NewFs { kind, slot } => slots.put(*slot, new_fs(kind.native(), step)?),
+            ArchivedSetupOp::NewFs { kind, slot } => {
+                slots.put(*slot, new_fs(kind.native(), tmpfs_bytes, step)?)
+            }
             ArchivedSetupOp::PivotRoot => pivot_root(step)?,
             ArchivedSetupOp::Attach { slot, target } => attach(slots.take(*slot), target.as_ptr(), step)?,
             ArchivedSetupOp::Mount { kind, target } => {
                 let kind = kind.native();
                 let name = fs_name(kind);
-                // SAFETY: all strings are NUL-terminated literals or validated archived strings.
-                check(mount(name, target.as_ptr(), name, mount_flags(kind), mount_data(kind)), step)?;
+                let mut data = StackString::new();
+                let data = mount_data(kind, tmpfs_bytes, &mut data);
+                // SAFETY: all strings are NUL-terminated literals, validated archived strings or
+                // `data`'s, which lives to the end of this arm.
+                check(mount(name, target.as_ptr(), name, mount_flags(kind), data), step)?;
             }
             ArchivedSetupOp::Hold { source, slot } => {
                 slots.put(*slot, clone_tree(source.as_ptr(), true, 0, step)?)
@@ -447,6 +493,8 @@ pub(crate) struct JobArgs<'a> {
     pub(crate) keep_capabilities: bool,
     /// A seccomp filter to load last (the open lane's jobs), else none: the lane's is enough.
     pub(crate) filter: Option<&'a [seccompiler::sock_filter]>,
+    /// `cgroup.procs` of the job's cgroup in each v1 hierarchy (memory, pids), or -1.
+    pub(crate) cgroup_fds: [c_int; 2],
     pub(crate) failure: Option<Failure>,
 }
 
@@ -478,6 +526,17 @@ fn job_setup(args: &mut JobArgs<'_>) -> Res {
     let prepare = Step::Prepare;
     die_with_worker(args.worker_pidfd, prepare)?;
 
+    // Into the job's cgroup before anything is allocated on its behalf; then a cgroup namespace
+    // rooted there, so the job sees no path above its own cgroup.
+    for fd in args.cgroup_fds {
+        if fd >= 0 {
+            // SAFETY: `fd` is an open fd the lane inherited; the buffer is a literal.
+            let written = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+            check(written as c_long, Step::Cgroup)?;
+        }
+    }
+    check(unshare(libc::CLONE_NEWCGROUP), Step::Cgroup)?;
+
     // The user-namespace maps are written through this directory after the pivot hides /proc.
     // SAFETY: literal path, plain flags.
     let mut proc_self = check(
@@ -503,7 +562,7 @@ fn job_setup(args: &mut JobArgs<'_>) -> Res {
         // SAFETY: unshare takes flags.
         check(unshare(libc::CLONE_NEWNS), Step::UnshareMounts)?;
     }
-    run_ops(&request.job, &mut args.slots, |op| Step::Job { op })?;
+    run_ops(&request.job, &mut args.slots, request.tmpfs_bytes.to_native(), |op| Step::Job { op })?;
 
     let hostname = request.hostname.as_bytes();
     // SAFETY: `hostname` is a live slice of the length passed.
@@ -646,7 +705,7 @@ pub(crate) extern "C" fn template_main(arg: *mut c_void) -> c_int {
             libc::open(c"/proc/thread-self/ns".as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
         };
         args.ns_dir = check(ns_dir.into(), builder)?;
-        run_ops(args.ops, &mut args.slots, |op| Step::Template { op })?;
+        run_ops(args.ops, &mut args.slots, 0, |op| Step::Template { op })?;
         // SAFETY: `ns_dir` is open; the name is a literal.
         let mount_ns =
             unsafe { libc::openat(args.ns_dir, c"mnt".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
@@ -791,7 +850,7 @@ pub(crate) extern "C" fn ipcns_main(arg: *mut c_void) -> c_int {
                 close(slot);
             }
         }
-        let mut mount = new_fs(FsKind::Mqueue, step)?;
+        let mut mount = new_fs(FsKind::Mqueue, 0, step)?;
         // SAFETY: `mount` is the mqueue mount fd; "." opens its root for reading.
         let root = unsafe {
             libc::openat(mount, c".".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)
@@ -819,8 +878,8 @@ mod tests {
         assert!(
             s.push(b"lowerdir=")
                 && s.push_escaped(b"/a:b,c\\d")
-                && s.push_int(0)
-                && s.push_int(4_294_967_295)
+                && s.push_int(0u32)
+                && s.push_int(4_294_967_295u32)
         );
         s.finish().unwrap();
         assert_eq!(&s.bytes[..s.len], b"lowerdir=/a\\:b\\,c\\\\d04294967295\0");

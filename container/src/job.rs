@@ -24,6 +24,18 @@ impl Job {
         Self { pid, pidfd, status: None }
     }
 
+    /// The CPU time the job's first process (all its threads) has used: while it runs, or once
+    /// it exited but before [`Job::wait`] reaps it.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
+        // `pid (comm) state ppid ...`: utime and stime are fields 14 and 15.
+        let after = &stat[stat.rfind(')')? + 1..];
+        let ticks: u64 =
+            after.split_whitespace().skip(11).take(2).filter_map(|f| f.parse::<u64>().ok()).sum();
+        // The kernel reports in USER_HZ, 100 on every Linux architecture.
+        Some(Duration::from_millis(ticks * 10))
+    }
+
     /// The job's pid in the worker's pid namespace.
     pub fn pid(&self) -> libc::pid_t {
         self.pid

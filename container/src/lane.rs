@@ -76,12 +76,13 @@ pub(crate) fn main(
     worker: libc::pid_t,
     filter: &[seccompiler::sock_filter],
     open: bool,
+    cgroups: Vec<[RawFd; 2]>,
 ) -> ! {
     // A panic must never unwind into the worker's frames this process was forked with (their
     // destructors would run here, in the lane): it ends the lane instead.
     // (A lane that panics kills its jobs on the way out: see `Drop for Lane`.)
     let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        serve_lane(&sock, boot, worker, filter, open)
+        serve_lane(&sock, boot, worker, filter, open, cgroups)
     }));
     // SAFETY: ends this lane without running the worker's atexit handlers or destructors.
     unsafe { libc::_exit(served.unwrap_or(3)) }
@@ -93,8 +94,9 @@ fn serve_lane(
     worker: libc::pid_t,
     filter: &[seccompiler::sock_filter],
     open: bool,
+    cgroups: Vec<[RawFd; 2]>,
 ) -> i32 {
-    match Lane::boot(sock.as_fd(), boot, worker, filter, open) {
+    match Lane::boot(sock.as_fd(), boot, worker, filter, open, cgroups) {
         Ok(mut lane) => match lane.serve(sock.as_fd()) {
             // The worker closed the socket: it is gone (or dropped this lane, killing it), and
             // so are its jobs, whatever they did to their parent-death signal.
@@ -238,6 +240,9 @@ struct Lane {
     /// filters, compiled here once per set of allowances.
     open: bool,
     filters: Vec<(seccomp::Allowances, Vec<seccompiler::sock_filter>)>,
+    /// Each job cgroup's `cgroup.procs` fds (memory, pids; -1 for none), inherited from the
+    /// worker: a request's `cgroup` indexes them.
+    cgroups: Vec<[RawFd; 2]>,
 }
 
 type BootResult<T> = Result<T, (BootStep, io::Error)>;
@@ -253,6 +258,7 @@ impl Lane {
         worker: libc::pid_t,
         filter: &[seccompiler::sock_filter],
         open: bool,
+        cgroups: Vec<[RawFd; 2]>,
     ) -> BootResult<Self> {
         // No parent-death signal: when the worker dies its end of the socket closes, and the
         // lane, seeing that, kills the jobs it started before it exits.
@@ -313,6 +319,7 @@ impl Lane {
             scratch: vec![0; TRACE_BYTES_MAX],
             open,
             filters: Vec::new(),
+            cgroups,
         };
         // The owner of the pooled network and IPC namespaces maps only `1 → job_id`. Jobs can
         // join what it owns but hold no capability there; its root maps to no one, so sysctls
@@ -411,6 +418,16 @@ impl Lane {
             (true, allowances) => Some(self.filter(allowances)),
         };
         let filter = filter.map(|index| self.filters[index].1.as_slice());
+        let cgroup_fds = match request.cgroup.to_native() {
+            zygote::NO_CGROUP => [-1, -1],
+            index => match self.cgroups.get(index as usize) {
+                Some(fds) => *fds,
+                None => {
+                    self.give_back(borrowed);
+                    return failed(Failure { step: Step::Cgroup, errno: libc::EINVAL });
+                }
+            },
+        };
         let mut args = JobArgs {
             request,
             template_fd,
@@ -428,6 +445,7 @@ impl Lane {
             slots: Slots::new(),
             keep_capabilities: allowances & Allowance::Capabilities.bit() != 0,
             filter,
+            cgroup_fds,
             failure: None,
         };
         // No CLONE_NEWIPC or CLONE_NEWNET: the job joins pooled ones, which costs far less.
@@ -437,7 +455,6 @@ impl Lane {
             | libc::CLONE_PARENT
             | libc::CLONE_NEWPID
             | libc::CLONE_NEWUTS
-            | libc::CLONE_NEWCGROUP
             | libc::SIGCHLD;
         let mut pidfd: RawFd = -1;
         // SAFETY: `job_main` follows the child rules (no allocation, locks or unwinding), runs on

@@ -10,6 +10,7 @@
 //! Owns every raw syscall and raw fd of the workspace (with `wire`'s `CBytes` pointers);
 //! nothing outside this crate needs `unsafe`.
 
+pub mod cgroup;
 mod child;
 mod job;
 mod lane;
@@ -18,9 +19,10 @@ pub mod seccomp;
 mod sys;
 mod zygote;
 
+pub use cgroup::{JobCgroups, Settled};
 pub use job::{Captured, Completed, Ended, Job, Limits, OUTPUT_BYTES_MAX_DEFAULT, supervise};
 pub use maelstrom_wire::zygote::REPLY_BYTES_MAX;
 pub use maelstrom_wire::zygote::{Allowance, NetworkMode, Rlimit, SpawnRequest, Step};
-pub use plan::{Device, Mount, PlanError, Spec, compile, rlimits_share};
+pub use plan::{Device, Mount, PlanError, Share, Spec, compile};
 pub use sys::{ExitStatus, die_by_signal, eventfd, kill_tree, mkfifo, pipe, posix_spawn_wait, write_all};
 pub use zygote::{Lane, SpawnError, StartError, Zygote, ZygoteConfig, describe, encode_request};

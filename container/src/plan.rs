@@ -78,6 +78,11 @@ pub struct Spec {
     pub arguments: Vec<OsString>,
     /// What the job may use beyond the default sandbox (see [`crate::seccomp`]).
     pub allow: Vec<Allowance>,
+    /// The size of each tmpfs the job mounts and of a writable root's changes; 0 for the
+    /// kernel's default (half the machine's memory, each).
+    pub tmpfs_bytes: u64,
+    /// Memory, enforced where the zygote has job cgroups; 0 for their default.
+    pub memory_bytes: u64,
 }
 
 /// Kept trees a spec may name.
@@ -104,35 +109,96 @@ pub const JOB_PROCESSES_MIN: u64 = 64;
 /// Open files a job may raise its own limit to, at most.
 pub const JOB_OPEN_FILES_MAX: u64 = 65_536;
 
-/// The limits each of a worker's `slots` jobs gets, as its share of what the worker itself may
-/// use. Processes: a quarter of the machine's process ids, or half of the worker's own soft
-/// limit if that is lower (the kernel counts jobs against it too, and the worker needs the
-/// rest), shared among the slots. Open files: the worker's own limit, up to
-/// [`JOB_OPEN_FILES_MAX`]. Never above what the worker has, which a job could not be given.
-///
-/// A job's processes are counted in its own user namespace, so one job's count is its own;
-/// before Linux 5.14 the count was the user's over the whole machine, so no process limit is
-/// set there (it would count every job, and the worker's user's other processes, at once).
-pub fn rlimits_share(slots: usize) -> Vec<Rlimit> {
-    let read = |path: &str| std::fs::read_to_string(path).ok();
-    let number = |path: &str| read(path).and_then(|t| t.trim().parse::<u64>().ok());
-    let machine = [number("/proc/sys/kernel/pid_max"), number("/proc/sys/kernel/threads-max")]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(32_768);
-    let unlimited = (u64::MAX, u64::MAX);
-    let (own_soft, own_hard) = sys::getrlimit(libc::RLIMIT_NPROC).unwrap_or(unlimited);
-    let (own_files_soft, own_files) = sys::getrlimit(libc::RLIMIT_NOFILE).unwrap_or(unlimited);
-    let mut rlimits = rlimits_default();
-    if read("/proc/sys/kernel/osrelease").is_some_and(|release| counts_processes_per_namespace(&release)) {
-        let share = (machine / 4).min(own_soft / 2) / slots.max(1) as u64;
-        let processes = share.clamp(JOB_PROCESSES_MIN, JOB_PROCESSES_MAX).min(own_hard);
-        rlimits.push(Rlimit { resource: libc::RLIMIT_NPROC, soft: processes, hard: processes });
+/// What each of a worker's jobs may use: its share of what the worker itself may use, and the
+/// most one job may ask for. See [`Share::of`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Share {
+    /// Every job's resource limits unless its spec asks for lower (or, up to the maximum,
+    /// higher) ones.
+    pub rlimits: Vec<Rlimit>,
+    /// Processes at once; `None` where the kernel cannot count them per job.
+    pub processes: Option<u64>,
+    /// The most processes a job may ask for.
+    pub processes_max: u64,
+    /// The most open files a job may ask for.
+    pub open_files_max: u64,
+    /// Memory, where cgroups enforce it.
+    pub memory_bytes: u64,
+    /// The most memory a job may ask for: all the worker's jobs may use together.
+    pub memory_max: u64,
+    /// The size of each tmpfs, and of a writable root's changes.
+    pub tmpfs_bytes: u64,
+}
+
+/// The share of memory all of a worker's jobs together may use, of what the worker may (the
+/// rest is for the worker itself and the page cache its layers live in).
+const JOBS_MEMORY_NUMERATOR: u64 = 3;
+const JOBS_MEMORY_DENOMINATOR: u64 = 4;
+
+impl Share {
+    /// The share of each of a worker's `slots` jobs.
+    ///
+    /// - Processes: a quarter of the machine's process ids, or half of the worker's own soft
+    ///   limit if that is lower (the kernel counts jobs against it too, and the worker needs
+    ///   the rest), shared among the slots, within [`JOB_PROCESSES_MIN`]..[`JOB_PROCESSES_MAX`].
+    ///   A job's processes are counted in its own user namespace, so one job's count is its
+    ///   own; before Linux 5.14 the count was the user's over the whole machine, so no process
+    ///   limit is set there (it would count every job, and the worker's user's other
+    ///   processes, at once).
+    /// - Open files: the worker's own limit, up to [`JOB_OPEN_FILES_MAX`].
+    /// - Memory: three quarters of what the worker may use (its cgroup's limit if it has one,
+    ///   else the machine's memory), shared among the slots; each tmpfs gets half of that.
+    ///
+    /// Never above what the worker has, which a job could not be given.
+    pub fn of(slots: usize) -> Self {
+        let slots = slots.max(1) as u64;
+        let read = |path: &str| std::fs::read_to_string(path).ok();
+        let number = |path: &str| read(path).and_then(|t| t.trim().parse::<u64>().ok());
+        let machine = [number("/proc/sys/kernel/pid_max"), number("/proc/sys/kernel/threads-max")]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(32_768);
+        let unlimited = (u64::MAX, u64::MAX);
+        let (own_soft, own_hard) = sys::getrlimit(libc::RLIMIT_NPROC).unwrap_or(unlimited);
+        let (own_files_soft, own_files) = sys::getrlimit(libc::RLIMIT_NOFILE).unwrap_or(unlimited);
+        let mut rlimits = rlimits_default();
+        let processes_max = JOB_PROCESSES_MAX.min(own_hard);
+        let processes = read("/proc/sys/kernel/osrelease")
+            .is_some_and(|release| counts_processes_per_namespace(&release))
+            .then(|| ((machine / 4).min(own_soft / 2) / slots).clamp(JOB_PROCESSES_MIN, processes_max));
+        if let Some(processes) = processes {
+            rlimits.push(Rlimit { resource: libc::RLIMIT_NPROC, soft: processes, hard: processes });
+        }
+        let open_files_max = own_files.min(JOB_OPEN_FILES_MAX);
+        rlimits.push(Rlimit {
+            resource: libc::RLIMIT_NOFILE,
+            soft: own_files_soft.min(open_files_max),
+            hard: open_files_max,
+        });
+        let memory = crate::cgroup::own_memory_limit().unwrap_or(u64::MAX).min(machine_memory());
+        let memory_max = memory / JOBS_MEMORY_DENOMINATOR * JOBS_MEMORY_NUMERATOR;
+        let memory_bytes = memory_max / slots;
+        Self {
+            rlimits,
+            processes,
+            processes_max,
+            open_files_max,
+            memory_bytes,
+            memory_max,
+            tmpfs_bytes: memory_bytes / 2,
+        }
     }
-    let files = own_files.min(JOB_OPEN_FILES_MAX);
-    rlimits.push(Rlimit { resource: libc::RLIMIT_NOFILE, soft: own_files_soft.min(files), hard: files });
-    rlimits
+}
+
+/// The machine's memory (`MemTotal`), or 1 GiB if it cannot be read.
+fn machine_memory() -> u64 {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    info.lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|kb| kb.trim().parse::<u64>().ok())
+        .map_or(1 << 30, |kb| kb.saturating_mul(1024))
 }
 
 /// Whether a kernel of `release` (as in `uname -r`) counts RLIMIT_NPROC per user namespace
@@ -161,6 +227,8 @@ impl Spec {
             program: program.into(),
             arguments: Vec::new(),
             allow: Vec::new(),
+            tmpfs_bytes: 0,
+            memory_bytes: 0,
         }
     }
 }
@@ -364,6 +432,9 @@ pub fn compile(spec: &Spec) -> Result<SpawnRequest, PlanError> {
         arguments,
         environment,
         allow: spec.allow.clone(),
+        tmpfs_bytes: spec.tmpfs_bytes,
+        memory_bytes: spec.memory_bytes,
+        cgroup: maelstrom_wire::zygote::NO_CGROUP,
     })
 }
 

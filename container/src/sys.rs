@@ -279,6 +279,12 @@ pub fn die_by_signal(signal: libc::c_int) {
     }
 }
 
+/// Sends `signal` to `pid`, whatever comes of it (the process may be gone).
+pub fn kill(pid: libc::pid_t, signal: libc::c_int) {
+    // SAFETY: kill takes a pid and a signal number.
+    unsafe { libc::kill(pid, signal) };
+}
+
 /// Processes walked at most when killing a tree.
 const TREE_PROCESSES_MAX: usize = 4096;
 

@@ -1,7 +1,7 @@
 //! The worker's handle on its zygote lanes.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -11,21 +11,24 @@ use maelstrom_wire::zygote::{
 };
 use rkyv::util::AlignedVec;
 
+use crate::cgroup::JobCgroups;
 use crate::job::Job;
 use crate::lane::{self, Boot};
 use crate::seccomp;
 use crate::sys::{self, ExitStatus, Forked};
 
-/// How many lanes to fork.
-#[derive(Clone, Debug)]
+/// How many lanes to fork, and the cgroups their jobs may start in.
+#[derive(Debug)]
 pub struct ZygoteConfig {
     /// Lanes clone jobs in parallel; one per core is plenty.
     pub lanes: usize,
+    /// Job cgroups (see [`crate::cgroup`]): a request's `cgroup` indexes them.
+    pub cgroups: Option<JobCgroups>,
 }
 
 impl Default for ZygoteConfig {
     fn default() -> Self {
-        Self { lanes: std::thread::available_parallelism().map_or(1, usize::from) }
+        Self { lanes: std::thread::available_parallelism().map_or(1, usize::from), cgroups: None }
     }
 }
 
@@ -285,6 +288,7 @@ struct Slot {
 pub struct Zygote {
     slots: Vec<Slot>,
     next: AtomicUsize,
+    cgroups: Option<JobCgroups>,
 }
 
 impl Zygote {
@@ -305,6 +309,7 @@ impl Zygote {
         let open = seccomp::program(seccomp::all_allowances(), None);
         let worker = sys::getpid();
         let (uid, gid) = (sys::geteuid(), sys::getegid());
+        let cgroup_fds = config.cgroups.as_ref().map(JobCgroups::procs_fds).unwrap_or_default();
         let mut lanes: Vec<Lane> = Vec::new();
         // The last lane is the open one.
         let count = config.lanes.max(1) + 1;
@@ -324,11 +329,15 @@ impl Zygote {
             // SAFETY: the thread count was 1 above, and nothing since started a thread.
             match unsafe { sys::fork() }.map_err(io_error("fork"))? {
                 Forked::Child => {
-                    close_fds_except(theirs.as_raw_fd());
+                    let mut keep: Vec<RawFd> =
+                        cgroup_fds.iter().flatten().copied().filter(|&fd| fd >= 0).collect();
+                    keep.push(theirs.as_raw_fd());
+                    close_fds_except(&mut keep);
                     if is_open {
                         sys::forget_secret();
                     }
-                    lane::main(theirs, boot, worker, if is_open { &open } else { &strict }, is_open)
+                    let filter = if is_open { &open } else { &strict };
+                    lane::main(theirs, boot, worker, filter, is_open, cgroup_fds)
                 }
                 Forked::Parent { pid } => {
                     drop(theirs);
@@ -348,7 +357,7 @@ impl Zygote {
                 Slot { lane, exchange: Mutex::new(exchange) }
             })
             .collect();
-        Ok(Self { slots, next: AtomicUsize::new(0) })
+        Ok(Self { slots, next: AtomicUsize::new(0), cgroups: config.cgroups })
     }
 
     /// The pids of the lanes (for monitoring, and for tests that kill one).
@@ -356,9 +365,10 @@ impl Zygote {
         self.slots.iter().map(|slot| slot.lane.pid).collect()
     }
 
-    /// The lanes, for an event loop to drive (see [`Lane`]).
-    pub fn into_lanes(self) -> Vec<Lane> {
-        self.slots.into_iter().map(|slot| slot.lane).collect()
+    /// The lanes, for an event loop to drive (see [`Lane`]), and the job cgroups their jobs
+    /// may start in.
+    pub fn into_lanes(self) -> (Vec<Lane>, Option<JobCgroups>) {
+        (self.slots.into_iter().map(|slot| slot.lane).collect(), self.cgroups)
     }
 
     /// Starts a job with `stdout` and `stderr` as its output. Returns once the job has exec'd,
@@ -445,10 +455,17 @@ fn describe_status(status: io::Result<Option<ExitStatus>>) -> String {
     }
 }
 
-/// Closes every fd of this (freshly forked) process above stderr except `keep`.
-fn close_fds_except(keep: libc::c_int) {
-    sys::close_range(3, keep - 1);
-    sys::close_range(keep + 1, libc::c_int::MAX);
+/// Closes every fd of this (freshly forked) process above stderr except those in `keep`.
+fn close_fds_except(keep: &mut [RawFd]) {
+    keep.sort_unstable();
+    let mut first = 3;
+    for &fd in keep.iter().filter(|&&fd| fd >= 3) {
+        if fd > first {
+            sys::close_range(first, fd - 1);
+        }
+        first = first.max(fd + 1);
+    }
+    sys::close_range(first, libc::c_int::MAX);
 }
 
 /// Names what a failed step was doing, from the request the worker sent.

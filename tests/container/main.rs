@@ -122,7 +122,7 @@ pub fn job_host_uid() -> u32 {
 
 fn main() {
     let args = Arguments::from_args();
-    let zygote = match Zygote::start(ZygoteConfig { lanes: 2 }) {
+    let zygote = match Zygote::start(ZygoteConfig { lanes: 2, cgroups: None }) {
         Ok(zygote) => zygote,
         Err(e) => {
             eprintln!("cannot start the zygote: {e}");

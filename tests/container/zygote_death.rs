@@ -49,7 +49,7 @@ fn main() {
 }
 
 fn lane_death() -> anyhow::Result<()> {
-    let zygote = Zygote::start(ZygoteConfig { lanes: 2 })?;
+    let zygote = Zygote::start(ZygoteConfig { lanes: 2, cgroups: None })?;
     let layer = tempfile::tempdir()?;
     std::fs::copy(maelstrom_testbins::static_true(), layer.path().join("true"))?;
     let request = maelstrom_container::compile(&Spec::new(vec![layer.path().to_owned()], "/true"))?;
@@ -79,7 +79,7 @@ fn lane_death() -> anyhow::Result<()> {
 #[expect(clippy::exit, reason = "this process only ever runs as the doomed worker")]
 fn doomed_worker(marker: &str) -> ! {
     let run = || -> anyhow::Result<()> {
-        let zygote = Zygote::start(ZygoteConfig { lanes: 1 })?;
+        let zygote = Zygote::start(ZygoteConfig { lanes: 1, cgroups: None })?;
         let layer = tempfile::tempdir()?;
         std::fs::create_dir(layer.path().join("bin"))?;
         std::fs::copy(maelstrom_testbins::probe(), layer.path().join("bin/probe"))?;
@@ -142,7 +142,7 @@ fn jobs_die_with_the_worker() -> anyhow::Result<()> {
 fn late_start() -> anyhow::Result<()> {
     let (stop, parked) = std::sync::mpsc::channel::<()>();
     let thread = std::thread::spawn(move || parked.recv());
-    let result = Zygote::start(ZygoteConfig { lanes: 1 });
+    let result = Zygote::start(ZygoteConfig { lanes: 1, cgroups: None });
     drop(stop);
     let _ = thread.join();
     match result {

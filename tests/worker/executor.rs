@@ -67,7 +67,7 @@ fn main() {
     let mut args = Arguments::from_args();
     // The cases share the executor's slots, and some fill them on purpose.
     args.test_threads = Some(1);
-    let zygote = Zygote::start(ZygoteConfig { lanes: 2 }).unwrap_or_else(|e| {
+    let zygote = Zygote::start(ZygoteConfig { lanes: 2, cgroups: None }).unwrap_or_else(|e| {
         eprintln!("cannot start the zygote: {e}");
         std::process::exit(1)
     });
@@ -78,7 +78,7 @@ fn main() {
             let _ = route.send(result);
         }
     });
-    let config = ExecutorConfig { slots: 4, output_bytes_max: 1 << 20 };
+    let config = ExecutorConfig::new(4, 1 << 20);
     let executor = Executor::start(zygote, config, sink).unwrap_or_else(|e| {
         eprintln!("cannot start the executor: {e}");
         std::process::exit(1)

@@ -23,7 +23,7 @@ use crate::artifact::Digest;
 use crate::zygote::{Device, NetworkMode};
 
 /// Bumped whenever a type in this module changes shape.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Bytes of a frame header.
 pub const HEADER_BYTES: usize = 8;
@@ -178,6 +178,79 @@ pub struct TimeoutWarning {
 /// The longest a warned job may take to end after its warning.
 pub const TIMEOUT_GRACE_MS_MAX: u64 = 60_000;
 
+/// What one job may use, where its spec sets it; 0 leaves the worker's default (its share of
+/// what the worker itself may use). A worker caps each at its own maximum.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(compare(PartialEq), derive(Debug, Clone, Copy))]
+pub struct JobLimits {
+    /// Memory, tmpfs pages included.
+    pub memory_bytes: u64,
+    /// Processes and threads at once.
+    pub processes: u64,
+    pub open_files: u64,
+    /// CPU time, all of the job's processes together; 0 for none.
+    pub cpu_seconds: u64,
+    /// Each tmpfs the job mounts, and a writable root's changes.
+    pub tmpfs_bytes: u64,
+}
+
+/// The limit at which the sandbox stopped a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(compare(PartialEq), derive(Debug, Clone, Copy))]
+pub enum Limit {
+    /// Its memory (tmpfs pages included) reached `bytes`.
+    Memory { bytes: u64 },
+    /// It tried to have more than `count` processes at once.
+    Processes { count: u64 },
+    /// Its processes used `seconds` of CPU time.
+    CpuTime { seconds: u64 },
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Limit::Memory { bytes } => write!(f, "memory limit {} reached", Bytes(*bytes)),
+            Limit::Processes { count } => write!(f, "fork limit {count} reached"),
+            Limit::CpuTime { seconds } => write!(f, "CPU time limit {seconds} s reached"),
+        }
+    }
+}
+
+impl fmt::Display for ArchivedLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let limit = match self {
+            ArchivedLimit::Memory { bytes } => Limit::Memory { bytes: bytes.to_native() },
+            ArchivedLimit::Processes { count } => Limit::Processes { count: count.to_native() },
+            ArchivedLimit::CpuTime { seconds } => Limit::CpuTime { seconds: seconds.to_native() },
+        };
+        limit.fmt(f)
+    }
+}
+
+/// A byte count as people read it: `1.5 GiB`, `64 MiB`, `512 B`.
+#[derive(Clone, Copy, Debug)]
+pub struct Bytes(pub u64);
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+        let mut unit = 0;
+        while unit + 1 < UNITS.len() && self.0 >= 1 << (10 * (unit + 1)) {
+            unit += 1;
+        }
+        if unit == 0 {
+            return write!(f, "{} B", self.0);
+        }
+        let whole = self.0 >> (10 * unit);
+        let tenths = ((self.0 & ((1 << (10 * unit)) - 1)) * 10) >> (10 * unit);
+        if tenths == 0 {
+            write!(f, "{whole} {}", UNITS[unit])
+        } else {
+            write!(f, "{whole}.{tenths} {}", UNITS[unit])
+        }
+    }
+}
+
 /// A job as it travels: everything resolved, layers named by artifact.
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(compare(PartialEq), derive(Debug))]
@@ -193,6 +266,7 @@ pub struct JobSpec {
     pub network: NetworkMode,
     /// What the job may use beyond the default sandbox.
     pub allow: Vec<crate::zygote::Allowance>,
+    pub limits: JobLimits,
     pub writable_root: bool,
     pub working_directory: String,
     pub user: u32,
@@ -230,6 +304,13 @@ pub enum Outcome {
         duration_us: u64,
     },
     TimedOut {
+        stdout: Output,
+        stderr: Output,
+        duration_us: u64,
+    },
+    /// The sandbox killed the job at `limit`.
+    Killed {
+        limit: Limit,
         stdout: Output,
         stderr: Output,
         duration_us: u64,
@@ -353,6 +434,8 @@ pub enum Ended {
     Exited(i32),
     Signaled(i32),
     TimedOut,
+    /// Killed at a limit.
+    Killed(Limit),
 }
 
 /// A job that ran: how it ended, what it printed, and how long it took.
@@ -391,6 +474,9 @@ impl Outcome {
             Outcome::TimedOut { stdout, stderr, duration_us } => {
                 ran(Ended::TimedOut, stdout, stderr, duration_us)
             }
+            Outcome::Killed { limit, stdout, stderr, duration_us } => {
+                ran(Ended::Killed(*limit), stdout, stderr, duration_us)
+            }
             Outcome::ExecutionError(message) => Err(NotRun::Execution(message)),
             Outcome::SystemError(message) => Err(NotRun::System(message)),
         }
@@ -402,7 +488,8 @@ impl Outcome {
         let (stdout, stderr) = match self {
             Outcome::Exited { stdout, stderr, .. }
             | Outcome::Signaled { stdout, stderr, .. }
-            | Outcome::TimedOut { stdout, stderr, .. } => (stdout, stderr),
+            | Outcome::TimedOut { stdout, stderr, .. }
+            | Outcome::Killed { stdout, stderr, .. } => (stdout, stderr),
             Outcome::ExecutionError(message) | Outcome::SystemError(message) => {
                 if message.len() > room {
                     let mut end = room;
@@ -468,6 +555,7 @@ pub fn typical_job() -> JobSpec {
         keep_visible: Vec::new(),
         network: NetworkMode::Disabled,
         allow: Vec::new(),
+        limits: JobLimits::default(),
         writable_root: false,
         working_directory: "/work/my_crate".into(),
         user: 0,

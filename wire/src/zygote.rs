@@ -25,7 +25,7 @@ use rkyv::util::AlignedVec;
 use crate::{CBytes, DecodeError};
 
 /// Bumped whenever a type in this module changes shape.
-pub const LANE_PROTOCOL_VERSION: u32 = 2;
+pub const LANE_PROTOCOL_VERSION: u32 = 3;
 
 /// Largest spawn request, in bytes. Arguments and environment dominate; this allows about half
 /// of a default `ARG_MAX`. The socket buffers are sized to carry it in one datagram.
@@ -380,7 +380,18 @@ pub struct SpawnRequest {
     pub environment: Vec<CBytes>,
     /// What the job may use beyond the default sandbox.
     pub allow: Vec<Allowance>,
+    /// The size of each tmpfs the job mounts, a writable root's upper layer included; 0 for the
+    /// kernel's default (half of the machine's memory).
+    pub tmpfs_bytes: u64,
+    /// The job's memory limit, enforced through its cgroup; 0 for the worker's default.
+    pub memory_bytes: u64,
+    /// Which of the zygote's job cgroups the job starts in ([`NO_CGROUP`]: none). Set by
+    /// whoever sends the request (the executor), not by the plan.
+    pub cgroup: u32,
 }
+
+/// [`SpawnRequest::cgroup`] when the job gets no cgroup.
+pub const NO_CGROUP: u32 = u32::MAX;
 
 /// Where a job's setup stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -399,6 +410,8 @@ pub enum Step {
     },
     /// A step of the job process before its ops.
     Prepare,
+    /// Moving into its cgroup.
+    Cgroup,
     JoinNetwork,
     JoinIpc,
     JoinTemplate,
@@ -425,6 +438,7 @@ impl fmt::Display for Step {
             Step::CreateIpc => f.write_str("create an IPC namespace"),
             Step::Template { .. } => f.write_str("build the container template"),
             Step::Prepare => f.write_str("prepare the job process"),
+            Step::Cgroup => f.write_str("move into the job's cgroup"),
             Step::JoinNetwork => f.write_str("join the network namespace"),
             Step::JoinIpc => f.write_str("join the IPC namespace"),
             Step::JoinTemplate => f.write_str("join the template mount namespace"),
@@ -449,6 +463,7 @@ impl ArchivedStep {
             ArchivedStep::CreateIpc => Step::CreateIpc,
             ArchivedStep::Template { op } => Step::Template { op: op.to_native() },
             ArchivedStep::Prepare => Step::Prepare,
+            ArchivedStep::Cgroup => Step::Cgroup,
             ArchivedStep::JoinNetwork => Step::JoinNetwork,
             ArchivedStep::JoinIpc => Step::JoinIpc,
             ArchivedStep::JoinTemplate => Step::JoinTemplate,
@@ -780,6 +795,9 @@ mod tests {
             arguments: vec![c("true"), c("--flag")],
             environment: vec![c("PATH=/usr/bin:/bin")],
             allow: vec![Allowance::IoUring],
+            tmpfs_bytes: 64 << 20,
+            memory_bytes: 0,
+            cgroup: NO_CGROUP,
         }
     }
 

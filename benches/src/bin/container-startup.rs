@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use maelstrom_benches::{Mounts, TrivialContainer};
-use maelstrom_container::{NetworkMode, Zygote, ZygoteConfig};
+use maelstrom_container::{JobCgroups, NetworkMode, Share, Zygote, ZygoteConfig};
+use maelstrom_wire::zygote::NO_CGROUP;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Mode {
@@ -38,6 +39,10 @@ struct Args {
     /// Alternating blocks of floor and container runs.
     #[arg(long, default_value_t = 10)]
     blocks: u64,
+    /// Start each container under a worker's limits: rlimits, sized tmpfs mounts, and a job
+    /// cgroup per spawner where this process may make them.
+    #[arg(long)]
+    limits: bool,
 }
 
 struct Block {
@@ -46,19 +51,21 @@ struct Block {
     count: u64,
 }
 
-/// Runs `per_spawner` iterations of `once` on each of `spawners` threads at once.
-fn block(spawners: usize, per_spawner: u64, once: &(dyn Fn() + Sync)) -> Block {
+/// Runs `per_spawner` iterations of `once` on each of `spawners` threads at once (`once` is
+/// given its spawner's index).
+fn block(spawners: usize, per_spawner: u64, once: &(dyn Fn(usize) + Sync)) -> Block {
     let barrier = Barrier::new(spawners);
     let start = Instant::now();
     let histograms: Vec<Histogram<u64>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..spawners)
-            .map(|_| {
-                s.spawn(|| {
+            .map(|spawner| {
+                let barrier = &barrier;
+                s.spawn(move || {
                     let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
                     barrier.wait();
                     for _ in 0..per_spawner {
                         let t = Instant::now();
-                        once();
+                        once(spawner);
                         h.saturating_record(t.elapsed().as_micros() as u64);
                     }
                     h
@@ -77,7 +84,20 @@ fn block(spawners: usize, per_spawner: u64, once: &(dyn Fn() + Sync)) -> Block {
 
 fn main() {
     let args = Args::parse();
-    let zygote = match Zygote::start(ZygoteConfig { lanes: args.spawners.max(1) }) {
+    let spawners = args.spawners.max(1);
+    let cgroups = if args.limits {
+        match JobCgroups::for_slots(spawners) {
+            Ok(cgroups) => Some(cgroups),
+            Err(why) => {
+                eprintln!("container-startup: no job cgroups, rlimits and tmpfs sizes only: {why}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let with_cgroups = cgroups.is_some();
+    let zygote = match Zygote::start(ZygoteConfig { lanes: spawners, cgroups }) {
         Ok(z) => z,
         Err(e) => {
             eprintln!("container-startup: cannot start the zygote: {e}");
@@ -93,18 +113,27 @@ fn main() {
         eprintln!("container-startup: cannot build the trivial container: {e}");
         std::process::exit(1);
     });
-    let container = || bench.container_once(&zygote).unwrap_or_else(|e| panic!("container failed: {e}"));
-    let floor = || bench.floor_once().unwrap_or_else(|e| panic!("floor spawn failed: {e}"));
+    let share = Share::of(spawners);
+    let requests: Vec<_> = (0..spawners)
+        .map(|i| match (args.limits, with_cgroups) {
+            (false, _) => bench.request.clone(),
+            (true, true) => bench.limited(&share, i as u32),
+            (true, false) => bench.limited(&share, NO_CGROUP),
+        })
+        .collect();
+    let container = |spawner: usize| {
+        bench.spawn_once(&zygote, &requests[spawner]).unwrap_or_else(|e| panic!("container failed: {e}"))
+    };
+    let floor = |_| bench.floor_once().unwrap_or_else(|e| panic!("floor spawn failed: {e}"));
 
     // Warm up both paths (templates, pooled network namespaces, page cache).
     block(args.spawners, 50, &container);
     block(args.spawners, 50, &floor);
 
-    let spawners = args.spawners.max(1);
     let per_spawner = (args.count / args.blocks.max(1) / spawners as u64).max(1);
     let mut totals = [Block::empty(), Block::empty()];
     for _ in 0..args.blocks.max(1) {
-        for (total, once) in totals.iter_mut().zip([&floor as &(dyn Fn() + Sync), &container]) {
+        for (total, once) in totals.iter_mut().zip([&floor as &(dyn Fn(usize) + Sync), &container]) {
             total.merge(block(spawners, per_spawner, once));
         }
     }
@@ -130,7 +159,12 @@ fn main() {
     );
     let mode = format!("{:?}", args.mode).to_lowercase();
     println!(
-        "container-startup: mode={mode} spawners={spawners} p50_us={} p99_us={} floor_p50_us={} ratio={:.2} rate_per_s={:.0}",
+        "container-startup: mode={mode} spawners={spawners} limits={} p50_us={} p99_us={} floor_p50_us={} ratio={:.2} rate_per_s={:.0}",
+        match (args.limits, with_cgroups) {
+            (false, _) => "off",
+            (true, true) => "cgroups",
+            (true, false) => "rlimits",
+        },
         p(&containers, 0.5),
         p(&containers, 0.99),
         p(&floor, 0.5),

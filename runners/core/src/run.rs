@@ -20,7 +20,7 @@ use maelstrom_client::client::Client;
 use maelstrom_client::digests::DigestCache;
 use maelstrom_client::local::LocalConfig;
 use maelstrom_client::spec::{EnvironmentSpec, JobSpec, LayerSpec};
-use maelstrom_client::{JobResult, Zygote, ZygoteConfig};
+use maelstrom_client::{JobCgroups, JobResult, Zygote, ZygoteConfig};
 use maelstrom_config::{CommonOptions, Config, LogLevel, Size, Source, getenv};
 
 use crate::filter::{self, Language, Selection, Subject};
@@ -386,7 +386,8 @@ fn run<F: Framework>(
 
     let slots = settings.slots.0 as usize;
     // The zygote forks before any thread exists; everything threaded comes after.
-    let zygote = Zygote::start(ZygoteConfig { lanes: slots.min(cores) })?;
+    let cgroups = JobCgroups::for_slots(slots).ok();
+    let zygote = Zygote::start(ZygoteConfig { lanes: slots.min(cores), cgroups })?;
     let (events, inbox) = channel();
     let result_events = events.clone();
     let sink = Box::new(move |result: JobResult| {

@@ -323,13 +323,14 @@ impl Session {
                 let mut status = match ended {
                     Ended::Exited(0) if empty => Status::Error,
                     Ended::Exited(0) => Status::Ok,
-                    Ended::Exited(_) | Ended::Signaled(_) => Status::Fail,
+                    Ended::Exited(_) | Ended::Signaled(_) | Ended::Killed(_) => Status::Fail,
                     Ended::TimedOut => Status::Timeout,
                 };
                 let stdout = (self.rules.trim)(case, &out.bytes);
                 let stderr = String::from_utf8_lossy(&err.bytes).into_owned();
                 let mut details = Vec::new();
-                if let Some(judge) = self.rules.judge.as_ref().filter(|_| ended != Ended::TimedOut) {
+                let judged = !matches!(ended, Ended::TimedOut | Ended::Killed(_));
+                if let Some(judge) = self.rules.judge.as_ref().filter(|_| judged) {
                     match judge(case, ended, out) {
                         Verdict::Passed => status = Status::Ok,
                         Verdict::Failed(why) => {
@@ -350,6 +351,7 @@ impl Session {
                     }
                     Ended::Signaled(signal) => details.push(format!("killed by signal {signal}")),
                     Ended::TimedOut => details.push("timed out".to_owned()),
+                    Ended::Killed(limit) => details.push(format!("killed: {limit}")),
                     Ended::Exited(code)
                         if code != 0
                             && !self.rules.quiet_exit_codes.contains(&code)

@@ -260,7 +260,7 @@ pub fn augment(candidate: &mut ContainerSpec, directive: &ContainerSpec) {
     macro_rules! scalars {
         ($($field:ident),*) => { $(if directive.$field.is_some() { candidate.$field = directive.$field; })* };
     }
-    scalars!(enable_writable_file_system, network, user, group);
+    scalars!(enable_writable_file_system, network, user, group, limits);
     if directive.allow.is_some() {
         candidate.allow.clone_from(&directive.allow);
     }

@@ -71,8 +71,8 @@ pub fn verdict(case: &str, ended: Ended, stdout: &[u8], cut: bool) -> Verdict {
         (Some(_), Ended::Exited(code)) => {
             Verdict::Failed(vec![format!("the test passed, but the binary then exited with code {code}")])
         }
-        // The session says which signal.
-        (_, Ended::Signaled(_)) => Verdict::Failed(Vec::new()),
+        // The session says which signal, or which limit.
+        (_, Ended::Signaled(_) | Ended::Killed(_)) => Verdict::Failed(Vec::new()),
         // Passed, its result line past what was kept of a long output (thousands of subtests).
         (None, Ended::Exited(0)) if cut => Verdict::Passed,
         (None, Ended::Exited(0)) if text.contains("testing: warning: no tests to run") => Verdict::Failed(

@@ -18,7 +18,7 @@ use clap::Parser;
 use maelstrom_client::client::Client;
 use maelstrom_client::local::LocalConfig;
 use maelstrom_client::spec::{StreamItem, StreamRequest};
-use maelstrom_client::{Ended, JobResult, Ran, Zygote, ZygoteConfig};
+use maelstrom_client::{Ended, JobCgroups, JobResult, Ran, Zygote, ZygoteConfig};
 use maelstrom_config::{CommonOptions, LogLevel, Size, Source, getenv};
 
 const KEYS: &[&str] = &[
@@ -149,7 +149,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let slots = settings.slots.0 as usize;
     let lanes = if cli.one { 1 } else { slots.min(cores) };
     // The zygote forks before any thread exists; everything threaded comes after.
-    let zygote = Zygote::start(ZygoteConfig { lanes })?;
+    let cgroups = JobCgroups::for_slots(slots).ok();
+    let zygote = Zygote::start(ZygoteConfig { lanes, cgroups })?;
     let (events, inbox) = channel();
     let sink_events = events.clone();
     let sink = Box::new(move |result: JobResult| {
@@ -276,6 +277,10 @@ fn report(index: usize, result: &JobResult, exit: &mut Exit, debug: bool) {
                 }
                 Ended::TimedOut => {
                     let _ = writeln!(stderr, "job {index}: timed out");
+                    exit.fail(1);
+                }
+                Ended::Killed(limit) => {
+                    let _ = writeln!(stderr, "job {index}: killed: {limit}");
                     exit.fail(1);
                 }
             }

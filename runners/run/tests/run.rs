@@ -540,7 +540,8 @@ fn jobs_get_their_share_of_processes_and_open_files() {
     let (one, _) = limits("1");
     let (four, files) = limits("4");
     assert_eq!(one.0, one.1, "{one:?}");
-    assert!((64..=16_384).contains(&one.1), "processes with one slot: {one:?}");
+    // One more where a job cgroup holds the limit: the rlimit is its backstop.
+    assert!((64..=16_385).contains(&one.1), "processes with one slot: {one:?}");
     assert!((64..=one.1).contains(&four.1), "processes with four slots: {four:?}, one: {one:?}");
     assert!(files.1 <= 65_536 && files.0 <= files.1, "open files: {files:?}");
 }
@@ -584,4 +585,60 @@ fn a_job_is_allowed_only_what_its_spec_names() {
     let err = stderr(&out);
     assert!(err.starts_with("maelstrom-run: stdin:1:") && err.contains("unknown variant `iouring`"), "{err}");
     assert_eq!(out.status.code(), Some(1));
+}
+
+/// Whether this machine gives a worker run by this user job cgroups (cgroup v1 memory and pids,
+/// writable by root).
+fn job_cgroups_here() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    root && Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists()
+}
+
+/// Each bomb ends at a limit its spec sets small (the leash: every probe also stops on its own
+/// at a cap), and where the worker has job cgroups the outcome names it; an honest job beside
+/// them passes.
+#[test]
+fn bombs_end_at_their_limits_while_an_honest_job_passes() {
+    let project = Project::new();
+    let tmp = json!([{"type": "tmp", "mount_point": "/tmp"}]);
+    let jobs = [
+        probe_job(&["say", "0", "honest"]),
+        with(probe_job(&["hog", "512"]), json!({"limits": {"memory": "48 MiB"}})),
+        with(probe_job(&["forkbomb", "5000", "retry"]), json!({"limits": {"processes": 40}})),
+        with(probe_job(&["fill", "/tmp/filler", "64"]), json!({"limits": {"tmpfs": "8 MiB"}, "mounts": tmp})),
+        with(probe_job(&["fds", "100000"]), json!({"limits": {"open_files": 64}})),
+        probe_job(&["spew", "50000000"]),
+        with(probe_job(&["spin", "20"]), json!({"limits": {"cpu_time": 1}})),
+        probe_job(&["say", "0", "honest"]),
+    ];
+    let out = project.run(&["--slots", "2", "--inline-limit", "4096"], &jobs);
+    let (out_text, err) = (stdout(&out), stderr(&out));
+    // maelstrom-run numbers jobs from 1.
+    let said = |job: usize, what: &str| {
+        err.lines().any(|l| l.starts_with(&format!("job {}: ", job + 1)) && l.contains(what))
+    };
+    assert_eq!(out_text.matches("honest").count(), 2, "{out_text}\n{err}");
+    assert!(!err.lines().any(|l| l.starts_with("job 1:") || l.starts_with("job 8:")), "{err}");
+    if job_cgroups_here() {
+        assert!(said(1, "killed: memory limit 48 MiB reached"), "{err}");
+        assert!(said(2, "killed: fork limit 40 reached"), "{err}");
+    } else {
+        // Memory is not limited without cgroups: the probe stops at its own cap.
+        assert!(out_text.contains("hogged=512"), "{out_text}");
+        assert!(out_text.contains("errno=11"), "the fork bomb stops at its rlimit: {out_text}");
+    }
+    let fact = |key: &str| -> u64 {
+        let line = out_text
+            .lines()
+            .find(|l| l.starts_with(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key} in {out_text}"));
+        line[key.len() + 1..].parse().unwrap()
+    };
+    assert!(fact("filled") <= 8, "the 8 MiB /tmp held: {out_text}");
+    assert!(out_text.contains("errno=28"), "ENOSPC: {out_text}");
+    assert!(fact("opened") <= 64, "64 open files at most: {out_text}");
+    assert!(out_text.contains("errno=24"), "EMFILE: {out_text}");
+    assert!(said(5, "stdout truncated"), "{err}");
+    assert!(said(6, "killed: CPU time limit 1 s reached"), "{err}");
 }

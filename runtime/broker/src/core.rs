@@ -633,6 +633,7 @@ mod tests {
             keep_visible: vec![],
             network: NetworkMode::Disabled,
             allow: vec![],
+            limits: Default::default(),
             writable_root: false,
             working_directory: "/".into(),
             user: 0,

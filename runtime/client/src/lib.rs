@@ -20,6 +20,6 @@ pub mod spec;
 // What a runner needs of the layers below, so that it depends on this crate alone: the zygote,
 // started before any thread; the one result type; exiting as a job did; ending a build tool
 // with the compilers it started.
-pub use maelstrom_container::{Zygote, ZygoteConfig, die_by_signal, kill_tree};
-pub use maelstrom_wire::cluster::{Ended, NotRun, Ran, TimeoutWarning};
+pub use maelstrom_container::{JobCgroups, Zygote, ZygoteConfig, die_by_signal, kill_tree};
+pub use maelstrom_wire::cluster::{Ended, Limit, NotRun, Ran, TimeoutWarning};
 pub use maelstrom_worker::{JobId, JobResult, Outcome, Output, ResultSink};

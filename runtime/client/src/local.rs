@@ -53,8 +53,8 @@ pub struct LocalClient {
     executor: Executor,
     project: PathBuf,
     next_id: JobId,
-    /// Every job's resource limits: its share of this machine's.
-    rlimits: Vec<maelstrom_container::Rlimit>,
+    /// What each job may use: its share of this machine's.
+    share: maelstrom_container::Share,
 }
 
 impl LocalClient {
@@ -63,11 +63,8 @@ impl LocalClient {
         let cache =
             Arc::new(LayerCache::open(&config.cache_root.join("local-worker"), config.cache_bytes_max)?);
         let digests = DigestCache::open(&config.cache_root.join("cached-digests"));
-        let executor = Executor::start(
-            zygote,
-            ExecutorConfig { slots: config.slots, output_bytes_max: config.output_bytes_max },
-            sink,
-        )?;
+        let executor =
+            Executor::start(zygote, ExecutorConfig::new(config.slots, config.output_bytes_max), sink)?;
         Ok(Self {
             containers: BTreeMap::new(),
             layers: LayerBuilder::new(config.project.clone(), digests),
@@ -76,7 +73,7 @@ impl LocalClient {
             executor,
             project: config.project,
             next_id: 1,
-            rlimits: maelstrom_container::rlimits_share(config.slots),
+            share: maelstrom_container::Share::of(config.slots),
         })
     }
 
@@ -115,7 +112,7 @@ impl LocalClient {
         let bytes = cluster::encode_job(&wire_job(job, &resolved, refs, &self.project));
         let archived = rkyv::access::<cluster::ArchivedJobSpec, rkyv::rancor::Error>(&bytes)
             .map_err(|e| PrepareError(format!("the job does not encode: {e}")))?;
-        sandbox(archived, layers, Origin::ThisMachine, &self.rlimits).map_err(|e| PrepareError(e.to_string()))
+        sandbox(archived, layers, Origin::ThisMachine, &self.share).map_err(|e| PrepareError(e.to_string()))
     }
 
     /// Resolves a job's container and builds its layers' artifacts (not their trees).
@@ -208,6 +205,7 @@ pub fn wire_job(
         keep_visible,
         network: resolved.network,
         allow: resolved.allow.clone(),
+        limits: resolved.limits.to_wire(),
         writable_root: resolved.enable_writable_file_system,
         working_directory: resolved.working_directory.clone(),
         user: resolved.user,

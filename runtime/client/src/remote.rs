@@ -435,9 +435,14 @@ mod tests {
             assert!(must_run_locally(&resolved), "{text}");
             let bytes = cluster::encode_job(&wire_job(&job, &resolved, vec![], Path::new("/project")));
             let archived = rkyv::access::<ArchivedJobSpec, rkyv::rancor::Error>(&bytes).unwrap();
-            let local = sandbox(archived, vec!["/l".into()], Origin::ThisMachine, &[]).unwrap();
+            let local =
+                sandbox(archived, vec!["/l".into()], Origin::ThisMachine, &maelstrom_container::Share::of(1))
+                    .unwrap();
             assert!(local.network == maelstrom_container::NetworkMode::Local || !local.mounts.is_empty());
-            let error = sandbox(archived, vec!["/l".into()], Origin::Cluster, &[]).unwrap_err().to_string();
+            let error =
+                sandbox(archived, vec!["/l".into()], Origin::Cluster, &maelstrom_container::Share::of(1))
+                    .unwrap_err()
+                    .to_string();
             assert!(error.starts_with(why), "{error}");
         }
     }

@@ -9,7 +9,8 @@
 use std::collections::BTreeMap;
 
 use crate::spec::{
-    Allowance, ContainerSpec, EnvironmentSpec, Inherit, LayerSpec, MountSpec, NetworkMode, UseField,
+    Allowance, ContainerSpec, EnvironmentSpec, Inherit, LayerSpec, LimitsSpec, MountSpec, NetworkMode,
+    UseField,
 };
 
 /// A container after inheritance, with defaults applied and its environment evaluated.
@@ -26,6 +27,7 @@ pub struct Resolved {
     pub group: u32,
     /// Sorted, without repeats.
     pub allow: Vec<Allowance>,
+    pub limits: LimitsSpec,
 }
 
 /// Why a container cannot be resolved. The message is meant for a person.
@@ -48,6 +50,7 @@ struct Fields {
     user: Option<u32>,
     group: Option<u32>,
     allow: Option<Vec<Allowance>>,
+    limits: Option<LimitsSpec>,
 }
 
 /// Which fields `spec` sets plainly (not through `added_*`).
@@ -62,6 +65,7 @@ fn sets(spec: &ContainerSpec, field: UseField) -> bool {
         UseField::User => spec.user.is_some(),
         UseField::Group => spec.group.is_some(),
         UseField::Allow => spec.allow.is_some(),
+        UseField::Limits => spec.limits.is_some(),
     }
 }
 
@@ -166,6 +170,7 @@ fn fields(
         user: spec.user.or_else(|| parent.user.filter(|_| uses(UseField::User))),
         group: spec.group.or_else(|| parent.group.filter(|_| uses(UseField::Group))),
         allow: spec.allow.clone().or_else(|| parent.allow.filter(|_| uses(UseField::Allow))),
+        limits: spec.limits.or_else(|| parent.limits.filter(|_| uses(UseField::Limits))),
     })
 }
 
@@ -222,6 +227,7 @@ pub fn resolve(
             allow.dedup();
             allow
         },
+        limits: fields.limits.unwrap_or_default(),
     })
 }
 

@@ -26,10 +26,11 @@ pub enum UseField {
     User,
     Group,
     Allow,
+    Limits,
 }
 
 impl UseField {
-    pub const ALL: [UseField; 9] = [
+    pub const ALL: [UseField; 10] = [
         UseField::Layers,
         UseField::EnableWritableFileSystem,
         UseField::Environment,
@@ -39,6 +40,7 @@ impl UseField {
         UseField::User,
         UseField::Group,
         UseField::Allow,
+        UseField::Limits,
     ];
 
     pub fn name(self) -> &'static str {
@@ -52,6 +54,7 @@ impl UseField {
             UseField::User => "user",
             UseField::Group => "group",
             UseField::Allow => "allow",
+            UseField::Limits => "limits",
         }
     }
 }
@@ -272,6 +275,64 @@ impl<'de> Deserialize<'de> for LayerSpec {
     }
 }
 
+/// How much a job may use, where it differs from the worker's default (its share of what the
+/// worker may use). Each field is capped at the worker's maximum. Like `network`, the table is
+/// one value: a container's replaces its parent's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    /// Memory, tmpfs pages included: bytes, or a string like `"1.5 GiB"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<ByteCount>,
+    /// Processes and threads at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_files: Option<u64>,
+    /// Seconds of CPU time each process may use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_time: Option<u64>,
+    /// The size of each tmpfs, and of a writable root's changes (half the memory by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmpfs: Option<ByteCount>,
+}
+
+impl LimitsSpec {
+    /// The limits as they travel (0: the worker's default).
+    pub fn to_wire(self) -> maelstrom_wire::cluster::JobLimits {
+        maelstrom_wire::cluster::JobLimits {
+            memory_bytes: self.memory.map_or(0, |b| b.0),
+            processes: self.processes.unwrap_or(0),
+            open_files: self.open_files.unwrap_or(0),
+            cpu_seconds: self.cpu_time.unwrap_or(0),
+            tmpfs_bytes: self.tmpfs.map_or(0, |b| b.0),
+        }
+    }
+}
+
+/// A number of bytes: an integer, or a string like `"64 MiB"` or `"1.5GB"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ByteCount(pub u64);
+
+impl<'de> Deserialize<'de> for ByteCount {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(n) => Ok(ByteCount(n)),
+            Raw::Text(text) => text
+                .trim()
+                .parse::<bytesize::ByteSize>()
+                .map(|b| ByteCount(b.as_u64()))
+                .map_err(|e| serde::de::Error::custom(format!("bad size {text:?} (try \"64 MiB\"): {e}"))),
+        }
+    }
+}
+
 /// A mount inside the container.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -339,6 +400,9 @@ macro_rules! container_spec {
             /// reference's format).
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub allow: Option<Vec<Allowance>>,
+            /// How much jobs may use (ours; not in the reference's format).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub limits: Option<LimitsSpec>,
         }
     };
 }
@@ -407,6 +471,7 @@ impl StreamItem {
             user,
             group,
             allow,
+            limits,
         } = self;
         let container = ContainerSpec {
             image,
@@ -423,6 +488,7 @@ impl StreamItem {
             user,
             group,
             allow,
+            limits,
         };
         if let Some(containers) = containers {
             if program.is_some() || arguments.is_some() || timeout.is_some() || priority.is_some() {

@@ -16,9 +16,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use maelstrom_container::{
-    Captured, Completed, Ended, ExitStatus, Job, Lane, SpawnError, SpawnRequest, Zygote,
+    Captured, Completed, Ended, ExitStatus, Job, JobCgroups, Lane, SpawnError, SpawnRequest, Zygote,
 };
 use maelstrom_uring::{Completion, Done, Ring, RingError, Token};
+use maelstrom_wire::cluster::Limit;
+use maelstrom_wire::zygote::NO_CGROUP;
 use rkyv::util::AlignedVec;
 
 use crate::queue::Queue;
@@ -31,6 +33,14 @@ const OUTPUT_CHUNK_BYTES: usize = 64 << 10;
 
 /// How long to keep reading a job's output after it exited.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
+
+/// How far below its CPU time limit a job killed by SIGKILL may be and still count as killed
+/// at it (the kernel checks the limit at ticks; /proc counts in hundredths).
+const CPU_TICK_SLACK: Duration = Duration::from_millis(50);
+
+/// How often a running job's cgroup is asked whether it refused a fork (a fork bomb at its
+/// limit would otherwise keep trying, holding all its processes, until its timeout).
+const FORKS_EVERY: Duration = Duration::from_millis(250);
 
 /// The highest signal number a timeout warning may name (Linux's SIGRTMAX).
 const SIGNAL_MAX: i32 = 64;
@@ -82,6 +92,7 @@ pub fn outcome(result: Result<Completed, JobError>) -> maelstrom_wire::cluster::
                 Ended::Exited(code) => Outcome::Exited { code, stdout, stderr, duration_us },
                 Ended::Signaled(signal) => Outcome::Signaled { signal, stdout, stderr, duration_us },
                 Ended::TimedOut => Outcome::TimedOut { stdout, stderr, duration_us },
+                Ended::Killed(limit) => Outcome::Killed { limit, stdout, stderr, duration_us },
             }
         }
         Err(JobError::Execution(message)) => Outcome::ExecutionError(message),
@@ -95,6 +106,30 @@ pub struct ExecutorConfig {
     pub slots: usize,
     /// Bytes kept of each of a job's stdout and stderr.
     pub output_bytes_max: usize,
+    /// The timeout of a job whose spec sets none.
+    pub timeout_default: Duration,
+    /// The longest timeout a job's spec may set.
+    pub timeout_max: Duration,
+}
+
+/// [`ExecutorConfig::timeout_default`] unless configured: a job stuck for an hour holds its
+/// slot no longer.
+pub const TIMEOUT_DEFAULT: Duration = Duration::from_secs(60 * 60);
+
+/// [`ExecutorConfig::timeout_max`] unless configured.
+pub const TIMEOUT_MAX: Duration = Duration::from_secs(6 * 60 * 60);
+
+impl ExecutorConfig {
+    /// `slots` jobs at once, keeping `output_bytes_max` of each stream, with the default
+    /// timeouts.
+    pub fn new(slots: usize, output_bytes_max: usize) -> Self {
+        Self { slots, output_bytes_max, timeout_default: TIMEOUT_DEFAULT, timeout_max: TIMEOUT_MAX }
+    }
+
+    /// The timeout a job runs under, given its spec's.
+    pub fn timeout(&self, asked: Option<Duration>) -> Duration {
+        asked.unwrap_or(self.timeout_default).min(self.timeout_max)
+    }
 }
 
 /// The executor could not start.
@@ -136,7 +171,7 @@ impl Executor {
         let wake = Arc::new(maelstrom_container::eventfd().map_err(ExecutorError::EventFd)?);
         let (commands, receiver) = channel();
         let (ready_send, ready) = channel();
-        let lanes = zygote.into_lanes();
+        let (lanes, cgroups) = zygote.into_lanes();
         let loop_wake = Arc::clone(&wake);
         let thread = std::thread::Builder::new()
             .name("executor".into())
@@ -146,7 +181,7 @@ impl Executor {
                 }
                 Ok(ring) => {
                     let _ = ready_send.send(Ok(()));
-                    EventLoop::new(ring, lanes, config, receiver, loop_wake, on_result).run();
+                    EventLoop::new(ring, lanes, cgroups, config, receiver, loop_wake, on_result).run();
                 }
             })
             .map_err(ExecutorError::Thread)?;
@@ -203,6 +238,8 @@ enum Kind {
     Drain = 4,
     /// The end of a timed-out job's grace after its warning signal.
     Grace = 5,
+    /// Time to look whether the job's cgroup refused a fork at its process limit.
+    Forks = 6,
 }
 
 fn job_token(id: JobId, kind: Kind) -> Token {
@@ -245,6 +282,12 @@ struct Running {
     started: Instant,
     timers: Vec<Kind>,
     warning: Option<maelstrom_wire::cluster::TimeoutWarning>,
+    /// Its job cgroup, or [`NO_CGROUP`].
+    cgroup: u32,
+    /// Killed because its cgroup refused a fork.
+    fork_bomb: bool,
+    /// Its processes' CPU time limit (SIGXCPU at it), if any.
+    cpu_seconds: Option<u64>,
 }
 
 struct EventLoop {
@@ -255,6 +298,9 @@ struct EventLoop {
     queues: [Queue<JobRequest>; 2],
     running: HashMap<JobId, Running>,
     slots_free: usize,
+    /// Job cgroups (one per slot) and those not in use.
+    cgroups: Option<JobCgroups>,
+    cgroups_free: Vec<u32>,
     config: ExecutorConfig,
     commands: Receiver<Command>,
     wake: Arc<OwnedFd>,
@@ -271,6 +317,7 @@ impl EventLoop {
     fn new(
         ring: Ring,
         lanes: Vec<Lane>,
+        cgroups: Option<JobCgroups>,
         config: ExecutorConfig,
         commands: Receiver<Command>,
         wake: Arc<OwnedFd>,
@@ -288,7 +335,10 @@ impl EventLoop {
             lanes,
             queues: [Queue::default(), Queue::default()],
             running: HashMap::new(),
-            slots_free: config.slots.max(1),
+            // Every job gets a cgroup where there are any.
+            slots_free: cgroups.as_ref().map_or(usize::MAX, JobCgroups::len).min(config.slots).max(1),
+            cgroups_free: (0..cgroups.as_ref().map_or(0, JobCgroups::len) as u32).rev().collect(),
+            cgroups,
             config,
             commands,
             wake,
@@ -446,9 +496,13 @@ impl EventLoop {
         self.queues.iter_mut().flat_map(|q| q.remove_where(|_| true)).collect()
     }
 
-    fn send_to_lane(&mut self, index: usize, job: JobRequest) -> Result<(), (JobId, JobError)> {
+    fn send_to_lane(&mut self, index: usize, mut job: JobRequest) -> Result<(), (JobId, JobError)> {
         let system = |what: &str, e: std::io::Error| JobError::System(format!("{what}: {e}"));
+        if let Err(error) = self.take_cgroup(&mut job.spawn) {
+            return Err((job.id, system("set the limits of the job's cgroup", error)));
+        }
         if let Err(e) = maelstrom_container::encode_request(&job.spawn, &mut self.request_bytes) {
+            self.give_back_cgroup(job.spawn.cgroup);
             return Err((job.id, JobError::Execution(e.to_string())));
         }
         let (len, max) = (self.request_bytes.len(), self.lanes[index].lane.request_bytes_max());
@@ -457,12 +511,17 @@ impl EventLoop {
                 "the job's spec takes {len} bytes, more than the {max} a lane's socket takes \
                  (shorten its arguments or environment, or raise net.core.wmem_max)"
             );
+            self.give_back_cgroup(job.spawn.cgroup);
             return Err((job.id, JobError::Execution(why)));
         }
-        let (out_read, out_write) =
-            maelstrom_container::pipe().map_err(|e| (job.id, system("create a pipe", e)))?;
-        let (err_read, err_write) =
-            maelstrom_container::pipe().map_err(|e| (job.id, system("create a pipe", e)))?;
+        let pipes = maelstrom_container::pipe().and_then(|out| Ok((out, maelstrom_container::pipe()?)));
+        let ((out_read, out_write), (err_read, err_write)) = match pipes {
+            Ok(pipes) => pipes,
+            Err(e) => {
+                self.give_back_cgroup(job.spawn.cgroup);
+                return Err((job.id, system("create a pipe", e)));
+            }
+        };
         let lane = &mut self.lanes[index];
         let fds = [Arc::new(out_write), Arc::new(err_write)];
         self.ring.send_with_fds(lane_token(index, false), &lane.sock, self.request_bytes.to_vec(), &fds);
@@ -479,6 +538,41 @@ impl EventLoop {
             started: Instant::now(),
         });
         Ok(())
+    }
+
+    /// Puts the job in a free job cgroup, if there are any, under its limits. Its process
+    /// limit moves from its rlimit to the cgroup, which can tell when a fork was refused; the
+    /// rlimit stays one above, as a backstop.
+    fn take_cgroup(&mut self, spawn: &mut SpawnRequest) -> std::io::Result<()> {
+        spawn.cgroup = NO_CGROUP;
+        let Some(cgroups) = self.cgroups.as_mut() else { return Ok(()) };
+        let Some(index) = self.cgroups_free.pop() else { return Ok(()) };
+        let mut processes = 0;
+        if cgroups.limits_processes() {
+            for limit in spawn.rlimits.iter_mut().filter(|l| l.resource == libc::RLIMIT_NPROC) {
+                processes = limit.soft;
+                limit.soft = limit.soft.saturating_add(1);
+                limit.hard = limit.hard.max(limit.soft);
+            }
+        }
+        if let Err(error) = cgroups.prepare(index as usize, spawn.memory_bytes, processes) {
+            self.cgroups_free.push(index);
+            return Err(error);
+        }
+        spawn.cgroup = index;
+        Ok(())
+    }
+
+    /// Returns a job cgroup to the free list once its job is gone (or never started), with what
+    /// it saw.
+    fn give_back_cgroup(&mut self, index: u32) -> maelstrom_container::Settled {
+        match self.cgroups.as_mut() {
+            Some(cgroups) if index != NO_CGROUP => {
+                self.cgroups_free.push(index);
+                cgroups.settle(index as usize)
+            }
+            _ => maelstrom_container::Settled::default(),
+        }
     }
 
     fn handle(&mut self, completion: Completion) {
@@ -505,6 +599,7 @@ impl EventLoop {
                 3 => Kind::Deadline,
                 4 => Kind::Drain,
                 5 => Kind::Grace,
+                6 => Kind::Forks,
                 _ => return,
             };
             self.job_event(id, kind, completion);
@@ -542,6 +637,9 @@ impl EventLoop {
             Ok(started_job) => self.watch(job, started_job, stdout, stderr, started),
             Err(error) => {
                 self.slots_free += 1;
+                // A job that failed its setup may have started in its cgroup: it is reaped by
+                // now (the lane answers after its exit), so the cgroup is empty again.
+                self.give_back_cgroup(job.spawn.cgroup);
                 let error = match error {
                     SpawnError::Setup { .. } | SpawnError::TooLarge { .. } => {
                         JobError::Execution(error.to_string())
@@ -571,10 +669,15 @@ impl EventLoop {
         if self.cancelled.remove(&request.id) || self.shutting_down {
             let _ = job.kill();
         }
+        let cgroup = request.spawn.cgroup;
         let pidfd = match job.pidfd().try_clone_to_owned() {
             Ok(fd) => Arc::new(fd),
             Err(e) => {
+                let mut job = job;
+                let _ = job.kill();
+                let _ = job.wait();
                 drop(job);
+                self.give_back_cgroup(cgroup);
                 self.slots_free += 1;
                 self.report(request.id, Err(JobError::System(format!("duplicate the job's pidfd: {e}"))));
                 return;
@@ -588,15 +691,31 @@ impl EventLoop {
             self.ring.read(job_token(id, kind), &stream.fd, buf);
         }
         self.ring.poll_readable(job_token(id, Kind::Exit), &pidfd);
-        let mut timers = Vec::new();
-        if let Some(timeout) = request.timeout {
-            self.ring.timeout(job_token(id, Kind::Deadline), timeout.saturating_sub(started.elapsed()));
-            timers.push(Kind::Deadline);
+        let timeout = self.config.timeout(request.timeout);
+        self.ring.timeout(job_token(id, Kind::Deadline), timeout.saturating_sub(started.elapsed()));
+        let mut timers = vec![Kind::Deadline];
+        if cgroup != NO_CGROUP && self.cgroups.as_ref().is_some_and(JobCgroups::limits_processes) {
+            self.ring.timeout(job_token(id, Kind::Forks), FORKS_EVERY);
+            timers.push(Kind::Forks);
         }
+        let cpu_seconds =
+            request.spawn.rlimits.iter().find(|l| l.resource == libc::RLIMIT_CPU).map(|l| l.soft);
         let warning = request.timeout_warning;
         self.running.insert(
             id,
-            Running { job, pidfd, streams, exited: false, timed_out: false, started, timers, warning },
+            Running {
+                job,
+                pidfd,
+                streams,
+                exited: false,
+                timed_out: false,
+                started,
+                timers,
+                warning,
+                cgroup,
+                fork_bomb: false,
+                cpu_seconds,
+            },
         );
     }
 
@@ -646,6 +765,17 @@ impl EventLoop {
             (Kind::Grace, _) if completion.result == -libc::ETIME => {
                 let _ = running.job.kill();
             }
+            // A fork refused at the limit: a job that forks without bound would keep trying
+            // until its timeout, holding every process it may have.
+            (Kind::Forks, _) if completion.result == -libc::ETIME && !running.exited => {
+                let refused = self.cgroups.as_ref().is_some_and(|c| c.refused_forks(running.cgroup as usize));
+                if refused {
+                    running.fork_bomb = true;
+                    let _ = running.job.kill();
+                } else {
+                    self.ring.timeout(job_token(id, Kind::Forks), FORKS_EVERY);
+                }
+            }
             (Kind::Drain, _) if completion.result == -libc::ETIME => {
                 for (stream, kind) in running.streams.iter_mut().zip([Kind::Stdout, Kind::Stderr]) {
                     if stream.open {
@@ -669,13 +799,38 @@ impl EventLoop {
             self.ring.cancel(job_token(id, kind));
         }
         self.slots_free += 1;
-        let result = match running.job.wait() {
+        // Read before the reap, while the zombie still tells.
+        let cpu_used = running.cpu_seconds.and_then(|_| running.job.cpu_time());
+        let reaped = running.job.wait();
+        // Reaped, the job's pid namespace is empty, and so is its cgroup.
+        let settled = self.give_back_cgroup(running.cgroup);
+        let result = match reaped {
             Err(e) => Err(JobError::System(format!("reap the job: {e}"))),
             Ok(status) => {
-                let outcome = match status {
+                let cpu = running.cpu_seconds.map(|seconds| Limit::CpuTime { seconds });
+                let forks = settled.process_limit.map(|count| Limit::Processes { count });
+                let limit = match status {
+                    _ if running.fork_bomb => forks,
+                    // A job that passed passed, whatever its processes met on the way.
+                    ExitStatus::Exited(0) => None,
+                    // The init of a pid namespace ignores SIGXCPU: the job dies of the SIGKILL at
+                    // the hard limit, which is its soft one.
+                    ExitStatus::Signaled(libc::SIGXCPU) => cpu,
+                    ExitStatus::Signaled(libc::SIGKILL)
+                        if settled.memory_limit.is_none()
+                            && cpu_used.zip(running.cpu_seconds).is_some_and(|(used, limit)| {
+                                used + CPU_TICK_SLACK >= Duration::from_secs(limit)
+                            }) =>
+                    {
+                        cpu
+                    }
+                    _ => settled.memory_limit.map(|bytes| Limit::Memory { bytes }).or(forks),
+                };
+                let outcome = match (status, limit) {
                     _ if running.timed_out => Ended::TimedOut,
-                    ExitStatus::Exited(code) => Ended::Exited(code),
-                    ExitStatus::Signaled(signal) => Ended::Signaled(signal),
+                    (_, Some(limit)) => Ended::Killed(limit),
+                    (ExitStatus::Exited(code), None) => Ended::Exited(code),
+                    (ExitStatus::Signaled(signal), None) => Ended::Signaled(signal),
                 };
                 let [stdout, stderr] = running.streams.map(|s| s.captured);
                 Ok(Completed { outcome, stdout, stderr, duration: running.started.elapsed() })

@@ -85,7 +85,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let slots = settings.slots.0 as usize;
     // The zygote forks before any thread exists; everything threaded comes after.
-    let zygote = Zygote::start(ZygoteConfig { lanes: slots.min(cores) })?;
+    let cgroups = match maelstrom_container::JobCgroups::for_slots(slots) {
+        Ok(cgroups) => Some(cgroups),
+        Err(why) => {
+            eprintln!(
+                "maelstrom-worker: jobs' memory is not limited, and a fork bomb is stopped by its \
+                 process rlimit but not named: {why}"
+            );
+            None
+        }
+    };
+    let zygote = Zygote::start(ZygoteConfig { lanes: slots.min(cores), cgroups })?;
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map_or_else(|_| "worker".into(), |h| h.trim().to_owned());
     serve(

@@ -247,7 +247,7 @@ struct Worker {
     stop: bool,
     refused: Option<String>,
     /// Every job's resource limits: its share of this worker's.
-    rlimits: Vec<maelstrom_container::Rlimit>,
+    share: maelstrom_container::Share,
 }
 
 /// Runs the worker until the broker says stop or refuses it.
@@ -267,7 +267,7 @@ pub fn serve(zygote: Zygote, config: RemoteConfig) -> Result<(), WorkerError> {
     let sink_inbox = Arc::clone(&inbox);
     let executor = Executor::start(
         zygote,
-        ExecutorConfig { slots: config.slots, output_bytes_max: config.output_bytes_max },
+        ExecutorConfig::new(config.slots, config.output_bytes_max),
         Box::new(move |result| sink_inbox.push(Inbound::Result(result))),
     )?;
     let (builds, requests) = channel();
@@ -300,7 +300,7 @@ pub fn serve(zygote: Zygote, config: RemoteConfig) -> Result<(), WorkerError> {
         blob_refs: HashMap::new(),
         stop: false,
         refused: None,
-        rlimits: maelstrom_container::rlimits_share(config_slots),
+        share: maelstrom_container::Share::of(config_slots),
     };
     worker.ring.read(WAKE, &wake, Vec::with_capacity(8));
     worker.connect()?;
@@ -538,7 +538,7 @@ impl Worker {
 
     fn start(&mut self, id: u64, job: &ArchivedJobSpec) {
         let spec =
-            match crate::sandbox::sandbox(job, Vec::new(), crate::sandbox::Origin::Cluster, &self.rlimits) {
+            match crate::sandbox::sandbox(job, Vec::new(), crate::sandbox::Origin::Cluster, &self.share) {
                 Ok(spec) => spec,
                 Err(e) => {
                     self.send(&Control::Done { id, outcome: Outcome::ExecutionError(e.to_string()) });

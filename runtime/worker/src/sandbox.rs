@@ -5,7 +5,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use maelstrom_container::{Mount, NetworkMode, Rlimit, Spec};
+use maelstrom_container::{Mount, NetworkMode, Rlimit, Share, Spec};
 use maelstrom_wire::cluster::{ArchivedJobSpec, ArchivedMount};
 use maelstrom_wire::zygote::ArchivedNetworkMode;
 
@@ -25,17 +25,17 @@ pub enum SandboxError {
     HostOnly { what: &'static str },
 }
 
-/// The sandbox spec of `job`, whose layers' trees are `layers` (bottom first), under the
-/// worker's per-job `rlimits` (see [`maelstrom_container::rlimits_share`]).
+/// The sandbox spec of `job`, whose layers' trees are `layers` (bottom first), within the
+/// worker's per-job `share`: the job's own limits where it sets them, up to the share's maxima.
 pub fn sandbox(
     job: &ArchivedJobSpec,
     layers: Vec<PathBuf>,
     origin: Origin,
-    rlimits: &[Rlimit],
+    share: &Share,
 ) -> Result<Spec, SandboxError> {
     let refuse = |what| Err(SandboxError::HostOnly { what });
     let mut spec = Spec::new(layers, job.program.as_str());
-    spec.rlimits = rlimits.to_vec();
+    apply_limits(&mut spec, job, share);
     spec.arguments = job.arguments.iter().map(|a| OsString::from(a.as_str())).collect();
     spec.environment = job
         .environment
@@ -78,10 +78,41 @@ pub fn sandbox(
     Ok(spec)
 }
 
+/// The job's limits: the share's, and the job's own where it sets them, capped at the share's
+/// maxima.
+fn apply_limits(spec: &mut Spec, job: &ArchivedJobSpec, share: &Share) {
+    let limits = &job.limits;
+    let asked = |n: u64| (n != 0).then_some(n);
+    spec.rlimits = share.rlimits.clone();
+    let mut set = |resource, soft: u64, hard: u64| {
+        spec.rlimits.retain(|l| l.resource != resource);
+        spec.rlimits.push(Rlimit { resource, soft, hard });
+    };
+    if let (Some(n), Some(_)) = (asked(limits.processes.to_native()), share.processes) {
+        let n = n.min(share.processes_max);
+        set(libc::RLIMIT_NPROC, n, n);
+    }
+    if let Some(n) = asked(limits.open_files.to_native()) {
+        let n = n.min(share.open_files_max);
+        set(libc::RLIMIT_NOFILE, n, n);
+    }
+    if let Some(n) = asked(limits.cpu_seconds.to_native()) {
+        // SIGKILL at the limit: a job's first process, the init of its pid namespace, would
+        // ignore the SIGXCPU of a lower soft limit.
+        set(libc::RLIMIT_CPU, n, n);
+    }
+    let memory = asked(limits.memory_bytes.to_native()).map(|n| n.min(share.memory_max));
+    spec.memory_bytes = memory.unwrap_or(0);
+    spec.tmpfs_bytes = match asked(limits.tmpfs_bytes.to_native()) {
+        Some(n) => n.min(share.memory_max),
+        None => memory.map_or(share.tmpfs_bytes, |m| m / 2),
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use maelstrom_wire::cluster::{JobSpec, encode_job, typical_job};
+    use maelstrom_wire::cluster::{JobLimits, JobSpec, encode_job, typical_job};
     use maelstrom_wire::zygote::Allowance;
 
     #[test]
@@ -89,10 +120,54 @@ mod tests {
         let plain = encode_job(&typical_job());
         let allowing = encode_job(&JobSpec { allow: vec![Allowance::IoUring], ..typical_job() });
         let access = |b| rkyv::access::<ArchivedJobSpec, rkyv::rancor::Error>(b).unwrap();
-        assert!(sandbox(access(&plain), vec!["/l".into()], Origin::Cluster, &[]).is_ok());
-        let refused = sandbox(access(&allowing), vec!["/l".into()], Origin::Cluster, &[]);
+        let share = Share::of(2);
+        assert!(sandbox(access(&plain), vec!["/l".into()], Origin::Cluster, &share).is_ok());
+        let refused = sandbox(access(&allowing), vec!["/l".into()], Origin::Cluster, &share);
         assert!(matches!(refused, Err(SandboxError::HostOnly { .. })), "{refused:?}");
-        let local = sandbox(access(&allowing), vec!["/l".into()], Origin::ThisMachine, &[]).unwrap();
+        let local = sandbox(access(&allowing), vec!["/l".into()], Origin::ThisMachine, &share).unwrap();
         assert_eq!(local.allow, [Allowance::IoUring]);
+    }
+
+    #[test]
+    fn a_job_sets_its_own_limits_within_the_workers_maxima() {
+        let share = Share {
+            rlimits: vec![
+                Rlimit { resource: libc::RLIMIT_CORE, soft: 0, hard: 0 },
+                Rlimit { resource: libc::RLIMIT_NPROC, soft: 500, hard: 500 },
+                Rlimit { resource: libc::RLIMIT_NOFILE, soft: 1024, hard: 4096 },
+            ],
+            processes: Some(500),
+            processes_max: 2000,
+            open_files_max: 4096,
+            memory_bytes: 1 << 30,
+            memory_max: 2 << 30,
+            tmpfs_bytes: 512 << 20,
+        };
+        let spec_of = |limits| {
+            let bytes = encode_job(&JobSpec { limits, ..typical_job() });
+            let job = rkyv::access::<ArchivedJobSpec, rkyv::rancor::Error>(&bytes).unwrap();
+            sandbox(job, vec!["/l".into()], Origin::Cluster, &share).unwrap()
+        };
+        let rlimit = |spec: &Spec, resource| spec.rlimits.iter().find(|l| l.resource == resource).copied();
+        let default = spec_of(JobLimits::default());
+        assert_eq!(default.rlimits, share.rlimits);
+        assert_eq!((default.memory_bytes, default.tmpfs_bytes), (0, 512 << 20));
+        let own = spec_of(JobLimits {
+            memory_bytes: 64 << 20,
+            processes: 100,
+            open_files: 99_999,
+            cpu_seconds: 10,
+            tmpfs_bytes: 0,
+        });
+        assert_eq!((own.memory_bytes, own.tmpfs_bytes), (64 << 20, 32 << 20), "tmpfs: half the memory");
+        assert_eq!(
+            rlimit(&own, libc::RLIMIT_NPROC),
+            Some(Rlimit { resource: libc::RLIMIT_NPROC, soft: 100, hard: 100 })
+        );
+        assert_eq!(rlimit(&own, libc::RLIMIT_NOFILE).map(|l| l.hard), Some(4096), "capped at the maximum");
+        assert_eq!(rlimit(&own, libc::RLIMIT_CPU).map(|l| (l.soft, l.hard)), Some((10, 10)));
+        let greedy =
+            spec_of(JobLimits { memory_bytes: 1 << 40, tmpfs_bytes: 1 << 40, ..JobLimits::default() });
+        assert_eq!((greedy.memory_bytes, greedy.tmpfs_bytes), (2 << 30, 2 << 30));
     }
 }

@@ -27,8 +27,17 @@
 //   probe undying          clear the parent-death signal, start a child `probe hang`,
 //                          and become `probe hang` too
 //   probe orphan           leave a child sleeping forever, then exit 0
-//   probe forkbomb CAP     fork children that sleep until a fork fails or CAP succeeded;
-//                          report how many and the errno (children die with the job)
+//   probe forkbomb CAP [retry]
+//                          fork children that sleep until a fork fails or CAP succeeded;
+//                          report how many and the errno (children die with the job); with
+//                          `retry`, a failed fork is tried again, 2000 times at most, 1 ms apart
+//   probe hog MIB          allocate and touch memory 1 MiB at a time, MIB at most; report how
+//                          many MiB it held
+//   probe fill FILE MIB    write FILE 1 MiB at a time until a write fails or MIB were written;
+//                          report the MiB written and the errno
+//   probe fds CAP          open /dev/null until it fails or CAP are open; report how many and
+//                          the errno
+//   probe spin SECONDS     burn CPU for SECONDS of wall time at most; report `spun`
 //   probe try WHAT...      try each of: userns, netns, io_uring, ptrace, fsopen, userfaultfd,
 //                          clone3, statmount, perf; report `WHAT=ok` or `WHAT=<errno>`;
 //                          and `caps=<CapEff>`
@@ -497,6 +506,7 @@ fn main() {
         }
         "forkbomb" => {
             let cap: u32 = arg(1).parse().expect("forkbomb CAP");
+            let mut retries = if arg(2) == "retry" { 2000 } else { 0 };
             let mut forked = 0;
             let mut failed = "none".to_string();
             while forked < cap {
@@ -504,6 +514,10 @@ fn main() {
                     0 => loop {
                         std::thread::sleep(Duration::from_secs(3600));
                     },
+                    pid if pid < 0 && retries > 0 => {
+                        retries -= 1;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
                     pid if pid < 0 => {
                         failed = errno().to_string();
                         break;
@@ -512,6 +526,55 @@ fn main() {
                 }
             }
             println!("forked={forked}\nerrno={failed}");
+        }
+        "hog" => {
+            let cap: usize = arg(1).parse().expect("hog MIB");
+            let mut held: Vec<Vec<u8>> = Vec::new();
+            while held.len() < cap {
+                // Touched page by page, so the memory is really held.
+                held.push(vec![1u8; 1 << 20]);
+            }
+            println!("hogged={}", held.len());
+        }
+        "fill" => {
+            let cap: usize = arg(2).parse().expect("fill FILE MIB");
+            let chunk = vec![b'x'; 1 << 20];
+            let mut file = std::fs::File::create(arg(1)).expect("create the file");
+            let mut written = 0;
+            let mut failed = "none".to_string();
+            while written < cap {
+                match file.write_all(&chunk) {
+                    Ok(()) => written += 1,
+                    Err(e) => {
+                        failed = code(&e);
+                        break;
+                    }
+                }
+            }
+            println!("filled={written}\nerrno={failed}");
+        }
+        "fds" => {
+            let cap: usize = arg(1).parse().expect("fds CAP");
+            let mut open = Vec::new();
+            let mut failed = "none".to_string();
+            while open.len() < cap {
+                match std::fs::File::open("/dev/null") {
+                    Ok(file) => open.push(file),
+                    Err(e) => {
+                        failed = code(&e);
+                        break;
+                    }
+                }
+            }
+            println!("opened={}\nerrno={failed}", open.len());
+        }
+        "spin" => {
+            let until = std::time::Instant::now() + Duration::from_secs(arg(1).parse().expect("spin SECONDS"));
+            let mut x = 0u64;
+            while std::time::Instant::now() < until {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+            println!("spun");
         }
         "orphan" => {
             if unsafe { fork() } == 0 {
