@@ -350,7 +350,7 @@ fn list<T: Clone>(
 mod tests {
     use super::*;
     use crate::filter::Selector;
-    use maelstrom_client::spec::{Allowance, LayerSpec, MountSpec, NetworkMode};
+    use maelstrom_client::spec::{Allowance, ByteCount, LayerSpec, MountSpec, NetworkMode};
 
     const LANGUAGE: Language = Language {
         simple: &[Selector { name: "test", min: "te" }],
@@ -379,9 +379,11 @@ mod tests {
 layers = [{ stubs = ["/base/"] }]
 network = "loopback"
 allow = ["ptrace"]
+limits = { memory = "1.5 GiB", cpu_time = 60 }
 
 [[directives]]
 layers = [{ stubs = ["/a/"] }]
+limits = { processes = 100 }
 mounts = [{ type = "tmp", mount_point = "/tmp" }]
 environment = { A = "1" }
 timeout = 10
@@ -392,6 +394,7 @@ added_layers = [{ stubs = ["/b/"] }]
 added_environment = { B = "2" }
 user = 1000
 allow = ["io_uring", "perf_events"]
+limits = { memory = 1048576, tmpfs = "64 MiB", open_files = 512 }
 ignore = true
 
 [[directives]]
@@ -412,6 +415,10 @@ added_layers = [{ stubs = ["/c/"] }]
         assert_eq!(env.0.iter().flat_map(|e| e.vars.keys()).collect::<Vec<_>>(), ["A", "B"]);
         assert_eq!(foo.container.user, Some(1000));
         assert_eq!(foo.container.allow, Some(vec![Allowance::IoUring, Allowance::PerfEvents]));
+        let limits = foo.container.limits.unwrap();
+        assert_eq!(limits.memory, Some(ByteCount(1 << 20)));
+        assert_eq!(limits.tmpfs, Some(ByteCount(64 << 20)));
+        assert_eq!((limits.processes, limits.open_files), (None, Some(512)), "a later table replaces");
         assert_eq!(foo.container.mounts, Some(vec![MountSpec::Tmp { mount_point: "/tmp".into() }]));
         assert!(foo.ignore);
         assert_eq!(foo.timeout, NonZeroU32::new(10));
@@ -433,6 +440,8 @@ added_layers = [{ stubs = ["/c/"] }]
         assert_eq!(resolved.layers, vec![stubs("/base/"), stubs("/c/")]);
         assert_eq!(resolved.network, NetworkMode::Loopback);
         assert_eq!(resolved.allow, [Allowance::Ptrace], "inherited like the network");
+        assert_eq!(resolved.limits.memory, Some(ByteCount(3 << 29)), "and so are the limits");
+        assert_eq!(resolved.limits.to_wire().cpu_seconds, 60);
     }
 
     #[test]

@@ -642,3 +642,33 @@ fn bombs_end_at_their_limits_while_an_honest_job_passes() {
     assert!(said(5, "stdout truncated"), "{err}");
     assert!(said(6, "killed: CPU time limit 1 s reached"), "{err}");
 }
+
+/// Job cgroups a worker killed with SIGKILL left behind are removed, with whatever still runs
+/// in them, when the next worker starts.
+#[test]
+fn stale_job_cgroups_are_cleaned_up_at_start() {
+    if !job_cgroups_here() {
+        eprintln!("skipped: no job cgroups for this user on this machine");
+        return;
+    }
+    let project = Project::new();
+    let mut command = project.command(&["-c", "-"]);
+    let mut child =
+        command.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{}", probe_job(&["hang"])).unwrap();
+    let mine = Path::new("/sys/fs/cgroup/pids").join(format!("maelstrom-{}", child.id()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !mine.join("job-0/cgroup.procs").exists()
+        || std::fs::read_to_string(mine.join("job-0/cgroup.procs")).unwrap().trim().is_empty()
+    {
+        assert!(std::time::Instant::now() < deadline, "no job in {}", mine.display());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(stdin);
+    let out = project.run(&[], &[probe_job(&["say", "0", "next"])]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!mine.exists(), "{} is still there", mine.display());
+}
