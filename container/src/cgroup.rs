@@ -375,7 +375,7 @@ fn remove_tree(base: &Path) {
     for dir in jobs.iter().map(PathBuf::as_path).chain([base]) {
         loop {
             let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.lines().filter_map(|l| l.trim().parse::<libc::pid_t>().ok()) {
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<libc::pid_t>().ok()).filter(|&p| p > 0) {
                 sys::kill(pid, libc::SIGKILL);
             }
             if fs::remove_dir(dir).is_ok() || std::time::Instant::now() > deadline {

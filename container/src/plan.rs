@@ -166,7 +166,7 @@ impl Share {
         let processes_max = JOB_PROCESSES_MAX.min(own_hard);
         let processes = read("/proc/sys/kernel/osrelease")
             .is_some_and(|release| counts_processes_per_namespace(&release))
-            .then(|| ((machine / 4).min(own_soft / 2) / slots).clamp(JOB_PROCESSES_MIN, processes_max));
+            .then(|| ((machine / 4).min(own_soft / 2) / slots).max(JOB_PROCESSES_MIN).min(processes_max));
         if let Some(processes) = processes {
             rlimits.push(Rlimit { resource: libc::RLIMIT_NPROC, soft: processes, hard: processes });
         }

@@ -188,7 +188,7 @@ pub struct JobLimits {
     /// Processes and threads at once.
     pub processes: u64,
     pub open_files: u64,
-    /// CPU time, all of the job's processes together; 0 for none.
+    /// CPU time of each of the job's processes; 0 for none.
     pub cpu_seconds: u64,
     /// Each tmpfs the job mounts, and a writable root's changes.
     pub tmpfs_bytes: u64,

@@ -431,7 +431,7 @@ pub struct JobSpec {
     pub container: ContainerSpec,
     pub program: String,
     pub arguments: Vec<String>,
-    /// `None` for no timeout.
+    /// `None` for the worker's default timeout.
     pub timeout: Option<std::num::NonZeroU32>,
     /// What the job is sent at its timeout before it is killed (runners only: a go test's
     /// SIGQUIT).

@@ -499,7 +499,13 @@ impl EventLoop {
     fn send_to_lane(&mut self, index: usize, mut job: JobRequest) -> Result<(), (JobId, JobError)> {
         let system = |what: &str, e: std::io::Error| JobError::System(format!("{what}: {e}"));
         if let Err(error) = self.take_cgroup(&mut job.spawn) {
-            return Err((job.id, system("set the limits of the job's cgroup", error)));
+            return Err((
+                job.id,
+                system(
+                    "set the limits of the job's cgroup (a lower memory limit than the memory earlier jobs left charged to it?)",
+                    error,
+                ),
+            ));
         }
         if let Err(e) = maelstrom_container::encode_request(&job.spawn, &mut self.request_bytes) {
             self.give_back_cgroup(job.spawn.cgroup);
@@ -546,7 +552,10 @@ impl EventLoop {
     fn take_cgroup(&mut self, spawn: &mut SpawnRequest) -> std::io::Result<()> {
         spawn.cgroup = NO_CGROUP;
         let Some(cgroups) = self.cgroups.as_mut() else { return Ok(()) };
-        let Some(index) = self.cgroups_free.pop() else { return Ok(()) };
+        // There is one per slot, so one is free whenever a slot is.
+        let Some(index) = self.cgroups_free.pop() else {
+            return Err(std::io::Error::other("no job cgroup is free (a bug: one per slot)"));
+        };
         let mut processes = 0;
         if cgroups.limits_processes() {
             for limit in spawn.rlimits.iter_mut().filter(|l| l.resource == libc::RLIMIT_NPROC) {
@@ -611,6 +620,9 @@ impl EventLoop {
         let Some(spawning) = lane_state.spawning.take() else { return };
         let Spawning { job, send_failed, stdout, stderr, started } = spawning;
         let gone = |errno: i32| matches!(errno, libc::EPIPE | libc::ECONNRESET);
+        // Whether the lane surely started no process for this job: the request never reached
+        // it, or the job's own setup failed (that child is reaped with its `Job`).
+        let never_sent = send_failed.is_some();
         let outcome = match (completion.done, send_failed) {
             (Done::Received { buf, mut fds, truncated }, None) if completion.result > 0 && !truncated => {
                 self.reply_bytes.clear();
@@ -636,10 +648,22 @@ impl EventLoop {
         match outcome {
             Ok(started_job) => self.watch(job, started_job, stdout, stderr, started),
             Err(error) => {
-                self.slots_free += 1;
-                // A job that failed its setup may have started in its cgroup: it is reaped by
-                // now (the lane answers after its exit), so the cgroup is empty again.
-                self.give_back_cgroup(job.spawn.cgroup);
+                // A job whose setup failed may have moved into its cgroup: `finish_spawn` has
+                // reaped it, so the cgroup is empty again. But a lane that died or fell out of
+                // step may have started the job and lost its pidfd: that cgroup may hold a
+                // process nobody watches, so it is never used again, and its slot goes with it.
+                let reusable = never_sent
+                    || matches!(
+                        error,
+                        SpawnError::Setup { .. }
+                            | SpawnError::TooLarge { .. }
+                            | SpawnError::Encode(_)
+                            | SpawnError::Pipes(_)
+                    );
+                if reusable || job.spawn.cgroup == NO_CGROUP {
+                    self.give_back_cgroup(job.spawn.cgroup);
+                    self.slots_free += 1;
+                }
                 let error = match error {
                     SpawnError::Setup { .. } | SpawnError::TooLarge { .. } => {
                         JobError::Execution(error.to_string())
