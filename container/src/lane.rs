@@ -37,6 +37,9 @@ use crate::sys::{self, ChildStack};
 /// Template mount namespaces one lane keeps (least recently used go first).
 pub(crate) const TEMPLATES_MAX: usize = 32;
 
+/// How often a lane, busy or idle, drops the templates whose sources are gone.
+const TEMPLATE_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Bytes read of each file that tells whether a job touched a network namespace (the longest,
 /// /proc/net/snmp6, is about 3 KiB; one longer than this counts as touched).
 const TRACE_BYTES_MAX: usize = 16 << 10;
@@ -216,8 +219,31 @@ struct Busy {
 #[derive(Debug)]
 struct Template {
     ops: Vec<SetupOp>,
+    /// The identity of each host path the template mounts, as it was before the build. A
+    /// template whose layer was evicted (and perhaps rebuilt at the same path), or whose bind
+    /// source was made anew, would show the old files: it is dropped instead.
+    sources: Vec<Option<(u64, u64, i64, u32)>>,
     mount_ns: OwnedFd,
     last_used: u64,
+}
+
+/// The identities of the host paths `ops` mount, in order.
+fn sources_of(ops: &[SetupOp]) -> Vec<Option<(u64, u64, i64, u32)>> {
+    let mut ids = Vec::new();
+    for op in ops {
+        match op {
+            SetupOp::Root { layers, .. } => ids.extend(layers.iter().map(|l| sys::identity(l.as_c_str()))),
+            SetupOp::CloneTree { source, .. } | SetupOp::Hold { source, .. } => {
+                ids.push(sys::identity(source.as_c_str()));
+            }
+            SetupOp::NewFs { .. }
+            | SetupOp::PivotRoot
+            | SetupOp::Attach { .. }
+            | SetupOp::Mount { .. }
+            | SetupOp::MakeDir { .. } => {}
+        }
+    }
+    ids
 }
 
 #[derive(Debug)]
@@ -230,6 +256,7 @@ struct Lane {
     stack: ChildStack,
     templates: Vec<Template>,
     clock: u64,
+    swept: std::time::Instant,
     idle_net: [Vec<Netns>; 2],
     idle_ipc: Vec<Ipcns>,
     busy: Vec<Busy>,
@@ -311,6 +338,7 @@ impl Lane {
             stack,
             templates: Vec::new(),
             clock: 0,
+            swept: std::time::Instant::now(),
             idle_net: [Vec::new(), Vec::new()],
             idle_ipc: Vec::new(),
             busy: Vec::new(),
@@ -518,12 +546,18 @@ impl Lane {
     /// The template mount namespace for `ops`, built on first use.
     fn template(&mut self, ops: &ArchivedVec<ArchivedSetupOp>) -> Result<RawFd, Failure> {
         self.clock += 1;
-        if let Some(t) =
-            self.templates.iter_mut().find(|t| ops.len() == t.ops.len() && ops.as_slice() == t.ops.as_slice())
+        if let Some(i) =
+            self.templates.iter().position(|t| ops.len() == t.ops.len() && ops.as_slice() == t.ops.as_slice())
         {
-            t.last_used = self.clock;
-            return Ok(t.mount_ns.as_raw_fd());
+            if sources_of(&self.templates[i].ops) == self.templates[i].sources {
+                self.templates[i].last_used = self.clock;
+                return Ok(self.templates[i].mount_ns.as_raw_fd());
+            }
+            self.templates.swap_remove(i);
         }
+        let owned = rkyv::deserialize::<Vec<SetupOp>, rkyv::rancor::Error>(ops)
+            .map_err(|_| Failure { step: Step::Template { op: u32::MAX }, errno: libc::EINVAL })?;
+        let sources = sources_of(&owned);
         let needs_netns = ops
             .iter()
             .any(|op| matches!(op, ArchivedSetupOp::NewFs { kind, .. } if kind.native() == FsKind::Sys));
@@ -557,15 +591,13 @@ impl Lane {
         }
         // SAFETY: the builder opened `mount_ns` in our shared fd table and nothing else owns it.
         let mount_ns = unsafe { OwnedFd::from_raw_fd(args.mount_ns) };
-        let owned = rkyv::deserialize::<Vec<SetupOp>, rkyv::rancor::Error>(ops)
-            .map_err(|_| Failure { step, errno: libc::EINVAL })?;
         if self.templates.len() >= TEMPLATES_MAX {
             let oldest =
                 (0..self.templates.len()).min_by_key(|&i| self.templates[i].last_used).expect("non-empty");
             self.templates.swap_remove(oldest);
         }
         let fd = mount_ns.as_raw_fd();
-        self.templates.push(Template { ops: owned, mount_ns, last_used: self.clock });
+        self.templates.push(Template { ops: owned, sources, mount_ns, last_used: self.clock });
         Ok(fd)
     }
 
@@ -692,15 +724,28 @@ impl Lane {
     /// spawn's way.
     fn await_request(&mut self, sock: BorrowedFd<'_>) -> io::Result<()> {
         loop {
+            self.sweep_templates();
             let mut polls = Vec::with_capacity(1 + self.busy.len());
             polls.push(libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 });
             polls.extend(self.watches());
-            sys::poll(&mut polls, None)?;
+            let wake = (!self.templates.is_empty()).then_some(TEMPLATE_SWEEP_EVERY);
+            sys::poll(&mut polls, wake)?;
             self.reclaim_ended(&polls[1..]);
             if polls[0].revents != 0 {
                 return Ok(());
             }
         }
+    }
+
+    /// Drops, every [`TEMPLATE_SWEEP_EVERY`], the templates whose sources are gone or were
+    /// replaced, so that no template keeps an evicted layer's files alive for long, even one
+    /// never asked for again.
+    fn sweep_templates(&mut self) {
+        if self.swept.elapsed() < TEMPLATE_SWEEP_EVERY {
+            return;
+        }
+        self.swept = std::time::Instant::now();
+        self.templates.retain(|t| sources_of(&t.ops) == t.sources);
     }
 
     fn watches(&self) -> impl Iterator<Item = libc::pollfd> + '_ {

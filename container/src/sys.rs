@@ -445,6 +445,23 @@ pub fn waitpid(pid: libc::pid_t) -> io::Result<ExitStatus> {
     })
 }
 
+/// Which file `path` names, in a form that tells a file from one made later at the same path:
+/// device, inode and birth time (change time where the filesystem has no birth time; inode
+/// numbers are reused). `None` if it cannot be looked up.
+pub fn identity(path: &CStr) -> Option<(u64, u64, i64, u32)> {
+    // SAFETY: all-zero is a valid statx.
+    let mut buf: libc::statx = unsafe { std::mem::zeroed() };
+    let mask = libc::STATX_INO | libc::STATX_BTIME | libc::STATX_CTIME;
+    // SAFETY: `path` is NUL-terminated and `buf` is writable for the call.
+    let ret = unsafe { libc::statx(libc::AT_FDCWD, path.as_ptr(), libc::AT_STATX_DONT_SYNC, mask, &mut buf) };
+    if ret != 0 {
+        return None;
+    }
+    let dev = (u64::from(buf.stx_dev_major) << 32) | u64::from(buf.stx_dev_minor);
+    let time = if buf.stx_mask & libc::STATX_BTIME != 0 { buf.stx_btime } else { buf.stx_ctime };
+    Some((dev, buf.stx_ino, time.tv_sec, time.tv_nsec))
+}
+
 /// Polls `fds` for `events`; returns how many are ready. `None` waits forever.
 pub fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<usize> {
     let timeout_ms = match timeout {

@@ -19,6 +19,7 @@ pub const CASES: &[(&str, Case)] = &[
     ("setup::sys_shows_the_jobs_own_network", sys_shows_the_jobs_own_network),
     ("setup::devpts_mqueue_and_shm_are_fresh", devpts_mqueue_and_shm_are_fresh),
     ("setup::oversized_request_is_refused_before_sending", oversized_request_is_refused_before_sending),
+    ("setup::a_layer_made_anew_is_seen_by_the_next_job", a_layer_made_anew_is_seen_by_the_next_job),
 ];
 
 fn stdout(ctx: &Ctx, spec: &Spec) -> anyhow::Result<String> {
@@ -128,6 +129,41 @@ fn layers_stack_bottom_first(ctx: &Ctx) -> anyhow::Result<()> {
     anyhow::ensure!(stdout(ctx, &spec)? == "a,b,x");
     spec.arguments = vec!["cat".into(), "/data/x".into()];
     anyhow::ensure!(stdout(ctx, &spec)? == "top");
+    Ok(())
+}
+
+/// What a layer cache does when it evicts a tree and later builds it again at the same path:
+/// the lanes' templates of the old tree must not be used for the new one.
+fn a_layer_made_anew_is_seen_by_the_next_job(ctx: &Ctx) -> anyhow::Result<()> {
+    let base = Layer::new();
+    let single = Layer::new();
+    let cache = tempfile::tempdir()?;
+    let tree = cache.path().join("tree");
+    write(&tree.join("data/v"), "old")?;
+    write(&single.path().join("data/v"), "old")?;
+    // Two layers (an overlay) and one (a bind of the tree itself).
+    let mut stacked = probe(&base, &["cat", "/data/v"]);
+    stacked.layers.push(tree.clone());
+    let alone = probe(&single, &["cat", "/data/v"]);
+    // Enough runs that every lane holds a template of each.
+    for _ in 0..6 {
+        anyhow::ensure!(stdout(ctx, &stacked)? == "old" && stdout(ctx, &alone)? == "old");
+    }
+    for (i, dir) in [tree, single.path()].iter().enumerate() {
+        let evicted = cache.path().join(format!("evicted-{i}"));
+        std::fs::rename(dir, &evicted)?;
+        anyhow::ensure!(
+            std::process::Command::new("cp").arg("-a").arg(&evicted).arg(dir).status()?.success()
+        );
+        write(&dir.join("data/v"), "new")?;
+    }
+    for _ in 0..6 {
+        let (a, b) = (stdout(ctx, &stacked)?, stdout(ctx, &alone)?);
+        anyhow::ensure!(
+            (a.as_str(), b.as_str()) == ("new", "new"),
+            "a job saw the evicted layer: {a:?}, {b:?}"
+        );
+    }
     Ok(())
 }
 

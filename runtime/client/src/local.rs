@@ -132,6 +132,7 @@ impl LocalClient {
         if let Some(tree) = self.trees.get(&key) {
             return Ok(tree.clone());
         }
+        let budget = self.cache.layer_budget();
         let tree = self
             .cache
             .get_or_build(&key, |dir| match built {
@@ -139,8 +140,9 @@ impl LocalClient {
                     manifest,
                     &|digest| sources.get(digest).cloned(),
                     dir,
+                    &budget,
                 ),
-                Built::Tar { path, .. } => maelstrom_worker::layer::extract_tar(path, dir),
+                Built::Tar { path, .. } => maelstrom_worker::layer::extract_tar(path, dir, &budget),
             })
             .map_err(|e| PrepareError(e.to_string()))?;
         self.trees.insert(key, tree.clone());

@@ -85,6 +85,11 @@ impl LayerCache {
         &self.dir
     }
 
+    /// What one tree may take: no more than the whole cache.
+    pub fn layer_budget(&self) -> crate::layer::Budget {
+        crate::layer::Budget::within_cache(self.size_max)
+    }
+
     /// The tree for `key` if some process has built it; it then stays usable until released.
     pub fn get(&self, key: &Digest) -> Result<Option<PathBuf>, CacheError> {
         if let Some(tree) = self.held_tree(key) {

@@ -6,7 +6,12 @@
 //! above the layer's root. Device nodes are refused too (an unprivileged worker cannot make
 //! them, and jobs get devices through `devices` mounts). File contents are checked against their
 //! digests as they are copied.
+//!
+//! Both stay within a [`Budget`] of bytes and entries, so a small artifact cannot fill the
+//! worker's disk: a manifest that names one blob many times gets one copy and hard links to it,
+//! and a manifest or archive too big for the budget is refused with its size.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -15,12 +20,52 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use maelstrom_wire::artifact::{Digest, EntryKind, Hasher, Manifest};
+use maelstrom_wire::cluster::Bytes;
 
 /// Size charged per entry beyond its bytes, roughly a filesystem block.
 const ENTRY_OVERHEAD_BYTES: u64 = 4096;
 
 /// Bits of a mode a layer may keep: permissions and sticky, never setuid or setgid.
 const MODE_KEPT: u32 = 0o1777;
+
+/// Entries one layer may have at most.
+pub const ENTRIES_MAX: u64 = 1 << 20;
+
+/// How much one layer may take on disk: bytes (each entry charged [`ENTRY_OVERHEAD_BYTES`]
+/// beyond its contents, a hard link only that) and entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    pub bytes: u64,
+    pub entries: u64,
+}
+
+impl Budget {
+    /// A layer may fill its whole cache, but not more, and have at most [`ENTRIES_MAX`] entries.
+    pub fn within_cache(cache_bytes: u64) -> Self {
+        Self { bytes: cache_bytes, entries: ENTRIES_MAX }
+    }
+
+    fn entries_exceeded(&self, entries: u64) -> Result<(), String> {
+        if entries > self.entries {
+            return Err(format!(
+                "the layer has more than {} entries (split it into several layers)",
+                self.entries
+            ));
+        }
+        Ok(())
+    }
+
+    fn bytes_exceeded(&self, bytes: u64) -> Result<(), String> {
+        if bytes > self.bytes {
+            return Err(format!(
+                "the layer needs more than {}, which is all its cache may hold (raise cache-size, \
+                 or make the layer smaller)",
+                Bytes(self.bytes)
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// Joins `relative` (already checked) to `root`, refusing to go below a symlink on the way.
 fn place(root: &Path, relative: &Path) -> Result<PathBuf, String> {
@@ -131,12 +176,29 @@ fn copy_verified(source: &Path, dest: &Path, digest: &Digest, mode: u32) -> Resu
 }
 
 /// Writes the tree `manifest` describes into `dir`, taking each file's bytes from the local
-/// path `source` gives for its digest. Returns the bytes written.
+/// path `source` gives for its digest. Files with the same contents and mode are hard links to
+/// one copy. Returns the bytes written.
 pub fn materialize(
     manifest: &Manifest,
     source: &dyn Fn(&Digest) -> Option<PathBuf>,
     dir: &Path,
+    budget: &Budget,
 ) -> Result<u64, String> {
+    budget.entries_exceeded(manifest.entries.len() as u64)?;
+    // Refuse up front what the declared sizes already put over the budget.
+    let mut unique = std::collections::HashSet::new();
+    let mut declared = 0u64;
+    for entry in &manifest.entries {
+        declared = declared.saturating_add(ENTRY_OVERHEAD_BYTES);
+        if let EntryKind::File { digest, size, mode } = &entry.kind
+            && unique.insert((*digest, mode & MODE_KEPT))
+        {
+            declared = declared.saturating_add(*size);
+        }
+    }
+    budget.bytes_exceeded(declared)?;
+
+    let mut copies: HashMap<(Digest, u32), PathBuf> = HashMap::new();
     let mut size = 0u64;
     for entry in &manifest.entries {
         let path = Path::new(OsStr::from_bytes(&entry.path));
@@ -160,9 +222,20 @@ pub fn materialize(
                     .map_err(|e| format!("create {}: {e}", dest.display()))?;
             }
             EntryKind::File { digest, mode, .. } => {
+                let key = (*digest, mode & MODE_KEPT);
+                if let Some(first) = copies.get(&key) {
+                    match fs::hard_link(first, &dest) {
+                        Ok(()) => continue,
+                        // Past the filesystem's link limit: this copy starts the next group.
+                        Err(e) if e.raw_os_error() == Some(libc::EMLINK) => {}
+                        Err(e) => return Err(format!("link {} to {}: {e}", dest.display(), first.display())),
+                    }
+                }
                 let from =
                     source(digest).ok_or_else(|| format!("no source for {} ({digest})", rel.display()))?;
                 size += copy_verified(&from, &dest, digest, *mode)?;
+                budget.bytes_exceeded(size)?;
+                copies.insert(key, dest);
             }
             EntryKind::Symlink { target } => {
                 let target = Path::new(OsStr::from_bytes(target));
@@ -182,13 +255,16 @@ pub fn materialize(
 }
 
 /// Extracts the tar archive at `archive` into `dir`. Returns the bytes written.
-pub fn extract_tar(archive: &Path, dir: &Path) -> Result<u64, String> {
+pub fn extract_tar(archive: &Path, dir: &Path, budget: &Budget) -> Result<u64, String> {
     let file = File::open(archive).map_err(|e| format!("open {}: {e}", archive.display()))?;
     let mut tar = tar::Archive::new(io::BufReader::new(file));
     let entries = tar.entries().map_err(|e| format!("read {}: {e}", archive.display()))?;
     let mut size = 0u64;
+    let mut count = 0u64;
     for entry in entries {
         let mut entry = entry.map_err(|e| format!("read {}: {e}", archive.display()))?;
+        count += 1;
+        budget.entries_exceeded(count).map_err(|e| format!("{}: {e}", archive.display()))?;
         let raw =
             entry.path().map_err(|e| format!("{}: bad entry name: {e}", archive.display()))?.into_owned();
         let bad = |why: String| format!("{}: entry {}: {why}", archive.display(), raw.display());
@@ -206,6 +282,7 @@ pub fn extract_tar(archive: &Path, dir: &Path) -> Result<u64, String> {
         create_parents(&dest).map_err(bad)?;
         let mode = entry.header().mode().unwrap_or(0o644) & MODE_KEPT;
         size += ENTRY_OVERHEAD_BYTES;
+        budget.bytes_exceeded(size).map_err(bad)?;
         match kind {
             tar::EntryType::Directory => {
                 make_dir(&dest, mode).map_err(bad)?;
@@ -220,7 +297,10 @@ pub fn extract_tar(archive: &Path, dir: &Path) -> Result<u64, String> {
                     .mode(mode)
                     .open(&dest)
                     .map_err(|e| bad(e.to_string()))?;
-                size += io::copy(&mut entry, &mut out).map_err(|e| bad(e.to_string()))?;
+                // Copied with a cap: a sparse entry expands to more than the archive holds.
+                let room = budget.bytes.saturating_sub(size).saturating_add(1);
+                size += io::copy(&mut (&mut entry).take(room), &mut out).map_err(|e| bad(e.to_string()))?;
+                budget.bytes_exceeded(size).map_err(bad)?;
                 fs::set_permissions(&dest, fs::Permissions::from_mode(mode))
                     .map_err(|e| bad(e.to_string()))?;
             }
@@ -270,6 +350,9 @@ pub fn extract_tar(archive: &Path, dir: &Path) -> Result<u64, String> {
 mod tests {
     use super::*;
     use maelstrom_wire::artifact::Entry;
+    use std::os::unix::fs::MetadataExt;
+
+    const ANY: Budget = Budget { bytes: u64::MAX, entries: u64::MAX };
 
     fn tar_with(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> tempfile::NamedTempFile {
         let mut builder = tar::Builder::new(Vec::new());
@@ -317,7 +400,7 @@ mod tests {
             append(b, tar::EntryType::Fifo, "usr/fifo", b"", None);
         });
         let dir = tempfile::tempdir().unwrap();
-        extract_tar(archive.path(), dir.path()).unwrap();
+        extract_tar(archive.path(), dir.path(), &ANY).unwrap();
         assert_eq!(fs::read(dir.path().join("usr/hello")).unwrap(), b"hi");
         assert_eq!(fs::read(dir.path().join("usr/link")).unwrap(), b"hi");
         assert_eq!(fs::read(dir.path().join("usr/hard")).unwrap(), b"hi");
@@ -361,7 +444,7 @@ mod tests {
         for (build, expected) in cases {
             let archive = tar_with(|b| build(b));
             let dir = tempfile::tempdir().unwrap();
-            let error = extract_tar(archive.path(), dir.path()).unwrap_err();
+            let error = extract_tar(archive.path(), dir.path(), &ANY).unwrap_err();
             assert!(error.contains(expected), "{error:?} should say {expected:?}");
         }
     }
@@ -379,7 +462,7 @@ mod tests {
         ]);
         let dir = tempfile::tempdir().unwrap();
         let source = src.path().join("f");
-        materialize(&manifest, &|_| Some(source.clone()), dir.path()).unwrap();
+        materialize(&manifest, &|_| Some(source.clone()), dir.path(), &ANY).unwrap();
         assert_eq!(fs::read(dir.path().join("ro/f")).unwrap(), b"x");
         fs::remove_dir_all(dir.path().join("ro")).unwrap();
     }
@@ -396,7 +479,7 @@ mod tests {
         ]);
         let source = src.path().join("f");
         let dir = tempfile::tempdir().unwrap();
-        materialize(&manifest, &|_| Some(source.clone()), dir.path()).unwrap();
+        materialize(&manifest, &|_| Some(source.clone()), dir.path(), &ANY).unwrap();
         assert_eq!(fs::read(dir.path().join("lib/l")).unwrap(), b"content");
         let mode = fs::metadata(dir.path().join("bin/f")).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode, 0o755, "setuid must be dropped");
@@ -413,13 +496,75 @@ mod tests {
             Entry { path: b"/a/".to_vec(), kind: EntryKind::Directory { mode: 0o777 } },
         ]);
         let third = tempfile::tempdir().unwrap();
-        let error = materialize(&hostile, &|_| None, third.path()).unwrap_err();
+        let error = materialize(&hostile, &|_| None, third.path(), &ANY).unwrap_err();
         assert!(error.contains("would replace a symlink"), "{error}");
         assert_eq!(fs::metadata(outside.path()).unwrap().permissions().mode() & 0o777, 0o700);
 
         fs::write(&source, b"changed").unwrap();
         let again = tempfile::tempdir().unwrap();
-        let error = materialize(&manifest, &|_| Some(source.clone()), again.path()).unwrap_err();
+        let error = materialize(&manifest, &|_| Some(source.clone()), again.path(), &ANY).unwrap_err();
         assert!(error.contains("changed while it was being cached"), "{error}");
+    }
+
+    #[test]
+    fn a_blob_named_many_times_is_one_copy_and_budgets_hold() {
+        let src = tempfile::tempdir().unwrap();
+        let blob = vec![7u8; 1000];
+        fs::write(src.path().join("b"), &blob).unwrap();
+        let digest = Digest::of(&blob);
+        let file = |i: usize, mode: u32| Entry {
+            path: format!("/d/{i}").into_bytes(),
+            kind: EntryKind::File { digest, size: 1000, mode },
+        };
+        let mut entries: Vec<Entry> = (0..300).map(|i| file(i, 0o644)).collect();
+        entries.push(file(300, 0o755));
+        let manifest = Manifest::from_entries(entries);
+        let source = src.path().join("b");
+        let from = |_: &Digest| Some(source.clone());
+
+        let dir = tempfile::tempdir().unwrap();
+        let size = materialize(&manifest, &from, dir.path(), &ANY).unwrap();
+        let first = fs::metadata(dir.path().join("d/0")).unwrap();
+        assert_eq!(first.nlink(), 300, "every 0644 copy is a link to the first");
+        assert_eq!(fs::metadata(dir.path().join("d/299")).unwrap().ino(), first.ino());
+        let other = fs::metadata(dir.path().join("d/300")).unwrap();
+        assert_ne!(other.ino(), first.ino(), "another mode needs its own copy");
+        assert_eq!(fs::read(dir.path().join("d/123")).unwrap(), blob);
+        assert_eq!(size, 301 * ENTRY_OVERHEAD_BYTES + 2 * 1000, "links are charged their entry only");
+
+        // Refused before anything is written: too many entries, or too many bytes.
+        let few = Budget { bytes: u64::MAX, entries: 100 };
+        let empty = tempfile::tempdir().unwrap();
+        let error = materialize(&manifest, &from, empty.path(), &few).unwrap_err();
+        assert!(error.contains("more than 100 entries"), "{error}");
+        let small = Budget { bytes: 64 << 10, entries: u64::MAX };
+        let error = materialize(&manifest, &from, empty.path(), &small).unwrap_err();
+        assert!(error.contains("needs more than 64 KiB"), "{error}");
+        assert_eq!(fs::read_dir(empty.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn archives_stay_within_their_budget() {
+        let archive = tar_with(|b| {
+            append(b, tar::EntryType::Regular, "big", &vec![1u8; 100_000], None);
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let small = Budget { bytes: 50_000, entries: u64::MAX };
+        let error = extract_tar(archive.path(), dir.path(), &small).unwrap_err();
+        assert!(error.contains("needs more than 48.8 KiB"), "{error}");
+        assert!(
+            fs::metadata(dir.path().join("big")).unwrap().len() <= 50_001,
+            "the copy stops at the budget"
+        );
+
+        let many = tar_with(|b| {
+            for i in 0..10 {
+                append(b, tar::EntryType::Regular, &format!("f{i}"), b"x", None);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let few = Budget { bytes: u64::MAX, entries: 5 };
+        let error = extract_tar(many.path(), dir.path(), &few).unwrap_err();
+        assert!(error.contains("more than 5 entries"), "{error}");
     }
 }

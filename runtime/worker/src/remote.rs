@@ -127,15 +127,17 @@ struct BuildRequest {
 fn builder(cache: Arc<LayerCache>, requests: Receiver<BuildRequest>, inbox: Arc<Inbox>) {
     for request in requests {
         let key = request.layer.tree_key();
+        let budget = cache.layer_budget();
         let result = cache
             .get_or_build(&key, |dir| match request.layer.kind {
-                LayerKind::Tar => crate::layer::extract_tar(&request.artifact, dir),
+                LayerKind::Tar => crate::layer::extract_tar(&request.artifact, dir, &budget),
                 LayerKind::Manifest => {
                     let manifest = read_manifest(&request.artifact)?;
                     crate::layer::materialize(
                         &manifest,
                         &|digest| Some(request.blobs.join(digest.hex())),
                         dir,
+                        &budget,
                     )
                 }
             })
