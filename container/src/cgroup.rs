@@ -187,9 +187,9 @@ impl JobCgroups {
         Ok(Self { bases, jobs, memory_default: memory_bytes, processes_default: processes })
     }
 
-    /// A job cgroup for each of `slots` jobs, each limited to its [`Share`](crate::Share).
-    pub fn for_slots(slots: usize) -> Result<Self, Unavailable> {
-        let share = crate::Share::of(slots);
+    /// A job cgroup for each of `slots` jobs, each limited to `share` (see
+    /// [`Share::of`](crate::Share::of)).
+    pub fn for_slots(slots: usize, share: &crate::Share) -> Result<Self, Unavailable> {
         Self::create(slots, share.memory_bytes, share.processes.unwrap_or(share.processes_max))
     }
 

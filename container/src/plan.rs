@@ -191,6 +191,18 @@ impl Share {
     }
 }
 
+impl Share {
+    /// The same share with each job's memory set to `bytes` (at most [`Share::memory_max`]), its
+    /// tmpfs mounts to half of that; `None` keeps it.
+    pub fn with_memory(mut self, bytes: Option<u64>) -> Self {
+        if let Some(bytes) = bytes {
+            self.memory_bytes = bytes.min(self.memory_max);
+            self.tmpfs_bytes = self.memory_bytes / 2;
+        }
+        self
+    }
+}
+
 /// The machine's memory (`MemTotal`), or 1 GiB if it cannot be read.
 fn machine_memory() -> u64 {
     let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();

@@ -86,7 +86,7 @@ fn main() {
     let args = Args::parse();
     let spawners = args.spawners.max(1);
     let cgroups = if args.limits {
-        match JobCgroups::for_slots(spawners) {
+        match JobCgroups::for_slots(spawners, &Share::of(spawners)) {
             Ok(cgroups) => Some(cgroups),
             Err(why) => {
                 eprintln!("container-startup: no job cgroups, rlimits and tmpfs sizes only: {why}");

@@ -129,6 +129,40 @@ impl Value for Size {
     }
 }
 
+/// A length of time in whole seconds: `90` (a number is seconds), `"90s"`, `"15 min"`, `"2h"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Seconds(pub u64);
+
+impl Value for Seconds {
+    fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let scale = match unit.trim() {
+            "" | "s" | "sec" | "secs" | "second" | "seconds" => 1,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60,
+            "h" | "hour" | "hours" => 3600,
+            _ => 0,
+        };
+        number
+            .parse::<u64>()
+            .ok()
+            .filter(|_| scale > 0)
+            .and_then(|n| n.checked_mul(scale))
+            .map(Seconds)
+            .ok_or_else(|| format!("bad length of time {text:?} (try \"90s\", \"15 min\" or \"2h\")"))
+    }
+    fn from_toml(value: &toml::Value) -> Result<Self, String> {
+        match value {
+            toml::Value::Integer(n) => {
+                u64::try_from(*n).map(Seconds).map_err(|_| format!("negative length of time {n}"))
+            }
+            toml::Value::String(s) => Seconds::parse(s),
+            other => Err(format!("expected seconds, or a string like \"15 min\", found {other}")),
+        }
+    }
+}
+
 /// How much a binary logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {
@@ -300,13 +334,27 @@ impl CommonOptions {
 }
 
 /// The values of every program that runs jobs on a worker of its own: `cache-size`,
-/// `inline-limit` and `slots` (1 to 1000; the CPU count by default).
+/// `inline-limit` and `slots` (1 to 1000; the CPU count by default), and what each job gets
+/// unless its spec asks otherwise: `job-timeout` (1 h), at most `job-timeout-max` (6 h), and
+/// `job-memory` (by default the job's share of what the worker may use).
 #[derive(Debug)]
 pub struct WorkerValues {
     pub cache_size: (Size, Source),
     pub inline_limit: (Size, Source),
     pub slots: (u64, Source),
+    pub jobs: JobValues,
 }
+
+/// What each job gets unless its spec asks otherwise (part of [`WorkerValues`]).
+#[derive(Clone, Debug)]
+pub struct JobValues {
+    pub timeout: (Seconds, Source),
+    pub timeout_max: (Seconds, Source),
+    pub memory: Option<(Size, Source)>,
+}
+
+/// The keys of [`JobValues`], known to every program that reads [`WorkerValues`].
+pub const JOB_KEYS: &[&str] = &["job-timeout", "job-timeout-max", "job-memory"];
 
 impl Config {
     /// Resolves the [`WorkerValues`] from the command line's texts and the other sources.
@@ -317,7 +365,7 @@ impl Config {
         slots: Option<u64>,
         cores: u64,
     ) -> Result<WorkerValues, ConfigError> {
-        let values = WorkerValues {
+        let mut values = WorkerValues {
             cache_size: self.get_or(
                 "cache-size",
                 option(cache_size, "cache-size")?,
@@ -331,11 +379,33 @@ impl Config {
                 &getenv,
             )?,
             slots: self.get_or("slots", slots, cores, &getenv)?,
+            jobs: JobValues {
+                timeout: self.get_or("job-timeout", None, Seconds(60 * 60), &getenv)?,
+                timeout_max: self.get_or("job-timeout-max", None, Seconds(6 * 60 * 60), &getenv)?,
+                memory: self.get("job-memory", None, &getenv)?,
+            },
         };
         let (slots, origin) = &values.slots;
         if !(1..=1000).contains(slots) {
             let message = format!("must be between 1 and 1000, not {slots}");
             return Err(ConfigError::Value { key: "slots".into(), origin: origin.clone(), message });
+        }
+        // A maximum below the default timeout lowers the default.
+        let jobs = &mut values.jobs;
+        if jobs.timeout.1 == Source::Default && jobs.timeout.0 > jobs.timeout_max.0 {
+            jobs.timeout.0 = jobs.timeout_max.0;
+        }
+        let ((timeout, origin), (max, _)) = (&jobs.timeout, &jobs.timeout_max);
+        if timeout.0 == 0 || timeout > max {
+            let message =
+                format!("must be between 1 s and job-timeout-max ({} s), not {} s", max.0, timeout.0);
+            return Err(ConfigError::Value { key: "job-timeout".into(), origin: origin.clone(), message });
+        }
+        if let Some((Size(bytes), origin)) = &values.jobs.memory
+            && *bytes < 1 << 20
+        {
+            let message = format!("must be at least 1 MiB, not {bytes} bytes");
+            return Err(ConfigError::Value { key: "job-memory".into(), origin: origin.clone(), message });
         }
         Ok(values)
     }
@@ -439,6 +509,33 @@ mod tests {
     }
 
     #[test]
+    fn job_timeouts_and_memory_are_worker_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        let known = [KNOWN, JOB_KEYS].concat();
+        let load = |text: &str, vars: &[(&str, &str)]| {
+            std::fs::write(&file, text).unwrap();
+            Config::load("maelstrom/run", "MAELSTROM_RUN", file.to_str(), &known, &env(vars))
+                .unwrap()
+                .worker_values(None, None, None, 4)
+        };
+        let values = load("", &[]).unwrap();
+        assert_eq!((values.jobs.timeout.0, values.jobs.timeout_max.0), (Seconds(3600), Seconds(21600)));
+        assert_eq!(values.jobs.memory, None);
+        let values = load("job-timeout = \"15 min\"\njob-memory = \"2 GiB\"\n", &[]).unwrap();
+        assert_eq!(values.jobs.timeout.0, Seconds(900));
+        assert_eq!(values.jobs.memory.unwrap().0, Size(2 << 30));
+        let error = load("job-timeout = \"7h\"\n", &[]).unwrap_err().to_string();
+        assert!(error.ends_with("must be between 1 s and job-timeout-max (21600 s), not 25200 s"), "{error}");
+        let values = load("job-timeout-max = 60\n", &[]).unwrap();
+        assert_eq!(values.jobs.timeout.0, Seconds(60), "a lower maximum lowers the default");
+        let error = load("job-timeout = 0\n", &[]).unwrap_err().to_string();
+        assert!(error.contains("config.toml: must be between 1 s"), "{error}");
+        let error = load("job-memory = 1000\n", &[]).unwrap_err().to_string();
+        assert!(error.contains("must be at least 1 MiB"), "{error}");
+    }
+
+    #[test]
     fn xdg_files_earlier_win_and_dash_reads_none() {
         let home = tempfile::tempdir().unwrap();
         let dirs = tempfile::tempdir().unwrap();
@@ -489,6 +586,12 @@ mod tests {
         assert_eq!(Size::parse("1000").unwrap(), Size(1000));
         assert!(Size::parse("lots").is_err());
         assert_eq!(Vec::<String>::parse(" a  b ").unwrap(), ["a", "b"]);
+        assert_eq!(Seconds::parse("90").unwrap(), Seconds(90));
+        assert_eq!(Seconds::parse("90s").unwrap(), Seconds(90));
+        assert_eq!(Seconds::parse("15 min").unwrap(), Seconds(900));
+        assert_eq!(Seconds::parse("2h").unwrap(), Seconds(7200));
+        let error = Seconds::parse("soon").unwrap_err();
+        assert_eq!(error, "bad length of time \"soon\" (try \"90s\", \"15 min\" or \"2h\")");
         assert_eq!(line_column("ab\ncd", 4), (2, 2));
     }
 }

@@ -20,8 +20,8 @@ use maelstrom_client::client::Client;
 use maelstrom_client::digests::DigestCache;
 use maelstrom_client::local::LocalConfig;
 use maelstrom_client::spec::{EnvironmentSpec, JobSpec, LayerSpec};
-use maelstrom_client::{JobCgroups, JobResult, Zygote, ZygoteConfig};
-use maelstrom_config::{CommonOptions, Config, LogLevel, Size, Source, getenv};
+use maelstrom_client::{Allotment, JobCgroups, JobResult, Zygote, ZygoteConfig};
+use maelstrom_config::{CommonOptions, Config, JobValues, LogLevel, Size, Source, getenv};
 
 use crate::filter::{self, Language, Selection, Subject};
 use crate::listing::ListingCache;
@@ -78,6 +78,9 @@ pub const COMMON_KEYS: &[&str] = &[
     "stop-after",
     "timeout",
     "junit",
+    "job-timeout",
+    "job-timeout-max",
+    "job-memory",
 ];
 
 /// The options every runner takes (flattened into each runner's own).
@@ -146,6 +149,7 @@ pub struct Settings {
     cache_size: (Size, Source),
     inline_limit: (Size, Source),
     slots: (u64, Source),
+    jobs: JobValues,
     ui: (UiKind, Source),
     repeat: (u64, Source),
     stop_after: Option<(u64, Source)>,
@@ -169,6 +173,7 @@ impl RunnerOptions {
             cache_size: worker.cache_size,
             inline_limit: worker.inline_limit,
             slots: worker.slots,
+            jobs: worker.jobs,
             ui,
             repeat: config.get_or("repeat", self.repeat, 1, &getenv)?,
             stop_after: config.get("stop-after", self.stop_after, &getenv)?,
@@ -386,7 +391,16 @@ fn run<F: Framework>(
 
     let slots = settings.slots.0 as usize;
     // The zygote forks before any thread exists; everything threaded comes after.
-    let cgroups = JobCgroups::for_slots(slots).ok();
+    let allotment = Allotment::configured(slots, &settings.jobs);
+    let cgroups = match JobCgroups::for_slots(slots, &allotment.share) {
+        Ok(cgroups) => Some(cgroups),
+        Err(why) => {
+            if phases.on {
+                eprintln!("{}: jobs' memory and processes are limited by rlimits only: {why}", app.name);
+            }
+            None
+        }
+    };
     let zygote = Zygote::start(ZygoteConfig { lanes: slots.min(cores), cgroups })?;
     let (events, inbox) = channel();
     let result_events = events.clone();
@@ -398,6 +412,7 @@ fn run<F: Framework>(
         cache_bytes_max: settings.cache_size.0.0,
         slots,
         output_bytes_max: usize::try_from(settings.inline_limit.0.0).unwrap_or(usize::MAX),
+        allotment,
         project: framework.project_root().to_owned(),
     };
     let broker = settings.broker.as_ref().map(|(b, _)| b.as_str());

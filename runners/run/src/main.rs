@@ -18,8 +18,8 @@ use clap::Parser;
 use maelstrom_client::client::Client;
 use maelstrom_client::local::LocalConfig;
 use maelstrom_client::spec::{StreamItem, StreamRequest};
-use maelstrom_client::{Ended, JobCgroups, JobResult, Ran, Zygote, ZygoteConfig};
-use maelstrom_config::{CommonOptions, LogLevel, Size, Source, getenv};
+use maelstrom_client::{Allotment, Ended, JobCgroups, JobResult, Ran, Zygote, ZygoteConfig};
+use maelstrom_config::{CommonOptions, JOB_KEYS, JobValues, LogLevel, Size, Source, getenv};
 
 const KEYS: &[&str] = &[
     "log-level",
@@ -93,11 +93,12 @@ struct Settings {
     cache_size: (Size, Source),
     inline_limit: (Size, Source),
     slots: (u64, Source),
+    jobs: JobValues,
     broker: Option<(String, Source)>,
 }
 
 fn settings(cli: &Cli, cores: u64) -> anyhow::Result<Settings> {
-    let config = cli.common.load("run", "MAELSTROM_RUN", KEYS)?;
+    let config = cli.common.load("run", "MAELSTROM_RUN", &[KEYS, JOB_KEYS].concat())?;
     let worker =
         config.worker_values(cli.cache_size.as_deref(), cli.inline_limit.as_deref(), cli.slots, cores)?;
     let settings = Settings {
@@ -111,6 +112,7 @@ fn settings(cli: &Cli, cores: u64) -> anyhow::Result<Settings> {
         cache_size: worker.cache_size,
         inline_limit: worker.inline_limit,
         slots: worker.slots,
+        jobs: worker.jobs,
         broker: config.get("broker", cli.broker.clone(), &getenv)?,
     };
     Ok(settings)
@@ -149,7 +151,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let slots = settings.slots.0 as usize;
     let lanes = if cli.one { 1 } else { slots.min(cores) };
     // The zygote forks before any thread exists; everything threaded comes after.
-    let cgroups = JobCgroups::for_slots(slots).ok();
+    let allotment = Allotment::configured(slots, &settings.jobs);
+    let cgroups = match JobCgroups::for_slots(slots, &allotment.share) {
+        Ok(cgroups) => Some(cgroups),
+        Err(why) => {
+            if settings.log_level.0 >= LogLevel::Debug {
+                eprintln!("maelstrom-run: jobs' memory and processes are limited by rlimits only: {why}");
+            }
+            None
+        }
+    };
     let zygote = Zygote::start(ZygoteConfig { lanes, cgroups })?;
     let (events, inbox) = channel();
     let sink_events = events.clone();
@@ -162,6 +173,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         cache_bytes_max: settings.cache_size.0.0,
         slots,
         output_bytes_max: usize::try_from(settings.inline_limit.0.0).unwrap_or(usize::MAX),
+        allotment,
         project,
     };
     let broker = settings.broker.as_ref().map(|(broker, _)| broker.as_str());

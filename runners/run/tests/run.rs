@@ -643,6 +643,53 @@ fn bombs_end_at_their_limits_while_an_honest_job_passes() {
     assert!(said(6, "killed: CPU time limit 1 s reached"), "{err}");
 }
 
+/// An operator's defaults for jobs whose specs say nothing: a timeout, a maximum for the
+/// timeouts specs ask, and memory.
+#[test]
+fn job_timeouts_and_memory_come_from_the_configuration() {
+    let p = Project::new();
+    let file = p.path().join("config.toml");
+    std::fs::write(&file, "job-timeout = 1\njob-timeout-max = \"2s\"\njob-memory = \"48 MiB\"\n").unwrap();
+    let jobs = [
+        probe_job(&["hang"]),
+        with(probe_job(&["hang"]), json!({"timeout": 3600})),
+        probe_job(&["hog", "512"]),
+    ];
+    let stream: String = jobs.iter().map(|j| j.to_string() + "\n").collect();
+    let mut child = p
+        .command(&["-c", file.to_str().unwrap(), "--slots", "3"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stream.as_bytes()).unwrap();
+    // Without the configuration the hangs would last an hour: give up long before.
+    let pid = child.id();
+    let watchdog = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(60));
+        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+    });
+    let out = child.wait_with_output().unwrap();
+    drop(watchdog);
+    let err = stderr(&out);
+    assert!(err.contains("job 1: timed out\n") && err.contains("job 2: timed out\n"), "{err}");
+    if job_cgroups_here() {
+        assert!(err.contains("job 3: killed: memory limit 48 MiB reached"), "{err}");
+    } else {
+        assert!(stdout(&out).contains("hogged=512"), "{}", stdout(&out));
+    }
+    let mut command = p.command(&["-c", "-"]);
+    command.env("MAELSTROM_RUN_JOB_TIMEOUT", "7h");
+    let out = p.run_with(command, "");
+    assert!(
+        stderr(&out)
+            .contains("job-timeout from $MAELSTROM_RUN_JOB_TIMEOUT: must be between 1 s and job-timeout-max"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// Job cgroups a worker killed with SIGKILL left behind are removed, with whatever still runs
 /// in them, when the next worker starts.
 #[test]

@@ -11,7 +11,7 @@ use maelstrom_wire::artifact::Digest;
 use maelstrom_wire::cluster::{self, LayerRef, Mount};
 use maelstrom_worker::cache::{CacheError, LayerCache};
 use maelstrom_worker::sandbox::{Origin, sandbox};
-use maelstrom_worker::{Executor, ExecutorConfig, ExecutorError, JobId, JobRequest, ResultSink};
+use maelstrom_worker::{Allotment, Executor, ExecutorConfig, ExecutorError, JobId, JobRequest, ResultSink};
 
 use crate::digests::DigestCache;
 use crate::layers::{Built, LayerBuilder};
@@ -25,6 +25,8 @@ pub struct LocalConfig {
     pub cache_bytes_max: u64,
     pub slots: usize,
     pub output_bytes_max: usize,
+    /// What each job gets unless its spec asks otherwise.
+    pub allotment: Allotment,
     /// Relative layer paths and bind sources are taken relative to it.
     pub project: PathBuf,
 }
@@ -63,8 +65,11 @@ impl LocalClient {
         let cache =
             Arc::new(LayerCache::open(&config.cache_root.join("local-worker"), config.cache_bytes_max)?);
         let digests = DigestCache::open(&config.cache_root.join("cached-digests"));
-        let executor =
-            Executor::start(zygote, ExecutorConfig::new(config.slots, config.output_bytes_max), sink)?;
+        let executor = Executor::start(
+            zygote,
+            ExecutorConfig::new(config.slots, config.output_bytes_max).with_timeouts(&config.allotment),
+            sink,
+        )?;
         Ok(Self {
             containers: BTreeMap::new(),
             layers: LayerBuilder::new(config.project.clone(), digests),
@@ -73,7 +78,7 @@ impl LocalClient {
             executor,
             project: config.project,
             next_id: 1,
-            share: maelstrom_container::Share::of(config.slots),
+            share: config.allotment.share,
         })
     }
 

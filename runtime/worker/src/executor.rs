@@ -126,9 +126,45 @@ impl ExecutorConfig {
         Self { slots, output_bytes_max, timeout_default: TIMEOUT_DEFAULT, timeout_max: TIMEOUT_MAX }
     }
 
+    /// The same, with the allotment's timeouts.
+    pub fn with_timeouts(self, allotment: &Allotment) -> Self {
+        Self { timeout_default: allotment.timeout, timeout_max: allotment.timeout_max, ..self }
+    }
+
     /// The timeout a job runs under, given its spec's.
     pub fn timeout(&self, asked: Option<Duration>) -> Duration {
         asked.unwrap_or(self.timeout_default).min(self.timeout_max)
+    }
+}
+
+/// What a worker gives each job whose spec does not ask otherwise, and the most one may ask
+/// for: resources (its [`Share`](maelstrom_container::Share)) and time.
+#[derive(Clone, Debug)]
+pub struct Allotment {
+    pub share: maelstrom_container::Share,
+    pub timeout: Duration,
+    pub timeout_max: Duration,
+}
+
+impl Allotment {
+    /// The defaults for `slots` jobs at once: each one's share, [`TIMEOUT_DEFAULT`] and
+    /// [`TIMEOUT_MAX`].
+    pub fn of(slots: usize) -> Self {
+        Self {
+            share: maelstrom_container::Share::of(slots),
+            timeout: TIMEOUT_DEFAULT,
+            timeout_max: TIMEOUT_MAX,
+        }
+    }
+
+    /// As configured, for `slots` jobs at once.
+    pub fn configured(slots: usize, values: &maelstrom_config::JobValues) -> Self {
+        let memory = values.memory.as_ref().map(|(size, _)| size.0);
+        Self {
+            share: maelstrom_container::Share::of(slots).with_memory(memory),
+            timeout: Duration::from_secs(values.timeout.0.0),
+            timeout_max: Duration::from_secs(values.timeout_max.0.0),
+        }
     }
 }
 

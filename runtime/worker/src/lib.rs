@@ -18,6 +18,7 @@ pub mod remote;
 pub mod sandbox;
 
 pub use executor::{
-    Executor, ExecutorConfig, ExecutorError, JobError, JobId, JobRequest, JobResult, ResultSink, outcome,
+    Allotment, Executor, ExecutorConfig, ExecutorError, JobError, JobId, JobRequest, JobResult, ResultSink,
+    outcome,
 };
 pub use maelstrom_wire::cluster::{Outcome, Output};

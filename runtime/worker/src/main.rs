@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use maelstrom_config::{CommonOptions, LogLevel, Size, Source, getenv};
+use maelstrom_config::{CommonOptions, JOB_KEYS, JobValues, LogLevel, Size, Source, getenv};
 use maelstrom_container::{Zygote, ZygoteConfig};
+use maelstrom_worker::Allotment;
 use maelstrom_worker::remote::{RemoteConfig, serve};
 
 const KEYS: &[&str] = &["broker", "slots", "cache-root", "cache-size", "inline-limit", "log-level"];
@@ -47,6 +48,7 @@ struct Settings {
     cache_root: (PathBuf, Source),
     cache_size: (Size, Source),
     inline_limit: (Size, Source),
+    jobs: JobValues,
     log_level: (LogLevel, Source),
 }
 
@@ -55,7 +57,7 @@ fn main() -> ExitCode {
 }
 
 fn settings(cli: &Cli, cores: u64) -> anyhow::Result<Settings> {
-    let config = cli.common.load("worker", "MAELSTROM_WORKER", KEYS)?;
+    let config = cli.common.load("worker", "MAELSTROM_WORKER", &[KEYS, JOB_KEYS].concat())?;
     let broker = config.get("broker", cli.broker.clone(), &getenv)?.ok_or_else(|| {
         anyhow::anyhow!("no broker: give one with --broker HOST:PORT (or MAELSTROM_WORKER_BROKER, or broker = ... in the config file)")
     })?;
@@ -72,6 +74,7 @@ fn settings(cli: &Cli, cores: u64) -> anyhow::Result<Settings> {
         )?,
         cache_size: worker.cache_size,
         inline_limit: worker.inline_limit,
+        jobs: worker.jobs,
         log_level: cli.common.log_level(&config)?,
     })
 }
@@ -85,7 +88,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let slots = settings.slots.0 as usize;
     // The zygote forks before any thread exists; everything threaded comes after.
-    let cgroups = match maelstrom_container::JobCgroups::for_slots(slots) {
+    let allotment = Allotment::configured(slots, &settings.jobs);
+    let cgroups = match maelstrom_container::JobCgroups::for_slots(slots, &allotment.share) {
         Ok(cgroups) => Some(cgroups),
         Err(why) => {
             eprintln!(
@@ -106,6 +110,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cache_root: settings.cache_root.0,
             cache_bytes_max: settings.cache_size.0.0,
             output_bytes_max: usize::try_from(settings.inline_limit.0.0).unwrap_or(usize::MAX),
+            allotment,
             name: format!("{name} ({} slots)", slots),
             verbose: settings.log_level.0 >= LogLevel::Debug,
         },

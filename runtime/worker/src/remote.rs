@@ -28,7 +28,7 @@ use maelstrom_wire::cluster::{
 };
 
 use crate::cache::{CacheError, LayerCache};
-use crate::executor::{Executor, ExecutorConfig, ExecutorError, JobId, JobRequest, JobResult};
+use crate::executor::{Allotment, Executor, ExecutorConfig, ExecutorError, JobId, JobRequest, JobResult};
 
 #[derive(Clone, Debug)]
 pub struct RemoteConfig {
@@ -39,6 +39,8 @@ pub struct RemoteConfig {
     pub cache_root: PathBuf,
     pub cache_bytes_max: u64,
     pub output_bytes_max: usize,
+    /// What each job gets unless its spec asks otherwise.
+    pub allotment: Allotment,
     /// For the broker's logs.
     pub name: String,
     pub verbose: bool,
@@ -269,7 +271,7 @@ pub fn serve(zygote: Zygote, config: RemoteConfig) -> Result<(), WorkerError> {
     let sink_inbox = Arc::clone(&inbox);
     let executor = Executor::start(
         zygote,
-        ExecutorConfig::new(config.slots, config.output_bytes_max),
+        ExecutorConfig::new(config.slots, config.output_bytes_max).with_timeouts(&config.allotment),
         Box::new(move |result| sink_inbox.push(Inbound::Result(result))),
     )?;
     let (builds, requests) = channel();
@@ -279,7 +281,7 @@ pub fn serve(zygote: Zygote, config: RemoteConfig) -> Result<(), WorkerError> {
         .name("builder".into())
         .spawn(move || builder(builder_cache, requests, builder_inbox))
         .map_err(io_error("start the builder thread"))?;
-    let config_slots = config.slots;
+    let share = config.allotment.share.clone();
     let mut worker = Worker {
         config,
         ring: Ring::new(256)?,
@@ -302,7 +304,7 @@ pub fn serve(zygote: Zygote, config: RemoteConfig) -> Result<(), WorkerError> {
         blob_refs: HashMap::new(),
         stop: false,
         refused: None,
-        share: maelstrom_container::Share::of(config_slots),
+        share,
     };
     worker.ring.read(WAKE, &wake, Vec::with_capacity(8));
     worker.connect()?;
