@@ -326,21 +326,25 @@ fn chdir(path: *const c_char, step: Step) -> Res {
     check(unsafe { libc::chdir(path) }.into(), step).map(drop)
 }
 
-/// Builds the root: a bind of the only layer, or an overlay of all of them, mounted over the
-/// top layer's path; then moves there.
+/// Builds the root: an overlay of the layers, mounted over the top layer's path; then moves
+/// there.
+///
+/// Always an overlay, even of one read-only layer (a bind would be cheaper): an overlay is a
+/// filesystem of its own, with inodes of its own, so a job's `flock`s and record locks on its
+/// root's files are seen by no other job and not by the host. Overlayfs needs two lower layers
+/// without an upper one, so a lone layer gets an empty tmpfs below it.
 fn make_root(layers: &[maelstrom_wire::ArchivedCBytes], writable: bool, tmpfs_bytes: u64, step: Step) -> Res {
     let Some(top) = layers.last() else { return Err(Failure { step, errno: libc::EINVAL }) };
     let top = top.as_ptr();
-    let guard = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
-    if !writable && layers.len() == 1 {
-        let fd = clone_tree(top, false, guard | libc::MOUNT_ATTR_RDONLY, step)?;
-        attach(fd, top, step)?;
-        return chdir(top, step);
-    }
     let mut options = StackString::new();
     let mut ok = options.push(b"lowerdir=");
     for (i, layer) in layers.iter().rev().enumerate() {
         ok = ok && (i == 0 || options.push(b":")) && options.push_escaped(layer.as_bytes());
+    }
+    let mut empty = -1;
+    if !writable && layers.len() == 1 {
+        empty = new_fs(FsKind::Tmp, EMPTY_LAYER_BYTES, step)?;
+        ok = ok && options.push(b":/proc/self/fd/") && options.push_int(empty as u32);
     }
     let mut upper = -1;
     if writable {
@@ -366,9 +370,13 @@ fn make_root(layers: &[maelstrom_wire::ArchivedCBytes], writable: bool, tmpfs_by
         _ => Err(Failure { step, errno: libc::E2BIG }),
     };
     close(&mut upper);
+    close(&mut empty);
     result?;
     chdir(top, step)
 }
+
+/// The size of the empty layer below a lone read-only one: it never holds a byte.
+const EMPTY_LAYER_BYTES: u64 = 4096;
 
 /// Makes the overlay's `upper` and `work` directories in the tmpfs at `upper`. The upper
 /// directory is the writable root's root, so it takes the owner and mode of the top layer's.

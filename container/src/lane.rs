@@ -208,6 +208,8 @@ struct Borrowed {
     ipc: Ipcns,
     /// With whether `lo` is up.
     net: Option<(Netns, bool)>,
+    /// The template the job's mounts are a copy of (its [`Template::id`]).
+    template: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -225,6 +227,13 @@ struct Template {
     sources: Vec<Option<(u64, u64, i64, u32)>>,
     mount_ns: OwnedFd,
     last_used: u64,
+    /// Unique in this lane.
+    id: u64,
+    /// Whether a running job's mounts are a copy of this template's. A copy shares the
+    /// template's filesystems (its root overlay included), and with them the inodes that file
+    /// locks live on, so a template serves one running job at a time: jobs running at once
+    /// never see each other's locks.
+    in_use: bool,
 }
 
 /// The identities of the host paths `ops` mount, in order.
@@ -416,11 +425,15 @@ impl Lane {
             Ok(borrowed) => borrowed,
             Err(f) => return failed(f),
         };
+        let mut borrowed = borrowed;
         let template_fd = if request.template.is_empty() {
             -1
         } else {
             match self.template(&request.template) {
-                Ok(fd) => fd,
+                Ok((fd, id)) => {
+                    borrowed.template = Some(id);
+                    fd
+                }
                 Err(f) => {
                     self.give_back(borrowed);
                     return failed(f);
@@ -543,15 +556,20 @@ impl Lane {
         }
     }
 
-    /// The template mount namespace for `ops`, built on first use.
-    fn template(&mut self, ops: &ArchivedVec<ArchivedSetupOp>) -> Result<RawFd, Failure> {
+    /// A free template mount namespace for `ops`, built if there is none, and marked in use;
+    /// with its id.
+    fn template(&mut self, ops: &ArchivedVec<ArchivedSetupOp>) -> Result<(RawFd, u64), Failure> {
         self.clock += 1;
-        if let Some(i) =
-            self.templates.iter().position(|t| ops.len() == t.ops.len() && ops.as_slice() == t.ops.as_slice())
+        while let Some(i) = self
+            .templates
+            .iter()
+            .position(|t| !t.in_use && ops.len() == t.ops.len() && ops.as_slice() == t.ops.as_slice())
         {
-            if sources_of(&self.templates[i].ops) == self.templates[i].sources {
-                self.templates[i].last_used = self.clock;
-                return Ok(self.templates[i].mount_ns.as_raw_fd());
+            let t = &mut self.templates[i];
+            if sources_of(&t.ops) == t.sources {
+                t.last_used = self.clock;
+                t.in_use = true;
+                return Ok((t.mount_ns.as_raw_fd(), t.id));
             }
             self.templates.swap_remove(i);
         }
@@ -592,13 +610,25 @@ impl Lane {
         // SAFETY: the builder opened `mount_ns` in our shared fd table and nothing else owns it.
         let mount_ns = unsafe { OwnedFd::from_raw_fd(args.mount_ns) };
         if self.templates.len() >= TEMPLATES_MAX {
-            let oldest =
-                (0..self.templates.len()).min_by_key(|&i| self.templates[i].last_used).expect("non-empty");
-            self.templates.swap_remove(oldest);
+            // Past the bound only while every template serves a running job.
+            let oldest = (0..self.templates.len())
+                .filter(|&i| !self.templates[i].in_use)
+                .min_by_key(|&i| self.templates[i].last_used);
+            if let Some(oldest) = oldest {
+                self.templates.swap_remove(oldest);
+            }
         }
         let fd = mount_ns.as_raw_fd();
-        self.templates.push(Template { ops: owned, sources, mount_ns, last_used: self.clock });
-        Ok(fd)
+        let id = self.clock;
+        self.templates.push(Template { ops: owned, sources, mount_ns, last_used: id, id, in_use: true });
+        Ok((fd, id))
+    }
+
+    /// The template a job used is free again (its job ended, or never started).
+    fn free_template(&mut self, id: Option<u64>) {
+        if let Some(t) = id.and_then(|id| self.templates.iter_mut().find(|t| t.id == id)) {
+            t.in_use = false;
+        }
     }
 
     /// Clones a helper child that shares our memory and fds, and reaps it.
@@ -641,10 +671,11 @@ impl Lane {
             }
         };
         let ipc = self.idle_ipc.pop().map_or_else(|| self.make_ipcns(), Ok)?;
-        Ok(Borrowed { ipc, net })
+        Ok(Borrowed { ipc, net, template: None })
     }
 
     fn give_back(&mut self, borrowed: Borrowed) {
+        self.free_template(borrowed.template);
         if self.idle_ipc.len() < POOL_IDLE_MAX {
             self.idle_ipc.push(borrowed.ipc);
         }
@@ -773,7 +804,8 @@ impl Lane {
             if polls[i].revents == 0 {
                 continue;
             }
-            let Borrowed { ipc, net } = self.busy.swap_remove(i).borrowed;
+            let Borrowed { ipc, net, template } = self.busy.swap_remove(i).borrowed;
+            self.free_template(template);
             if ipc.is_clean(&mut self.scratch) && self.idle_ipc.len() < POOL_IDLE_MAX {
                 self.idle_ipc.push(ipc);
             }

@@ -20,6 +20,7 @@ pub const CASES: &[(&str, Case)] = &[
     ("setup::devpts_mqueue_and_shm_are_fresh", devpts_mqueue_and_shm_are_fresh),
     ("setup::oversized_request_is_refused_before_sending", oversized_request_is_refused_before_sending),
     ("setup::a_layer_made_anew_is_seen_by_the_next_job", a_layer_made_anew_is_seen_by_the_next_job),
+    ("setup::jobs_running_at_once_share_no_file_locks", jobs_running_at_once_share_no_file_locks),
 ];
 
 fn stdout(ctx: &Ctx, spec: &Spec) -> anyhow::Result<String> {
@@ -163,6 +164,54 @@ fn a_layer_made_anew_is_seen_by_the_next_job(ctx: &Ctx) -> anyhow::Result<()> {
             (a.as_str(), b.as_str()) == ("new", "new"),
             "a job saw the evicted layer: {a:?}, {b:?}"
         );
+    }
+    Ok(())
+}
+
+/// A root is a filesystem of the job's own, so a lock one job holds on a file of its root is
+/// not seen by another job running at the same time, nor by the host.
+fn jobs_running_at_once_share_no_file_locks(ctx: &Ctx) -> anyhow::Result<()> {
+    use std::os::fd::AsFd;
+    let base = Layer::new();
+    let top = tempfile::tempdir()?;
+    write(&base.path().join("data/f"), "base")?;
+    write(&top.path().join("data/g"), "top")?;
+    let mut stacked = probe(&base, &["lock", "/data/f", "0"]);
+    stacked.layers.push(top.path().to_owned());
+    let devnull = std::fs::File::options().write(true).open("/dev/null")?;
+    for spec in [probe(&base, &["lock", "/data/f", "0"]), stacked] {
+        let shared = tempfile::tempdir()?;
+        open_to_all(shared.path());
+        let marker = shared.path().join("locked");
+        let mut holder = spec.clone();
+        holder.mounts =
+            vec![Mount::Bind { source: shared.path().to_owned(), target: "/work".into(), read_only: false }];
+        holder.arguments = ["lock", "/data/f", "60000", "/work/locked"].iter().map(Into::into).collect();
+        let request = maelstrom_container::compile(&holder)?;
+        let mut job = ctx.zygote.spawn(&request, devnull.as_fd(), devnull.as_fd())?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !marker.exists() {
+            if std::time::Instant::now() > deadline || job.try_wait()?.is_some() {
+                let _ = job.kill();
+                anyhow::bail!("the first job never took its lock");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let other = stdout(ctx, &spec);
+        let host_free = std::process::Command::new("flock")
+            .args(["--nonblock", "--exclusive"])
+            .arg(base.path().join("data/f"))
+            .arg("true")
+            .status()?
+            .success();
+        job.kill()?;
+        job.wait()?;
+        let other = other?;
+        anyhow::ensure!(
+            other == "lock=ok",
+            "a job beside the holder could not lock its own root's file: {other}"
+        );
+        anyhow::ensure!(host_free, "the host saw the job's lock");
     }
     Ok(())
 }

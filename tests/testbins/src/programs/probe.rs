@@ -16,6 +16,10 @@
 //                          lingers a minute after its socket closes
 //   probe ls DIR           the sorted entries of DIR
 //   probe cat FILE         the contents of FILE
+//   probe lock FILE MS [MARKER]
+//                          take an exclusive flock on FILE without waiting; report `lock=ok`
+//                          or `lock=<errno>`; once held, write MARKER (if given) and hold the
+//                          lock MS milliseconds
 //   probe write FILE TEXT  write TEXT to FILE; report ok or the errno
 //   probe exit CODE        exit with CODE
 //   probe segfault         die of SIGSEGV
@@ -62,6 +66,7 @@ extern "C" {
     fn syscall(number: i64, ...) -> i64;
     fn kill(pid: i32, signal: i32) -> i32;
     fn fork() -> i32;
+    fn flock(fd: i32, operation: i32) -> i32;
     fn __errno_location() -> *mut i32;
     fn getrlimit(resource: i32, limit: *mut [u64; 2]) -> i32;
     fn shmget(key: i32, size: usize, flags: i32) -> i32;
@@ -459,6 +464,21 @@ fn main() {
             ipc_remove(&made);
         }
         "net-touch" => net_touch(),
+        "lock" => {
+            use std::os::fd::AsRawFd;
+            let file = std::fs::File::open(arg(1)).expect("open the file to lock");
+            const LOCK_EX: i32 = 2;
+            const LOCK_NB: i32 = 4;
+            if unsafe { flock(file.as_raw_fd(), LOCK_EX | LOCK_NB) } != 0 {
+                println!("lock={}", code(&io::Error::last_os_error()));
+                return;
+            }
+            println!("lock=ok");
+            if !arg(3).is_empty() {
+                std::fs::write(arg(3), "locked").expect("write the marker");
+            }
+            std::thread::sleep(Duration::from_millis(arg(2).parse().unwrap_or(0)));
+        }
         "cat" => match std::fs::read(arg(1)) {
             Ok(bytes) => io::stdout().write_all(&bytes).expect("stdout"),
             Err(e) => println!("error:{}", code(&e)),
