@@ -333,34 +333,53 @@ fn chdir(path: *const c_char, step: Step) -> Res {
 /// filesystem of its own, with inodes of its own, so a job's `flock`s and record locks on its
 /// root's files are seen by no other job and not by the host. Overlayfs needs two lower layers
 /// without an upper one, so a lone layer gets an empty tmpfs below it.
+///
+/// A writable root's upper layer, and that empty layer, are a fresh tmpfs. Before Linux 6.15
+/// overlayfs takes no detached mount as a layer, so the tmpfs is first attached over the top
+/// layer's path, and the top layer itself is named through an fd opened before.
 fn make_root(layers: &[maelstrom_wire::ArchivedCBytes], writable: bool, tmpfs_bytes: u64, step: Step) -> Res {
-    let Some(top) = layers.last() else { return Err(Failure { step, errno: libc::EINVAL }) };
-    let top = top.as_ptr();
+    let Some((top, rest)) = layers.split_last() else { return Err(Failure { step, errno: libc::EINVAL }) };
+    let lone = !writable && rest.is_empty();
     let mut options = StackString::new();
     let mut ok = options.push(b"lowerdir=");
-    for (i, layer) in layers.iter().rev().enumerate() {
-        ok = ok && (i == 0 || options.push(b":")) && options.push_escaped(layer.as_bytes());
-    }
-    let mut empty = -1;
-    if !writable && layers.len() == 1 {
-        empty = new_fs(FsKind::Tmp, EMPTY_LAYER_BYTES, step)?;
-        ok = ok && options.push(b":/proc/self/fd/") && options.push_int(empty as u32);
-    }
-    let mut upper = -1;
-    if writable {
-        upper = new_fs(FsKind::Tmp, tmpfs_bytes, step)?;
-        if let Err(failure) = make_upper(upper, top, step) {
-            close(&mut upper);
+    let mut below = -1;
+    if writable || lone {
+        // SAFETY: `top` is NUL-terminated.
+        below = check(
+            unsafe { libc::open(top.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) }.into(),
+            step,
+        )? as c_int;
+        let tmpfs = new_fs(FsKind::Tmp, if lone { EMPTY_LAYER_BYTES } else { tmpfs_bytes }, step);
+        let attached = tmpfs.and_then(|mut fs| {
+            if writable && let Err(failure) = make_upper(fs, top.as_ptr(), step) {
+                close(&mut fs);
+                return Err(failure);
+            }
+            attach(fs, top.as_ptr(), step)
+        });
+        if let Err(failure) = attached {
+            close(&mut below);
             return Err(failure);
         }
-        let fd = upper as u32;
+        ok = ok && options.push(b"/proc/self/fd/") && options.push_int(below as u32);
+    } else {
+        ok = ok && options.push_escaped(top.as_bytes());
+    }
+    for layer in rest.iter().rev() {
+        ok = ok && options.push(b":") && options.push_escaped(layer.as_bytes());
+    }
+    if lone {
+        ok = ok && options.push(b":") && options.push_escaped(top.as_bytes());
+    }
+    if writable {
         ok = ok
-            && options.push(b",upperdir=/proc/self/fd/")
-            && options.push_int(fd)
-            && options.push(b"/upper,workdir=/proc/self/fd/")
-            && options.push_int(fd)
+            && options.push(b",upperdir=")
+            && options.push_escaped(top.as_bytes())
+            && options.push(b"/upper,workdir=")
+            && options.push_escaped(top.as_bytes())
             && options.push(b"/work,userxattr");
     }
+    let top = top.as_ptr();
     let result = match options.finish() {
         Some(data) if ok => {
             let flags = libc::MS_NOSUID | libc::MS_NODEV | if writable { 0 } else { libc::MS_RDONLY };
@@ -369,8 +388,7 @@ fn make_root(layers: &[maelstrom_wire::ArchivedCBytes], writable: bool, tmpfs_by
         }
         _ => Err(Failure { step, errno: libc::E2BIG }),
     };
-    close(&mut upper);
-    close(&mut empty);
+    close(&mut below);
     result?;
     chdir(top, step)
 }

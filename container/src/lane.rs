@@ -221,10 +221,12 @@ struct Busy {
 #[derive(Debug)]
 struct Template {
     ops: Vec<SetupOp>,
-    /// The identity of each host path the template mounts, as it was before the build. A
+    /// The identity (device, inode) of each host path the template mounts, as it was before
+    /// the build, and an `O_PATH` fd on each that keeps its inode number from being reused. A
     /// template whose layer was evicted (and perhaps rebuilt at the same path), or whose bind
     /// source was made anew, would show the old files: it is dropped instead.
-    sources: Vec<Option<(u64, u64, i64, u32)>>,
+    sources: Vec<Option<(u64, u64)>>,
+    _pins: Vec<OwnedFd>,
     mount_ns: OwnedFd,
     last_used: u64,
     /// Unique in this lane.
@@ -236,23 +238,25 @@ struct Template {
     in_use: bool,
 }
 
-/// The identities of the host paths `ops` mount, in order.
-fn sources_of(ops: &[SetupOp]) -> Vec<Option<(u64, u64, i64, u32)>> {
-    let mut ids = Vec::new();
-    for op in ops {
-        match op {
-            SetupOp::Root { layers, .. } => ids.extend(layers.iter().map(|l| sys::identity(l.as_c_str()))),
-            SetupOp::CloneTree { source, .. } | SetupOp::Hold { source, .. } => {
-                ids.push(sys::identity(source.as_c_str()));
-            }
+/// The host paths `ops` mount, in order.
+fn source_paths(ops: &[SetupOp]) -> impl Iterator<Item = &std::ffi::CStr> {
+    ops.iter().flat_map(|op| {
+        let paths: &[maelstrom_wire::CBytes] = match op {
+            SetupOp::Root { layers, .. } => layers,
+            SetupOp::CloneTree { source, .. } | SetupOp::Hold { source, .. } => std::slice::from_ref(source),
             SetupOp::NewFs { .. }
             | SetupOp::PivotRoot
             | SetupOp::Attach { .. }
             | SetupOp::Mount { .. }
-            | SetupOp::MakeDir { .. } => {}
-        }
-    }
-    ids
+            | SetupOp::MakeDir { .. } => &[],
+        };
+        paths.iter().map(|p| p.as_c_str())
+    })
+}
+
+/// Whether the host paths `ops` mount still name the files they named at the build.
+fn sources_unchanged(t: &Template) -> bool {
+    source_paths(&t.ops).map(sys::identity).eq(t.sources.iter().copied())
 }
 
 #[derive(Debug)]
@@ -525,6 +529,7 @@ impl Lane {
             }
             (Err(e), _) => {
                 let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+                self.free_template(borrowed.template);
                 SpawnReply::Failed { step: Step::Clone, errno: e.raw_os_error().unwrap_or(libc::EMFILE), pid }
             }
         };
@@ -566,7 +571,7 @@ impl Lane {
             .position(|t| !t.in_use && ops.len() == t.ops.len() && ops.as_slice() == t.ops.as_slice())
         {
             let t = &mut self.templates[i];
-            if sources_of(&t.ops) == t.sources {
+            if sources_unchanged(t) {
                 t.last_used = self.clock;
                 t.in_use = true;
                 return Ok((t.mount_ns.as_raw_fd(), t.id));
@@ -575,7 +580,10 @@ impl Lane {
         }
         let owned = rkyv::deserialize::<Vec<SetupOp>, rkyv::rancor::Error>(ops)
             .map_err(|_| Failure { step: Step::Template { op: u32::MAX }, errno: libc::EINVAL })?;
-        let sources = sources_of(&owned);
+        let (pins, sources): (Vec<_>, Vec<_>) = source_paths(&owned)
+            .map(|path| sys::pin(path).map_or((None, None), |(fd, id)| (Some(fd), Some(id))))
+            .unzip();
+        let pins = pins.into_iter().flatten().collect();
         let needs_netns = ops
             .iter()
             .any(|op| matches!(op, ArchivedSetupOp::NewFs { kind, .. } if kind.native() == FsKind::Sys));
@@ -609,18 +617,25 @@ impl Lane {
         }
         // SAFETY: the builder opened `mount_ns` in our shared fd table and nothing else owns it.
         let mount_ns = unsafe { OwnedFd::from_raw_fd(args.mount_ns) };
-        if self.templates.len() >= TEMPLATES_MAX {
-            // Past the bound only while every template serves a running job.
+        // Past the bound only while every template serves a running job.
+        while self.templates.len() >= TEMPLATES_MAX {
             let oldest = (0..self.templates.len())
                 .filter(|&i| !self.templates[i].in_use)
                 .min_by_key(|&i| self.templates[i].last_used);
-            if let Some(oldest) = oldest {
-                self.templates.swap_remove(oldest);
-            }
+            let Some(oldest) = oldest else { break };
+            self.templates.swap_remove(oldest);
         }
         let fd = mount_ns.as_raw_fd();
         let id = self.clock;
-        self.templates.push(Template { ops: owned, sources, mount_ns, last_used: id, id, in_use: true });
+        self.templates.push(Template {
+            ops: owned,
+            sources,
+            _pins: pins,
+            mount_ns,
+            last_used: id,
+            id,
+            in_use: true,
+        });
         Ok((fd, id))
     }
 
@@ -776,7 +791,7 @@ impl Lane {
             return;
         }
         self.swept = std::time::Instant::now();
-        self.templates.retain(|t| sources_of(&t.ops) == t.sources);
+        self.templates.retain(sources_unchanged);
     }
 
     fn watches(&self) -> impl Iterator<Item = libc::pollfd> + '_ {

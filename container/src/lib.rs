@@ -24,5 +24,7 @@ pub use job::{Captured, Completed, Ended, Job, Limits, OUTPUT_BYTES_MAX_DEFAULT,
 pub use maelstrom_wire::zygote::REPLY_BYTES_MAX;
 pub use maelstrom_wire::zygote::{Allowance, NetworkMode, Rlimit, SpawnRequest, Step};
 pub use plan::{Device, Mount, PlanError, Share, Spec, compile};
-pub use sys::{ExitStatus, die_by_signal, eventfd, kill_tree, mkfifo, pipe, posix_spawn_wait, write_all};
+pub use sys::{
+    ExitStatus, available_bytes, die_by_signal, eventfd, kill_tree, mkfifo, pipe, posix_spawn_wait, write_all,
+};
 pub use zygote::{Lane, SpawnError, StartError, Zygote, ZygoteConfig, describe, encode_request};

@@ -445,21 +445,37 @@ pub fn waitpid(pid: libc::pid_t) -> io::Result<ExitStatus> {
     })
 }
 
-/// Which file `path` names, in a form that tells a file from one made later at the same path:
-/// device, inode and birth time (change time where the filesystem has no birth time; inode
-/// numbers are reused). `None` if it cannot be looked up.
-pub fn identity(path: &CStr) -> Option<(u64, u64, i64, u32)> {
+/// Bytes an unprivileged writer may still use on the filesystem holding `path`.
+pub fn available_bytes(path: &std::path::Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: all-zero is a valid statvfs.
+    let mut buf: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `buf` is writable for the call.
+    cvt(unsafe { libc::statvfs(path.as_ptr(), &mut buf) })?;
+    Ok(buf.f_bavail.saturating_mul(buf.f_frsize))
+}
+
+/// Which file `path` names: device and inode. `None` if it cannot be looked up.
+pub fn identity(path: &CStr) -> Option<(u64, u64)> {
+    statx_identity(libc::AT_FDCWD, path, 0)
+}
+
+/// Opens `path` as an `O_PATH` fd, which keeps its inode (and so its number) from being
+/// reused while the fd lives; with the file's [`identity`].
+pub fn pin(path: &CStr) -> Option<(OwnedFd, (u64, u64))> {
+    let fd = open(path, libc::O_PATH).ok()?;
+    let id = statx_identity(fd.as_raw_fd(), c"", libc::AT_EMPTY_PATH)?;
+    Some((fd, id))
+}
+
+fn statx_identity(dir: RawFd, path: &CStr, flags: libc::c_int) -> Option<(u64, u64)> {
     // SAFETY: all-zero is a valid statx.
     let mut buf: libc::statx = unsafe { std::mem::zeroed() };
-    let mask = libc::STATX_INO | libc::STATX_BTIME | libc::STATX_CTIME;
+    let flags = flags | libc::AT_STATX_DONT_SYNC;
     // SAFETY: `path` is NUL-terminated and `buf` is writable for the call.
-    let ret = unsafe { libc::statx(libc::AT_FDCWD, path.as_ptr(), libc::AT_STATX_DONT_SYNC, mask, &mut buf) };
-    if ret != 0 {
-        return None;
-    }
-    let dev = (u64::from(buf.stx_dev_major) << 32) | u64::from(buf.stx_dev_minor);
-    let time = if buf.stx_mask & libc::STATX_BTIME != 0 { buf.stx_btime } else { buf.stx_ctime };
-    Some((dev, buf.stx_ino, time.tv_sec, time.tv_nsec))
+    let ret = unsafe { libc::statx(dir, path.as_ptr(), flags, libc::STATX_INO, &mut buf) };
+    (ret == 0).then(|| ((u64::from(buf.stx_dev_major) << 32) | u64::from(buf.stx_dev_minor), buf.stx_ino))
 }
 
 /// Polls `fds` for `events`; returns how many are ready. `None` waits forever.

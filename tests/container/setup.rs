@@ -142,7 +142,7 @@ fn a_layer_made_anew_is_seen_by_the_next_job(ctx: &Ctx) -> anyhow::Result<()> {
     let tree = cache.path().join("tree");
     write(&tree.join("data/v"), "old")?;
     write(&single.path().join("data/v"), "old")?;
-    // Two layers (an overlay) and one (a bind of the tree itself).
+    // Two layers, and one (on its own, an overlay over an empty layer).
     let mut stacked = probe(&base, &["cat", "/data/v"]);
     stacked.layers.push(tree.clone());
     let alone = probe(&single, &["cat", "/data/v"]);
@@ -197,7 +197,11 @@ fn jobs_running_at_once_share_no_file_locks(ctx: &Ctx) -> anyhow::Result<()> {
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        let other = stdout(ctx, &spec);
+        // The same mounts as the holder's, so that the two could share a template; twice, as
+        // lanes take spawns in turn and one of the two is the holder's lane.
+        let mut beside = holder.clone();
+        beside.arguments = spec.arguments.clone();
+        let other = stdout(ctx, &beside).and_then(|a| Ok(a + &stdout(ctx, &beside)?));
         let host_free = std::process::Command::new("flock")
             .args(["--nonblock", "--exclusive"])
             .arg(base.path().join("data/f"))
@@ -208,7 +212,7 @@ fn jobs_running_at_once_share_no_file_locks(ctx: &Ctx) -> anyhow::Result<()> {
         job.wait()?;
         let other = other?;
         anyhow::ensure!(
-            other == "lock=ok",
+            other == "lock=oklock=ok",
             "a job beside the holder could not lock its own root's file: {other}"
         );
         anyhow::ensure!(host_free, "the host saw the job's lock");

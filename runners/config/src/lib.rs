@@ -353,6 +353,9 @@ pub struct JobValues {
     pub memory: Option<(Size, Source)>,
 }
 
+/// The longest `job-timeout-max`: a year.
+pub const TIMEOUT_LONGEST: Seconds = Seconds(365 * 24 * 60 * 60);
+
 /// The keys of [`JobValues`], known to every program that reads [`WorkerValues`].
 pub const JOB_KEYS: &[&str] = &["job-timeout", "job-timeout-max", "job-memory"];
 
@@ -390,8 +393,18 @@ impl Config {
             let message = format!("must be between 1 and 1000, not {slots}");
             return Err(ConfigError::Value { key: "slots".into(), origin: origin.clone(), message });
         }
-        // A maximum below the default timeout lowers the default.
         let jobs = &mut values.jobs;
+        let (max, origin) = &jobs.timeout_max;
+        if !(1..=TIMEOUT_LONGEST.0).contains(&max.0) {
+            let message =
+                format!("must be between 1 s and {} s (a year), not {} s", TIMEOUT_LONGEST.0, max.0);
+            return Err(ConfigError::Value {
+                key: "job-timeout-max".into(),
+                origin: origin.clone(),
+                message,
+            });
+        }
+        // A maximum below the default timeout lowers the default.
         if jobs.timeout.1 == Source::Default && jobs.timeout.0 > jobs.timeout_max.0 {
             jobs.timeout.0 = jobs.timeout_max.0;
         }
@@ -529,6 +542,8 @@ mod tests {
         assert!(error.ends_with("must be between 1 s and job-timeout-max (21600 s), not 25200 s"), "{error}");
         let values = load("job-timeout-max = 60\n", &[]).unwrap();
         assert_eq!(values.jobs.timeout.0, Seconds(60), "a lower maximum lowers the default");
+        let error = load("job-timeout-max = 0\n", &[]).unwrap_err().to_string();
+        assert!(error.contains("job-timeout-max from"), "{error}");
         let error = load("job-timeout = 0\n", &[]).unwrap_err().to_string();
         assert!(error.contains("config.toml: must be between 1 s"), "{error}");
         let error = load("job-memory = 1000\n", &[]).unwrap_err().to_string();

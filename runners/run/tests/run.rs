@@ -46,19 +46,24 @@ impl Project {
         command
     }
 
-    fn run_with(&self, mut command: Command, stdin: &str) -> Output {
-        let mut child =
-            command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        // maelstrom-run may exit before reading (a configuration error): a broken pipe is fine.
-        let written = child.stdin.take().unwrap().write_all(stdin.as_bytes());
-        assert!(written.is_ok() || written.is_err_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe));
-        child.wait_with_output().unwrap()
+    fn run_with(&self, command: Command, stdin: &str) -> Output {
+        start(command, stdin).wait_with_output().unwrap()
     }
 
     fn run(&self, args: &[&str], jobs: &[Value]) -> Output {
         let stream: String = jobs.iter().map(|j| j.to_string() + "\n").collect();
         self.run_with(self.command(&["-c", "-"].iter().chain(args).copied().collect::<Vec<_>>()), &stream)
     }
+}
+
+/// Starts `command` with its output piped, and writes `stdin` to it.
+fn start(mut command: Command, stdin: &str) -> std::process::Child {
+    let mut child =
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // maelstrom-run may exit before reading (a configuration error): a broken pipe is fine.
+    let written = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    assert!(written.is_ok() || written.is_err_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe));
+    child
 }
 
 /// The probe at /bin/probe, with the mount points every case uses.
@@ -484,19 +489,7 @@ fn the_cache_survives_a_restart_and_serves_concurrent_runs() {
     assert_eq!(trees(&p.cache), first, "a second run reuses the trees untouched");
 
     let stream: String = (0..40).map(|i| probe_job(&["exit", &(i % 2).to_string()]).to_string()).collect();
-    let runs: Vec<_> = (0..2)
-        .map(|_| {
-            let mut child = p
-                .command(&["-c", "-"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            child.stdin.take().unwrap().write_all(stream.as_bytes()).unwrap();
-            child
-        })
-        .collect();
+    let runs: Vec<_> = (0..2).map(|_| start(p.command(&["-c", "-"]), &stream)).collect();
     for run in runs {
         let out = run.wait_with_output().unwrap();
         assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
@@ -656,22 +649,18 @@ fn job_timeouts_and_memory_come_from_the_configuration() {
         probe_job(&["hog", "512"]),
     ];
     let stream: String = jobs.iter().map(|j| j.to_string() + "\n").collect();
-    let mut child = p
-        .command(&["-c", file.to_str().unwrap(), "--slots", "3"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stream.as_bytes()).unwrap();
+    let child = start(p.command(&["-c", file.to_str().unwrap(), "--slots", "3"]), &stream);
     // Without the configuration the hangs would last an hour: give up long before.
     let pid = child.id();
+    let (finished, watched) = std::sync::mpsc::channel::<()>();
     let watchdog = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_secs(60));
-        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        if watched.recv_timeout(std::time::Duration::from_secs(60)).is_err() {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
     });
     let out = child.wait_with_output().unwrap();
-    drop(watchdog);
+    drop(finished);
+    watchdog.join().unwrap();
     let err = stderr(&out);
     assert!(err.contains("job 1: timed out\n") && err.contains("job 2: timed out\n"), "{err}");
     if job_cgroups_here() {

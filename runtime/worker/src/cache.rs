@@ -85,9 +85,12 @@ impl LayerCache {
         &self.dir
     }
 
-    /// What one tree may take: no more than the whole cache.
+    /// What one tree may take: nine tenths of the space left on the cache's filesystem, so a
+    /// layer bigger than the cache's target size builds (it is evicted once nothing uses it),
+    /// but none fills the disk.
     pub fn layer_budget(&self) -> crate::layer::Budget {
-        crate::layer::Budget::within_cache(self.size_max)
+        let free = maelstrom_container::available_bytes(&self.dir).unwrap_or(self.size_max);
+        crate::layer::Budget::within(free / 10 * 9)
     }
 
     /// The tree for `key` if some process has built it; it then stays usable until released.

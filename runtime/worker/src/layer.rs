@@ -40,9 +40,9 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// A layer may fill its whole cache, but not more, and have at most [`ENTRIES_MAX`] entries.
-    pub fn within_cache(cache_bytes: u64) -> Self {
-        Self { bytes: cache_bytes, entries: ENTRIES_MAX }
+    /// At most `bytes`, and at most [`ENTRIES_MAX`] entries.
+    pub fn within(bytes: u64) -> Self {
+        Self { bytes, entries: ENTRIES_MAX }
     }
 
     fn entries_exceeded(&self, entries: u64) -> Result<(), String> {
@@ -58,8 +58,8 @@ impl Budget {
     fn bytes_exceeded(&self, bytes: u64) -> Result<(), String> {
         if bytes > self.bytes {
             return Err(format!(
-                "the layer needs more than {}, which is all its cache may hold (raise cache-size, \
-                 or make the layer smaller)",
+                "the layer needs more than {}, nine tenths of the space left where the cache is \
+                 (free some space, or make the layer smaller)",
                 Bytes(self.bytes)
             ));
         }
@@ -121,11 +121,31 @@ fn escapes(link: &Path, target: &Path) -> bool {
     false
 }
 
-fn create_parents(path: &Path) -> Result<(), String> {
-    match path.parent() {
-        Some(parent) => fs::create_dir_all(parent).map_err(|e| format!("create {}: {e}", parent.display())),
-        None => Ok(()),
+/// Makes the missing directories above `path` (which lies below the layer's root), once
+/// `charge` accepted their number: each costs like an entry.
+fn create_parents(path: &Path, charge: impl FnOnce(u64) -> Result<(), String>) -> Result<(), String> {
+    let mut missing = Vec::new();
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        if fs::symlink_metadata(d).is_ok() {
+            break;
+        }
+        missing.push(d);
+        dir = d.parent();
     }
+    charge(missing.len() as u64)?;
+    for d in missing.iter().rev() {
+        fs::create_dir(d).map_err(|e| format!("create {}: {e}", d.display()))?;
+    }
+    Ok(())
+}
+
+/// Charges `made` directories made on the way to an entry, and checks the running totals.
+fn charge(budget: &Budget, size: &mut u64, count: &mut u64, made: u64) -> Result<(), String> {
+    *size = size.saturating_add(made.saturating_mul(ENTRY_OVERHEAD_BYTES));
+    *count = count.saturating_add(made);
+    budget.entries_exceeded(*count)?;
+    budget.bytes_exceeded(*size)
 }
 
 /// Makes the directory `dest` (or keeps it) with `mode`, plus the owner's rwx, so the tree can
@@ -144,9 +164,18 @@ fn make_dir(dest: &Path, mode: u32) -> Result<(), String> {
         .map_err(|e| format!("chmod {}: {e}", dest.display()))
 }
 
-/// Copies `source` into `dest`, checking it hashes to `digest`; returns its size.
-fn copy_verified(source: &Path, dest: &Path, digest: &Digest, mode: u32) -> Result<u64, String> {
-    let mut input = File::open(source).map_err(|e| format!("open {}: {e}", source.display()))?;
+/// Copies `source` into `dest`, checking it is `declared` bytes long and hashes to `digest`;
+/// returns its size. Never writes more than `declared` bytes.
+fn copy_verified(
+    source: &Path,
+    dest: &Path,
+    digest: &Digest,
+    declared: u64,
+    mode: u32,
+) -> Result<u64, String> {
+    let mut input = File::open(source)
+        .map_err(|e| format!("open {}: {e}", source.display()))?
+        .take(declared.saturating_add(1));
     let mut output = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -166,6 +195,9 @@ fn copy_verified(source: &Path, dest: &Path, digest: &Digest, mode: u32) -> Resu
         hasher.update(&buf[..n]);
         output.write_all(&buf[..n]).map_err(|e| format!("write {}: {e}", dest.display()))?;
         size += n as u64;
+    }
+    if size != declared {
+        return Err(format!("{} has {size} bytes or more, its entry says {declared}", dest.display()));
     }
     if hasher.finish() != *digest {
         return Err(format!("{} changed while it was being cached; run again", source.display()));
@@ -200,6 +232,7 @@ pub fn materialize(
 
     let mut copies: HashMap<(Digest, u32), PathBuf> = HashMap::new();
     let mut size = 0u64;
+    let mut count = 0u64;
     for entry in &manifest.entries {
         let path = Path::new(OsStr::from_bytes(&entry.path));
         let rel = relative(path, true)?;
@@ -207,8 +240,7 @@ pub fn materialize(
             continue;
         }
         let dest = place(dir, &rel)?;
-        create_parents(&dest)?;
-        size += ENTRY_OVERHEAD_BYTES;
+        create_parents(&dest, |made| charge(budget, &mut size, &mut count, made + 1))?;
         match &entry.kind {
             EntryKind::Directory { mode } => {
                 make_dir(&dest, *mode)?;
@@ -221,7 +253,7 @@ pub fn materialize(
                     .open(&dest)
                     .map_err(|e| format!("create {}: {e}", dest.display()))?;
             }
-            EntryKind::File { digest, mode, .. } => {
+            EntryKind::File { digest, mode, size: declared } => {
                 let key = (*digest, mode & MODE_KEPT);
                 if let Some(first) = copies.get(&key) {
                     match fs::hard_link(first, &dest) {
@@ -233,7 +265,7 @@ pub fn materialize(
                 }
                 let from =
                     source(digest).ok_or_else(|| format!("no source for {} ({digest})", rel.display()))?;
-                size += copy_verified(&from, &dest, digest, *mode)?;
+                size += copy_verified(&from, &dest, digest, *declared, *mode)?;
                 budget.bytes_exceeded(size)?;
                 copies.insert(key, dest);
             }
@@ -263,8 +295,6 @@ pub fn extract_tar(archive: &Path, dir: &Path, budget: &Budget) -> Result<u64, S
     let mut count = 0u64;
     for entry in entries {
         let mut entry = entry.map_err(|e| format!("read {}: {e}", archive.display()))?;
-        count += 1;
-        budget.entries_exceeded(count).map_err(|e| format!("{}: {e}", archive.display()))?;
         let raw =
             entry.path().map_err(|e| format!("{}: bad entry name: {e}", archive.display()))?.into_owned();
         let bad = |why: String| format!("{}: entry {}: {why}", archive.display(), raw.display());
@@ -279,10 +309,8 @@ pub fn extract_tar(archive: &Path, dir: &Path, budget: &Budget) -> Result<u64, S
             continue;
         }
         let dest = place(dir, &rel).map_err(bad)?;
-        create_parents(&dest).map_err(bad)?;
+        create_parents(&dest, |made| charge(budget, &mut size, &mut count, made + 1)).map_err(bad)?;
         let mode = entry.header().mode().unwrap_or(0o644) & MODE_KEPT;
-        size += ENTRY_OVERHEAD_BYTES;
-        budget.bytes_exceeded(size).map_err(bad)?;
         match kind {
             tar::EntryType::Directory => {
                 make_dir(&dest, mode).map_err(bad)?;
@@ -500,6 +528,14 @@ mod tests {
         assert!(error.contains("would replace a symlink"), "{error}");
         assert_eq!(fs::metadata(outside.path()).unwrap().permissions().mode() & 0o777, 0o700);
 
+        let lying = Manifest::from_entries([Entry {
+            path: b"/f".to_vec(),
+            kind: EntryKind::File { digest, size: 3, mode: 0o644 },
+        }]);
+        let fourth = tempfile::tempdir().unwrap();
+        let error = materialize(&lying, &|_| Some(source.clone()), fourth.path(), &ANY).unwrap_err();
+        assert!(error.ends_with("has 4 bytes or more, its entry says 3"), "{error}");
+
         fs::write(&source, b"changed").unwrap();
         let again = tempfile::tempdir().unwrap();
         let error = materialize(&manifest, &|_| Some(source.clone()), again.path(), &ANY).unwrap_err();
@@ -530,7 +566,8 @@ mod tests {
         let other = fs::metadata(dir.path().join("d/300")).unwrap();
         assert_ne!(other.ino(), first.ino(), "another mode needs its own copy");
         assert_eq!(fs::read(dir.path().join("d/123")).unwrap(), blob);
-        assert_eq!(size, 301 * ENTRY_OVERHEAD_BYTES + 2 * 1000, "links are charged their entry only");
+        // 301 entries and the directory /d they made on the way; a link costs its entry only.
+        assert_eq!(size, 302 * ENTRY_OVERHEAD_BYTES + 2 * 1000);
 
         // Refused before anything is written: too many entries, or too many bytes.
         let few = Budget { bytes: u64::MAX, entries: 100 };
@@ -541,6 +578,27 @@ mod tests {
         let error = materialize(&manifest, &from, empty.path(), &small).unwrap_err();
         assert!(error.contains("needs more than 64 KiB"), "{error}");
         assert_eq!(fs::read_dir(empty.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn directories_made_on_the_way_count_against_the_budget() {
+        let deep = format!("/{}", vec!["d"; 500].join("/"));
+        let manifest = Manifest::from_entries([Entry {
+            path: format!("{deep}/f").into_bytes(),
+            kind: EntryKind::File { digest: Digest::of(b""), size: 0, mode: 0o644 },
+        }]);
+        let dir = tempfile::tempdir().unwrap();
+        let budget = Budget { bytes: u64::MAX, entries: 100 };
+        let error = materialize(&manifest, &|_| None, dir.path(), &budget).unwrap_err();
+        assert!(error.contains("more than 100 entries"), "{error}");
+        assert!(!dir.path().join("d").exists(), "nothing is made past the budget");
+        let archive = tar_with(|b| {
+            let mut h = header(tar::EntryType::Regular, 1);
+            b.append_data(&mut h, format!("{}/f", &deep[1..]), &b"x"[..]).unwrap();
+        });
+        let error = extract_tar(archive.path(), dir.path(), &budget).unwrap_err();
+        assert!(error.contains("more than 100 entries"), "{error}");
+        materialize(&manifest, &|_| None, dir.path(), &ANY).unwrap();
     }
 
     #[test]
