@@ -425,11 +425,10 @@ impl Lane {
             ArchivedNetworkMode::Loopback => Some(true),
             ArchivedNetworkMode::Local => None,
         };
-        let borrowed = match self.borrow(loopback) {
+        let mut borrowed = match self.borrow(loopback) {
             Ok(borrowed) => borrowed,
             Err(f) => return failed(f),
         };
-        let mut borrowed = borrowed;
         let template_fd = if request.template.is_empty() {
             -1
         } else {

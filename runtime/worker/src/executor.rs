@@ -147,16 +147,6 @@ pub struct Allotment {
 }
 
 impl Allotment {
-    /// The defaults for `slots` jobs at once: each one's share, [`TIMEOUT_DEFAULT`] and
-    /// [`TIMEOUT_MAX`].
-    pub fn of(slots: usize) -> Self {
-        Self {
-            share: maelstrom_container::Share::of(slots),
-            timeout: TIMEOUT_DEFAULT,
-            timeout_max: TIMEOUT_MAX,
-        }
-    }
-
     /// As configured, for `slots` jobs at once.
     pub fn configured(slots: usize, values: &maelstrom_config::JobValues) -> Self {
         let memory = values.memory.as_ref().map(|(size, _)| size.0);
