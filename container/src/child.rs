@@ -22,7 +22,7 @@
 use std::ffi::{c_char, c_int, c_long, c_void};
 use std::ptr;
 
-use maelstrom_wire::zygote::{ArchivedSetupOp, ArchivedSpawnRequest, FsKind, SLOTS_MAX, Step};
+use maelstrom_wire::zygote::{ArchivedSetupOp, ArchivedSpawnRequest, FILLABLE_MAX, FsKind, SLOTS_MAX, Step};
 
 use crate::sys::gated;
 
@@ -80,6 +80,75 @@ impl Slots {
             Some(s) => std::mem::replace(s, -1),
             None => -1,
         }
+    }
+}
+
+/// Fds (`O_PATH`) of the job's fillable filesystems, in the order its ops made them, for its
+/// lane to pass on to the worker, which checks at the end whether any was full.
+#[derive(Debug)]
+pub(crate) struct Fillable {
+    pub(crate) fds: [c_int; FILLABLE_MAX],
+    pub(crate) len: usize,
+    /// Set once the fds are on their way to the lane.
+    pub(crate) sent: bool,
+}
+
+impl Fillable {
+    pub(crate) fn new() -> Self {
+        Self { fds: [-1; FILLABLE_MAX], len: 0, sent: false }
+    }
+
+    fn wants(&self) -> bool {
+        self.len < FILLABLE_MAX
+    }
+
+    fn push(&mut self, fd: c_int) {
+        if let Some(slot) = self.fds.get_mut(self.len) {
+            *slot = fd;
+            self.len += 1;
+        }
+    }
+
+    /// Sends the fds to the lane over `sock`, in one datagram.
+    fn send(&mut self, sock: c_int, step: Step) -> Res {
+        let fds = self.fds.get(..self.len).unwrap_or(&[]);
+        if fds.is_empty() {
+            return Ok(());
+        }
+        #[repr(C, align(8))]
+        struct Control([u8; 64]);
+        let mut control = Control([0; 64]);
+        let payload = size_of_val(fds) as libc::c_uint;
+        let mut byte = 0u8;
+        let mut iov = libc::iovec { iov_base: (&raw mut byte).cast(), iov_len: 1 };
+        // SAFETY: a zeroed msghdr is a valid empty header; CMSG_SPACE only computes a size,
+        // which for FILLABLE_MAX fds fits the 64 bytes of `control`.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.0.as_mut_ptr().cast();
+        // SAFETY: as above.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(payload) } as usize;
+        // SAFETY: msg_control points at enough room for one header and its fds.
+        let header = unsafe { libc::CMSG_FIRSTHDR(&raw const msg) };
+        if header.is_null() {
+            return Err(Failure { step, errno: libc::EINVAL });
+        }
+        // SAFETY: non-null, inside `control`, which lives on this stack.
+        let header = unsafe { &mut *header };
+        header.cmsg_level = libc::SOL_SOCKET;
+        header.cmsg_type = libc::SCM_RIGHTS;
+        // SAFETY: CMSG_LEN only computes a size.
+        header.cmsg_len = unsafe { libc::CMSG_LEN(payload) } as usize;
+        // SAFETY: CMSG_DATA only computes a pointer inside `control`.
+        let data = unsafe { libc::CMSG_DATA(header) };
+        // SAFETY: `data` has room for the fds (see above); an unaligned byte copy of them.
+        unsafe { ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), data, payload as usize) };
+        let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
+        // SAFETY: `msg` and all it points at live on this stack for the call.
+        check(unsafe { libc::sendmsg(sock, &raw const msg, flags) } as c_long, step)?;
+        self.sent = true;
+        Ok(())
     }
 }
 
@@ -337,8 +406,17 @@ fn chdir(path: *const c_char, step: Step) -> Res {
 /// A writable root's upper layer, and that empty layer, are a fresh tmpfs. Before Linux 6.15
 /// overlayfs takes no detached mount as a layer, so the tmpfs is first attached over the top
 /// layer's path, and the top layer itself is named through an fd opened before.
-fn make_root(layers: &[maelstrom_wire::ArchivedCBytes], writable: bool, tmpfs_bytes: u64, step: Step) -> Res {
+///
+/// Returns an `O_PATH` fd of a writable root's tmpfs when `keep_upper`, else -1.
+fn make_root(
+    layers: &[maelstrom_wire::ArchivedCBytes],
+    writable: bool,
+    tmpfs_bytes: u64,
+    keep_upper: bool,
+    step: Step,
+) -> Res<c_int> {
     let Some((top, rest)) = layers.split_last() else { return Err(Failure { step, errno: libc::EINVAL }) };
+    let mut upper = -1;
     let lone = !writable && rest.is_empty();
     let mut options = StackString::new();
     let mut ok = options.push(b"lowerdir=");
@@ -355,10 +433,21 @@ fn make_root(layers: &[maelstrom_wire::ArchivedCBytes], writable: bool, tmpfs_by
                 close(&mut fs);
                 return Err(failure);
             }
+            if writable && keep_upper {
+                // SAFETY: F_DUPFD_CLOEXEC of an fd owned here.
+                match check(unsafe { libc::fcntl(fs, libc::F_DUPFD_CLOEXEC, 3) }.into(), step) {
+                    Ok(fd) => upper = fd,
+                    Err(failure) => {
+                        close(&mut fs);
+                        return Err(failure);
+                    }
+                }
+            }
             attach(fs, top.as_ptr(), step)
         });
         if let Err(failure) = attached {
             close(&mut below);
+            close(&mut upper);
             return Err(failure);
         }
         ok = ok && options.push(b"/proc/self/fd/") && options.push_int(below as u32);
@@ -389,8 +478,11 @@ fn make_root(layers: &[maelstrom_wire::ArchivedCBytes], writable: bool, tmpfs_by
         _ => Err(Failure { step, errno: libc::E2BIG }),
     };
     close(&mut below);
-    result?;
-    chdir(top, step)
+    if let Err(failure) = result.and_then(|()| chdir(top, step)) {
+        close(&mut upper);
+        return Err(failure);
+    }
+    Ok(upper)
 }
 
 /// The size of the empty layer below a lone read-only one: it never holds a byte.
@@ -422,18 +514,26 @@ fn pivot_root(step: Step) -> Res {
     chdir(c"/".as_ptr(), step)
 }
 
-/// The interpreter: runs `ops` in order. `step(i)` names op `i` in a failure.
-/// Runs `ops`; each tmpfs they make is of `tmpfs_bytes` (0: the kernel's default size).
+/// The interpreter: runs `ops` in order. `step(i)` names op `i` in a failure. Each tmpfs they
+/// make is of `tmpfs_bytes` (0: the kernel's default size); `fillable`, if given, gets an fd
+/// of each filesystem [`ArchivedSetupOp::is_fillable`] names, while it has room.
 pub(crate) fn run_ops(
     ops: &[ArchivedSetupOp],
     slots: &mut Slots,
     tmpfs_bytes: u64,
+    mut fillable: Option<&mut Fillable>,
     step: fn(u32) -> Step,
 ) -> Res {
     for (i, op) in ops.iter().enumerate() {
         let step = step(i as u32);
+        let keep = op.is_fillable() && fillable.as_deref().is_some_and(Fillable::wants);
         match op {
-            ArchivedSetupOp::Root { layers, writable } => make_root(layers, *writable, tmpfs_bytes, step)?,
+            ArchivedSetupOp::Root { layers, writable } => {
+                let upper = make_root(layers, *writable, tmpfs_bytes, keep, step)?;
+                if let (true, Some(fillable)) = (upper >= 0, fillable.as_deref_mut()) {
+                    fillable.push(upper);
+                }
+            }
             ArchivedSetupOp::CloneTree { source, read_only, slot } => {
                 let attributes = if *read_only { libc::MOUNT_ATTR_RDONLY } else { 0 };
                 slots.put(*slot, clone_tree(source.as_ptr(), true, attributes, step)?);
@@ -451,6 +551,11 @@ pub(crate) fn run_ops(
                 // SAFETY: all strings are NUL-terminated literals, validated archived strings or
                 // `data`'s, which lives to the end of this arm.
                 check(mount(name, target.as_ptr(), name, mount_flags(kind), data), step)?;
+                if let (true, Some(fillable)) = (keep, fillable.as_deref_mut()) {
+                    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+                    // SAFETY: `target` is a validated NUL-terminated string.
+                    fillable.push(check(unsafe { libc::open(target.as_ptr(), flags) }.into(), step)?);
+                }
             }
             ArchivedSetupOp::Hold { source, slot } => {
                 slots.put(*slot, clone_tree(source.as_ptr(), true, 0, step)?)
@@ -521,6 +626,9 @@ pub(crate) struct JobArgs<'a> {
     pub(crate) filter: Option<&'a [seccompiler::sock_filter]>,
     /// `cgroup.procs` of the job's cgroup in each v1 hierarchy (memory, pids), or -1.
     pub(crate) cgroup_fds: [c_int; 2],
+    /// The lane's end of the socket that takes `fillable`'s fds.
+    pub(crate) fillable_sock: c_int,
+    pub(crate) fillable: Fillable,
     pub(crate) failure: Option<Failure>,
 }
 
@@ -588,7 +696,9 @@ fn job_setup(args: &mut JobArgs<'_>) -> Res {
         // SAFETY: unshare takes flags.
         check(unshare(libc::CLONE_NEWNS), Step::UnshareMounts)?;
     }
-    run_ops(&request.job, &mut args.slots, request.tmpfs_bytes.to_native(), |op| Step::Job { op })?;
+    let tmpfs_bytes = request.tmpfs_bytes.to_native();
+    run_ops(&request.job, &mut args.slots, tmpfs_bytes, Some(&mut args.fillable), |op| Step::Job { op })?;
+    args.fillable.send(args.fillable_sock, Step::Prepare)?;
 
     let hostname = request.hostname.as_bytes();
     // SAFETY: `hostname` is a live slice of the length passed.
@@ -731,7 +841,7 @@ pub(crate) extern "C" fn template_main(arg: *mut c_void) -> c_int {
             libc::open(c"/proc/thread-self/ns".as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
         };
         args.ns_dir = check(ns_dir.into(), builder)?;
-        run_ops(args.ops, &mut args.slots, 0, |op| Step::Template { op })?;
+        run_ops(args.ops, &mut args.slots, 0, None, |op| Step::Template { op })?;
         // SAFETY: `ns_dir` is open; the name is a literal.
         let mount_ns =
             unsafe { libc::openat(args.ns_dir, c"mnt".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };

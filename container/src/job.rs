@@ -17,11 +17,29 @@ pub struct Job {
     pid: libc::pid_t,
     pidfd: OwnedFd,
     status: Option<ExitStatus>,
+    /// An fd of each of its fillable filesystems (tmpfs mounts, a writable root's changes),
+    /// with the path where the job sees it.
+    pub(crate) fillable: Vec<(OwnedFd, String)>,
 }
 
 impl Job {
     pub(crate) fn new(pid: libc::pid_t, pidfd: OwnedFd) -> Self {
-        Self { pid, pidfd, status: None }
+        Self { pid, pidfd, status: None, fillable: Vec::new() }
+    }
+
+    /// Its filesystems that are full now (no block or no inode free): why its writes failed
+    /// with `ENOSPC`, when it ends having failed.
+    pub fn full(&self) -> Vec<Full> {
+        self.fillable
+            .iter()
+            .filter_map(|(fd, path)| {
+                let stats = sys::fstatfs(fd.as_fd()).ok()?;
+                (stats.f_bfree == 0 || stats.f_ffree == 0).then(|| Full {
+                    path: path.clone(),
+                    bytes: stats.f_blocks.saturating_mul(stats.f_bsize as u64),
+                })
+            })
+            .collect()
     }
 
     /// The CPU time the job's first process (all its threads) has used: while it runs, or once
@@ -131,7 +149,7 @@ impl Captured {
 }
 
 /// How a job ended: the wire's own type, so it is the same everywhere a result travels.
-pub use maelstrom_wire::cluster::Ended;
+pub use maelstrom_wire::cluster::{Ended, Full};
 
 /// A finished job.
 #[derive(Clone, Debug)]
@@ -141,6 +159,8 @@ pub struct Completed {
     pub stderr: Captured,
     /// From the spawn request to the reap.
     pub duration: Duration,
+    /// Its filesystems found full, if it failed (exited non-zero or by a signal).
+    pub full: Vec<Full>,
 }
 
 impl Zygote {
@@ -231,7 +251,8 @@ pub fn supervise(
         ExitStatus::Exited(code) => Ended::Exited(code),
         ExitStatus::Signaled(signal) => Ended::Signaled(signal),
     };
-    Ok(Completed { outcome, stdout, stderr, duration: start.elapsed() })
+    let full = if outcome.cause_unnamed() { job.full() } else { Vec::new() };
+    Ok(Completed { outcome, stdout, stderr, duration: start.elapsed(), full })
 }
 
 #[cfg(test)]

@@ -283,6 +283,9 @@ struct Lane {
     /// Each job cgroup's `cgroup.procs` fds (memory, pids; -1 for none), inherited from the
     /// worker: a request's `cgroup` indexes them.
     cgroups: Vec<[RawFd; 2]>,
+    /// A job's setup sends the fds of its fillable filesystems to the first; the lane takes
+    /// them from the second (non-blocking) and passes them on with the job's pidfd.
+    fillable: (OwnedFd, OwnedFd),
 }
 
 type BootResult<T> = Result<T, (BootStep, io::Error)>;
@@ -342,6 +345,8 @@ impl Lane {
             }
         }
         let stack = ChildStack::new().map_err(at(BootStep::ChildStack))?;
+        let fillable = sys::seqpacket_pair().map_err(at(BootStep::Protocol))?;
+        sys::set_nonblocking(fillable.1.as_fd()).map_err(at(BootStep::Protocol))?;
         let job_id = if boot.root() { NOBODY } else { 0 };
         let mut lane = Lane {
             job_id,
@@ -361,6 +366,7 @@ impl Lane {
             open,
             filters: Vec::new(),
             cgroups,
+            fillable,
         };
         // The owner of the pooled network and IPC namespaces maps only `1 → job_id`. Jobs can
         // join what it owns but hold no capability there; its root maps to no one, so sysctls
@@ -397,28 +403,30 @@ impl Lane {
             if len == 0 {
                 return Ok(());
             }
-            let (answer, pidfd) = match zygote::decode_request(&request[..len]) {
-                Err(e) => (SpawnReply::Rejected { reason: e.to_string() }, None),
+            let (answer, passed) = match zygote::decode_request(&request[..len]) {
+                Err(e) => (SpawnReply::Rejected { reason: e.to_string() }, Vec::new()),
                 Ok(_) if fds.len() != 2 => {
                     let reason = format!("expected stdout and stderr fds, got {} fds", fds.len());
-                    (SpawnReply::Rejected { reason }, None)
+                    (SpawnReply::Rejected { reason }, Vec::new())
                 }
                 Ok(req) => self.spawn(req, fds[0].as_fd(), fds[1].as_fd()),
             };
             fds.clear();
             zygote::encode(&answer, &mut reply).map_err(|e| io::Error::other(e.to_string()))?;
-            let attached: Vec<BorrowedFd<'_>> = pidfd.iter().map(AsFd::as_fd).collect();
+            let attached: Vec<BorrowedFd<'_>> = passed.iter().map(AsFd::as_fd).collect();
             sys::send_with_fds(sock, &reply, &attached)?;
         }
     }
 
+    /// Starts the job; replies with the fds to attach: for a started job, its fillable
+    /// filesystems' and then its pidfd; the pidfd alone for one whose setup failed.
     fn spawn(
         &mut self,
         request: &ArchivedSpawnRequest,
         stdout: BorrowedFd<'_>,
         stderr: BorrowedFd<'_>,
-    ) -> (SpawnReply, Option<OwnedFd>) {
-        let failed = |f: Failure| (SpawnReply::Failed { step: f.step, errno: f.errno, pid: 0 }, None);
+    ) -> (SpawnReply, Vec<OwnedFd>) {
+        let failed = |f: Failure| (SpawnReply::Failed { step: f.step, errno: f.errno, pid: 0 }, Vec::new());
         self.reclaim();
         let loopback = match request.network {
             ArchivedNetworkMode::Disabled => Some(false),
@@ -490,6 +498,8 @@ impl Lane {
             keep_capabilities: allowances & Allowance::Capabilities.bit() != 0,
             filter,
             cgroup_fds,
+            fillable_sock: self.fillable.0.as_raw_fd(),
+            fillable: child::Fillable::new(),
             failure: None,
         };
         // No CLONE_NEWIPC or CLONE_NEWNET: the job joins pooled ones, which costs far less.
@@ -515,24 +525,38 @@ impl Lane {
         };
         // SAFETY: CLONE_PIDFD stored a new pidfd that nothing else owns.
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+        let mut passed = Vec::new();
+        let mut failure = args.failure;
+        if args.fillable.sent {
+            let mut byte = [0u8; 1];
+            if let Err(e) = sys::recv_with_fds(self.fillable.1.as_fd(), &mut byte, &mut passed) {
+                let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+                passed.clear();
+                failure = failure
+                    .or(Some(Failure { step: Step::Prepare, errno: e.raw_os_error().unwrap_or(libc::EIO) }));
+            }
+        }
         // A job the lane cannot watch could neither be killed with the worker nor have its
         // namespaces proven empty: it does not run.
-        let reply = match (pidfd.try_clone(), args.failure) {
+        let reply = match (pidfd.try_clone(), failure) {
             (Ok(job), None) => {
                 self.busy.push(Busy { job, borrowed });
                 SpawnReply::Started { pid }
             }
             (Ok(job), Some(f)) => {
                 self.busy.push(Busy { job, borrowed });
+                passed.clear();
                 SpawnReply::Failed { step: f.step, errno: f.errno, pid }
             }
             (Err(e), _) => {
                 let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
                 self.free_template(borrowed.template);
+                passed.clear();
                 SpawnReply::Failed { step: Step::Clone, errno: e.raw_os_error().unwrap_or(libc::EMFILE), pid }
             }
         };
-        (reply, Some(pidfd))
+        passed.push(pidfd);
+        (reply, passed)
     }
 
     /// The index in `filters` of the open lane's jobs' filter with these allowances.

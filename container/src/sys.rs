@@ -445,6 +445,15 @@ pub fn waitpid(pid: libc::pid_t) -> io::Result<ExitStatus> {
     })
 }
 
+/// fstatfs(2): the filesystem `fd` is on (an `O_PATH` fd will do).
+pub fn fstatfs(fd: BorrowedFd<'_>) -> io::Result<libc::statfs> {
+    // SAFETY: an all-zero statfs is valid storage.
+    let mut stats: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is borrowed for the call; `stats` is writable.
+    cvt(unsafe { libc::fstatfs(fd.as_raw_fd(), &raw mut stats) })?;
+    Ok(stats)
+}
+
 /// Bytes an unprivileged writer may still use on the filesystem holding `path`.
 pub fn available_bytes(path: &std::path::Path) -> io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;

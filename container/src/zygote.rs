@@ -157,14 +157,31 @@ impl Lane {
         fds: &mut Vec<OwnedFd>,
     ) -> Result<Job, SpawnError> {
         let pidfd = fds.pop();
-        fds.clear();
+        let fillable = std::mem::take(fds);
         let decoded = zygote::decode_reply(reply).map_err(|e| SpawnError::Io {
             lane: self.index,
             what: "decode its reply",
             source: io::Error::other(e.to_string()),
         })?;
         match (decoded, pidfd) {
-            (ArchivedSpawnReply::Started { pid }, Some(pidfd)) => Ok(Job::new(pid.to_native(), pidfd)),
+            (ArchivedSpawnReply::Started { pid }, Some(pidfd)) => {
+                let mut job = Job::new(pid.to_native(), pidfd);
+                let paths: Vec<String> =
+                    request.job.iter().filter_map(SetupOp::fillable).take(zygote::FILLABLE_MAX).collect();
+                if paths.len() != fillable.len() {
+                    return Err(SpawnError::Io {
+                        lane: self.index,
+                        what: "receive the fds of the job's tmpfs mounts",
+                        source: io::Error::other(format!(
+                            "{} came for {} mounts",
+                            fillable.len(),
+                            paths.len()
+                        )),
+                    });
+                }
+                job.fillable = fillable.into_iter().zip(paths).collect();
+                Ok(job)
+            }
             (ArchivedSpawnReply::Failed { step, errno, pid }, pidfd) => {
                 let step = step.native();
                 if let (true, Some(pidfd)) = (pid.to_native() != 0, pidfd) {

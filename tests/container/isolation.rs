@@ -9,6 +9,7 @@ pub const CASES: &[(&str, Case)] = &[
     ("isolation::only_the_layers_files_are_visible", only_the_layers_files_are_visible),
     ("isolation::root_is_read_only_unless_asked", root_is_read_only_unless_asked),
     ("isolation::tmp_is_private_to_each_job", tmp_is_private_to_each_job),
+    ("isolation::a_full_tmpfs_is_named_when_its_job_fails", a_full_tmpfs_is_named_when_its_job_fails),
     ("isolation::environment_is_exactly_the_given_one", environment_is_exactly_the_given_one),
     ("isolation::only_stdio_fds_are_open", only_stdio_fds_are_open),
     ("isolation::denied_syscall_fails_with_eperm", denied_syscall_fails_with_eperm),
@@ -84,6 +85,66 @@ fn tmp_is_private_to_each_job(ctx: &Ctx) -> anyhow::Result<()> {
     anyhow::ensure!(
         std::fs::read_dir(layer.path().join("tmp"))?.next().is_none(),
         "a job's /tmp reached the layer"
+    );
+    Ok(())
+}
+
+/// Each tmpfs (and a writable root's changes) holds `tmpfs_bytes`; a job that fails having
+/// filled one has it named, and one that passes, or fills none, has none named.
+fn a_full_tmpfs_is_named_when_its_job_fails(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    open_to_all(&layer.path().join("data"));
+    let mut spec = probe(&layer, &["fill", "/tmp/filler", "64"]);
+    spec.mounts = vec![Mount::Tmp { target: "/tmp".into() }, Mount::Tmp { target: "/dev/shm".into() }];
+    spec.tmpfs_bytes = 2 << 20;
+    let done = run(ctx, &spec)?;
+    let out = String::from_utf8_lossy(&done.stdout.bytes);
+    anyhow::ensure!(
+        done.outcome == Ended::Exited(1) && out.contains("errno=28"),
+        "{:?}: {out}",
+        done.outcome
+    );
+    let names: Vec<String> = done.full.iter().map(ToString::to_string).collect();
+    anyhow::ensure!(names == ["/tmp full (2 MiB)"], "{names:?}");
+
+    spec.arguments = vec!["fill".into(), "/tmp/filler".into(), "1".into()];
+    let done = run(ctx, &spec)?;
+    anyhow::ensure!(
+        done.outcome == Ended::Exited(0) && done.full.is_empty(),
+        "{:?} {:?}",
+        done.outcome,
+        done.full
+    );
+
+    // A job that fails for another reason, its tmpfs mounts not full.
+    spec.arguments = vec!["exit".into(), "3".into()];
+    let done = run(ctx, &spec)?;
+    anyhow::ensure!(
+        done.outcome == Ended::Exited(3) && done.full.is_empty(),
+        "{:?} {:?}",
+        done.outcome,
+        done.full
+    );
+
+    // Past the first three, a job's tmpfs mounts are not watched; the job runs all the same.
+    spec.mounts = ["/tmp", "/dev/shm", "/mq", "/work"].map(|t| Mount::Tmp { target: t.into() }).to_vec();
+    for (file, named) in [("/work/filler", &[][..]), ("/mq/filler", &["/mq full (2 MiB)"][..])] {
+        spec.arguments = vec!["fill".into(), file.into(), "64".into()];
+        let done = run(ctx, &spec)?;
+        let names: Vec<String> = done.full.iter().map(ToString::to_string).collect();
+        anyhow::ensure!(done.outcome == Ended::Exited(1) && names == named, "{:?} {names:?}", done.outcome);
+    }
+
+    let mut writable = probe(&layer, &["fill", "/data/filler", "64"]);
+    writable.writable_root = true;
+    writable.mounts = vec![Mount::Tmp { target: "/tmp".into() }];
+    writable.tmpfs_bytes = 1 << 20;
+    let done = run(ctx, &writable)?;
+    let names: Vec<String> = done.full.iter().map(ToString::to_string).collect();
+    anyhow::ensure!(
+        done.outcome == Ended::Exited(1) && names == ["/ full (1 MiB)"],
+        "{:?} {names:?}",
+        done.outcome
     );
     Ok(())
 }

@@ -23,7 +23,7 @@ use crate::artifact::Digest;
 use crate::zygote::{Device, NetworkMode};
 
 /// Bumped whenever a type in this module changes shape.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Bytes of a frame header.
 pub const HEADER_BYTES: usize = 8;
@@ -227,6 +227,22 @@ impl fmt::Display for ArchivedLimit {
     }
 }
 
+/// A filesystem of the job's own (a sized tmpfs, or a writable root's changes) found full
+/// when the job ended: its writes there failed with `ENOSPC`.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(compare(PartialEq), derive(Debug))]
+pub struct Full {
+    /// Where the job saw it: a tmpfs mount's path, or `/` for a writable root.
+    pub path: String,
+    pub bytes: u64,
+}
+
+impl fmt::Display for Full {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} full ({})", self.path, Bytes(self.bytes))
+    }
+}
+
 /// A byte count as people read it: `1.5 GiB`, `64 MiB`, `512 B`.
 #[derive(Clone, Copy, Debug)]
 pub struct Bytes(pub u64);
@@ -296,12 +312,15 @@ pub enum Outcome {
         stdout: Output,
         stderr: Output,
         duration_us: u64,
+        /// Its filesystems that were full, if it failed.
+        full: Vec<Full>,
     },
     Signaled {
         signal: i32,
         stdout: Output,
         stderr: Output,
         duration_us: u64,
+        full: Vec<Full>,
     },
     TimedOut {
         stdout: Output,
@@ -438,6 +457,14 @@ pub enum Ended {
     Killed(Limit),
 }
 
+impl Ended {
+    /// A failure whose cause this does not name: a non-zero exit, or a signal (not a timeout or
+    /// a limit, which say why).
+    pub fn cause_unnamed(self) -> bool {
+        matches!(self, Ended::Signaled(_)) || matches!(self, Ended::Exited(code) if code != 0)
+    }
+}
+
 /// A job that ran: how it ended, what it printed, and how long it took.
 #[derive(Clone, Copy, Debug)]
 pub struct Ran<'a> {
@@ -445,6 +472,8 @@ pub struct Ran<'a> {
     pub stdout: &'a Output,
     pub stderr: &'a Output,
     pub duration: std::time::Duration,
+    /// Its filesystems found full when a job that failed ended: likely why it failed.
+    pub full: &'a [Full],
 }
 
 /// Why a job did not run.
@@ -461,21 +490,22 @@ pub enum NotRun<'a> {
 impl Outcome {
     /// The job as it ran, or why it did not.
     pub fn ran(&self) -> Result<Ran<'_>, NotRun<'_>> {
-        let ran = |ended, stdout, stderr, duration_us: &u64| {
-            Ok(Ran { ended, stdout, stderr, duration: std::time::Duration::from_micros(*duration_us) })
+        let ran = |ended, stdout, stderr, duration_us: &u64, full| {
+            let duration = std::time::Duration::from_micros(*duration_us);
+            Ok(Ran { ended, stdout, stderr, duration, full })
         };
         match self {
-            Outcome::Exited { code, stdout, stderr, duration_us } => {
-                ran(Ended::Exited(*code), stdout, stderr, duration_us)
+            Outcome::Exited { code, stdout, stderr, duration_us, full } => {
+                ran(Ended::Exited(*code), stdout, stderr, duration_us, full)
             }
-            Outcome::Signaled { signal, stdout, stderr, duration_us } => {
-                ran(Ended::Signaled(*signal), stdout, stderr, duration_us)
+            Outcome::Signaled { signal, stdout, stderr, duration_us, full } => {
+                ran(Ended::Signaled(*signal), stdout, stderr, duration_us, full)
             }
             Outcome::TimedOut { stdout, stderr, duration_us } => {
-                ran(Ended::TimedOut, stdout, stderr, duration_us)
+                ran(Ended::TimedOut, stdout, stderr, duration_us, &[])
             }
             Outcome::Killed { limit, stdout, stderr, duration_us } => {
-                ran(Ended::Killed(*limit), stdout, stderr, duration_us)
+                ran(Ended::Killed(*limit), stdout, stderr, duration_us, &[])
             }
             Outcome::ExecutionError(message) => Err(NotRun::Execution(message)),
             Outcome::SystemError(message) => Err(NotRun::System(message)),
@@ -864,6 +894,7 @@ mod tests {
                     stdout: Output { bytes: b"out".to_vec(), cut: 0 },
                     stderr: Output::default(),
                     duration_us: 10,
+                    full: vec![Full { path: "/tmp".into(), bytes: 8 << 20 }],
                 },
             },
             Control::Done { id: 4, outcome: Outcome::SystemError("lost".into()) },
@@ -911,8 +942,13 @@ mod tests {
     #[test]
     fn oversized_messages_are_refused_and_results_fit_once_cut() {
         let big = |n: usize| Output { bytes: vec![b'x'; n], cut: 7 };
-        let mut outcome =
-            Outcome::Exited { code: 0, stdout: big(3 << 20), stderr: big(3 << 20), duration_us: 1 };
+        let mut outcome = Outcome::Exited {
+            code: 0,
+            stdout: big(3 << 20),
+            stderr: big(3 << 20),
+            duration_us: 1,
+            full: Vec::new(),
+        };
         let mut frame = Vec::new();
         let done = |outcome: &Outcome| Control::Done { id: 1, outcome: outcome.clone() };
         assert!(matches!(encode_control(&done(&outcome), &mut frame), Err(DecodeError::TooLarge { .. })));
@@ -930,7 +966,13 @@ mod tests {
         let mut frame = Vec::new();
         let too_big = Control::Done {
             id: 4,
-            outcome: Outcome::Exited { code: 0, stdout: big(5 << 20), stderr: big(0), duration_us: 1 },
+            outcome: Outcome::Exited {
+                code: 0,
+                stdout: big(5 << 20),
+                stderr: big(0),
+                duration_us: 1,
+                full: Vec::new(),
+            },
         };
         encode_control_or_report(&too_big, &mut frame).unwrap();
         let mut aligned = AlignedVec::<16>::new();

@@ -25,7 +25,7 @@ use rkyv::util::AlignedVec;
 use crate::{CBytes, DecodeError};
 
 /// Bumped whenever a type in this module changes shape.
-pub const LANE_PROTOCOL_VERSION: u32 = 3;
+pub const LANE_PROTOCOL_VERSION: u32 = 4;
 
 /// Largest spawn request, in bytes. Arguments and environment dominate; this allows about half
 /// of a default `ARG_MAX`. The socket buffers are sized to carry it in one datagram.
@@ -316,6 +316,34 @@ impl fmt::Display for SetupOp {
     }
 }
 
+/// How many of a job's fillable filesystems (see [`SetupOp::fillable`]) are checked for
+/// fullness when it ends: the first ones its setup makes. The job's process hands an fd of
+/// each to its lane, which passes it on to the worker with the job's pidfd.
+pub const FILLABLE_MAX: usize = 3;
+
+impl SetupOp {
+    /// Where the job sees the filesystem this op makes, if the job's writes can fill it: a
+    /// tmpfs mount's path, or `/` for a writable root's changes.
+    pub fn fillable(&self) -> Option<String> {
+        match self {
+            SetupOp::Root { writable: true, .. } => Some("/".to_owned()),
+            SetupOp::Mount { kind: FsKind::Tmp, target } => Some(target.to_string()),
+            _ => None,
+        }
+    }
+}
+
+impl ArchivedSetupOp {
+    /// Whether [`SetupOp::fillable`] names the filesystem this op makes.
+    pub fn is_fillable(&self) -> bool {
+        matches!(
+            self,
+            ArchivedSetupOp::Root { writable: true, .. }
+                | ArchivedSetupOp::Mount { kind: ArchivedFsKind::Tmp, .. }
+        )
+    }
+}
+
 impl fmt::Display for ArchivedSetupOp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -484,8 +512,9 @@ impl ArchivedStep {
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(compare(PartialEq), derive(Debug))]
 pub enum SpawnReply {
-    /// The job process exists and got past its setup; its pidfd is attached. `pid` is in the
-    /// worker's pid namespace.
+    /// The job process exists and got past its setup; its pidfd is attached, last, after an fd
+    /// of each of its fillable filesystems (the first [`FILLABLE_MAX`], in the order of its
+    /// ops). `pid` is in the worker's pid namespace.
     Started { pid: i32 },
     /// Setup failed at `step` with `errno`. If `pid` is non-zero the process existed and
     /// exited; its pidfd is attached and the worker must reap it.

@@ -75,8 +75,13 @@ fn dispatch_rate(args: &Args) -> f64 {
             .handle(Event::WorkerConnected { peer: 100 + worker, slots: args.simulated_slots }, &mut effects);
     }
     effects.clear();
-    let exited =
-        || Outcome::Exited { code: 0, stdout: Output::default(), stderr: Output::default(), duration_us: 1 };
+    let exited = || Outcome::Exited {
+        code: 0,
+        stdout: Output::default(),
+        stderr: Output::default(),
+        duration_us: 1,
+        full: Vec::new(),
+    };
     let mut started = Vec::new();
     let mut reported = 0u64;
     let begin = Instant::now();

@@ -272,7 +272,7 @@ impl Exit {
 
 fn report(index: usize, result: &JobResult, exit: &mut Exit, debug: bool) {
     match result.outcome.ran() {
-        Ok(Ran { ended, stdout, stderr: err, duration }) => {
+        Ok(Ran { ended, stdout, stderr: err, duration, full }) => {
             let _ = io::stdout().lock().write_all(&stdout.bytes);
             let _ = io::stdout().flush();
             let mut stderr = io::stderr().lock();
@@ -295,6 +295,9 @@ fn report(index: usize, result: &JobResult, exit: &mut Exit, debug: bool) {
                     let _ = writeln!(stderr, "job {index}: killed: {limit}");
                     exit.fail(1);
                 }
+            }
+            for full in full {
+                let _ = writeln!(stderr, "job {index}: {full}");
             }
             for (name, captured) in [("stdout", stdout), ("stderr", err)] {
                 if captured.cut > 0 {

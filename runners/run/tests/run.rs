@@ -74,6 +74,19 @@ fn probe_layers() -> Value {
     ])
 }
 
+/// The probe's layers and `/scratch`, a directory anyone may write to (so that a writable
+/// root's checks hold for a root worker, whose jobs run as nobody, as for any other).
+fn scratch_layers(p: &Project) -> Value {
+    let scratch = p.path().join("scratch");
+    if !scratch.exists() {
+        std::fs::create_dir(&scratch).unwrap();
+        std::fs::set_permissions(&scratch, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    }
+    let mut layers = probe_layers().as_array().unwrap().clone();
+    layers.push(json!({"paths": ["scratch"]}));
+    Value::Array(layers)
+}
+
 fn probe_job(args: &[&str]) -> Value {
     json!({"program": "/bin/probe", "arguments": args, "layers": probe_layers()})
 }
@@ -320,15 +333,11 @@ fn network_user_group_workdir_and_writable_root() {
     let f = report(json!({"user": 1234, "group": 4321, "working_directory": "/work"}));
     assert_eq!((f["uid"].as_str(), f["gid"].as_str(), f["cwd"].as_str()), ("1234", "4321", "/work"));
     assert_eq!(report(json!({}))["root_writable"], format!("no:{}", libc::EROFS));
-    // A directory anyone may write to, so the check holds for a root worker (whose jobs run as
-    // nobody) as for any other.
-    std::fs::create_dir(p.path().join("scratch")).unwrap();
-    std::fs::set_permissions(p.path().join("scratch"), std::os::unix::fs::PermissionsExt::from_mode(0o777))
-        .unwrap();
-    let mut layers = probe_layers().as_array().unwrap().clone();
-    layers.push(json!({"paths": ["scratch"]}));
-    let write =
-        json!({"program": "/bin/probe", "arguments": ["write", "/scratch/new", "x"], "layers": layers});
+    let write = json!({
+        "program": "/bin/probe",
+        "arguments": ["write", "/scratch/new", "x"],
+        "layers": scratch_layers(&p),
+    });
     assert_eq!(stdout(&p.run(&[], std::slice::from_ref(&write))), format!("error:{}\n", libc::EROFS));
     let writable = p.run(&[], &[with(write, json!({"enable_writable_file_system": true}))]);
     assert_eq!(stdout(&writable), "ok\n", "{}", stderr(&writable));
@@ -603,6 +612,13 @@ fn bombs_end_at_their_limits_while_an_honest_job_passes() {
         with(probe_job(&["fds", "100000"]), json!({"limits": {"open_files": 64}})),
         probe_job(&["spew", "50000000"]),
         with(probe_job(&["spin", "20"]), json!({"limits": {"cpu_time": 1}})),
+        json!({
+            "program": "/bin/probe",
+            "arguments": ["fill", "/scratch/filler", "64"],
+            "layers": scratch_layers(&project),
+            "limits": {"tmpfs": "4 MiB"},
+            "enable_writable_file_system": true,
+        }),
         probe_job(&["say", "0", "honest"]),
     ];
     let out = project.run(&["--slots", "2", "--inline-limit", "4096"], &jobs);
@@ -612,7 +628,7 @@ fn bombs_end_at_their_limits_while_an_honest_job_passes() {
         err.lines().any(|l| l.starts_with(&format!("job {}: ", job + 1)) && l.contains(what))
     };
     assert_eq!(out_text.matches("honest").count(), 2, "{out_text}\n{err}");
-    assert!(!err.lines().any(|l| l.starts_with("job 1:") || l.starts_with("job 8:")), "{err}");
+    assert!(!err.lines().any(|l| l.starts_with("job 1:") || l.starts_with("job 9:")), "{err}");
     if job_cgroups_here() {
         assert!(said(1, "killed: memory limit 48 MiB reached"), "{err}");
         assert!(said(2, "killed: fork limit 40 reached"), "{err}");
@@ -630,6 +646,8 @@ fn bombs_end_at_their_limits_while_an_honest_job_passes() {
     };
     assert!(fact("filled") <= 8, "the 8 MiB /tmp held: {out_text}");
     assert!(out_text.contains("errno=28"), "ENOSPC: {out_text}");
+    assert!(said(3, "exited with code 1") && said(3, "/tmp full (8 MiB)"), "{err}");
+    assert!(said(7, "/ full (4 MiB)"), "a writable root's changes are bounded too: {err}");
     assert!(fact("opened") <= 64, "64 open files at most: {out_text}");
     assert!(out_text.contains("errno=24"), "EMFILE: {out_text}");
     assert!(said(5, "stdout truncated"), "{err}");

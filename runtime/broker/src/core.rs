@@ -655,7 +655,13 @@ mod tests {
     }
 
     fn exited() -> Outcome {
-        Outcome::Exited { code: 0, stdout: Output::default(), stderr: Output::default(), duration_us: 1 }
+        Outcome::Exited {
+            code: 0,
+            stdout: Output::default(),
+            stderr: Output::default(),
+            duration_us: 1,
+            full: Vec::new(),
+        }
     }
 
     fn starts(effects: &[Effect]) -> Vec<(PeerId, JobId)> {

@@ -89,8 +89,10 @@ pub fn outcome(result: Result<Completed, JobError>) -> maelstrom_wire::cluster::
             let stderr = Output { bytes: done.stderr.bytes, cut: done.stderr.cut };
             let duration_us = u64::try_from(done.duration.as_micros()).unwrap_or(u64::MAX);
             match done.outcome {
-                Ended::Exited(code) => Outcome::Exited { code, stdout, stderr, duration_us },
-                Ended::Signaled(signal) => Outcome::Signaled { signal, stdout, stderr, duration_us },
+                Ended::Exited(code) => Outcome::Exited { code, stdout, stderr, duration_us, full: done.full },
+                Ended::Signaled(signal) => {
+                    Outcome::Signaled { signal, stdout, stderr, duration_us, full: done.full }
+                }
                 Ended::TimedOut => Outcome::TimedOut { stdout, stderr, duration_us },
                 Ended::Killed(limit) => Outcome::Killed { limit, stdout, stderr, duration_us },
             }
@@ -882,8 +884,10 @@ impl EventLoop {
                     (ExitStatus::Exited(code), None) => Ended::Exited(code),
                     (ExitStatus::Signaled(signal), None) => Ended::Signaled(signal),
                 };
+                // Read after the reap: the job's processes are gone, so are their writes.
+                let full = if outcome.cause_unnamed() { running.job.full() } else { Vec::new() };
                 let [stdout, stderr] = running.streams.map(|s| s.captured);
-                Ok(Completed { outcome, stdout, stderr, duration: running.started.elapsed() })
+                Ok(Completed { outcome, stdout, stderr, duration: running.started.elapsed(), full })
             }
         };
         drop(running.pidfd);

@@ -38,7 +38,7 @@
 //   probe hog MIB          allocate and touch memory 1 MiB at a time, MIB at most; report how
 //                          many MiB it held
 //   probe fill FILE MIB    write FILE 1 MiB at a time until a write fails or MIB were written;
-//                          report the MiB written and the errno
+//                          report the MiB written and the errno (exit 1 if a write failed)
 //   probe fds CAP          open /dev/null until it fails or CAP are open; report how many and
 //                          the errno
 //   probe spin SECONDS     burn CPU for SECONDS of wall time at most; report `spun`
@@ -572,6 +572,9 @@ fn main() {
                 }
             }
             println!("filled={written}\nerrno={failed}");
+            if failed != "none" {
+                std::process::exit(1);
+            }
         }
         "fds" => {
             let cap: usize = arg(1).parse().expect("fds CAP");
