@@ -709,12 +709,14 @@ fn job_setup(args: &mut JobArgs<'_>) -> Res {
     // in a user namespace of its own.
     let userns = Step::UserNamespace;
     if let Some(id) = args.drop_to {
+        // Raw syscalls: the lane has a second thread (its checker), and libc's wrappers would
+        // try to change that thread's ids too, which is not this process's to change.
         // SAFETY: setgroups with an empty list, then setres[ug]id and prctl with integers.
-        check(unsafe { libc::setgroups(0, ptr::null()) }.into(), userns)?;
+        check(unsafe { libc::syscall(libc::SYS_setgroups, 0, ptr::null::<libc::gid_t>()) }, userns)?;
         // SAFETY: as above.
-        check(unsafe { libc::setresgid(id, id, id) }.into(), userns)?;
+        check(unsafe { libc::syscall(libc::SYS_setresgid, id, id, id) }, userns)?;
         // SAFETY: as above.
-        check(unsafe { libc::setresuid(id, id, id) }.into(), userns)?;
+        check(unsafe { libc::syscall(libc::SYS_setresuid, id, id, id) }, userns)?;
         // Changing uid made us undumpable, which would put /proc/self out of our reach.
         // SAFETY: as above.
         check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) }.into(), userns)?;

@@ -177,6 +177,86 @@ pub(crate) fn sockstat_is_clean(text: &[u8]) -> bool {
     })
 }
 
+/// Namespaces a job gave back: waiting to be checked, or found clean (those that were not
+/// are left out).
+#[derive(Debug)]
+struct Returned {
+    ipc: Option<Ipcns>,
+    /// With whether `lo` is up.
+    net: Option<(Netns, bool)>,
+}
+
+impl Returned {
+    /// The namespaces that are clean. A namespace with anything left in it (a socket whose
+    /// release is deferred, a connection in TIME_WAIT, a System V object or message queue
+    /// nobody removed) or any trace of use is dropped instead, so no job ever sees a trace of
+    /// another.
+    fn clean(self, scratch: &mut [u8]) -> Returned {
+        Returned {
+            ipc: self.ipc.filter(|ipc| ipc.is_clean(scratch)),
+            net: self.net.filter(|(netns, _)| netns.is_clean(scratch)),
+        }
+    }
+}
+
+/// The check of returned namespaces, which reads a few /proc files and takes tens of
+/// microseconds per job: done by the lane's checker thread, at idle priority, so that it uses
+/// a core nothing else wants, and never by the lane on a spawn's way unless a pool the job
+/// needs is empty (as it can be when every core is busy, the checker then getting no time).
+#[derive(Debug, Default)]
+struct Checks {
+    state: std::sync::Mutex<CheckState>,
+    wake: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct CheckState {
+    waiting: Vec<Returned>,
+    clean: Vec<Returned>,
+}
+
+impl Checks {
+    /// Starts the checker thread. It shares the lane's memory with the jobs the lane clones
+    /// (`CLONE_VM`) while they set up; they touch nothing of its (they allocate nothing and
+    /// take no lock).
+    fn start() -> io::Result<std::sync::Arc<Checks>> {
+        let checks = std::sync::Arc::new(Checks::default());
+        let theirs = std::sync::Arc::clone(&checks);
+        std::thread::Builder::new().name("lane-checker".into()).spawn(move || theirs.run())?;
+        Ok(checks)
+    }
+
+    fn take<T>(&self, f: impl FnOnce(&mut CheckState) -> T) -> T {
+        f(&mut self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    fn give(&self, returned: Vec<Returned>) {
+        self.take(|state| state.waiting.extend(returned));
+        self.wake.notify_one();
+    }
+
+    fn run(&self) {
+        let idle = libc::sched_param { sched_priority: 0 };
+        // SAFETY: this thread's own policy; `idle` is a live sched_param. If refused, the
+        // checker merely competes at the default priority.
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &raw const idle) };
+        let mut scratch = vec![0; TRACE_BYTES_MAX];
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        loop {
+            let Some(returned) = state.waiting.pop() else {
+                state = self.wake.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner);
+                continue;
+            };
+            drop(state);
+            let clean = returned.clean(&mut scratch);
+            state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if clean.ipc.is_some() || clean.net.is_some() {
+                state.clean.push(clean);
+            }
+        }
+    }
+}
+
 /// A pooled IPC namespace and the fds that tell whether a job used it.
 #[derive(Debug)]
 struct Ipcns {
@@ -273,6 +353,9 @@ struct Lane {
     idle_net: [Vec<Netns>; 2],
     idle_ipc: Vec<Ipcns>,
     busy: Vec<Busy>,
+    /// The namespaces of ended jobs, checked by the lane's checker thread or, when a pool is
+    /// empty, by the lane itself.
+    checks: std::sync::Arc<Checks>,
     argv: Vec<*const c_char>,
     envp: Vec<*const c_char>,
     scratch: Vec<u8>,
@@ -345,6 +428,8 @@ impl Lane {
             }
         }
         let stack = ChildStack::new().map_err(at(BootStep::ChildStack))?;
+        // Started before the filter (which the thread then shares) and before any job.
+        let checks = Checks::start().map_err(at(BootStep::ChildStack))?;
         let fillable = sys::seqpacket_pair().map_err(at(BootStep::Protocol))?;
         sys::set_nonblocking(fillable.1.as_fd()).map_err(at(BootStep::Protocol))?;
         let job_id = if boot.root() { NOBODY } else { 0 };
@@ -360,6 +445,7 @@ impl Lane {
             idle_net: [Vec::new(), Vec::new()],
             idle_ipc: Vec::new(),
             busy: Vec::new(),
+            checks,
             argv: Vec::new(),
             envp: Vec::new(),
             scratch: vec![0; TRACE_BYTES_MAX],
@@ -700,8 +786,45 @@ impl Lane {
         }
     }
 
+    /// Puts the namespaces found clean into the pools; when a pool `loopback` needs is still
+    /// empty, checks waiting namespaces here until it is not (or none is left).
+    fn refill(&mut self, loopback: Option<bool>) {
+        let (clean, mut waiting) = self.checks.take(|state| {
+            let clean = std::mem::take(&mut state.clean);
+            (clean, if state.waiting.is_empty() { Vec::new() } else { std::mem::take(&mut state.waiting) })
+        });
+        for returned in clean {
+            self.pool(returned);
+        }
+        let needs = |lane: &Lane| {
+            lane.idle_ipc.is_empty() || loopback.is_some_and(|lo| lane.idle_net[usize::from(lo)].is_empty())
+        };
+        while needs(self)
+            && let Some(returned) = waiting.pop()
+        {
+            let clean = returned.clean(&mut self.scratch);
+            self.pool(clean);
+        }
+        if !waiting.is_empty() {
+            self.checks.give(waiting);
+        }
+    }
+
+    fn pool(&mut self, Returned { ipc, net }: Returned) {
+        if let Some(ipc) = ipc.filter(|_| self.idle_ipc.len() < POOL_IDLE_MAX) {
+            self.idle_ipc.push(ipc);
+        }
+        if let Some((netns, lo)) = net {
+            let idle = &mut self.idle_net[usize::from(lo)];
+            if idle.len() < POOL_IDLE_MAX {
+                idle.push(netns);
+            }
+        }
+    }
+
     /// Namespaces for one job: from the pools if any is idle, else made now.
     fn borrow(&mut self, loopback: Option<bool>) -> Result<Borrowed, Failure> {
+        self.refill(loopback);
         let net = match loopback {
             None => None,
             Some(lo) => {
@@ -832,27 +955,20 @@ impl Lane {
         }
     }
 
-    /// Returns the namespaces of the jobs whose entries in `polls` (one per busy job, in order)
-    /// say they ended to the pools, if they are clean. A namespace with anything left in it (a
-    /// socket whose release is deferred, a connection in TIME_WAIT, a System V object or
-    /// message queue nobody removed) or any trace of use is dropped instead, so no job ever
-    /// sees a trace of another.
+    /// Frees the templates of the jobs whose entries in `polls` (one per busy job, in order)
+    /// say they ended, and hands their namespaces to be checked (see [`Checks`]).
     fn reclaim_ended(&mut self, polls: &[libc::pollfd]) {
+        let mut ended = Vec::new();
         for i in (0..self.busy.len().min(polls.len())).rev() {
             if polls[i].revents == 0 {
                 continue;
             }
             let Borrowed { ipc, net, template } = self.busy.swap_remove(i).borrowed;
             self.free_template(template);
-            if ipc.is_clean(&mut self.scratch) && self.idle_ipc.len() < POOL_IDLE_MAX {
-                self.idle_ipc.push(ipc);
-            }
-            if let Some((netns, lo)) = net {
-                let idle = &mut self.idle_net[usize::from(lo)];
-                if netns.is_clean(&mut self.scratch) && idle.len() < POOL_IDLE_MAX {
-                    idle.push(netns);
-                }
-            }
+            ended.push(Returned { ipc: Some(ipc), net });
+        }
+        if !ended.is_empty() {
+            self.checks.give(ended);
         }
     }
 }

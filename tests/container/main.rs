@@ -121,6 +121,13 @@ pub fn job_host_uid() -> u32 {
 }
 
 fn main() {
+    if std::env::var_os(network::REUSE_CHECK).is_some() {
+        if let Err(e) = network::reuse_check() {
+            println!("{e:#}");
+            std::process::exit(1);
+        }
+        std::process::exit(0);
+    }
     let args = Arguments::from_args();
     let zygote = match Zygote::start(ZygoteConfig { lanes: 2, cgroups: None }) {
         Ok(zygote) => zygote,

@@ -22,7 +22,41 @@ pub const CASES: &[(&str, Case)] = &[
     ("network::namespace_sysctls_are_read_only", namespace_sysctls_are_read_only),
     ("network::system_v_ids_start_afresh_in_every_job", system_v_ids_start_afresh_in_every_job),
     ("network::counters_and_flow_labels_are_never_inherited", counters_and_flow_labels_are_never_inherited),
+    ("network::clean_namespaces_are_used_again", clean_namespaces_are_used_again),
 ];
+
+/// Set in the environment of this binary run to check namespace reuse alone (see below).
+pub const REUSE_CHECK: &str = "MAELSTROM_CONTAINER_REUSE_CHECK";
+
+/// A job that leaves no trace gives its network and IPC namespaces back for the next job, which
+/// is what makes them cheap: checked off the lane's way, or by the lane itself when it needs
+/// one. Run in a process of its own, with a zygote of its own, so no other test's jobs take
+/// them.
+fn clean_namespaces_are_used_again(_: &Ctx) -> anyhow::Result<()> {
+    let out = std::process::Command::new(std::env::current_exe()?).env(REUSE_CHECK, "1").output()?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// The other half of [`clean_namespaces_are_used_again`], first thing in `main`.
+pub fn reuse_check() -> anyhow::Result<()> {
+    let zygote =
+        maelstrom_container::Zygote::start(maelstrom_container::ZygoteConfig { lanes: 1, cgroups: None })?;
+    let own = Ctx { zygote };
+    let layer = Layer::new();
+    let mut spec = probe(&layer, &["ns"]);
+    spec.mounts = vec![Mount::Proc { target: "/proc".into() }];
+    const JOBS: usize = 4;
+    let (mut nets, mut ipcs) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
+    for _ in 0..JOBS {
+        let facts = report(&own, &spec)?;
+        nets.insert(facts.get("net").cloned().unwrap_or_default());
+        ipcs.insert(facts.get("ipc").cloned().unwrap_or_default());
+    }
+    anyhow::ensure!(nets.len() < JOBS && ipcs.len() < JOBS, "no namespace was used again: {nets:?} {ipcs:?}");
+    Ok(())
+}
 
 fn with_network(mut spec: Spec, network: NetworkMode) -> Spec {
     spec.network = network;

@@ -42,6 +42,8 @@
 //   probe fds CAP          open /dev/null until it fails or CAP are open; report how many and
 //                          the errno
 //   probe spin SECONDS     burn CPU for SECONDS of wall time at most; report `spun`
+//   probe ns               report the network and IPC namespaces it is in (`net`, `ipc`; needs
+//                          /proc)
 //   probe try WHAT...      try each of: userns, netns, io_uring, ptrace, fsopen, userfaultfd,
 //                          clone3, statmount, perf; report `WHAT=ok` or `WHAT=<errno>`;
 //                          and `caps=<CapEff>`
@@ -464,6 +466,12 @@ fn main() {
             ipc_remove(&made);
         }
         "net-touch" => net_touch(),
+        "ns" => {
+            for kind in ["net", "ipc"] {
+                let link = std::fs::read_link(format!("/proc/self/ns/{kind}")).expect("read the namespace link");
+                println!("{kind}={}", link.display());
+            }
+        }
         "lock" => {
             use std::os::fd::AsRawFd;
             let file = std::fs::File::open(arg(1)).expect("open the file to lock");
