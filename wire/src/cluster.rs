@@ -25,6 +25,9 @@ use crate::zygote::{Device, NetworkMode};
 /// Bumped whenever a type in this module changes shape.
 pub const PROTOCOL_VERSION: u32 = 5;
 
+/// The most slots a worker may have (and say it has in its hello).
+pub const WORKER_SLOTS_MAX: u32 = 1000;
+
 /// Bytes of a frame header.
 pub const HEADER_BYTES: usize = 8;
 

@@ -53,6 +53,9 @@ const WORKER_LAYERS_MAX: usize = 4096;
 /// Jobs a worker may have in flight per slot.
 const IN_FLIGHT_PER_SLOT: usize = 2;
 
+/// Jobs one client may have pending at once, unless configured (`client-jobs-max`).
+pub const CLIENT_JOBS_MAX_DEFAULT: usize = 1_000_000;
+
 /// What happened.
 #[derive(Debug)]
 pub enum Event<'a> {
@@ -197,6 +200,7 @@ pub struct Broker {
     next_job: JobId,
     clock: u64,
     completed: u64,
+    client_jobs_max: usize,
 }
 
 impl Broker {
@@ -217,7 +221,27 @@ impl Broker {
             next_job: 1,
             clock: 0,
             completed: 0,
+            client_jobs_max: CLIENT_JOBS_MAX_DEFAULT,
         }
+    }
+
+    /// The same, with each client allowed `max` pending jobs at once: a job past that ends at
+    /// once with an error that says so.
+    pub fn with_client_jobs_max(mut self, max: usize) -> Self {
+        self.client_jobs_max = max;
+        self
+    }
+
+    /// Whether `worker` may fetch the artifact `digest`: only what a job assigned to it needs
+    /// (its layers, and the files its manifests name).
+    pub fn may_fetch(&self, worker: PeerId, digest: &Digest) -> bool {
+        self.workers.get(&worker).is_some_and(|w| {
+            w.running.iter().any(|id| {
+                self.jobs.get(id).is_some_and(|job| {
+                    job.pins.contains(digest) || job.layers.iter().any(|l| l.digest == *digest)
+                })
+            })
+        })
     }
 
     /// Records an artifact found in the store at startup.
@@ -285,6 +309,15 @@ impl Broker {
             // Its result could not be told from the first one's.
             let reason = format!("job id {id} was reused while that job is pending");
             effects.push(Effect::Disconnect { peer, reason });
+            return;
+        }
+        if client.jobs.len() >= self.client_jobs_max {
+            let outcome = Outcome::SystemError(format!(
+                "the broker holds {} pending jobs of this client, its bound (client-jobs-max); \
+                 submit more as these finish",
+                client.jobs.len()
+            ));
+            effects.push(Effect::Send { peer, message: Control::Done { id, outcome } });
             return;
         }
         let job_id = self.next_job;
@@ -710,6 +743,49 @@ mod tests {
         assert!(starts(&fx).is_empty());
         b.handle(Event::Stored { digest: files[1], size: 1, files: None }, &mut fx);
         assert_eq!(starts(&fx).len(), 1);
+    }
+
+    #[test]
+    fn a_worker_may_fetch_only_what_its_jobs_need() {
+        let mut b = Broker::new(1 << 30);
+        let mut fx = Vec::new();
+        b.handle(Event::ClientConnected(1), &mut fx);
+        b.handle(Event::WorkerConnected { peer: 9, slots: 1 }, &mut fx);
+        b.handle(Event::WorkerConnected { peer: 8, slots: 1 }, &mut fx);
+        let manifest = LayerRef { kind: LayerKind::Manifest, digest: Digest::of(b"m") };
+        let file = Digest::of(b"f");
+        b.preload(manifest.digest, 1, Some(vec![file]));
+        b.preload(file, 1, None);
+        b.preload(tar(1).digest, 1, None);
+        submit(&mut b, 1, 1, &job(vec![manifest], 0, 0), &mut fx);
+        let [(worker, _)] = starts(&fx)[..] else { panic!("one start: {fx:?}") };
+        let other = if worker == 9 { 8 } else { 9 };
+        for digest in [manifest.digest, file] {
+            assert!(b.may_fetch(worker, &digest));
+            assert!(!b.may_fetch(other, &digest), "{digest} is not for the other worker");
+        }
+        assert!(!b.may_fetch(worker, &tar(1).digest), "stored, but no job of this worker's needs it");
+        let [(_, id)] = starts(&fx)[..] else { unreachable!() };
+        b.handle(Event::Done { peer: worker, id, outcome: exited() }, &mut fx);
+        assert!(!b.may_fetch(worker, &file), "not once the job is done");
+    }
+
+    #[test]
+    fn a_client_past_its_bound_of_pending_jobs_is_told_so() {
+        let mut b = Broker::new(1 << 30).with_client_jobs_max(2);
+        let mut fx = Vec::new();
+        b.handle(Event::ClientConnected(1), &mut fx);
+        for id in 1..=3 {
+            submit(&mut b, 1, id, &job(vec![tar(7)], 0, 0), &mut fx);
+        }
+        let told: Vec<&Effect> = fx.iter().filter(|e| matches!(e, Effect::Send { .. })).collect();
+        let [Effect::Send { peer: 1, message: Control::Done { id: 3, outcome: Outcome::SystemError(why) } }] =
+            told[..]
+        else {
+            panic!("one refusal: {fx:?}")
+        };
+        assert!(why.contains("client-jobs-max"), "{why}");
+        assert_eq!(b.status().queued, 0, "the two in bound wait for their artifact");
     }
 
     #[test]

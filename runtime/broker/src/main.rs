@@ -1,6 +1,6 @@
 //! `maelstrom-broker`: schedules clients' jobs onto workers and keeps the artifacts they need.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -8,7 +8,16 @@ use clap::Parser;
 use maelstrom_broker::server::{ServerConfig, serve};
 use maelstrom_config::{CommonOptions, LogLevel, Size, Source, getenv, option};
 
-const KEYS: &[&str] = &["port", "http-port", "cache-root", "cache-size", "log-level"];
+const KEYS: &[&str] = &[
+    "port",
+    "listen",
+    "unauthenticated",
+    "http-port",
+    "cache-root",
+    "cache-size",
+    "client-jobs-max",
+    "log-level",
+];
 
 const AFTER_HELP: &str = "Configuration values come, in order of preference, from the command line, from the \
 environment (MAELSTROM_BROKER_<NAME>, then MAELSTROM_<NAME>), and from TOML files \
@@ -25,6 +34,16 @@ struct Cli {
     /// TCP port for clients, workers and admin tools [default: 0, any free port]
     #[arg(short = 'p', long, value_name = "PORT")]
     port: Option<u64>,
+    /// The address to listen on: an IP address (with --port), or ADDRESS:PORT [default:
+    /// 127.0.0.1, this machine only]. Any other than a loopback address needs --unauthenticated,
+    /// as the broker authenticates no one yet.
+    #[arg(long, value_name = "ADDRESS")]
+    listen: Option<String>,
+    /// Accept connections from other machines although the broker authenticates no one: anyone
+    /// who can reach the port can run jobs on every worker, act as a worker and receive every
+    /// job, or stop the cluster. Only on a network where everyone who can reach it is trusted.
+    #[arg(long)]
+    unauthenticated: bool,
     /// Port of the web UI (not built; only 0 is accepted).
     #[arg(short = 'H', long, value_name = "PORT")]
     http_port: Option<u64>,
@@ -34,13 +53,20 @@ struct Cli {
     /// Target size of the artifact store [default: 1 GB]
     #[arg(long, value_name = "SIZE")]
     cache_size: Option<String>,
+    /// Jobs one client may have pending at once; a job past that ends at once with an error
+    /// that says so [default: 1000000]
+    #[arg(long, value_name = "COUNT")]
+    client_jobs_max: Option<u64>,
 }
 
 #[derive(Debug)]
 struct Settings {
     port: (u64, Source),
+    listen: (String, Source),
+    unauthenticated: (bool, Source),
     cache_root: (PathBuf, Source),
     cache_size: (Size, Source),
+    client_jobs_max: (u64, Source),
     log_level: (LogLevel, Source),
 }
 
@@ -53,6 +79,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let size = option::<Size>(cli.cache_size.as_deref(), "cache-size")?;
     let settings = Settings {
         port: config.get_or("port", cli.port, 0, &getenv)?,
+        listen: config.get_or("listen", cli.listen.clone(), Ipv4Addr::LOCALHOST.to_string(), &getenv)?,
+        unauthenticated: config.get_or(
+            "unauthenticated",
+            cli.unauthenticated.then_some(true),
+            false,
+            &getenv,
+        )?,
         cache_root: config.get_or(
             "cache-root",
             cli.cache_root.clone(),
@@ -60,6 +93,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &getenv,
         )?,
         cache_size: config.get_or("cache-size", size, Size(1_000_000_000), &getenv)?,
+        client_jobs_max: config.get_or(
+            "client-jobs-max",
+            cli.client_jobs_max,
+            maelstrom_broker::core::CLIENT_JOBS_MAX_DEFAULT as u64,
+            &getenv,
+        )?,
         log_level: cli.common.log_level(&config)?,
     };
     if let Some((port, source)) = config.get::<u64>("http-port", cli.http_port, &getenv)?
@@ -71,21 +110,53 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         println!("{settings:#?}");
         return Ok(());
     }
-    let (port, source) = &settings.port;
-    let port =
-        u16::try_from(*port).map_err(|_| anyhow::anyhow!("port from {source}: {port} is not a TCP port"))?;
-    // All addresses, IPv6 and IPv4 alike; IPv4 only where the host has no IPv6.
-    let listener = TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))
-        .or_else(|_| TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))))
-        .map_err(|e| anyhow::anyhow!("listen on port {port}: {e}"))?;
+    let address = listen_address(&settings)?;
+    let listener = TcpListener::bind(address).map_err(|e| anyhow::anyhow!("listen on {address}: {e}"))?;
     let address = listener.local_addr()?;
     println!("maelstrom-broker: listening on {address}");
+    if !address.ip().is_loopback() {
+        println!(
+            "maelstrom-broker: warning: listening unauthenticated on {address}: anyone who can reach it \
+             can run jobs on every worker, receive every job, and stop the cluster"
+        );
+    }
     serve(
         listener,
         ServerConfig {
             store: settings.cache_root.0,
             store_bytes_max: settings.cache_size.0.0,
+            client_jobs_max: {
+                let (max, source) = settings.client_jobs_max;
+                anyhow::ensure!(max >= 1, "client-jobs-max from {source}: must be at least 1");
+                usize::try_from(max).unwrap_or(usize::MAX)
+            },
             verbose: settings.log_level.0 >= LogLevel::Debug,
         },
     )
+}
+
+/// Where to listen: `listen` (an address, or an address and port) with `port`. Only a loopback
+/// address unless `unauthenticated` says otherwise.
+fn listen_address(settings: &Settings) -> anyhow::Result<SocketAddr> {
+    let (port, port_source) = &settings.port;
+    let port = u16::try_from(*port)
+        .map_err(|_| anyhow::anyhow!("port from {port_source}: {port} is not a TCP port"))?;
+    let (listen, source) = &settings.listen;
+    let address = match (listen.parse::<SocketAddr>(), listen.parse::<IpAddr>()) {
+        (Ok(address), _) => address,
+        (_, Ok(ip)) => SocketAddr::new(ip, port),
+        _ => anyhow::bail!(
+            "listen from {source}: {listen:?} is not an IP address or ADDRESS:PORT (try 127.0.0.1, \
+             0.0.0.0, :: or [::1]:9000)"
+        ),
+    };
+    let (unauthenticated, _) = settings.unauthenticated;
+    if !address.ip().is_loopback() && !unauthenticated {
+        anyhow::bail!(
+            "listen from {source}: {address} is reachable from other machines, and the broker \
+             authenticates no one yet; listen on 127.0.0.1 (the default), or add --unauthenticated \
+             (config `unauthenticated = true`) on a network where everyone who can reach it is trusted"
+        );
+    }
+    Ok(address)
 }

@@ -19,7 +19,7 @@ use maelstrom_uring::{Completion, Done, Ring, Token};
 use maelstrom_wire::artifact::{Digest, Hasher, Manifest};
 use maelstrom_wire::cluster::{
     self, ArchivedControl, ArchivedRole, CHUNK_BYTES, ChunkHeader, Control, Frame, FrameReader, Kind,
-    Outcome, PROTOCOL_VERSION,
+    Outcome, PROTOCOL_VERSION, WORKER_SLOTS_MAX,
 };
 
 use crate::core::{Broker, Effect, Event, PeerId};
@@ -194,13 +194,15 @@ fn manifest_files(bytes: &[u8]) -> Option<Vec<Digest>> {
 pub struct ServerConfig {
     pub store: PathBuf,
     pub store_bytes_max: u64,
+    /// Jobs one client may have pending at once.
+    pub client_jobs_max: usize,
     pub verbose: bool,
 }
 
 /// Serves until an admin says stop.
 pub fn serve(listener: TcpListener, config: ServerConfig) -> anyhow::Result<()> {
     let store = Store::open(&config.store)?;
-    let mut broker = Broker::new(config.store_bytes_max);
+    let mut broker = Broker::new(config.store_bytes_max).with_client_jobs_max(config.client_jobs_max);
     for (digest, size, files) in store.scan() {
         broker.preload(digest, size, files);
     }
@@ -400,6 +402,14 @@ impl Server {
                 }
                 let (role, event) = match hello.role {
                     ArchivedRole::Client => (Role::Client, Event::ClientConnected(peer)),
+                    ArchivedRole::Worker { slots }
+                        if !(1..=WORKER_SLOTS_MAX).contains(&slots.to_native()) =>
+                    {
+                        let reason =
+                            format!("a worker has 1 to {WORKER_SLOTS_MAX} slots, not {}", slots.to_native());
+                        self.send(peer, &Control::Refused(reason.clone()));
+                        return Err(reason);
+                    }
                     ArchivedRole::Worker { slots } => {
                         (Role::Worker, Event::WorkerConnected { peer, slots: slots.to_native() })
                     }
@@ -442,7 +452,19 @@ impl Server {
                 Ok(())
             }
             (Some(Role::Worker), Frame::Control(ArchivedControl::Want { digest })) => {
-                self.serve_artifact(peer, Digest(digest.0));
+                let digest = Digest(digest.0);
+                if self.broker.may_fetch(peer, &digest) {
+                    self.serve_artifact(peer, digest);
+                } else {
+                    let reason = "no job assigned to this worker needs it".to_owned();
+                    if let Some(conn) = self.conns.get(&peer) {
+                        self.log(&format!(
+                            "{}: artifact {digest} refused to a worker: {reason}",
+                            conn.address
+                        ));
+                    }
+                    self.send(peer, &Control::Unavailable { digest, reason });
+                }
                 Ok(())
             }
             (Some(Role::Admin), Frame::Control(ArchivedControl::StatusRequest)) => {

@@ -669,3 +669,178 @@ fn a_bad_upload_fails_its_jobs_and_a_reused_id_closes_the_client() {
     let log = cluster.broker.log();
     assert!(log.contains("job id 2 was reused"), "{log}");
 }
+
+/// The broker authenticates no one yet, so it listens on loopback unless an operator says, by
+/// a flag whose name says so, that everyone who can reach it is trusted.
+#[test]
+fn the_broker_listens_on_loopback_unless_told_it_is_unauthenticated() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let start = |args: &[&str]| {
+        let mut child = Command::new(bin("maelstrom-broker"))
+            .args(["--port", "0", "--cache-root"])
+            .arg(dir.path().join("cache"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start maelstrom-broker");
+        let mut said = String::new();
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+        while stdout.read_line(&mut said).is_ok_and(|n| n > 0) && said.lines().count() < 2 {
+            if said.starts_with("maelstrom-broker: listening on 127.") {
+                break;
+            }
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("wait");
+        (said, text(&out.stderr), out.status)
+    };
+    let (said, _, _) = start(&[]);
+    assert!(said.starts_with("maelstrom-broker: listening on 127.0.0.1:"), "{said}");
+    for listen in ["0.0.0.0", "::", "[::]:0"] {
+        let (said, err, status) = start(&["--listen", listen]);
+        assert!(!status.success() && said.is_empty(), "{said}");
+        assert!(err.contains("reachable from other machines") && err.contains("--unauthenticated"), "{err}");
+    }
+    let (said, _, _) = start(&["--listen", "0.0.0.0", "--unauthenticated"]);
+    assert!(
+        said.starts_with("maelstrom-broker: listening on 0.0.0.0:")
+            && said.contains("warning: listening unauthenticated"),
+        "{said}"
+    );
+    let (_, err, status) = start(&["--listen", "somewhere"]);
+    assert!(!status.success() && err.contains("is not an IP address"), "{err}");
+}
+
+/// Inside the protocol each role gets what it needs and no more: a worker is served only the
+/// artifacts of jobs assigned to it and may not claim more than the slot bound; a client past
+/// its bound of pending jobs is told so, job by job, and stays connected.
+#[test]
+fn each_peer_gets_only_what_its_role_needs() {
+    use maelstrom_wire::artifact::Digest;
+    use maelstrom_wire::cluster::{
+        ChunkHeader, Control, FrameReader, JobSpec, Kind, LayerKind, LayerRef, PROTOCOL_VERSION, Role,
+        encode_chunk, encode_job, encode_job_frame, typical_job,
+    };
+    let cluster = Cluster::start(1, 1);
+    let connect = |role| {
+        let mut stream = TcpStream::connect(cluster.broker.address()).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        stream.write_all(&hello(PROTOCOL_VERSION, role)).expect("hello");
+        stream
+    };
+    // A client's artifact, stored: its job runs on the honest worker (and fails there, not
+    // being a real layer; what matters is that the broker holds the bytes).
+    let mut client = connect(Role::Client);
+    let mut reader = FrameReader::default();
+    assert_eq!(next_control(&mut client, &mut reader), Some(Control::Welcome));
+    let secret = b"a layer only the client's jobs need";
+    let digest = Digest::of(secret);
+    let job = JobSpec { layers: vec![LayerRef { kind: LayerKind::Tar, digest }], ..typical_job() };
+    let mut frame = Vec::new();
+    encode_job_frame(Kind::Submit, 1, &encode_job(&job), &mut frame).expect("encode");
+    client.write_all(&frame).expect("submit");
+    assert_eq!(next_control(&mut client, &mut reader), Some(Control::Want { digest }));
+    let mut chunk = Vec::new();
+    encode_chunk(&ChunkHeader { digest, offset: 0, total: secret.len() as u64 }, secret, &mut chunk);
+    client.write_all(&chunk).expect("upload");
+    assert!(matches!(next_control(&mut client, &mut reader), Some(Control::Done { id: 1, .. })));
+
+    // A worker no job was given asks for it: refused, with the reason.
+    let mut worker = connect(Role::Worker { slots: 1 });
+    let mut worker_reader = FrameReader::default();
+    assert_eq!(next_control(&mut worker, &mut worker_reader), Some(Control::Welcome));
+    let mut want = Vec::new();
+    maelstrom_wire::cluster::encode_control(&Control::Want { digest }, &mut want).expect("encode");
+    worker.write_all(&want).expect("want");
+    match next_control(&mut worker, &mut worker_reader) {
+        Some(Control::Unavailable { digest: refused, reason }) => {
+            assert_eq!(refused, digest);
+            assert!(reason.contains("no job assigned to this worker"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    drop(worker);
+
+    // A worker claiming more slots than any worker has.
+    let answer =
+        rogue(&cluster.broker.address(), &hello(PROTOCOL_VERSION, Role::Worker { slots: u32::MAX }), false);
+    assert!(text(&answer).contains("1 to 1000 slots"), "{answer:?}");
+    let log = cluster.broker.log();
+    assert!(log.contains("refused to a worker: no job assigned") && log.contains("not 4294967295"), "{log}");
+    assert_eq!(cluster.status()["workers"], 1, "only the honest worker");
+}
+
+/// A client past its bound of pending jobs (`client-jobs-max`) is told so, job by job, and stays
+/// connected: its jobs in bound carry on.
+#[test]
+fn a_client_past_its_bound_of_jobs_is_told_so() {
+    use maelstrom_wire::artifact::Digest;
+    use maelstrom_wire::cluster::{
+        Control, FrameReader, JobSpec, Kind, LayerKind, LayerRef, Outcome, PROTOCOL_VERSION, Role,
+        encode_job, encode_job_frame, typical_job,
+    };
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let mut child = Command::new(bin("maelstrom-broker"))
+        .args(["--port", "0", "--client-jobs-max", "3", "--cache-root"])
+        .arg(dir.path().join("cache"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start maelstrom-broker");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line).expect("the address");
+    let broker = Process(child);
+    let address = line.trim().rsplit(' ').next().expect("an address").to_owned();
+    let mut client = TcpStream::connect(&address).expect("connect");
+    client.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    client.write_all(&hello(PROTOCOL_VERSION, Role::Client)).expect("hello");
+    let mut reader = FrameReader::default();
+    assert_eq!(next_control(&mut client, &mut reader), Some(Control::Welcome));
+    // Jobs that wait for an artifact the client never sends: pending until it goes.
+    let digest = Digest::of(b"never sent");
+    let job = JobSpec { layers: vec![LayerRef { kind: LayerKind::Tar, digest }], ..typical_job() };
+    let mut frames = Vec::new();
+    for id in 1..=5 {
+        encode_job_frame(Kind::Submit, id, &encode_job(&job), &mut frames).expect("encode");
+    }
+    client.write_all(&frames).expect("submit");
+    let mut refused = Vec::new();
+    let mut buf = [0u8; 65536];
+    while refused.len() < 2 {
+        let n = client.read(&mut buf).expect("the broker's answers");
+        assert!(n > 0, "the broker closed the connection");
+        reader
+            .feed(&buf[..n], &mut |kind, payload| {
+                let Ok(maelstrom_wire::cluster::Frame::Control(control)) =
+                    maelstrom_wire::cluster::decode(kind, payload)
+                else {
+                    return true;
+                };
+                match rkyv::deserialize::<Control, rkyv::rancor::Error>(control) {
+                    Ok(Control::Want { .. }) => {}
+                    Ok(Control::Done { id, outcome: Outcome::SystemError(message) }) => {
+                        assert!(
+                            message.contains("3 pending jobs of this client")
+                                && message.contains("client-jobs-max"),
+                            "{message}"
+                        );
+                        refused.push(id);
+                    }
+                    other => panic!("expected refusals, got {other:?}"),
+                }
+                true
+            })
+            .expect("a well-formed stream from the broker");
+    }
+    assert_eq!(refused, [4, 5]);
+    // Still connected: a job in bound can be cancelled, and says so.
+    let mut cancel = Vec::new();
+    maelstrom_wire::cluster::encode_control(&Control::Cancel { id: 1 }, &mut cancel).expect("encode");
+    client.write_all(&cancel).expect("cancel");
+    assert_eq!(
+        next_control(&mut client, &mut reader),
+        Some(Control::Done { id: 1, outcome: Outcome::SystemError("cancelled".into()) })
+    );
+    drop(broker);
+}
