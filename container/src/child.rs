@@ -89,13 +89,11 @@ impl Slots {
 pub(crate) struct Fillable {
     pub(crate) fds: [c_int; FILLABLE_MAX],
     pub(crate) len: usize,
-    /// Set once the fds are on their way to the lane.
-    pub(crate) sent: bool,
 }
 
 impl Fillable {
     pub(crate) fn new() -> Self {
-        Self { fds: [-1; FILLABLE_MAX], len: 0, sent: false }
+        Self { fds: [-1; FILLABLE_MAX], len: 0 }
     }
 
     fn wants(&self) -> bool {
@@ -109,8 +107,9 @@ impl Fillable {
         }
     }
 
-    /// Sends the fds to the lane over `sock`, in one datagram.
-    fn send(&mut self, sock: c_int, step: Step) -> Res {
+    /// Sends the fds to the lane over `sock`, in one datagram that carries `seq`, the spawn's
+    /// number: a datagram left by a job killed after sending is told from this job's.
+    fn send(&mut self, sock: c_int, seq: u64, step: Step) -> Res {
         let fds = self.fds.get(..self.len).unwrap_or(&[]);
         if fds.is_empty() {
             return Ok(());
@@ -119,8 +118,8 @@ impl Fillable {
         struct Control([u8; 64]);
         let mut control = Control([0; 64]);
         let payload = size_of_val(fds) as libc::c_uint;
-        let mut byte = 0u8;
-        let mut iov = libc::iovec { iov_base: (&raw mut byte).cast(), iov_len: 1 };
+        let mut seq = seq.to_ne_bytes();
+        let mut iov = libc::iovec { iov_base: seq.as_mut_ptr().cast(), iov_len: seq.len() };
         // SAFETY: a zeroed msghdr is a valid empty header; CMSG_SPACE only computes a size,
         // which for FILLABLE_MAX fds fits the 64 bytes of `control`.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -146,9 +145,7 @@ impl Fillable {
         unsafe { ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), data, payload as usize) };
         let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
         // SAFETY: `msg` and all it points at live on this stack for the call.
-        check(unsafe { libc::sendmsg(sock, &raw const msg, flags) } as c_long, step)?;
-        self.sent = true;
-        Ok(())
+        check(unsafe { libc::sendmsg(sock, &raw const msg, flags) } as c_long, step).map(drop)
     }
 }
 
@@ -626,8 +623,9 @@ pub(crate) struct JobArgs<'a> {
     pub(crate) filter: Option<&'a [seccompiler::sock_filter]>,
     /// `cgroup.procs` of the job's cgroup in each v1 hierarchy (memory, pids), or -1.
     pub(crate) cgroup_fds: [c_int; 2],
-    /// The lane's end of the socket that takes `fillable`'s fds.
+    /// The lane's end of the socket that takes `fillable`'s fds, and this spawn's number.
     pub(crate) fillable_sock: c_int,
+    pub(crate) fillable_seq: u64,
     pub(crate) fillable: Fillable,
     pub(crate) failure: Option<Failure>,
 }
@@ -698,7 +696,7 @@ fn job_setup(args: &mut JobArgs<'_>) -> Res {
     }
     let tmpfs_bytes = request.tmpfs_bytes.to_native();
     run_ops(&request.job, &mut args.slots, tmpfs_bytes, Some(&mut args.fillable), |op| Step::Job { op })?;
-    args.fillable.send(args.fillable_sock, Step::Prepare)?;
+    args.fillable.send(args.fillable_sock, args.fillable_seq, Step::Prepare)?;
 
     let hostname = request.hostname.as_bytes();
     // SAFETY: `hostname` is a live slice of the length passed.

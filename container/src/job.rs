@@ -34,7 +34,10 @@ impl Job {
             .iter()
             .filter_map(|(fd, path)| {
                 let stats = sys::fstatfs(fd.as_fd()).ok()?;
-                (stats.f_bfree == 0 || stats.f_ffree == 0).then(|| Full {
+                // A filesystem without a bound (size or inodes 0) reports none free of that.
+                let no_blocks = stats.f_blocks != 0 && stats.f_bfree == 0;
+                let no_inodes = stats.f_files != 0 && stats.f_ffree == 0;
+                (no_blocks || no_inodes).then(|| Full {
                     path: path.clone(),
                     bytes: stats.f_blocks.saturating_mul(stats.f_bsize as u64),
                 })
@@ -52,6 +55,12 @@ impl Job {
             after.split_whitespace().skip(11).take(2).filter_map(|f| f.parse::<u64>().ok()).sum();
         // The kernel reports in USER_HZ, 100 on every Linux architecture.
         Some(Duration::from_millis(ticks * 10))
+    }
+
+    /// Lets go of its filesystems (see [`Job::full`]), for the caller to close where it likes:
+    /// the last close of a tmpfs frees all its pages, which an event loop should not wait for.
+    pub fn detach_filesystems(&mut self) -> Vec<OwnedFd> {
+        std::mem::take(&mut self.fillable).into_iter().map(|(fd, _)| fd).collect()
     }
 
     /// The job's pid in the worker's pid namespace.

@@ -1,7 +1,9 @@
-//! A zygote lane: the single-threaded process that clones jobs.
+//! A zygote lane: the process that clones jobs.
 //!
 //! A lane is forked by [`crate::Zygote::start`] before the worker starts any thread, and stays
-//! single-threaded for its whole life. The first lane creates the zygote's user namespace (one
+//! single-threaded through its boot (which forks). Its one other thread, started last, checks
+//! the namespaces jobs gave back (see `Checks`); the lane's own thread does everything else. The
+//! first lane creates the zygote's user namespace (one
 //! id mapped: the worker's uid and gid become 0) and a private copy of the host's mount
 //! namespace; the others join both. Then each lane loops: receive a spawn request, validate
 //! it, find or build its template mount namespace, take a network namespace from the pool,
@@ -201,8 +203,10 @@ impl Returned {
 
 /// The check of returned namespaces, which reads a few /proc files and takes tens of
 /// microseconds per job: done by the lane's checker thread, at idle priority, so that it uses
-/// a core nothing else wants, and never by the lane on a spawn's way unless a pool the job
-/// needs is empty (as it can be when every core is busy, the checker then getting no time).
+/// a core nothing else wants. The lane never waits for it: it only ever `try_lock`s the shared
+/// state (the idle thread may be preempted holding the lock), keeping what it could not hand
+/// over in a backlog of its own; and when a pool a job needs is empty, it checks what is
+/// waiting itself (as it must when every core is busy and the checker gets no time).
 #[derive(Debug, Default)]
 struct Checks {
     state: std::sync::Mutex<CheckState>,
@@ -216,23 +220,22 @@ struct CheckState {
 }
 
 impl Checks {
-    /// Starts the checker thread. It shares the lane's memory with the jobs the lane clones
-    /// (`CLONE_VM`) while they set up; they touch nothing of its (they allocate nothing and
-    /// take no lock).
-    fn start() -> io::Result<std::sync::Arc<Checks>> {
-        let checks = std::sync::Arc::new(Checks::default());
-        let theirs = std::sync::Arc::clone(&checks);
-        std::thread::Builder::new().name("lane-checker".into()).spawn(move || theirs.run())?;
-        Ok(checks)
+    /// Starts the checker thread: after the lane's filter is installed, which the thread then
+    /// shares, and after the lane's last `fork`. It shares the lane's memory with the jobs the
+    /// lane clones (`CLONE_VM`) while they set up; they touch nothing of its (they allocate
+    /// nothing and take no lock).
+    fn start(self: &std::sync::Arc<Self>) -> io::Result<()> {
+        let checks = std::sync::Arc::clone(self);
+        std::thread::Builder::new().name("lane-checker".into()).spawn(move || checks.run()).map(drop)
     }
 
-    fn take<T>(&self, f: impl FnOnce(&mut CheckState) -> T) -> T {
-        f(&mut self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
-    }
-
-    fn give(&self, returned: Vec<Returned>) {
-        self.take(|state| state.waiting.extend(returned));
-        self.wake.notify_one();
+    /// The shared state, if no one holds it.
+    fn try_state(&self) -> Option<std::sync::MutexGuard<'_, CheckState>> {
+        match self.state.try_lock() {
+            Ok(state) => Some(state),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
     }
 
     fn run(&self) {
@@ -354,8 +357,9 @@ struct Lane {
     idle_ipc: Vec<Ipcns>,
     busy: Vec<Busy>,
     /// The namespaces of ended jobs, checked by the lane's checker thread or, when a pool is
-    /// empty, by the lane itself.
+    /// empty, by the lane itself; and those not yet handed over to the checker.
     checks: std::sync::Arc<Checks>,
+    backlog: Vec<Returned>,
     argv: Vec<*const c_char>,
     envp: Vec<*const c_char>,
     scratch: Vec<u8>,
@@ -369,6 +373,8 @@ struct Lane {
     /// A job's setup sends the fds of its fillable filesystems to the first; the lane takes
     /// them from the second (non-blocking) and passes them on with the job's pidfd.
     fillable: (OwnedFd, OwnedFd),
+    /// Spawns so far: each job's fillable fds come with its number.
+    spawned: u64,
 }
 
 type BootResult<T> = Result<T, (BootStep, io::Error)>;
@@ -428,8 +434,6 @@ impl Lane {
             }
         }
         let stack = ChildStack::new().map_err(at(BootStep::ChildStack))?;
-        // Started before the filter (which the thread then shares) and before any job.
-        let checks = Checks::start().map_err(at(BootStep::ChildStack))?;
         let fillable = sys::seqpacket_pair().map_err(at(BootStep::Protocol))?;
         sys::set_nonblocking(fillable.1.as_fd()).map_err(at(BootStep::Protocol))?;
         let job_id = if boot.root() { NOBODY } else { 0 };
@@ -445,7 +449,8 @@ impl Lane {
             idle_net: [Vec::new(), Vec::new()],
             idle_ipc: Vec::new(),
             busy: Vec::new(),
-            checks,
+            checks: std::sync::Arc::default(),
+            backlog: Vec::new(),
             argv: Vec::new(),
             envp: Vec::new(),
             scratch: vec![0; TRACE_BYTES_MAX],
@@ -453,6 +458,7 @@ impl Lane {
             filters: Vec::new(),
             cgroups,
             fillable,
+            spawned: 0,
         };
         // The owner of the pooled network and IPC namespaces maps only `1 → job_id`. Jobs can
         // join what it owns but hold no capability there; its root maps to no one, so sysctls
@@ -463,6 +469,7 @@ impl Lane {
         lane.netns_owner = new_user_namespace(&owner, false).map_err(at(BootStep::NetworkOwner))?.0;
         // Installed once here, the filter is inherited by every job: no job pays to load it.
         sys::install_seccomp(filter).map_err(at(BootStep::Seccomp))?;
+        lane.checks.start().map_err(at(BootStep::Checker))?;
         let hello = LaneHello::Ready { version: LANE_PROTOCOL_VERSION, pid: sys::getpid() };
         let mut buf = AlignedVec::new();
         zygote::encode(&hello, &mut buf)
@@ -585,6 +592,7 @@ impl Lane {
             filter,
             cgroup_fds,
             fillable_sock: self.fillable.0.as_raw_fd(),
+            fillable_seq: self.spawned,
             fillable: child::Fillable::new(),
             failure: None,
         };
@@ -611,20 +619,11 @@ impl Lane {
         };
         // SAFETY: CLONE_PIDFD stored a new pidfd that nothing else owns.
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-        let mut passed = Vec::new();
-        let mut failure = args.failure;
-        if args.fillable.sent {
-            let mut byte = [0u8; 1];
-            if let Err(e) = sys::recv_with_fds(self.fillable.1.as_fd(), &mut byte, &mut passed) {
-                let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
-                passed.clear();
-                failure = failure
-                    .or(Some(Failure { step: Step::Prepare, errno: e.raw_os_error().unwrap_or(libc::EIO) }));
-            }
-        }
+        let mut passed = take_fillable(self.fillable.1.as_fd(), args.fillable_seq);
+        self.spawned += 1;
         // A job the lane cannot watch could neither be killed with the worker nor have its
         // namespaces proven empty: it does not run.
-        let reply = match (pidfd.try_clone(), failure) {
+        let reply = match (pidfd.try_clone(), args.failure) {
             (Ok(job), None) => {
                 self.busy.push(Busy { job, borrowed });
                 SpawnReply::Started { pid }
@@ -789,24 +788,36 @@ impl Lane {
     /// Puts the namespaces found clean into the pools; when a pool `loopback` needs is still
     /// empty, checks waiting namespaces here until it is not (or none is left).
     fn refill(&mut self, loopback: Option<bool>) {
-        let (clean, mut waiting) = self.checks.take(|state| {
-            let clean = std::mem::take(&mut state.clean);
-            (clean, if state.waiting.is_empty() { Vec::new() } else { std::mem::take(&mut state.waiting) })
-        });
-        for returned in clean {
-            self.pool(returned);
-        }
         let needs = |lane: &Lane| {
             lane.idle_ipc.is_empty() || loopback.is_some_and(|lo| lane.idle_net[usize::from(lo)].is_empty())
         };
+        let checks = std::sync::Arc::clone(&self.checks);
+        if let Some(mut state) = checks.try_state() {
+            for returned in std::mem::take(&mut state.clean) {
+                self.pool(returned);
+            }
+            if needs(self) {
+                self.backlog.append(&mut state.waiting);
+            }
+        }
         while needs(self)
-            && let Some(returned) = waiting.pop()
+            && let Some(returned) = self.backlog.pop()
         {
             let clean = returned.clean(&mut self.scratch);
             self.pool(clean);
         }
-        if !waiting.is_empty() {
-            self.checks.give(waiting);
+        self.hand_over();
+    }
+
+    /// Hands the backlog to the checker thread, unless it holds the shared state just now.
+    fn hand_over(&mut self) {
+        if self.backlog.is_empty() {
+            return;
+        }
+        if let Some(mut state) = self.checks.try_state() {
+            state.waiting.append(&mut self.backlog);
+            drop(state);
+            self.checks.wake.notify_one();
         }
     }
 
@@ -911,9 +922,8 @@ impl Lane {
         }
     }
 
-    /// Waits for the next request, and meanwhile returns the namespaces of jobs that end to
-    /// the pools: checking them here, while the lane is idle, keeps that work out of the next
-    /// spawn's way.
+    /// Waits for the next request, and meanwhile hands the namespaces of jobs that end to be
+    /// checked (see `Checks`).
     fn await_request(&mut self, sock: BorrowedFd<'_>) -> io::Result<()> {
         loop {
             self.sweep_templates();
@@ -944,7 +954,7 @@ impl Lane {
         self.busy.iter().map(|b| libc::pollfd { fd: b.job.as_raw_fd(), events: libc::POLLIN, revents: 0 })
     }
 
-    /// Returns the namespaces of jobs that ended since the last look to the pools.
+    /// Hands the namespaces of jobs that ended since the last look to be checked.
     fn reclaim(&mut self) {
         if self.busy.is_empty() {
             return;
@@ -958,18 +968,15 @@ impl Lane {
     /// Frees the templates of the jobs whose entries in `polls` (one per busy job, in order)
     /// say they ended, and hands their namespaces to be checked (see [`Checks`]).
     fn reclaim_ended(&mut self, polls: &[libc::pollfd]) {
-        let mut ended = Vec::new();
         for i in (0..self.busy.len().min(polls.len())).rev() {
             if polls[i].revents == 0 {
                 continue;
             }
             let Borrowed { ipc, net, template } = self.busy.swap_remove(i).borrowed;
             self.free_template(template);
-            ended.push(Returned { ipc: Some(ipc), net });
+            self.backlog.push(Returned { ipc: Some(ipc), net });
         }
-        if !ended.is_empty() {
-            self.checks.give(ended);
-        }
+        self.hand_over();
     }
 }
 
@@ -981,6 +988,24 @@ impl Drop for Lane {
             self.kill_jobs();
         }
     }
+}
+
+// A started job's reply carries its fillable filesystems' fds and its pidfd.
+const _: () = assert!(maelstrom_wire::zygote::FILLABLE_MAX < sys::MESSAGE_FDS_MAX);
+
+/// The fds the job of spawn `seq` sent over `sock` (none if its setup failed first), draining
+/// the socket: a datagram left by a job killed after it sent is closed, not taken for another
+/// job's.
+fn take_fillable(sock: BorrowedFd<'_>, seq: u64) -> Vec<OwnedFd> {
+    let mut mine = Vec::new();
+    let mut fds = Vec::new();
+    let mut number = [0u8; 8];
+    while let Ok(len) = sys::recv_with_fds(sock, &mut number, &mut fds) {
+        if len == number.len() && u64::from_ne_bytes(number) == seq {
+            mine = std::mem::take(&mut fds);
+        }
+    }
+    mine
 }
 
 /// The id maps of a new user namespace.
@@ -1001,7 +1026,7 @@ fn new_user_namespace(maps: &Maps, with_mounts: bool) -> io::Result<(OwnedFd, Op
     let (ready_read, ready_write) = sys::pipe()?;
     let (go_read, go_write) = sys::pipe()?;
     let flags = libc::CLONE_NEWUSER | if with_mounts { libc::CLONE_NEWNS } else { 0 };
-    // SAFETY: lanes are single-threaded (this runs before any job, in the lane process).
+    // SAFETY: a lane is single-threaded until the end of its boot (this runs during it).
     match unsafe { sys::fork() }? {
         sys::Forked::Child => {
             drop((ready_read, go_write));
@@ -1061,6 +1086,26 @@ fn close_all(fds: impl IntoIterator<Item = RawFd>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jobs_fillable_fds_are_told_by_their_spawn_number() {
+        let (tx, rx) = sys::seqpacket_pair().unwrap();
+        sys::set_nonblocking(rx.as_fd()).unwrap();
+        let (stale, mine) =
+            (sys::open(c"/", libc::O_PATH).unwrap(), sys::open(c"/tmp", libc::O_PATH).unwrap());
+        // One left by the job of spawn 6 (killed after it sent), then spawn 7's own.
+        sys::send_with_fds(tx.as_fd(), &6u64.to_ne_bytes(), &[stale.as_fd()]).unwrap();
+        sys::send_with_fds(tx.as_fd(), &7u64.to_ne_bytes(), &[mine.as_fd()]).unwrap();
+        let got = take_fillable(rx.as_fd(), 7);
+        assert_eq!(got.len(), 1);
+        let same = |a: &OwnedFd, b: &OwnedFd| {
+            let stat = |fd: &OwnedFd| std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+            use std::os::unix::fs::MetadataExt;
+            (stat(a).dev(), stat(a).ino()) == (stat(b).dev(), stat(b).ino())
+        };
+        assert!(same(&got[0], &mine) && !same(&got[0], &stale));
+        assert!(take_fillable(rx.as_fd(), 8).is_empty(), "the socket was drained");
+    }
 
     #[test]
     fn sockstat_of_an_empty_namespace_is_clean() {

@@ -1,7 +1,7 @@
 //! The sandbox: a zygote that clones each job into fresh namespaces in microseconds.
 //!
 //! Reading order: [`plan`] turns a [`Spec`] into a setup plan (pure data); [`Zygote`] forks
-//! single-threaded lanes before the worker starts any thread; each lane (`lane.rs`) builds or
+//! lanes (single-threaded until booted) before the worker starts any thread; each lane (`lane.rs`) builds or
 //! reuses a template mount namespace for the plan, takes a network namespace from its pool, and
 //! clones the job, whose setup runs in `child.rs` (no allocation, no locks) up to `execve`; the
 //! worker gets back a [`Job`] holding the pidfd, which it waits on, kills, or [`supervise`]s.

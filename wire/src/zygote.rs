@@ -25,7 +25,7 @@ use rkyv::util::AlignedVec;
 use crate::{CBytes, DecodeError};
 
 /// Bumped whenever a type in this module changes shape.
-pub const LANE_PROTOCOL_VERSION: u32 = 4;
+pub const LANE_PROTOCOL_VERSION: u32 = 5;
 
 /// Largest spawn request, in bytes. Arguments and environment dominate; this allows about half
 /// of a default `ARG_MAX`. The socket buffers are sized to carry it in one datagram.
@@ -536,6 +536,7 @@ pub enum BootStep {
     NetworkOwner,
     ChildStack,
     Seccomp,
+    Checker,
     Protocol,
 }
 
@@ -550,6 +551,7 @@ impl ArchivedBootStep {
             ArchivedBootStep::WatchWorker => BootStep::WatchWorker,
             ArchivedBootStep::NetworkOwner => BootStep::NetworkOwner,
             ArchivedBootStep::ChildStack => BootStep::ChildStack,
+            ArchivedBootStep::Checker => BootStep::Checker,
             ArchivedBootStep::Seccomp => BootStep::Seccomp,
             ArchivedBootStep::Protocol => BootStep::Protocol,
         }
@@ -567,6 +569,7 @@ impl fmt::Display for BootStep {
             BootStep::WatchWorker => "open a pidfd on the worker",
             BootStep::NetworkOwner => "create the network namespaces' owner",
             BootStep::ChildStack => "map the child stack",
+            BootStep::Checker => "start the thread that checks namespaces jobs gave back",
             BootStep::Seccomp => "install the seccomp filter",
             BootStep::Protocol => "talk to the worker",
         })

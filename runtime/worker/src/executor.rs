@@ -60,6 +60,9 @@ pub struct JobRequest {
     pub timeout_warning: Option<maelstrom_wire::cluster::TimeoutWarning>,
 }
 
+// A lane's reply to a started job carries its fillable filesystems' fds and its pidfd.
+const _: () = assert!(maelstrom_wire::zygote::FILLABLE_MAX < maelstrom_uring::MESSAGE_FDS_MAX);
+
 /// Why a job produced no outcome.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JobError {
@@ -339,6 +342,8 @@ struct EventLoop {
     buffers: Vec<Vec<u8>>,
     request_bytes: AlignedVec,
     reply_bytes: AlignedVec,
+    /// Takes ended jobs' filesystems to close (see [`EventLoop::close_elsewhere`]).
+    closer: Option<std::sync::mpsc::Sender<Vec<OwnedFd>>>,
 }
 
 impl EventLoop {
@@ -376,6 +381,7 @@ impl EventLoop {
             buffers: Vec::new(),
             request_bytes: AlignedVec::new(),
             reply_bytes: AlignedVec::new(),
+            closer: None,
         }
     }
 
@@ -886,12 +892,33 @@ impl EventLoop {
                 };
                 // Read after the reap: the job's processes are gone, so are their writes.
                 let full = if outcome.cause_unnamed() { running.job.full() } else { Vec::new() };
+                self.close_elsewhere(running.job.detach_filesystems());
                 let [stdout, stderr] = running.streams.map(|s| s.captured);
                 Ok(Completed { outcome, stdout, stderr, duration: running.started.elapsed(), full })
             }
         };
         drop(running.pidfd);
         self.report(id, result);
+    }
+
+    /// Closes `fds` on the closer thread: the last close of a job's tmpfs frees its pages,
+    /// which can take a while for a large one.
+    fn close_elsewhere(&mut self, fds: Vec<OwnedFd>) {
+        if fds.is_empty() {
+            return;
+        }
+        if self.closer.is_none() {
+            let (send, receive) = std::sync::mpsc::channel::<Vec<OwnedFd>>();
+            let started = std::thread::Builder::new()
+                .name("closer".into())
+                .spawn(move || receive.into_iter().for_each(drop));
+            self.closer = started.ok().map(|_| send);
+        }
+        // Without the thread (it could not start, or is gone), they close here.
+        if let Some(Err(std::sync::mpsc::SendError(fds))) = self.closer.as_ref().map(|c| c.send(fds)) {
+            self.closer = None;
+            drop(fds);
+        }
     }
 
     fn report(&mut self, id: JobId, result: Result<Completed, JobError>) {
