@@ -153,7 +153,10 @@ struct Job {
 #[derive(Debug)]
 struct Worker {
     slots: u32,
-    running: Set<JobId>,
+    /// Its jobs, each with the artifacts it needs (its layers and their files).
+    running: Map<JobId, Vec<Digest>>,
+    /// How many of its jobs need each artifact: what it may fetch.
+    fetchable: Map<Digest, u32>,
     layers: Set<Digest>,
 }
 
@@ -235,13 +238,7 @@ impl Broker {
     /// Whether `worker` may fetch the artifact `digest`: only what a job assigned to it needs
     /// (its layers, and the files its manifests name).
     pub fn may_fetch(&self, worker: PeerId, digest: &Digest) -> bool {
-        self.workers.get(&worker).is_some_and(|w| {
-            w.running.iter().any(|id| {
-                self.jobs.get(id).is_some_and(|job| {
-                    job.pins.contains(digest) || job.layers.iter().any(|l| l.digest == *digest)
-                })
-            })
-        })
+        self.workers.get(&worker).is_some_and(|w| w.fetchable.contains_key(digest))
     }
 
     /// Records an artifact found in the store at startup.
@@ -263,7 +260,12 @@ impl Broker {
             Event::WorkerConnected { peer, slots } => {
                 self.workers.insert(
                     peer,
-                    Worker { slots: slots.max(1), running: Set::default(), layers: Set::default() },
+                    Worker {
+                        slots: slots.max(1),
+                        running: Map::default(),
+                        fetchable: Map::default(),
+                        layers: Set::default(),
+                    },
                 );
             }
             Event::AdminConnected(peer) => {
@@ -487,10 +489,18 @@ impl Broker {
 
     fn done(&mut self, peer: PeerId, id: JobId, outcome: Outcome, effects: &mut Vec<Effect>) {
         let Some(worker) = self.workers.get_mut(&peer) else { return };
-        if !worker.running.remove(&id) {
+        let Some(needed) = worker.running.remove(&id) else {
             // Not this worker's job (any more): a late or duplicate report. Ignore it, so no job
             // is ever reported twice.
             return;
+        };
+        for digest in needed {
+            if let Entry::Occupied(mut count) = worker.fetchable.entry(digest) {
+                *count.get_mut() -= 1;
+                if *count.get() == 0 {
+                    count.remove();
+                }
+            }
         }
         match self.jobs.get(&id) {
             Some(job) if matches!(job.state, State::Running { worker } if worker == peer) => {
@@ -530,7 +540,7 @@ impl Broker {
     fn disconnected(&mut self, peer: PeerId, effects: &mut Vec<Effect>) {
         self.admins.remove(&peer);
         if let Some(worker) = self.workers.remove(&peer) {
-            for job_id in worker.running {
+            for job_id in worker.running.into_keys() {
                 if let Some(job) = self.jobs.get_mut(&job_id) {
                     job.state = State::Queued;
                     let job = self.jobs.get(&job_id).expect("just seen");
@@ -581,7 +591,14 @@ impl Broker {
             let job = self.jobs.get_mut(&job_id).expect("checked live");
             job.state = State::Running { worker: worker_id };
             let worker = self.workers.get_mut(&worker_id).expect("picked");
-            worker.running.insert(job_id);
+            let mut needed: Vec<Digest> =
+                job.pins.iter().chain(job.layers.iter().map(|l| &l.digest)).copied().collect();
+            needed.sort_unstable();
+            needed.dedup();
+            for digest in &needed {
+                *worker.fetchable.entry(*digest).or_default() += 1;
+            }
+            worker.running.insert(job_id, needed);
             if worker.layers.len() + job.layers.len() > WORKER_LAYERS_MAX {
                 worker.layers.clear();
             }

@@ -11,6 +11,7 @@ use maelstrom_config::{CommonOptions, LogLevel, Size, Source, getenv, option};
 const KEYS: &[&str] = &[
     "port",
     "listen",
+    "credentials",
     "unauthenticated",
     "http-port",
     "cache-root",
@@ -35,13 +36,18 @@ struct Cli {
     #[arg(short = 'p', long, value_name = "PORT")]
     port: Option<u64>,
     /// The address to listen on: an IP address (with --port), or ADDRESS:PORT [default:
-    /// 127.0.0.1, this machine only]. Any other than a loopback address needs --unauthenticated,
-    /// as the broker authenticates no one yet.
+    /// 127.0.0.1, this machine only]. Any other than a loopback address needs --credentials (or
+    /// --unauthenticated).
     #[arg(long, value_name = "ADDRESS")]
     listen: Option<String>,
-    /// Accept connections from other machines although the broker authenticates no one: anyone
-    /// who can reach the port can run jobs on every worker, act as a worker and receive every
-    /// job, or stop the cluster. Only on a network where everyone who can reach it is trusted.
+    /// The broker's credentials (the `broker` directory `maelstrom-admin credentials` made):
+    /// every peer must then connect with TLS and a certificate of the cluster's, and may act
+    /// only as the role its certificate names.
+    #[arg(long, value_name = "DIR")]
+    credentials: Option<PathBuf>,
+    /// Without credentials, accept connections from other machines all the same: anyone who
+    /// can reach the port can run jobs on every worker, act as a worker and receive every job,
+    /// or stop the cluster. Only on a network where everyone who can reach it is trusted.
     #[arg(long)]
     unauthenticated: bool,
     /// Port of the web UI (not built; only 0 is accepted).
@@ -63,6 +69,7 @@ struct Cli {
 struct Settings {
     port: (u64, Source),
     listen: (String, Source),
+    credentials: Option<(PathBuf, Source)>,
     unauthenticated: (bool, Source),
     cache_root: (PathBuf, Source),
     cache_size: (Size, Source),
@@ -80,6 +87,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings {
         port: config.get_or("port", cli.port, 0, &getenv)?,
         listen: config.get_or("listen", cli.listen.clone(), Ipv4Addr::LOCALHOST.to_string(), &getenv)?,
+        credentials: config.get("credentials", cli.credentials.clone(), &getenv)?,
         unauthenticated: config.get_or(
             "unauthenticated",
             cli.unauthenticated.then_some(true),
@@ -106,15 +114,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     {
         anyhow::bail!("http-port {port} from {source}: the web UI is not built; leave http-port unset");
     }
+    let (client_jobs_max, source) = &settings.client_jobs_max;
+    anyhow::ensure!(*client_jobs_max >= 1, "client-jobs-max from {source}: must be at least 1");
     if cli.common.print_config {
         println!("{settings:#?}");
         return Ok(());
     }
+    let tls = match &settings.credentials {
+        Some((dir, source)) => Some(
+            maelstrom_tls::Credentials::load(dir, maelstrom_tls::Role::Broker)
+                .and_then(|c| c.server())
+                .map_err(|e| anyhow::anyhow!("credentials from {source}: {e}"))?,
+        ),
+        None => None,
+    };
     let address = listen_address(&settings)?;
     let listener = TcpListener::bind(address).map_err(|e| anyhow::anyhow!("listen on {address}: {e}"))?;
     let address = listener.local_addr()?;
     println!("maelstrom-broker: listening on {address}");
-    if !address.ip().is_loopback() {
+    if !address.ip().to_canonical().is_loopback() && tls.is_none() {
         println!(
             "maelstrom-broker: warning: listening unauthenticated on {address}: anyone who can reach it \
              can run jobs on every worker, receive every job, and stop the cluster"
@@ -124,25 +142,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         listener,
         ServerConfig {
             store: settings.cache_root.0,
+            tls,
             store_bytes_max: settings.cache_size.0.0,
-            client_jobs_max: {
-                let (max, source) = settings.client_jobs_max;
-                anyhow::ensure!(max >= 1, "client-jobs-max from {source}: must be at least 1");
-                usize::try_from(max).unwrap_or(usize::MAX)
-            },
+            client_jobs_max: usize::try_from(settings.client_jobs_max.0).unwrap_or(usize::MAX),
             verbose: settings.log_level.0 >= LogLevel::Debug,
         },
     )
 }
 
-/// Where to listen: `listen` (an address, or an address and port) with `port`. Only a loopback
-/// address unless `unauthenticated` says otherwise.
+/// Where to listen: `listen` (an address, or an address and port) with `port`. Without
+/// credentials, only a loopback address unless `unauthenticated` says otherwise.
 fn listen_address(settings: &Settings) -> anyhow::Result<SocketAddr> {
     let (port, port_source) = &settings.port;
     let port = u16::try_from(*port)
         .map_err(|_| anyhow::anyhow!("port from {port_source}: {port} is not a TCP port"))?;
     let (listen, source) = &settings.listen;
     let address = match (listen.parse::<SocketAddr>(), listen.parse::<IpAddr>()) {
+        (Ok(_), _) if *port_source != Source::Default => anyhow::bail!(
+            "listen from {source} ({listen}) and port from {port_source} both give a port: give it once"
+        ),
         (Ok(address), _) => address,
         (_, Ok(ip)) => SocketAddr::new(ip, port),
         _ => anyhow::bail!(
@@ -151,11 +169,12 @@ fn listen_address(settings: &Settings) -> anyhow::Result<SocketAddr> {
         ),
     };
     let (unauthenticated, _) = settings.unauthenticated;
-    if !address.ip().is_loopback() && !unauthenticated {
+    if !address.ip().to_canonical().is_loopback() && !unauthenticated && settings.credentials.is_none() {
         anyhow::bail!(
-            "listen from {source}: {address} is reachable from other machines, and the broker \
-             authenticates no one yet; listen on 127.0.0.1 (the default), or add --unauthenticated \
-             (config `unauthenticated = true`) on a network where everyone who can reach it is trusted"
+            "listen from {source}: {address} is reachable from other machines, and without \
+             credentials the broker authenticates no one; give it --credentials (make them with \
+             `maelstrom-admin credentials DIR`), listen on 127.0.0.1 (the default), or add \
+             --unauthenticated on a network where everyone who can reach it is trusted"
         );
     }
     Ok(address)

@@ -84,9 +84,14 @@ struct Conn {
     fd: Arc<OwnedFd>,
     address: SocketAddr,
     role: Option<Role>,
+    /// With credentials, every connection is a TLS session.
+    tls: Option<maelstrom_tls::Session>,
     reader: FrameReader,
+    /// Frames to send, not yet encrypted; their bytes.
     outgoing: VecDeque<Vec<u8>>,
     outgoing_bytes: usize,
+    /// Bytes ready for the wire (encrypted, with TLS) and not yet written.
+    unsent: Vec<u8>,
     writing: bool,
     reading: bool,
     uploads: HashMap<Digest, Upload>,
@@ -94,6 +99,8 @@ struct Conn {
     discarding: HashSet<Digest>,
     serving: VecDeque<Serving>,
     accepted: Instant,
+    /// Artifacts refused to this worker so far (the first few are logged).
+    refusals: u32,
 }
 
 /// The store's layout version: a store with another layout is left alone, not misread.
@@ -193,6 +200,8 @@ fn manifest_files(bytes: &[u8]) -> Option<Vec<Digest>> {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub store: PathBuf,
+    /// The broker's credentials: every peer must then speak TLS and prove its role.
+    pub tls: Option<Arc<maelstrom_tls::rustls::ServerConfig>>,
     pub store_bytes_max: u64,
     /// Jobs one client may have pending at once.
     pub client_jobs_max: usize,
@@ -223,6 +232,8 @@ pub fn serve(listener: TcpListener, config: ServerConfig) -> anyhow::Result<()> 
         exit: false,
         deadline_passed: false,
         verbose: config.verbose,
+        tls: config.tls.clone(),
+        plaintext: Vec::new(),
     };
     let mut completions = Vec::new();
     while !(server.exit && (server.drained() || server.deadline_passed)) {
@@ -266,6 +277,9 @@ struct Server {
     exit: bool,
     deadline_passed: bool,
     verbose: bool,
+    tls: Option<Arc<maelstrom_tls::rustls::ServerConfig>>,
+    /// Scratch for what a TLS read carried.
+    plaintext: Vec<u8>,
 }
 
 impl Server {
@@ -274,7 +288,7 @@ impl Server {
         self.conns
             .values()
             .filter(|c| c.role == Some(Role::Worker))
-            .all(|c| !c.writing && c.outgoing.is_empty())
+            .all(|c| !c.writing && c.outgoing.is_empty() && c.unsent.is_empty())
     }
 
     /// Closes connections that have not said hello in time.
@@ -307,6 +321,13 @@ impl Server {
             self.log(&format!("{address}: refused, {CONNECTIONS_MAX} connections already"));
             return;
         }
+        let tls = match self.tls.as_ref().map(maelstrom_tls::Session::server).transpose() {
+            Ok(tls) => tls,
+            Err(e) => {
+                self.log(&format!("{address}: refused: TLS: {e}"));
+                return;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let _ = maelstrom_uring::keep_alive(stream.as_fd());
         let peer = self.next_peer;
@@ -318,15 +339,18 @@ impl Server {
                 fd,
                 address,
                 role: None,
+                tls,
                 reader: FrameReader::default(),
                 outgoing: VecDeque::new(),
                 outgoing_bytes: 0,
+                unsent: Vec::new(),
                 writing: false,
                 reading: false,
                 uploads: HashMap::new(),
                 discarding: HashSet::new(),
                 serving: VecDeque::new(),
                 accepted: Instant::now(),
+                refusals: 0,
             },
         );
         self.arm_read(peer, Vec::with_capacity(READ_BYTES));
@@ -367,16 +391,32 @@ impl Server {
             self.close(peer, &why, loud);
             return;
         }
+        // With TLS, what the bytes carried; the session may have something to say back.
+        let mut plaintext = std::mem::take(&mut self.plaintext);
+        plaintext.clear();
+        if let Some(tls) = &mut conn.tls {
+            let received = tls.receive(&buf, &mut plaintext);
+            tls.pending(&mut conn.unsent);
+            if let Err(e) = received {
+                let why =
+                    if tls.is_handshaking() { format!("TLS handshake: {e}") } else { format!("TLS: {e}") };
+                self.plaintext = plaintext;
+                self.close(peer, &why, true);
+                return;
+            }
+        }
+        let bytes = if conn.tls.is_some() { &plaintext[..] } else { &buf[..] };
         // Each frame is handled in place, from the reader's aligned buffer.
         let mut reader = std::mem::take(&mut conn.reader);
         let mut failure = None;
-        let fed = reader.feed(&buf, &mut |kind, payload| match self.frame(peer, kind, payload) {
+        let fed = reader.feed(bytes, &mut |kind, payload| match self.frame(peer, kind, payload) {
             Ok(()) => self.conns.contains_key(&peer),
             Err(why) => {
                 failure = Some(why);
                 false
             }
         });
+        self.plaintext = plaintext;
         let failure = failure.or_else(|| fed.err().map(|e| format!("malformed frame: {e}")));
         if let Some(why) = failure {
             self.close(peer, &why, true);
@@ -384,6 +424,7 @@ impl Server {
         }
         let Some(conn) = self.conns.get_mut(&peer) else { return };
         conn.reader = reader;
+        self.flush(peer);
         self.arm_read(peer, buf);
     }
 
@@ -399,6 +440,20 @@ impl Server {
                         format!("protocol version {version} is not this broker's {PROTOCOL_VERSION}");
                     self.send(peer, &Control::Refused(reason.clone()));
                     return Err(reason);
+                }
+                let claimed = match hello.role {
+                    ArchivedRole::Client => maelstrom_tls::Role::Client,
+                    ArchivedRole::Worker { .. } => maelstrom_tls::Role::Worker,
+                    ArchivedRole::Admin => maelstrom_tls::Role::Admin,
+                };
+                if let Some(tls) = self.conns.get(&peer).and_then(|c| c.tls.as_ref()) {
+                    let proven = tls.peer_role();
+                    if proven != Some(claimed) {
+                        let whose = proven.map_or("no role's".to_owned(), |r| format!("a {r}'s"));
+                        let reason = format!("its certificate is {whose}: it may not act as a {claimed}");
+                        self.send(peer, &Control::Refused(reason.clone()));
+                        return Err(reason);
+                    }
                 }
                 let (role, event) = match hello.role {
                     ArchivedRole::Client => (Role::Client, Event::ClientConnected(peer)),
@@ -457,11 +512,13 @@ impl Server {
                     self.serve_artifact(peer, digest);
                 } else {
                     let reason = "no job assigned to this worker needs it".to_owned();
-                    if let Some(conn) = self.conns.get(&peer) {
-                        self.log(&format!(
-                            "{}: artifact {digest} refused to a worker: {reason}",
-                            conn.address
-                        ));
+                    if let Some(conn) = self.conns.get_mut(&peer) {
+                        conn.refusals += 1;
+                        // A few lines say what happens; a flood of them would say no more.
+                        if conn.refusals <= 3 {
+                            let address = conn.address;
+                            self.log(&format!("{address}: artifact {digest} refused to a worker: {reason}"));
+                        }
                     }
                     self.send(peer, &Control::Unavailable { digest, reason });
                 }
@@ -650,26 +707,35 @@ impl Server {
         self.flush(peer);
     }
 
-    /// Starts a write if none is in flight.
+    /// Starts a write if none is in flight: what is left of the last, else the next frames
+    /// (encrypted, with TLS).
     fn flush(&mut self, peer: PeerId) {
         let Some(conn) = self.conns.get_mut(&peer) else { return };
         if conn.writing {
             return;
         }
-        // Coalesce small frames into one write.
-        let mut batch: Vec<u8> = match conn.outgoing.pop_front() {
-            Some(frame) => frame,
-            None => return,
-        };
-        while batch.len() < (64 << 10)
-            && let Some(next) = conn.outgoing.front()
-            && batch.len() + next.len() <= (256 << 10)
-        {
-            let next = conn.outgoing.pop_front().expect("peeked");
-            batch.extend_from_slice(&next);
+        if conn.unsent.is_empty() {
+            // Coalesce small frames into one write.
+            let Some(mut batch) = conn.outgoing.pop_front() else { return };
+            while batch.len() < (64 << 10)
+                && let Some(next) = conn.outgoing.front()
+                && batch.len() + next.len() <= (256 << 10)
+            {
+                let next = conn.outgoing.pop_front().expect("peeked");
+                batch.extend_from_slice(&next);
+            }
+            conn.outgoing_bytes = conn.outgoing_bytes.saturating_sub(batch.len());
+            match &mut conn.tls {
+                Some(tls) => tls.send(&batch, &mut conn.unsent),
+                None => conn.unsent = batch,
+            }
+        }
+        if conn.unsent.is_empty() {
+            return;
         }
         conn.writing = true;
-        self.ring.write(token(peer, true), &conn.fd, batch);
+        let bytes = std::mem::take(&mut conn.unsent);
+        self.ring.write(token(peer, true), &conn.fd, bytes);
     }
 
     fn written(&mut self, peer: PeerId, completion: Completion) {
@@ -682,9 +748,11 @@ impl Server {
             return;
         }
         let sent = completion.result as usize;
-        conn.outgoing_bytes = conn.outgoing_bytes.saturating_sub(sent);
         if sent < buf.len() {
-            conn.outgoing.push_front(buf[sent..].to_vec());
+            // Before anything the session produced meanwhile.
+            let mut rest = buf[sent..].to_vec();
+            rest.append(&mut conn.unsent);
+            conn.unsent = rest;
         }
         if conn.serving.is_empty() {
             self.flush(peer);

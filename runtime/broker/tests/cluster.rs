@@ -675,33 +675,46 @@ fn a_bad_upload_fails_its_jobs_and_a_reused_id_closes_the_client() {
 #[test]
 fn the_broker_listens_on_loopback_unless_told_it_is_unauthenticated() {
     let dir = tempfile::tempdir().expect("a temp dir");
+    // The lines the broker prints at once; then it is stopped.
     let start = |args: &[&str]| {
         let mut child = Command::new(bin("maelstrom-broker"))
-            .args(["--port", "0", "--cache-root"])
+            .args(["--config-file", "-", "--cache-root"])
             .arg(dir.path().join("cache"))
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start maelstrom-broker");
-        let mut said = String::new();
-        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
-        while stdout.read_line(&mut said).is_ok_and(|n| n > 0) && said.lines().count() < 2 {
-            if said.starts_with("maelstrom-broker: listening on 127.") {
-                break;
+        let stdout = child.stdout.take().expect("piped");
+        let (lines, said) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if lines.send(line).is_err() {
+                    break;
+                }
             }
+        });
+        let mut all = Vec::new();
+        while let Ok(line) = said.recv_timeout(Duration::from_secs(3)) {
+            all.push(line);
         }
         let _ = child.kill();
         let out = child.wait_with_output().expect("wait");
-        (said, text(&out.stderr), out.status)
+        (all.join("\n"), text(&out.stderr), out.status)
     };
-    let (said, _, _) = start(&[]);
-    assert!(said.starts_with("maelstrom-broker: listening on 127.0.0.1:"), "{said}");
-    for listen in ["0.0.0.0", "::", "[::]:0"] {
-        let (said, err, status) = start(&["--listen", listen]);
+    let (said, _, _) = start(&["--port", "0"]);
+    assert!(
+        said.starts_with("maelstrom-broker: listening on 127.0.0.1:") && !said.contains("warning"),
+        "{said}"
+    );
+    for listen in [&["--listen", "0.0.0.0", "--port", "0"][..], &["--listen", "::"], &["--listen", "[::]:0"]]
+    {
+        let (said, err, status) = start(listen);
         assert!(!status.success() && said.is_empty(), "{said}");
         assert!(err.contains("reachable from other machines") && err.contains("--unauthenticated"), "{err}");
     }
+    let (_, err, _) = start(&["--listen", "[::1]:0", "--port", "9"]);
+    assert!(err.contains("give it once"), "{err}");
     let (said, _, _) = start(&["--listen", "0.0.0.0", "--unauthenticated"]);
     assert!(
         said.starts_with("maelstrom-broker: listening on 0.0.0.0:")
