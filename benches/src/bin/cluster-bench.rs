@@ -2,14 +2,17 @@
 //!
 //! - dispatch: the broker's core driven in this process on one core, with simulated workers
 //!   that finish each job the moment they get it: submit, schedule, start, result, report;
-//! - end to end: trivial jobs through a real broker and 2 local workers, beside standalone mode
+//! - end to end: trivial jobs through a real broker and 2 local workers, with security off and
+//!   on (TLS, credentials from `maelstrom-admin credentials`), beside standalone mode
 //!   (`maelstrom-run` with its embedded worker) in the same run, in alternating rounds after a
-//!   warm-up; medians are reported. Every process has its default slots (the CPU count), as a
-//!   user would run them; `--worker-slots` sets the workers' (and standalone gets their sum).
-//!   Every job prints its number, so a lost (or doubled) job is seen.
+//!   warm-up; medians are reported, with the broker's CPU time per job (from /proc) for each
+//!   cluster. Every process has its default slots (the CPU count), as a user would run them;
+//!   `--worker-slots` sets the workers' (and standalone gets their sum). Every job prints its
+//!   number, so a lost (or doubled) job is seen.
 //!
 //! Ends with exactly one line:
-//! `cluster: dispatch_per_s=<n> e2e_jobs_per_s=<n> standalone_jobs_per_s=<n> lost=<n>`
+//! `cluster: dispatch_per_s=<n> e2e_jobs_per_s=<n> e2e_secure_jobs_per_s=<n> standalone_jobs_per_s=<n>
+//! broker_cpu_us_per_job=<n> broker_cpu_us_per_job_secure=<n> secure_ratio=<r> lost=<n>`
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -52,9 +55,18 @@ fn main() {
     let args = Args::parse();
     let dispatch = dispatch_rate(&args);
     eprintln!("dispatch: {dispatch:.0} jobs/s");
-    let (e2e, standalone, lost) = end_to_end(&args);
+    let e = end_to_end(&args);
     println!(
-        "cluster: dispatch_per_s={dispatch:.0} e2e_jobs_per_s={e2e:.0} standalone_jobs_per_s={standalone:.0} lost={lost}"
+        "cluster: dispatch_per_s={dispatch:.0} e2e_jobs_per_s={:.0} e2e_secure_jobs_per_s={:.0} \
+         standalone_jobs_per_s={:.0} broker_cpu_us_per_job={:.1} broker_cpu_us_per_job_secure={:.1} \
+         secure_ratio={:.2} lost={}",
+        e.plain.jobs_per_s,
+        e.secure.jobs_per_s,
+        e.standalone,
+        e.plain.broker_cpu_us,
+        e.secure.broker_cpu_us,
+        e.secure.jobs_per_s / e.plain.jobs_per_s,
+        e.lost
     );
 }
 
@@ -125,7 +137,29 @@ fn bin_dir(args: &Args) -> PathBuf {
 }
 
 /// Median jobs/s of the cluster and of standalone mode, and the jobs lost in all runs.
-fn end_to_end(args: &Args) -> (f64, f64, usize) {
+/// One cluster's medians.
+struct Measured {
+    jobs_per_s: f64,
+    /// The broker's CPU time (user and system) per job.
+    broker_cpu_us: f64,
+}
+
+struct EndToEnd {
+    plain: Measured,
+    secure: Measured,
+    standalone: f64,
+    lost: usize,
+}
+
+/// A process's CPU time so far, from /proc.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
+    let ticks: u64 = after.split_whitespace().skip(11).take(2).filter_map(|f| f.parse::<u64>().ok()).sum();
+    Duration::from_millis(ticks * 10)
+}
+
+fn end_to_end(args: &Args) -> EndToEnd {
     let bins = bin_dir(args);
     let dir = tempfile::Builder::new().prefix("cluster-bench-").tempdir().expect("a temp dir");
     std::fs::copy(maelstrom_testbins::probe(), dir.path().join("probe")).expect("copy the probe");
@@ -133,19 +167,23 @@ fn end_to_end(args: &Args) -> (f64, f64, usize) {
     let per_worker = args.worker_slots.unwrap_or(cores);
     let standalone_slots = if args.worker_slots.is_some() { per_worker * 2 } else { cores };
 
-    let cluster = maelstrom_testbins::runners::Cluster::start_with(&bins, 2, per_worker);
-    let address = cluster.address.clone();
-    wait_for_workers(&bins, &address, 2);
+    let plain = maelstrom_testbins::runners::Cluster::start_configured(&bins, 2, per_worker, false);
+    let secure = maelstrom_testbins::runners::Cluster::start_configured(&bins, 2, per_worker, true);
+    wait_for_workers(&bins, &plain, 2);
+    wait_for_workers(&bins, &secure, 2);
 
-    let run = |broker: bool, jobs: usize| -> (Duration, usize) {
+    let run = |cluster: Option<&maelstrom_testbins::runners::Cluster>, jobs: usize| -> (Duration, usize) {
         let mut command = Command::new(bins.join("maelstrom-run"));
         command
             .current_dir(dir.path())
             .args(["--config-file", "-", "--cache-root"])
             .arg(dir.path().join("client"));
         command.args(["--slots", &standalone_slots.to_string()]);
-        if broker {
-            command.args(["--broker", &address]);
+        if let Some(cluster) = cluster {
+            command.args(["--broker", &cluster.address]);
+            if let Some(credentials) = &cluster.credentials {
+                command.arg("--credentials").arg(credentials.join("client"));
+            }
         }
         let text: String = (0..jobs)
             .map(|i| {
@@ -180,32 +218,49 @@ fn end_to_end(args: &Args) -> (f64, f64, usize) {
         (elapsed, lost)
     };
     // Warm-up: digests, the broker's store, the workers' trees, the local cache.
-    run(true, 100);
-    run(false, 100);
-    let mut cluster = Vec::new();
+    run(Some(&plain), 100);
+    run(Some(&secure), 100);
+    run(None, 100);
+    let (mut rates, mut cpus) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
     let mut standalone = Vec::new();
     let mut lost = 0;
     for round in 0..args.rounds {
-        let (took, missing) = run(true, args.jobs);
-        cluster.push(args.jobs as f64 / took.as_secs_f64());
-        lost += missing;
-        let (took_alone, missing_alone) = run(false, args.jobs);
+        for (i, cluster) in [&plain, &secure].into_iter().enumerate() {
+            let cpu = cpu_time(cluster.broker_pid);
+            let (took, missing) = run(Some(cluster), args.jobs);
+            rates[i].push(args.jobs as f64 / took.as_secs_f64());
+            cpus[i].push((cpu_time(cluster.broker_pid) - cpu).as_secs_f64() * 1e6 / args.jobs as f64);
+            lost += missing;
+        }
+        let (took_alone, missing_alone) = run(None, args.jobs);
         standalone.push(args.jobs as f64 / took_alone.as_secs_f64());
         lost += missing_alone;
         eprintln!(
-            "round {round}: cluster {:.0} jobs/s, standalone {:.0} jobs/s",
-            cluster[round], standalone[round]
+            "round {round}: cluster {:.0} jobs/s ({:.1} µs broker CPU/job), secure {:.0} jobs/s ({:.1} µs), \
+             standalone {:.0} jobs/s",
+            rates[0][round], cpus[0][round], rates[1][round], cpus[1][round], standalone[round]
         );
     }
-    (median(cluster), median(standalone), lost)
+    let [plain_rates, secure_rates] = rates;
+    let [plain_cpus, secure_cpus] = cpus;
+    EndToEnd {
+        plain: Measured { jobs_per_s: median(plain_rates), broker_cpu_us: median(plain_cpus) },
+        secure: Measured { jobs_per_s: median(secure_rates), broker_cpu_us: median(secure_cpus) },
+        standalone: median(standalone),
+        lost,
+    }
 }
 
-fn wait_for_workers(bins: &Path, address: &str, count: u32) {
+fn wait_for_workers(bins: &Path, cluster: &maelstrom_testbins::runners::Cluster, count: u32) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let wanted = format!("Number of workers: {count}");
     loop {
-        let out = Command::new(bins.join("maelstrom-admin"))
-            .args(["--config-file", "-", "--broker", address, "status"])
+        let mut admin = Command::new(bins.join("maelstrom-admin"));
+        if let Some(credentials) = &cluster.credentials {
+            admin.arg("--credentials").arg(credentials.join("admin"));
+        }
+        let out = admin
+            .args(["--config-file", "-", "--broker", &cluster.address, "status"])
             .output()
             .expect("run maelstrom-admin");
         if String::from_utf8_lossy(&out.stdout).contains(&wanted) {

@@ -1,7 +1,9 @@
-//! `maelstrom-admin`: asks a broker for its status, or tells it to stop.
+//! `maelstrom-admin`: asks a broker for its status, or tells it to stop; makes a cluster's
+//! credentials.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -9,7 +11,7 @@ use clap::{Parser, Subcommand};
 use maelstrom_config::{CommonOptions, getenv};
 use maelstrom_wire::cluster::{self, Control, Frame, FrameReader, Hello, PROTOCOL_VERSION, Role, Status};
 
-const KEYS: &[&str] = &["broker", "log-level"];
+const KEYS: &[&str] = &["broker", "credentials", "log-level"];
 
 const AFTER_HELP: &str = "Configuration values come, in order of preference, from the command line, from the \
 environment (MAELSTROM_ADMIN_<NAME>, then MAELSTROM_<NAME>), and from TOML files \
@@ -23,6 +25,10 @@ struct Cli {
     /// The broker's address, HOST:PORT.
     #[arg(short = 'b', long, value_name = "ADDRESS")]
     broker: Option<String>,
+    /// The admin's credentials (the `admin` directory `maelstrom-admin credentials` made), for
+    /// a broker that has its own.
+    #[arg(long, value_name = "DIR")]
+    credentials: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -35,6 +41,15 @@ enum Command {
     /// Tell the broker to exit; its workers exit with it.
     #[command(visible_aliases = ["shut-down", "shutdown"])]
     Stop,
+    /// Make a new cluster's credentials in DIR: a CA (DIR/ca; keep its key.pem off the
+    /// cluster's machines), and one directory for each of broker, worker, client and admin, to
+    /// give each program as its --credentials.
+    Credentials {
+        dir: PathBuf,
+        /// How long the certificates are valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -42,6 +57,16 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Credentials { dir, days } = &cli.command {
+        maelstrom_tls::generate::cluster(dir, maelstrom_tls::generate::Validity::days(*days))?;
+        println!(
+            "made a cluster's credentials in {}: give each program its own directory, e.g. \
+             `maelstrom-broker --credentials {0}/broker`, `maelstrom-worker --credentials {0}/worker`, \
+             clients `--credentials {0}/client`, and keep {0}/ca/key.pem off the cluster's machines",
+            dir.display()
+        );
+        return Ok(());
+    }
     let config = cli.common.load("admin", "MAELSTROM_ADMIN", KEYS)?;
     cli.common.log_level(&config)?;
     if cli.common.print_config {
@@ -51,7 +76,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let (broker, _) = config.get::<String>("broker", cli.broker.clone(), &getenv)?.ok_or_else(|| {
         anyhow::anyhow!("no broker: give one with --broker HOST:PORT (or MAELSTROM_ADMIN_BROKER)")
     })?;
-    let mut conn = Connection::open(&broker)?;
+    let tls = match config.get::<PathBuf>("credentials", cli.credentials.clone(), &getenv)? {
+        Some((dir, source)) => Some(
+            maelstrom_tls::peer_config(&dir, maelstrom_tls::Role::Admin)
+                .map_err(|e| anyhow::anyhow!("credentials from {source}: {e}"))?,
+        ),
+        None => None,
+    };
+    let mut conn = Connection::open(&broker, tls.as_ref())?;
     match cli.command {
         Command::Status => {
             conn.send(&Control::StatusRequest)?;
@@ -64,22 +96,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             conn.wait_closed();
             println!("the broker at {broker} is stopping");
         }
+        Command::Credentials { .. } => unreachable!("handled above"),
     }
     Ok(())
 }
 
 struct Connection {
     stream: TcpStream,
+    tls: Option<maelstrom_tls::Session>,
     reader: FrameReader,
     broker: String,
 }
 
 impl Connection {
-    fn open(broker: &str) -> anyhow::Result<Self> {
+    fn open(
+        broker: &str,
+        tls: Option<&std::sync::Arc<maelstrom_tls::rustls::ClientConfig>>,
+    ) -> anyhow::Result<Self> {
         let stream = maelstrom_uring::connect(broker, Duration::from_secs(5))
             .map_err(|e| anyhow::anyhow!("connect to the broker at {broker}: {e}"))?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let mut conn = Self { stream, reader: FrameReader::default(), broker: broker.to_owned() };
+        let tls = tls.map(maelstrom_tls::Session::client).transpose()?;
+        let mut conn = Self { stream, tls, reader: FrameReader::default(), broker: broker.to_owned() };
         let name = format!("maelstrom-admin (pid {})", std::process::id());
         conn.send(&Control::Hello(Hello { version: PROTOCOL_VERSION, role: Role::Admin, name }))?;
         match conn.next()? {
@@ -92,6 +130,11 @@ impl Connection {
     fn send(&mut self, message: &Control) -> anyhow::Result<()> {
         let mut frame = Vec::new();
         cluster::encode_control(message, &mut frame)?;
+        if let Some(tls) = &mut self.tls {
+            let mut out = Vec::new();
+            tls.send(&frame, &mut out);
+            frame = out;
+        }
         self.stream
             .write_all(&frame)
             .map_err(|e| anyhow::anyhow!("write to the broker at {}: {e}", self.broker))
@@ -106,10 +149,22 @@ impl Connection {
                 .read(&mut buf)
                 .map_err(|e| anyhow::anyhow!("read from the broker at {}: {e}", self.broker))?;
             anyhow::ensure!(n > 0, "the broker at {} closed the connection", self.broker);
+            let mut plaintext = Vec::new();
+            let bytes = match &mut self.tls {
+                Some(tls) => {
+                    let received = tls.receive(&buf[..n], &mut plaintext);
+                    let mut out = Vec::new();
+                    tls.pending(&mut out);
+                    self.stream.write_all(&out)?;
+                    received.map_err(|e| anyhow::anyhow!("TLS with the broker at {}: {e}", self.broker))?;
+                    &plaintext[..]
+                }
+                None => &buf[..n],
+            };
             let mut message = None;
             let mut failure = None;
             self.reader
-                .feed(&buf[..n], &mut |kind, payload| {
+                .feed(bytes, &mut |kind, payload| {
                     match cluster::decode(kind, payload) {
                         Ok(Frame::Control(control)) => {
                             match rkyv::deserialize::<Control, rkyv::rancor::Error>(control) {

@@ -67,6 +67,7 @@ pub struct App {
 /// The config keys of every runner.
 pub const COMMON_KEYS: &[&str] = &[
     "broker",
+    "credentials",
     "log-level",
     "cache-size",
     "inline-limit",
@@ -91,6 +92,10 @@ pub struct RunnerOptions {
     /// Broker address; without one, tests run on this machine.
     #[arg(short = 'b', long, value_name = "ADDRESS")]
     pub broker: Option<String>,
+    /// This client's credentials (the `client` directory `maelstrom-admin credentials` made),
+    /// for a broker that has its own: the connection is then TLS, each side proving its role.
+    #[arg(long, value_name = "DIR")]
+    pub credentials: Option<PathBuf>,
     /// Target size of the layer cache [default: 1 GB]
     #[arg(long, value_name = "SIZE")]
     pub cache_size: Option<String>,
@@ -145,6 +150,7 @@ pub struct RunnerOptions {
 #[derive(Debug)]
 pub struct Settings {
     broker: Option<(String, Source)>,
+    credentials: Option<(PathBuf, Source)>,
     log_level: (LogLevel, Source),
     cache_size: (Size, Source),
     inline_limit: (Size, Source),
@@ -169,6 +175,7 @@ impl RunnerOptions {
         let ui = (ui.parse::<UiKind>().map_err(|e| anyhow::anyhow!("ui from {source}: {e}"))?, source);
         let settings = Settings {
             broker: config.get("broker", self.broker.clone(), &getenv)?,
+            credentials: config.get("credentials", self.credentials.clone(), &getenv)?,
             log_level: self.common.log_level(config)?,
             cache_size: worker.cache_size,
             inline_limit: worker.inline_limit,
@@ -415,9 +422,11 @@ fn run<F: Framework>(
         allotment,
         project: framework.project_root().to_owned(),
     };
-    let broker = settings.broker.as_ref().map(|(b, _)| b.as_str());
+    let broker =
+        maelstrom_client::Broker::from_settings(settings.broker.as_ref(), settings.credentials.as_ref())
+            .map_err(anyhow::Error::msg)?;
     phases.mark("zygote");
-    let mut client = Client::start(zygote, config, broker, sink).context("start the client")?;
+    let mut client = Client::start(zygote, config, broker.as_ref(), sink).context("start the client")?;
     client.add_containers(runner.spec.containers.clone());
     phases.mark("client");
     let session_options = SessionOptions {

@@ -28,6 +28,7 @@ const KEYS: &[&str] = &[
     "inline-limit",
     "slots",
     "broker",
+    "credentials",
     "escape-char",
     "container-image-depot-root",
     "accept-invalid-remote-container-tls-certs",
@@ -60,6 +61,10 @@ struct Cli {
     /// Broker address; without one, jobs run on a local worker (standalone mode).
     #[arg(short = 'b', long, value_name = "ADDRESS")]
     broker: Option<String>,
+    /// This client's credentials (the `client` directory `maelstrom-admin credentials` made),
+    /// for a broker that has its own: the connection is then TLS, each side proving its role.
+    #[arg(long, value_name = "DIR")]
+    credentials: Option<PathBuf>,
     /// Where layers and digests are cached [default: $XDG_CACHE_HOME/maelstrom/run]
     #[arg(long, value_name = "PATH")]
     cache_root: Option<PathBuf>,
@@ -95,6 +100,7 @@ struct Settings {
     slots: (u64, Source),
     jobs: JobValues,
     broker: Option<(String, Source)>,
+    credentials: Option<(PathBuf, Source)>,
 }
 
 fn settings(cli: &Cli, cores: u64) -> anyhow::Result<Settings> {
@@ -114,6 +120,7 @@ fn settings(cli: &Cli, cores: u64) -> anyhow::Result<Settings> {
         slots: worker.slots,
         jobs: worker.jobs,
         broker: config.get("broker", cli.broker.clone(), &getenv)?,
+        credentials: config.get("credentials", cli.credentials.clone(), &getenv)?,
     };
     Ok(settings)
 }
@@ -176,11 +183,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         allotment,
         project,
     };
-    let broker = settings.broker.as_ref().map(|(broker, _)| broker.as_str());
-    let mut client = Client::start(zygote, config, broker, sink).with_context(|| match &settings.broker {
-        Some((_, source)) => format!("broker from {source}"),
-        None => "start the local worker".to_owned(),
-    })?;
+    let broker =
+        maelstrom_client::Broker::from_settings(settings.broker.as_ref(), settings.credentials.as_ref())
+            .map_err(anyhow::Error::msg)?;
+    let mut client =
+        Client::start(zygote, config, broker.as_ref(), sink).with_context(|| match &settings.broker {
+            Some((_, source)) => format!("broker from {source}"),
+            None => "start the local worker".to_owned(),
+        })?;
 
     let (input, name): (Box<dyn Read + Send>, String) = match &cli.file {
         Some(path) => (

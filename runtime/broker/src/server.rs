@@ -51,6 +51,9 @@ const STOP_DEADLINE: Token = u64::MAX - 1;
 const SWEEP: Token = u64::MAX - 2;
 const ACCEPT_AGAIN: Token = u64::MAX - 3;
 
+/// How long a connection being closed has to take its last words (see `Conn::closing`).
+const LAST_WORDS_WITHIN: Duration = Duration::from_secs(2);
+
 /// How long a stopping broker waits for its last words to workers.
 const STOP_GRACE: Duration = Duration::from_secs(1);
 
@@ -101,6 +104,9 @@ struct Conn {
     accepted: Instant,
     /// Artifacts refused to this worker so far (the first few are logged).
     refusals: u32,
+    /// Being closed, once what is queued for it is written (a refusal's reason, a TLS alert):
+    /// since when, and why.
+    closing: Option<(Instant, String)>,
 }
 
 /// The store's layout version: a store with another layout is left alone, not misread.
@@ -291,18 +297,50 @@ impl Server {
             .all(|c| !c.writing && c.outgoing.is_empty() && c.unsent.is_empty())
     }
 
-    /// Closes connections that have not said hello in time.
+    /// Closes connections that have not said hello in time, and those being closed that did
+    /// not take their last words in time.
     fn sweep(&mut self) {
         let late: Vec<PeerId> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.role.is_none() && c.accepted.elapsed() > HELLO_WITHIN)
+            .filter(|(_, c)| c.role.is_none() && c.closing.is_none() && c.accepted.elapsed() > HELLO_WITHIN)
             .map(|(peer, _)| *peer)
             .collect();
         for peer in late {
             self.close(peer, &format!("no hello within {} s", HELLO_WITHIN.as_secs()), true);
         }
+        let mute: Vec<(PeerId, String)> = self
+            .conns
+            .iter()
+            .filter_map(|(peer, c)| {
+                c.closing
+                    .as_ref()
+                    .filter(|(at, _)| at.elapsed() > LAST_WORDS_WITHIN)
+                    .map(|(_, why)| (*peer, why.clone()))
+            })
+            .collect();
+        for (peer, why) in mute {
+            self.close(peer, &why, true);
+        }
         self.apply_effects();
+    }
+
+    /// Closes a connection the peer broke, once what is queued for it is written: the reason
+    /// it was refused, or the TLS alert that says why. It reads no more meanwhile, and its
+    /// role's part in the cluster ends at once.
+    fn close_after_last_words(&mut self, peer: PeerId, why: &str) {
+        self.flush(peer);
+        let Some(conn) = self.conns.get_mut(&peer) else { return };
+        if !conn.writing && conn.unsent.is_empty() && conn.outgoing.is_empty() {
+            self.close(peer, why, true);
+            return;
+        }
+        conn.closing = Some((Instant::now(), why.to_owned()));
+        conn.serving.clear();
+        if conn.role.take().is_some() {
+            self.broker.handle(Event::Disconnected(peer), &mut self.effects);
+        }
+        self.ring.cancel(token(peer, false));
     }
 
     fn log(&self, message: &str) {
@@ -351,6 +389,7 @@ impl Server {
                 serving: VecDeque::new(),
                 accepted: Instant::now(),
                 refusals: 0,
+                closing: None,
             },
         );
         self.arm_read(peer, Vec::with_capacity(READ_BYTES));
@@ -378,6 +417,9 @@ impl Server {
         let Done::Read { buf } = completion.done else { return };
         let Some(conn) = self.conns.get_mut(&peer) else { return };
         conn.reading = false;
+        if conn.closing.is_some() {
+            return;
+        }
         if completion.result <= 0 {
             let cut = conn.reader.mid_frame();
             let why = if completion.result < 0 {
@@ -401,7 +443,7 @@ impl Server {
                 let why =
                     if tls.is_handshaking() { format!("TLS handshake: {e}") } else { format!("TLS: {e}") };
                 self.plaintext = plaintext;
-                self.close(peer, &why, true);
+                self.close_after_last_words(peer, &why);
                 return;
             }
         }
@@ -419,7 +461,7 @@ impl Server {
         self.plaintext = plaintext;
         let failure = failure.or_else(|| fed.err().map(|e| format!("malformed frame: {e}")));
         if let Some(why) = failure {
-            self.close(peer, &why, true);
+            self.close_after_last_words(peer, &why);
             return;
         }
         let Some(conn) = self.conns.get_mut(&peer) else { return };
@@ -449,8 +491,9 @@ impl Server {
                 if let Some(tls) = self.conns.get(&peer).and_then(|c| c.tls.as_ref()) {
                     let proven = tls.peer_role();
                     if proven != Some(claimed) {
-                        let whose = proven.map_or("no role's".to_owned(), |r| format!("a {r}'s"));
-                        let reason = format!("its certificate is {whose}: it may not act as a {claimed}");
+                        let whose = proven.map_or("no role".to_owned(), |r| format!("the {r} role"));
+                        let reason =
+                            format!("its certificate is for {whose}: it may not act as the {claimed} role");
                         self.send(peer, &Control::Refused(reason.clone()));
                         return Err(reason);
                     }
@@ -758,6 +801,14 @@ impl Server {
             self.flush(peer);
         } else {
             self.pump(peer);
+        }
+        // A connection being closed goes once its last words are out.
+        if let Some(conn) = self.conns.get(&peer)
+            && let Some((_, why)) = &conn.closing
+            && !conn.writing
+        {
+            let why = why.clone();
+            self.close(peer, &why, true);
         }
     }
 

@@ -65,10 +65,15 @@ struct Broker {
 }
 
 impl Broker {
-    fn start(dir: &Path, port: u16) -> Self {
+    /// With the `broker` credential of the cluster's `credentials`, if given.
+    fn start(dir: &Path, port: u16, credentials: Option<&Path>) -> Self {
         let log = dir.join(format!("broker-{}.log", Instant::now().elapsed().as_nanos()));
-        let mut child = Command::new(bin("maelstrom-broker"))
-            .args(["--port", &port.to_string(), "--cache-root"])
+        let mut command = Command::new(bin("maelstrom-broker"));
+        if let Some(credentials) = credentials {
+            command.arg("--credentials").arg(credentials.join("broker"));
+        }
+        let mut child = command
+            .args(["--config-file", "-", "--port", &port.to_string(), "--cache-root"])
             .arg(dir.join("broker-cache"))
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("create the broker log"))
@@ -96,11 +101,13 @@ impl Broker {
     }
 }
 
-/// A broker, workers, and a project directory holding the probe.
+/// A broker, workers, and a project directory holding the probe; with security on, the
+/// cluster's credentials, every peer given its own.
 struct Cluster {
     dir: tempfile::TempDir,
     broker: Broker,
     workers: Vec<Process>,
+    credentials: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -108,12 +115,31 @@ impl Cluster {
         Self::start_with(workers, slots, &[])
     }
 
+    /// With security on: credentials made by `maelstrom-admin credentials`, TLS everywhere.
+    fn secure(workers: usize, slots: u32) -> Self {
+        Self::build(workers, slots, &[], true)
+    }
+
     /// With `extra` options for every worker.
     fn start_with(workers: usize, slots: u32, extra: &[&str]) -> Self {
+        Self::build(workers, slots, extra, false)
+    }
+
+    fn build(workers: usize, slots: u32, extra: &[&str], secure: bool) -> Self {
         let dir = tempfile::Builder::new().prefix("maelstrom-cluster-").tempdir().expect("create a temp dir");
         std::fs::copy(maelstrom_testbins::probe(), dir.path().join("probe")).expect("copy the probe");
-        let broker = Broker::start(dir.path(), 0);
-        let mut cluster = Self { dir, broker, workers: Vec::new() };
+        let credentials = secure.then(|| {
+            let credentials = dir.path().join("credentials");
+            let out = Command::new(bin("maelstrom-admin"))
+                .arg("credentials")
+                .arg(&credentials)
+                .output()
+                .expect("run maelstrom-admin credentials");
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            credentials
+        });
+        let broker = Broker::start(dir.path(), 0, credentials.as_deref());
+        let mut cluster = Self { dir, broker, workers: Vec::new(), credentials };
         for _ in 0..workers {
             cluster.add_worker(slots, extra);
         }
@@ -123,7 +149,9 @@ impl Cluster {
 
     fn add_worker(&mut self, slots: u32, extra: &[&str]) {
         let n = self.workers.len();
-        let child = Command::new(bin("maelstrom-worker"))
+        let mut command = Command::new(bin("maelstrom-worker"));
+        self.credentials_of(&mut command, "worker");
+        let child = command
             .args(["--broker", &self.broker.address(), "--slots", &slots.to_string(), "--cache-root"])
             .arg(self.dir.path().join(format!("worker-{n}")))
             .args(extra)
@@ -139,9 +167,18 @@ impl Cluster {
         self.dir.path()
     }
 
+    /// Gives `command` the credential for `role`, when security is on.
+    fn credentials_of(&self, command: &mut Command, role: &str) {
+        if let Some(credentials) = &self.credentials {
+            command.arg("--credentials").arg(credentials.join(role));
+        }
+    }
+
     /// `maelstrom-admin status`, parsed.
     fn status(&self) -> BTreeMap<String, u64> {
-        let out = Command::new(bin("maelstrom-admin"))
+        let mut command = Command::new(bin("maelstrom-admin"));
+        self.credentials_of(&mut command, "admin");
+        let out = command
             .args(["--broker", &self.broker.address(), "status"])
             .output()
             .expect("run maelstrom-admin");
@@ -190,6 +227,7 @@ impl Cluster {
             .arg(self.path().join("client-cache"));
         if broker {
             command.args(["--broker", &self.broker.address()]);
+            self.credentials_of(&mut command, "client");
         }
         command.args(extra).env_remove("MAELSTROM_RUN_BROKER").env_remove("MAELSTROM_BROKER");
         command
@@ -285,7 +323,15 @@ fn three_workers_run_2000_jobs_exactly_once() {
 
 #[test]
 fn a_worker_killed_mid_run_loses_no_job() {
-    let mut cluster = Cluster::start(3, 2);
+    worker_killed_mid_run(Cluster::start(3, 2));
+}
+
+#[test]
+fn a_worker_killed_mid_run_loses_no_job_with_security_on() {
+    worker_killed_mid_run(Cluster::secure(3, 2));
+}
+
+fn worker_killed_mid_run(mut cluster: Cluster) {
     let mut child = cluster.spawn_client();
     let mut stdin = child.stdin.take().expect("piped");
     let jobs: String = numbered_jobs(2000, 5).iter().map(|j| format!("{j}\n")).collect();
@@ -309,7 +355,15 @@ fn a_worker_killed_mid_run_loses_no_job() {
 
 #[test]
 fn workers_and_new_clients_reconnect_after_a_broker_restart() {
-    let mut cluster = Cluster::start(2, 2);
+    broker_restart(Cluster::start(2, 2));
+}
+
+#[test]
+fn workers_and_new_clients_reconnect_after_a_broker_restart_with_security_on() {
+    broker_restart(Cluster::secure(2, 2));
+}
+
+fn broker_restart(mut cluster: Cluster) {
     // A client with a job in flight when the broker dies: the job ends as an error that says so.
     let mut hanging = cluster.spawn_client();
     let mut stdin = hanging.stdin.take().expect("piped");
@@ -324,7 +378,7 @@ fn workers_and_new_clients_reconnect_after_a_broker_restart() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("lost the broker"), "{}", text(&out.stderr));
 
-    cluster.broker = Broker::start(cluster.path(), port);
+    cluster.broker = Broker::start(cluster.path(), port, cluster.credentials.as_deref());
     cluster.wait_for_status("both workers to reconnect", |s| s["workers"] == 2);
     let out = cluster.run(true, &numbered_jobs(50, 0));
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -856,4 +910,130 @@ fn a_client_past_its_bound_of_jobs_is_told_so() {
         Some(Control::Done { id: 1, outcome: Outcome::SystemError("cancelled".into()) })
     );
     drop(broker);
+}
+
+/// A peer that speaks TLS with the credential in `dir` (loaded as `load_as`'s), says hello as
+/// `role`, then sends `then`; returns the control messages the broker sent until it closed the
+/// connection, or why the connection failed.
+fn tls_peer(
+    address: &str,
+    dir: &Path,
+    load_as: maelstrom_tls::Role,
+    role: maelstrom_wire::cluster::Role,
+    then: Option<maelstrom_wire::cluster::Control>,
+) -> Result<Vec<maelstrom_wire::cluster::Control>, String> {
+    use maelstrom_wire::cluster::{Control, Frame, FrameReader, PROTOCOL_VERSION, decode, encode_control};
+    let config = maelstrom_tls::peer_config(dir, load_as).map_err(|e| e.to_string())?;
+    let mut session = maelstrom_tls::Session::client(&config).map_err(|e| e.to_string())?;
+    let mut stream = TcpStream::connect(address).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    let mut plaintext = hello(PROTOCOL_VERSION, role);
+    if let Some(then) = then {
+        encode_control(&then, &mut plaintext).expect("encode");
+    }
+    let mut out = Vec::new();
+    session.send(&plaintext, &mut out);
+    stream.write_all(&out).map_err(|e| e.to_string())?;
+    let (mut reader, mut controls, mut buf) = (FrameReader::default(), Vec::new(), [0u8; 65536]);
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return Ok(controls),
+            Ok(n) => n,
+        };
+        let mut plain = Vec::new();
+        let received = session.receive(&buf[..n], &mut plain);
+        out.clear();
+        session.pending(&mut out);
+        let _ = stream.write_all(&out);
+        received.map_err(|e| e.to_string())?;
+        reader
+            .feed(&plain, &mut |kind, payload| {
+                if let Ok(Frame::Control(control)) = decode(kind, payload)
+                    && let Ok(control) = rkyv::deserialize::<Control, rkyv::rancor::Error>(control)
+                {
+                    controls.push(control);
+                }
+                true
+            })
+            .map_err(|e| e.to_string())?;
+    }
+}
+
+/// With security on, a peer without credentials, with another role's credential, with an
+/// expired or another cluster's certificate, or speaking garbage is refused with the reason
+/// logged; a worker's credential cannot stop the cluster; and an honest client's 300 jobs all
+/// complete meanwhile.
+#[test]
+fn a_secure_cluster_refuses_strangers_while_an_honest_client_finishes() {
+    use maelstrom_tls::Role as Credential;
+    use maelstrom_tls::generate::{Validity, cluster as make_cluster, issue};
+    use maelstrom_wire::cluster::{Control, PROTOCOL_VERSION, Role};
+    let cluster = Cluster::secure(1, 2);
+    let credentials = cluster.credentials.clone().expect("secure");
+    let address = cluster.broker.address();
+    let expired = cluster.path().join("expired");
+    issue(&credentials.join("ca"), Credential::Client, &expired, Validity { from: 1_000_000_000, days: 1 })
+        .expect("issue an expired credential");
+    // Another cluster's client, which trusts this cluster's broker.
+    let other = cluster.path().join("other");
+    make_cluster(&other, Validity::days(30)).expect("another cluster's credentials");
+    let foreign = cluster.path().join("foreign");
+    std::fs::create_dir(&foreign).expect("create a dir");
+    std::fs::copy(credentials.join("client/ca.pem"), foreign.join("ca.pem")).expect("copy");
+    for file in ["cert.pem", "key.pem"] {
+        std::fs::copy(other.join("client").join(file), foreign.join(file)).expect("copy");
+    }
+    let client = std::thread::scope(|s| {
+        let honest = s.spawn(|| cluster.run(true, &numbered_jobs(300, 1)));
+        // No credentials: a plaintext hello, then garbage.
+        rogue(&address, &hello(PROTOCOL_VERSION, Role::Client), false);
+        rogue(&address, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false);
+        // A client's credential acting as a worker (to be sent jobs).
+        let answer = tls_peer(
+            &address,
+            &credentials.join("client"),
+            Credential::Client,
+            Role::Worker { slots: 1 },
+            None,
+        );
+        let refused = |answer: &Result<Vec<Control>, String>| matches!(answer.as_deref(), Ok([Control::Refused(reason)]) if reason.contains("may not act as the"));
+        assert!(refused(&answer), "{answer:?}");
+        // A worker's credential acting as an admin, and sending Stop as the worker it is.
+        let answer = tls_peer(
+            &address,
+            &credentials.join("worker"),
+            Credential::Worker,
+            Role::Admin,
+            Some(Control::Stop),
+        );
+        assert!(refused(&answer), "{answer:?}");
+        let answer = tls_peer(
+            &address,
+            &credentials.join("worker"),
+            Credential::Worker,
+            Role::Worker { slots: 1 },
+            Some(Control::Stop),
+        );
+        assert!(matches!(answer.as_deref(), Ok([Control::Welcome])), "{answer:?}");
+        // An expired certificate, and another cluster's.
+        for dir in [&expired, &foreign] {
+            let answer = tls_peer(&address, dir, Credential::Client, Role::Client, None);
+            assert!(answer.is_err() || answer.as_ref().is_ok_and(Vec::is_empty), "{answer:?}");
+        }
+        honest.join().expect("the honest client")
+    });
+    assert!(client.status.success(), "{}", text(&client.stderr));
+    assert_each_once(&text(&client.stdout), 300);
+    let log = cluster.broker.log().to_lowercase();
+    for reason in [
+        "tls handshake",
+        "its certificate is for the client role: it may not act as the worker role",
+        "its certificate is for the worker role: it may not act as the admin role",
+        "a worker may not send an admin request",
+        "expired",
+        "issuer",
+    ] {
+        assert!(log.contains(reason), "the broker's log does not say {reason:?}:\n{log}");
+    }
+    assert_eq!(cluster.status()["workers"], 1, "the cluster still runs: no one stopped it");
 }

@@ -7,7 +7,7 @@ use maelstrom_container::Zygote;
 use maelstrom_worker::{JobId, ResultSink};
 
 use crate::local::{LocalClient, LocalConfig, PrepareError, StartError};
-use crate::remote::{ConnectError, RemoteClient, SharedSinkHandle};
+use crate::remote::{Broker, ConnectError, RemoteClient, SharedSinkHandle};
 use crate::spec::{ContainerSpec, JobSpec};
 
 #[derive(Debug)]
@@ -31,7 +31,7 @@ impl Client {
     pub fn start(
         zygote: Zygote,
         config: LocalConfig,
-        broker: Option<&str>,
+        broker: Option<&Broker>,
         sink: ResultSink,
     ) -> Result<Self, ClientError> {
         let sink = SharedSinkHandle::new(sink);

@@ -23,3 +23,4 @@ pub mod spec;
 pub use maelstrom_container::{JobCgroups, Zygote, ZygoteConfig, die_by_signal, kill_tree};
 pub use maelstrom_wire::cluster::{Ended, Limit, NotRun, Ran, TimeoutWarning};
 pub use maelstrom_worker::{Allotment, JobId, JobResult, Outcome, Output, ResultSink};
+pub use remote::Broker;

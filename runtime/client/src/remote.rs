@@ -71,6 +71,74 @@ fn deliver(sink: &SharedSink, result: JobResult) {
     sink(result);
 }
 
+/// The connection's TLS session, if it has one: shared by the thread that writes and the one
+/// that reads. Whoever encrypts or decrypts also writes what that produced, under the lock, so
+/// records reach the wire in the order the session made them.
+type Tls = Arc<Mutex<Option<maelstrom_tls::Session>>>;
+
+/// Takes bytes read from the broker: with TLS, decrypts them into `plaintext` (and writes what
+/// the session has to say back) and returns that; else returns them as they are.
+fn received<'a>(
+    tls: &Tls,
+    stream: &mut TcpStream,
+    bytes: &'a [u8],
+    plaintext: &'a mut Vec<u8>,
+) -> io::Result<&'a [u8]> {
+    let mut tls = tls.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(session) = tls.as_mut() else { return Ok(bytes) };
+    plaintext.clear();
+    let result = session.receive(bytes, plaintext);
+    let mut out = Vec::new();
+    session.pending(&mut out);
+    if !out.is_empty() {
+        stream.write_all(&out)?;
+    }
+    let stage = if session.is_handshaking() { "TLS handshake" } else { "TLS" };
+    result.map_err(|e| io::Error::other(format!("{stage}: {e}")))?;
+    Ok(plaintext)
+}
+
+/// Writes `plaintext` to the broker, encrypted with TLS.
+fn send(tls: &Tls, stream: &mut TcpStream, plaintext: &[u8]) -> io::Result<()> {
+    let mut tls = tls.lock().unwrap_or_else(|p| p.into_inner());
+    match tls.as_mut() {
+        Some(session) => {
+            let mut out = Vec::with_capacity(plaintext.len() + 256);
+            session.send(plaintext, &mut out);
+            stream.write_all(&out)
+        }
+        None => stream.write_all(plaintext),
+    }
+}
+
+/// Where the cluster is, and how to prove this client belongs to it.
+#[derive(Clone, Debug)]
+pub struct Broker {
+    /// `host:port`.
+    pub address: String,
+    /// The client's credentials, for a broker that has its own.
+    pub tls: Option<Arc<maelstrom_tls::rustls::ClientConfig>>,
+}
+
+impl Broker {
+    /// The broker of a client's settings, if it has one: its address, with the client's
+    /// credentials (a `client` directory) when given. Each setting comes with where it came
+    /// from, for the error.
+    pub fn from_settings(
+        address: Option<&(String, impl std::fmt::Display)>,
+        credentials: Option<&(std::path::PathBuf, impl std::fmt::Display)>,
+    ) -> Result<Option<Self>, String> {
+        let Some((address, _)) = address else { return Ok(None) };
+        let tls = credentials
+            .map(|(dir, source)| {
+                maelstrom_tls::peer_config(dir, maelstrom_tls::Role::Client)
+                    .map_err(|e| format!("credentials from {source}: {e}"))
+            })
+            .transpose()?;
+        Ok(Some(Self { address: address.clone(), tls }))
+    }
+}
+
 /// A client that runs jobs on a cluster.
 #[derive(Debug)]
 pub struct RemoteClient {
@@ -86,9 +154,20 @@ impl RemoteClient {
     /// Connects to `broker` (`host:port`) and says hello. `local` runs the jobs that cannot
     /// leave this machine, and must have been started with `sink.local_sink()`: every result,
     /// local or remote, reaches the one sink.
-    pub fn connect(broker: &str, local: LocalClient, sink: SharedSinkHandle) -> Result<Self, ConnectError> {
+    pub fn connect(
+        broker: &Broker,
+        local: LocalClient,
+        sink: SharedSinkHandle,
+    ) -> Result<Self, ConnectError> {
+        let Broker { address: broker, tls } = broker;
         let io_error = |source| ConnectError::Io { broker: broker.to_owned(), source };
         let mut stream = maelstrom_uring::connect(broker, Duration::from_secs(5)).map_err(io_error)?;
+        let session = tls
+            .as_ref()
+            .map(maelstrom_tls::Session::client)
+            .transpose()
+            .map_err(|e| io_error(io::Error::other(format!("TLS: {e}"))))?;
+        let tls: Tls = Arc::new(Mutex::new(session));
         // A broker that accepts but never answers is not waited for forever.
         stream.set_read_timeout(Some(HELLO_WITHIN)).map_err(io_error)?;
         let mut hello = Vec::new();
@@ -98,20 +177,27 @@ impl RemoteClient {
             &mut hello,
         )
         .expect("INVARIANT: a hello fits a frame");
-        stream.write_all(&hello).map_err(io_error)?;
+        send(&tls, &mut stream, &hello).map_err(io_error)?;
         let mut reader = FrameReader::default();
         let mut buf = vec![0u8; 64 << 10];
+        let mut plaintext = Vec::new();
         let mut answer: Option<Result<(), String>> = None;
         while answer.is_none() {
             let n = stream.read(&mut buf).map_err(io_error)?;
             if n == 0 {
+                let hint = if tls.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+                    " (a broker with credentials takes only TLS: give this client --credentials)"
+                } else {
+                    ""
+                };
                 return Err(io_error(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    "the broker hung up during hello",
+                    format!("the broker hung up during hello{hint}"),
                 )));
             }
+            let bytes = received(&tls, &mut stream, &buf[..n], &mut plaintext).map_err(io_error)?;
             reader
-                .feed(&buf[..n], &mut |kind, payload| {
+                .feed(bytes, &mut |kind, payload| {
                     answer = Some(match cluster::decode(kind, payload) {
                         Ok(Frame::Control(ArchivedControl::Welcome)) => Ok(()),
                         Ok(Frame::Control(ArchivedControl::Refused(reason))) => {
@@ -138,7 +224,8 @@ impl RemoteClient {
         let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new().name(name.into()).spawn(body).map(|_| ()).map_err(io_error)
         };
-        spawn("writer", Box::new(move || write_frames(writer_stream, &outbox)))?;
+        let writer_tls = Arc::clone(&tls);
+        spawn("writer", Box::new(move || write_frames(writer_stream, &writer_tls, &outbox)))?;
         let upload_frames = frames.clone();
         let upload_shared = Arc::clone(&shared);
         spawn("uploader", Box::new(move || upload(&upload_queue, &upload_frames, &upload_shared)))?;
@@ -148,7 +235,7 @@ impl RemoteClient {
         spawn(
             "reader",
             Box::new(move || {
-                read_results(reader_stream, reader, &read_shared, &read_sink, &uploads, &read_broker)
+                read_results(reader_stream, &tls, reader, &read_shared, &read_sink, &uploads, &read_broker)
             }),
         )?;
         Ok(Self { local, broker: broker.to_owned(), frames, shared, next_id: REMOTE_IDS, stream })
@@ -256,7 +343,7 @@ fn register(artifacts: &mut HashMap<Digest, Source>, built: &Built) {
     }
 }
 
-fn write_frames(mut stream: TcpStream, outbox: &Receiver<Vec<u8>>) {
+fn write_frames(mut stream: TcpStream, tls: &Tls, outbox: &Receiver<Vec<u8>>) {
     let mut batch = Vec::new();
     while let Ok(frame) = outbox.recv() {
         batch.clear();
@@ -266,7 +353,7 @@ fn write_frames(mut stream: TcpStream, outbox: &Receiver<Vec<u8>>) {
         {
             batch.extend_from_slice(&more);
         }
-        if stream.write_all(&batch).is_err() {
+        if send(tls, &mut stream, &batch).is_err() {
             let _ = stream.shutdown(Shutdown::Both);
             return;
         }
@@ -347,6 +434,7 @@ fn send_chunks(
 
 fn read_results(
     mut stream: TcpStream,
+    tls: &Tls,
     mut reader: FrameReader,
     shared: &Mutex<Shared>,
     sink: &SharedSink,
@@ -354,6 +442,7 @@ fn read_results(
     broker: &str,
 ) {
     let mut buf = vec![0u8; 256 << 10];
+    let mut plaintext = Vec::new();
     let why = loop {
         let n = match stream.read(&mut buf) {
             Ok(0) => break "the broker closed the connection".to_owned(),
@@ -361,8 +450,12 @@ fn read_results(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => break e.to_string(),
         };
+        let bytes = match received(tls, &mut stream, &buf[..n], &mut plaintext) {
+            Ok(bytes) => bytes,
+            Err(e) => break e.to_string(),
+        };
         let mut failure = None;
-        let fed = reader.feed(&buf[..n], &mut |kind, payload| {
+        let fed = reader.feed(bytes, &mut |kind, payload| {
             match cluster::decode(kind, payload) {
                 Ok(Frame::Control(ArchivedControl::Done { id, outcome })) => {
                     let id = id.to_native();

@@ -137,7 +137,9 @@ impl Credentials {
             Some(found) => {
                 return Err(CredentialsError::Bad {
                     path: cert_path,
-                    what: format!("is a {found}'s certificate, not a {role}'s (use the {role} directory)"),
+                    what: format!(
+                        "is the {found} role's certificate, not the {role} role's (use the {role} directory)"
+                    ),
                 });
             }
             None => {
@@ -198,6 +200,11 @@ impl Credentials {
             .map_err(|e| self.tls(format!("cert.pem and key.pem: {e}")))?;
         Ok(Arc::new(config))
     }
+}
+
+/// A peer's TLS configuration from its credentials in `dir`, which must be `role`'s.
+pub fn peer_config(dir: &Path, role: Role) -> Result<Arc<ClientConfig>, CredentialsError> {
+    Credentials::load(dir, role)?.client()
 }
 
 /// A TLS session over bytes the caller moves.
@@ -315,7 +322,7 @@ mod tests {
 
         // A credential loaded as another role's is refused with the reason.
         let error = Credentials::load(&dir.path().join("worker"), Role::Client).unwrap_err().to_string();
-        assert!(error.contains("is a worker's certificate, not a client's"), "{error}");
+        assert!(error.contains("is the worker role's certificate, not the client role's"), "{error}");
 
         // Another cluster's client, and this cluster's client whose certificate expired.
         let other = tempfile::tempdir().unwrap();

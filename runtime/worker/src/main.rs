@@ -9,7 +9,8 @@ use maelstrom_container::{Zygote, ZygoteConfig};
 use maelstrom_worker::Allotment;
 use maelstrom_worker::remote::{RemoteConfig, serve};
 
-const KEYS: &[&str] = &["broker", "slots", "cache-root", "cache-size", "inline-limit", "log-level"];
+const KEYS: &[&str] =
+    &["broker", "credentials", "slots", "cache-root", "cache-size", "inline-limit", "log-level"];
 
 const AFTER_HELP: &str = "Configuration values come, in order of preference, from the command line, from the \
 environment (MAELSTROM_WORKER_<NAME>, then MAELSTROM_<NAME>), and from TOML files \
@@ -27,6 +28,10 @@ struct Cli {
     /// The broker's address, HOST:PORT.
     #[arg(short = 'b', long, value_name = "ADDRESS")]
     broker: Option<String>,
+    /// The worker's credentials (the `worker` directory `maelstrom-admin credentials` made), for
+    /// a broker that has its own: the connection is then TLS, each side proving its role.
+    #[arg(long, value_name = "DIR")]
+    credentials: Option<PathBuf>,
     /// Jobs run at once [default: the number of CPUs]
     #[arg(long, value_name = "N")]
     slots: Option<u64>,
@@ -44,6 +49,7 @@ struct Cli {
 #[derive(Debug)]
 struct Settings {
     broker: (String, Source),
+    credentials: Option<(PathBuf, Source)>,
     slots: (u64, Source),
     cache_root: (PathBuf, Source),
     cache_size: (Size, Source),
@@ -65,6 +71,7 @@ fn settings(cli: &Cli, cores: u64) -> anyhow::Result<Settings> {
         config.worker_values(cli.cache_size.as_deref(), cli.inline_limit.as_deref(), cli.slots, cores)?;
     Ok(Settings {
         broker,
+        credentials: config.get("credentials", cli.credentials.clone(), &getenv)?,
         slots: worker.slots,
         cache_root: config.get_or(
             "cache-root",
@@ -86,6 +93,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         println!("{settings:#?}");
         return Ok(());
     }
+    let tls = match &settings.credentials {
+        Some((dir, source)) => Some(
+            maelstrom_tls::peer_config(dir, maelstrom_tls::Role::Worker)
+                .map_err(|e| anyhow::anyhow!("credentials from {source}: {e}"))?,
+        ),
+        None => None,
+    };
     let slots = settings.slots.0 as usize;
     // The zygote forks before any thread exists; everything threaded comes after.
     let allotment = Allotment::configured(slots, &settings.jobs);
@@ -113,6 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             allotment,
             name: format!("{name} ({} slots)", slots),
             verbose: settings.log_level.0 >= LogLevel::Debug,
+            tls,
         },
     )?;
     Ok(())

@@ -44,6 +44,9 @@ pub struct RemoteConfig {
     /// For the broker's logs.
     pub name: String,
     pub verbose: bool,
+    /// The worker's credentials: the connection is then TLS, and the broker must prove it is
+    /// the cluster's.
+    pub tls: Option<Arc<maelstrom_tls::rustls::ClientConfig>>,
 }
 
 /// Why the worker stopped.
@@ -216,8 +219,11 @@ struct Download {
 struct Conn {
     fd: Arc<OwnedFd>,
     generation: u64,
+    tls: Option<maelstrom_tls::Session>,
     reader: FrameReader,
+    /// Frames not yet encrypted, and bytes ready for the wire not yet written.
     outgoing: VecDeque<Vec<u8>>,
+    unsent: Vec<u8>,
     writing: bool,
     welcomed: bool,
 }
@@ -345,13 +351,24 @@ impl Worker {
     fn connect(&mut self) -> Result<(), WorkerError> {
         match maelstrom_uring::connect(&self.config.broker, Duration::from_secs(2)) {
             Ok(stream) => {
+                let tls = match self.config.tls.as_ref().map(maelstrom_tls::Session::client).transpose() {
+                    Ok(tls) => tls,
+                    Err(e) => {
+                        self.log(&format!("TLS with the broker at {}: {e}", self.config.broker));
+                        self.ring.timeout(RECONNECT, self.backoff);
+                        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                        return Ok(());
+                    }
+                };
                 self.generation += 1;
                 let fd = Arc::new(OwnedFd::from(stream));
                 self.conn = Some(Conn {
                     fd: Arc::clone(&fd),
                     generation: self.generation,
+                    tls,
                     reader: FrameReader::default(),
                     outgoing: VecDeque::new(),
+                    unsent: Vec::new(),
                     writing: false,
                     welcomed: false,
                 });
@@ -437,19 +454,31 @@ impl Worker {
         self.flush();
     }
 
+    /// Starts a write if none is in flight: what is left of the last, else the next frames
+    /// (encrypted, with TLS).
     fn flush(&mut self) {
         let Some(conn) = self.conn.as_mut() else { return };
         if conn.writing {
             return;
         }
-        let Some(mut batch) = conn.outgoing.pop_front() else { return };
-        while batch.len() < (64 << 10)
-            && let Some(next) = conn.outgoing.pop_front()
-        {
-            batch.extend_from_slice(&next);
+        if conn.unsent.is_empty() {
+            let Some(mut batch) = conn.outgoing.pop_front() else { return };
+            while batch.len() < (64 << 10)
+                && let Some(next) = conn.outgoing.pop_front()
+            {
+                batch.extend_from_slice(&next);
+            }
+            match &mut conn.tls {
+                Some(tls) => tls.send(&batch, &mut conn.unsent),
+                None => conn.unsent = batch,
+            }
+        }
+        if conn.unsent.is_empty() {
+            return;
         }
         conn.writing = true;
-        self.ring.write(tagged(TAG_WRITE, conn.generation), &conn.fd, batch);
+        let bytes = std::mem::take(&mut conn.unsent);
+        self.ring.write(tagged(TAG_WRITE, conn.generation), &conn.fd, bytes);
     }
 
     fn written(&mut self, generation: u64, completion: Completion) {
@@ -463,7 +492,10 @@ impl Worker {
         }
         let sent = completion.result as usize;
         if sent < buf.len() {
-            conn.outgoing.push_front(buf[sent..].to_vec());
+            // Before anything the session produced meanwhile.
+            let mut rest = buf[sent..].to_vec();
+            rest.append(&mut conn.unsent);
+            conn.unsent = rest;
         }
         self.flush();
     }
@@ -480,9 +512,20 @@ impl Worker {
             self.disconnected(&why);
             return;
         }
+        let mut plaintext = Vec::new();
+        if let Some(tls) = &mut conn.tls {
+            let received = tls.receive(&buf, &mut plaintext);
+            tls.pending(&mut conn.unsent);
+            if let Err(e) = received {
+                let stage = if tls.is_handshaking() { "TLS handshake" } else { "TLS" };
+                self.disconnected(&format!("{stage}: {e}"));
+                return;
+            }
+        }
+        let bytes = if conn.tls.is_some() { &plaintext[..] } else { &buf[..] };
         let mut reader = std::mem::take(&mut conn.reader);
         let mut failure = None;
-        let fed = reader.feed(&buf, &mut |kind, payload| match self.frame(kind, payload) {
+        let fed = reader.feed(bytes, &mut |kind, payload| match self.frame(kind, payload) {
             Ok(()) => !self.stop && self.conn.as_ref().is_some_and(|c| c.generation == generation),
             Err(why) => {
                 failure = Some(why);
@@ -497,6 +540,7 @@ impl Worker {
         let Some(conn) = self.conn.as_mut().filter(|c| c.generation == generation) else { return };
         conn.reader = reader;
         let fd = Arc::clone(&conn.fd);
+        self.flush();
         self.ring.read(tagged(TAG_READ, generation), &fd, buf);
     }
 

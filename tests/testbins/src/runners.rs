@@ -79,6 +79,10 @@ impl Drop for Killed {
 #[derive(Debug)]
 pub struct Cluster {
     pub address: String,
+    /// With security on, the cluster's credentials (`maelstrom-admin credentials`): each
+    /// program is given its role's directory.
+    pub credentials: Option<PathBuf>,
+    pub broker_pid: u32,
     _broker: Killed,
     _workers: Vec<Killed>,
     _dir: tempfile::TempDir,
@@ -92,8 +96,31 @@ impl Cluster {
 
     /// Starts `maelstrom-broker` and `workers` workers of `slots` slots each, from `bin_dir`.
     pub fn start_with(bin_dir: &Path, workers: usize, slots: usize) -> Self {
+        Self::start_configured(bin_dir, workers, slots, false)
+    }
+
+    /// The same with security on (`secure`): credentials made by `maelstrom-admin`, TLS.
+    pub fn start_configured(bin_dir: &Path, workers: usize, slots: usize, secure: bool) -> Self {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let mut broker = Command::new(bin_dir.join("maelstrom-broker"))
+        let credentials = secure.then(|| {
+            let credentials = dir.path().join("credentials");
+            let status = Command::new(bin_dir.join("maelstrom-admin"))
+                .arg("credentials")
+                .arg(&credentials)
+                .stdout(Stdio::null())
+                .status()
+                .expect("run maelstrom-admin credentials");
+            assert!(status.success(), "maelstrom-admin credentials failed");
+            credentials
+        });
+        let with = |command: &mut Command, role: &str| {
+            if let Some(credentials) = &credentials {
+                command.arg("--credentials").arg(credentials.join(role));
+            }
+        };
+        let mut broker = Command::new(bin_dir.join("maelstrom-broker"));
+        with(&mut broker, "broker");
+        let mut broker = broker
             .args(["--config-file", "-", "--cache-root"])
             .arg(dir.path().join("broker"))
             .stdout(Stdio::piped())
@@ -104,12 +131,15 @@ impl Cluster {
         std::io::BufReader::new(broker.stdout.take().expect("piped"))
             .read_line(&mut line)
             .expect("its address");
+        let broker_pid = broker.id();
         let broker = Killed(broker);
         let address = format!("127.0.0.1:{}", line.trim().rsplit(':').next().expect("a port"));
         let workers = (0..workers)
             .map(|n| {
+                let mut worker = Command::new(bin_dir.join("maelstrom-worker"));
+                with(&mut worker, "worker");
                 Killed(
-                    Command::new(bin_dir.join("maelstrom-worker"))
+                    worker
                         .args(["--config-file", "-", "--broker", &address, "--slots", &slots.to_string()])
                         .arg("--cache-root")
                         .arg(dir.path().join(format!("worker-{n}")))
@@ -119,7 +149,7 @@ impl Cluster {
                 )
             })
             .collect();
-        Self { address, _broker: broker, _workers: workers, _dir: dir }
+        Self { address, credentials, broker_pid, _broker: broker, _workers: workers, _dir: dir }
     }
 }
 
