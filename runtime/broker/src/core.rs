@@ -89,6 +89,8 @@ pub enum Event<'a> {
         digest: Digest,
         size: u64,
         files: Option<Vec<Digest>>,
+        /// The client that uploaded it: it counts against that client's bound.
+        from: Option<PeerId>,
     },
     /// A client could not upload an artifact.
     Unavailable {
@@ -163,6 +165,8 @@ struct Worker {
 #[derive(Debug, Default)]
 struct Client {
     jobs: Map<u64, JobId>,
+    /// Bytes of the store its uploads hold.
+    held_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -170,6 +174,8 @@ struct Stored {
     size: u64,
     last_use: u64,
     pins: u32,
+    /// The client whose upload it was, while it is connected.
+    uploader: Option<PeerId>,
 }
 
 #[derive(Debug)]
@@ -204,6 +210,7 @@ pub struct Broker {
     clock: u64,
     completed: u64,
     client_jobs_max: usize,
+    client_bytes_max: u64,
 }
 
 impl Broker {
@@ -225,7 +232,16 @@ impl Broker {
             clock: 0,
             completed: 0,
             client_jobs_max: CLIENT_JOBS_MAX_DEFAULT,
+            client_bytes_max: stored_bytes_max,
         }
+    }
+
+    /// The same, with each client's uploads allowed to hold at most `max` bytes of the store
+    /// (the store's size unless set): an upload past that is refused, and its jobs fail saying
+    /// so.
+    pub fn with_client_bytes_max(mut self, max: u64) -> Self {
+        self.client_bytes_max = max;
+        self
     }
 
     /// The same, with each client allowed `max` pending jobs at once: a job past that ends at
@@ -244,7 +260,7 @@ impl Broker {
     /// Records an artifact found in the store at startup.
     pub fn preload(&mut self, digest: Digest, size: u64, files: Option<Vec<Digest>>) {
         self.stored_bytes += size;
-        self.stored.insert(digest, Stored { size, last_use: 0, pins: 0 });
+        self.stored.insert(digest, Stored { size, last_use: 0, pins: 0, uploader: None });
         if let Some(files) = files {
             self.manifests.insert(digest, files);
         }
@@ -275,7 +291,7 @@ impl Broker {
             Event::Submit { peer, id, spec, bytes } => self.submit(peer, id, spec, bytes, effects),
             Event::Cancel { peer, id } => self.cancel(peer, id, effects),
             Event::Done { peer, id, outcome } => self.done(peer, id, outcome, effects),
-            Event::Stored { digest, size, files } => self.stored(digest, size, files, effects),
+            Event::Stored { digest, size, files, from } => self.stored(digest, size, files, from, effects),
             Event::Unavailable { peer, digest, reason } => self.unavailable(peer, digest, &reason, effects),
             Event::StatusRequest(peer) => {
                 effects.push(Effect::Send { peer, message: Control::Status(self.status()) })
@@ -402,12 +418,24 @@ impl Broker {
         self.queued += 1;
     }
 
-    fn stored(&mut self, digest: Digest, size: u64, files: Option<Vec<Digest>>, effects: &mut Vec<Effect>) {
+    fn stored(
+        &mut self,
+        digest: Digest,
+        size: u64,
+        files: Option<Vec<Digest>>,
+        from: Option<PeerId>,
+        effects: &mut Vec<Effect>,
+    ) {
         if self.stored.contains_key(&digest) {
             return;
         }
         self.stored_bytes += size;
-        self.stored.insert(digest, Stored { size, last_use: self.clock, pins: 0 });
+        let uploader = from.and_then(|peer| {
+            let client = self.clients.get_mut(&peer)?;
+            client.held_bytes += size;
+            Some(peer)
+        });
+        self.stored.insert(digest, Stored { size, last_use: self.clock, pins: 0, uploader });
         if let Some(files) = &files {
             self.manifests.insert(digest, files.clone());
         }
@@ -648,11 +676,32 @@ impl Broker {
             if self.stored_bytes <= self.stored_bytes_max {
                 break;
             }
-            self.stored.remove(&digest);
+            if let Some(client) = self
+                .stored
+                .remove(&digest)
+                .and_then(|s| s.uploader)
+                .and_then(|peer| self.clients.get_mut(&peer))
+            {
+                client.held_bytes = client.held_bytes.saturating_sub(size);
+            }
             self.manifests.remove(&digest);
             self.stored_bytes -= size;
             effects.push(Effect::Evict { digest });
         }
+    }
+
+    /// Whether `client` may upload `bytes` more: its uploads held in the store stay within its
+    /// bound (`client-bytes-max`); else why not.
+    pub fn may_upload(&self, client: PeerId, bytes: u64) -> Result<(), String> {
+        let held = self.clients.get(&client).map_or(0, |c| c.held_bytes);
+        if held.saturating_add(bytes) > self.client_bytes_max {
+            return Err(format!(
+                "it has {bytes} bytes, and this client's uploads already hold {held} bytes of the broker's \
+                 store, its bound (client-bytes-max) being {}",
+                self.client_bytes_max
+            ));
+        }
+        Ok(())
     }
 
     /// Whether the broker asked `peer` to upload `digest` and still waits for it.
@@ -738,7 +787,7 @@ mod tests {
         assert_eq!(wants, [&Effect::Want { client: 1, digest: tar(2).digest, manifest: false }]);
         assert!(starts(&fx).is_empty(), "nothing runs before its artifacts are stored");
         fx.clear();
-        b.handle(Event::Stored { digest: tar(2).digest, size: 5, files: None }, &mut fx);
+        b.handle(Event::Stored { digest: tar(2).digest, size: 5, files: None, from: None }, &mut fx);
         assert_eq!(starts(&fx).len(), 2, "two in flight on one slot: twice the slots");
     }
 
@@ -753,12 +802,15 @@ mod tests {
         assert_eq!(fx, [Effect::Want { client: 1, digest: manifest.digest, manifest: true }]);
         fx.clear();
         let files = vec![Digest::of(b"f1"), Digest::of(b"f2")];
-        b.handle(Event::Stored { digest: manifest.digest, size: 1, files: Some(files.clone()) }, &mut fx);
+        b.handle(
+            Event::Stored { digest: manifest.digest, size: 1, files: Some(files.clone()), from: None },
+            &mut fx,
+        );
         assert_eq!(fx.len(), 2, "both files wanted: {fx:?}");
         fx.clear();
-        b.handle(Event::Stored { digest: files[0], size: 1, files: None }, &mut fx);
+        b.handle(Event::Stored { digest: files[0], size: 1, files: None, from: None }, &mut fx);
         assert!(starts(&fx).is_empty());
-        b.handle(Event::Stored { digest: files[1], size: 1, files: None }, &mut fx);
+        b.handle(Event::Stored { digest: files[1], size: 1, files: None, from: None }, &mut fx);
         assert_eq!(starts(&fx).len(), 1);
     }
 
@@ -785,6 +837,24 @@ mod tests {
         let [(_, id)] = starts(&fx)[..] else { unreachable!() };
         b.handle(Event::Done { peer: worker, id, outcome: exited() }, &mut fx);
         assert!(!b.may_fetch(worker, &file), "not once the job is done");
+    }
+
+    #[test]
+    fn a_clients_uploads_hold_at_most_its_bound() {
+        let mut b = Broker::new(1 << 30).with_client_bytes_max(100);
+        let mut fx = Vec::new();
+        b.handle(Event::ClientConnected(1), &mut fx);
+        b.handle(Event::ClientConnected(2), &mut fx);
+        b.handle(Event::Stored { digest: tar(1).digest, size: 60, files: None, from: Some(1) }, &mut fx);
+        assert!(b.may_upload(1, 40).is_ok());
+        let why = b.may_upload(1, 41).unwrap_err();
+        assert!(why.contains("already hold 60 bytes") && why.contains("client-bytes-max"), "{why}");
+        assert!(b.may_upload(2, 100).is_ok(), "another client's bound is its own");
+        // Evicted, the bytes no longer count.
+        let mut small = Broker::new(50).with_client_bytes_max(100);
+        small.handle(Event::ClientConnected(1), &mut fx);
+        small.handle(Event::Stored { digest: tar(1).digest, size: 60, files: None, from: Some(1) }, &mut fx);
+        assert!(small.may_upload(1, 100).is_ok(), "the store evicted it, unpinned");
     }
 
     #[test]
@@ -927,7 +997,7 @@ mod tests {
         );
         assert_eq!(fx[1], Effect::Want { client: 2, digest: tar(1).digest, manifest: false });
         fx.clear();
-        b.handle(Event::Stored { digest: tar(1).digest, size: 1, files: None }, &mut fx);
+        b.handle(Event::Stored { digest: tar(1).digest, size: 1, files: None, from: None }, &mut fx);
         assert_eq!(starts(&fx).len(), 1, "client 2's job runs");
     }
 
@@ -937,13 +1007,13 @@ mod tests {
         let mut fx = Vec::new();
         b.handle(Event::ClientConnected(1), &mut fx);
         for n in 1..=3 {
-            b.handle(Event::Stored { digest: tar(n).digest, size: 10, files: None }, &mut fx);
+            b.handle(Event::Stored { digest: tar(n).digest, size: 10, files: None, from: None }, &mut fx);
         }
         assert_eq!(fx, [Effect::Evict { digest: tar(1).digest }]);
         fx.clear();
         submit(&mut b, 1, 1, &job(vec![tar(2)], 0, 0), &mut fx);
         fx.clear();
-        b.handle(Event::Stored { digest: tar(4).digest, size: 10, files: None }, &mut fx);
+        b.handle(Event::Stored { digest: tar(4).digest, size: 10, files: None, from: None }, &mut fx);
         assert_eq!(fx, [Effect::Evict { digest: tar(3).digest }], "tar 2 is pinned by a waiting job");
     }
 
@@ -1055,7 +1125,7 @@ mod tests {
                                 let reason = "could not read it".to_owned();
                                 b.handle(Event::Unavailable { peer: client, digest, reason }, &mut fx);
                             } else {
-                                b.handle(Event::Stored { digest, size: 1, files: None }, &mut fx);
+                                b.handle(Event::Stored { digest, size: 1, files: None, from: None }, &mut fx);
                             }
                         }
                         Effect::Start { worker, id, .. } if live_workers.contains(&worker) => {

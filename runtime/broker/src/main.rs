@@ -17,6 +17,7 @@ const KEYS: &[&str] = &[
     "cache-root",
     "cache-size",
     "client-jobs-max",
+    "client-bytes-max",
     "log-level",
 ];
 
@@ -63,6 +64,10 @@ struct Cli {
     /// that says so [default: 1000000]
     #[arg(long, value_name = "COUNT")]
     client_jobs_max: Option<u64>,
+    /// Bytes one client's uploads may hold in the artifact store; an upload past that is
+    /// refused, and the jobs that need it fail saying so [default: the cache size]
+    #[arg(long, value_name = "SIZE")]
+    client_bytes_max: Option<String>,
 }
 
 #[derive(Debug)]
@@ -74,6 +79,7 @@ struct Settings {
     cache_root: (PathBuf, Source),
     cache_size: (Size, Source),
     client_jobs_max: (u64, Source),
+    client_bytes_max: (Size, Source),
     log_level: (LogLevel, Source),
 }
 
@@ -84,7 +90,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.common.load("broker", "MAELSTROM_BROKER", KEYS)?;
     let size = option::<Size>(cli.cache_size.as_deref(), "cache-size")?;
-    let settings = Settings {
+    let client_bytes = option::<Size>(cli.client_bytes_max.as_deref(), "client-bytes-max")?;
+    let mut settings = Settings {
         port: config.get_or("port", cli.port, 0, &getenv)?,
         listen: config.get_or("listen", cli.listen.clone(), Ipv4Addr::LOCALHOST.to_string(), &getenv)?,
         credentials: config.get("credentials", cli.credentials.clone(), &getenv)?,
@@ -101,6 +108,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &getenv,
         )?,
         cache_size: config.get_or("cache-size", size, Size(1_000_000_000), &getenv)?,
+        client_bytes_max: (Size(0), Source::Default),
         client_jobs_max: config.get_or(
             "client-jobs-max",
             cli.client_jobs_max,
@@ -114,6 +122,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     {
         anyhow::bail!("http-port {port} from {source}: the web UI is not built; leave http-port unset");
     }
+    let cache_size = settings.cache_size.0;
+    settings.client_bytes_max = config.get_or("client-bytes-max", client_bytes, cache_size, &getenv)?;
     let (client_jobs_max, source) = &settings.client_jobs_max;
     anyhow::ensure!(*client_jobs_max >= 1, "client-jobs-max from {source}: must be at least 1");
     if cli.common.print_config {
@@ -145,6 +155,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tls,
             store_bytes_max: settings.cache_size.0.0,
             client_jobs_max: usize::try_from(settings.client_jobs_max.0).unwrap_or(usize::MAX),
+            client_bytes_max: settings.client_bytes_max.0.0,
             verbose: settings.log_level.0 >= LogLevel::Debug,
         },
     )

@@ -211,13 +211,17 @@ pub struct ServerConfig {
     pub store_bytes_max: u64,
     /// Jobs one client may have pending at once.
     pub client_jobs_max: usize,
+    /// Bytes one client's uploads may hold in the store.
+    pub client_bytes_max: u64,
     pub verbose: bool,
 }
 
 /// Serves until an admin says stop.
 pub fn serve(listener: TcpListener, config: ServerConfig) -> anyhow::Result<()> {
     let store = Store::open(&config.store)?;
-    let mut broker = Broker::new(config.store_bytes_max).with_client_jobs_max(config.client_jobs_max);
+    let mut broker = Broker::new(config.store_bytes_max)
+        .with_client_jobs_max(config.client_jobs_max)
+        .with_client_bytes_max(config.client_bytes_max);
     for (digest, size, files) in store.scan() {
         broker.preload(digest, size, files);
     }
@@ -611,14 +615,18 @@ impl Server {
                         header.offset
                     ));
                 }
-                if header.total > self.store_bytes_max {
+                let refused = if header.total > self.store_bytes_max {
+                    Err(format!(
+                        "it has {} bytes, more than the broker's whole cache ({} bytes; see --cache-size)",
+                        header.total, self.store_bytes_max
+                    ))
+                } else {
+                    self.broker.may_upload(peer, header.total)
+                };
+                if let Err(reason) = refused {
                     if !last {
                         conn.discarding.insert(digest);
                     }
-                    let reason = format!(
-                        "it has {} bytes, more than the broker's whole cache ({} bytes; see --cache-size)",
-                        header.total, self.store_bytes_max
-                    );
                     self.broker.handle(Event::Unavailable { peer, digest, reason }, &mut self.effects);
                     return Ok(());
                 }
@@ -674,7 +682,8 @@ impl Server {
         self.expect_manifest.remove(&digest);
         fs::rename(&upload.temp, self.store.path(&digest, manifest))
             .map_err(|e| format!("store artifact {digest}: {e}"))?;
-        self.broker.handle(Event::Stored { digest, size: upload.received, files }, &mut self.effects);
+        let stored = Event::Stored { digest, size: upload.received, files, from: Some(peer) };
+        self.broker.handle(stored, &mut self.effects);
         Ok(())
     }
 

@@ -1037,3 +1037,48 @@ fn a_secure_cluster_refuses_strangers_while_an_honest_client_finishes() {
     }
     assert_eq!(cluster.status()["workers"], 1, "the cluster still runs: no one stopped it");
 }
+
+/// A client whose uploads would hold more of the store than its bound (`client-bytes-max`) is
+/// told so through the jobs that need the upload, and stays connected.
+#[test]
+fn a_client_past_its_bound_of_bytes_is_told_so() {
+    use maelstrom_wire::artifact::Digest;
+    use maelstrom_wire::cluster::{
+        ChunkHeader, Control, FrameReader, JobSpec, Kind, LayerKind, LayerRef, Outcome, PROTOCOL_VERSION,
+        Role, encode_chunk, encode_job, encode_job_frame, typical_job,
+    };
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let mut child = Command::new(bin("maelstrom-broker"))
+        .args(["--config-file", "-", "--port", "0", "--client-bytes-max", "16", "--cache-root"])
+        .arg(dir.path().join("cache"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start maelstrom-broker");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line).expect("the address");
+    let broker = Process(child);
+    let address = line.trim().rsplit(' ').next().expect("an address").to_owned();
+    let mut client = TcpStream::connect(&address).expect("connect");
+    client.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    client.write_all(&hello(PROTOCOL_VERSION, Role::Client)).expect("hello");
+    let mut reader = FrameReader::default();
+    assert_eq!(next_control(&mut client, &mut reader), Some(Control::Welcome));
+    let bytes = b"thirty-two bytes of layer, no le";
+    let digest = Digest::of(bytes);
+    let job = JobSpec { layers: vec![LayerRef { kind: LayerKind::Tar, digest }], ..typical_job() };
+    let mut frame = Vec::new();
+    encode_job_frame(Kind::Submit, 1, &encode_job(&job), &mut frame).expect("encode");
+    client.write_all(&frame).expect("submit");
+    assert_eq!(next_control(&mut client, &mut reader), Some(Control::Want { digest }));
+    let mut chunk = Vec::new();
+    encode_chunk(&ChunkHeader { digest, offset: 0, total: bytes.len() as u64 }, bytes, &mut chunk);
+    client.write_all(&chunk).expect("upload");
+    match next_control(&mut client, &mut reader) {
+        Some(Control::Done { id: 1, outcome: Outcome::SystemError(message) }) => {
+            assert!(message.contains("client-bytes-max") && message.contains("32 bytes"), "{message}");
+        }
+        other => panic!("expected the job to fail saying why, got {other:?}"),
+    }
+    drop(broker);
+}
