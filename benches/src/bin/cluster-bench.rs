@@ -151,12 +151,10 @@ struct EndToEnd {
     lost: usize,
 }
 
-/// A process's CPU time so far, from /proc.
+/// A single-threaded process's CPU time so far, in nanoseconds (`/proc/<pid>/schedstat`).
 fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
-    let ticks: u64 = after.split_whitespace().skip(11).take(2).filter_map(|f| f.parse::<u64>().ok()).sum();
-    Duration::from_millis(ticks * 10)
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).unwrap_or_default();
+    Duration::from_nanos(stat.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0))
 }
 
 fn end_to_end(args: &Args) -> EndToEnd {
@@ -225,7 +223,9 @@ fn end_to_end(args: &Args) -> EndToEnd {
     let mut standalone = Vec::new();
     let mut lost = 0;
     for round in 0..args.rounds {
-        for (i, cluster) in [&plain, &secure].into_iter().enumerate() {
+        // Each goes first in turn.
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for (i, cluster) in order.into_iter().map(|i| (i, [&plain, &secure][i])) {
             let cpu = cpu_time(cluster.broker_pid);
             let (took, missing) = run(Some(cluster), args.jobs);
             rates[i].push(args.jobs as f64 / took.as_secs_f64());

@@ -132,7 +132,8 @@ impl Connection {
         cluster::encode_control(message, &mut frame)?;
         if let Some(tls) = &mut self.tls {
             let mut out = Vec::new();
-            tls.send(&frame, &mut out);
+            tls.send(&frame, &mut out)
+                .map_err(|e| anyhow::anyhow!("TLS with the broker at {}: {e}", self.broker))?;
             frame = out;
         }
         self.stream

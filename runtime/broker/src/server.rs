@@ -51,7 +51,8 @@ const STOP_DEADLINE: Token = u64::MAX - 1;
 const SWEEP: Token = u64::MAX - 2;
 const ACCEPT_AGAIN: Token = u64::MAX - 3;
 
-/// How long a connection being closed has to take its last words (see `Conn::closing`).
+/// How long a connection being closed has to take its last words (see `Conn::closing`), at
+/// least: the sweep that ends it runs every [`SWEEP_EVERY`].
 const LAST_WORDS_WITHIN: Duration = Duration::from_secs(2);
 
 /// How long a stopping broker waits for its last words to workers.
@@ -705,7 +706,7 @@ impl Server {
 
     /// Queues artifact chunks for `peer` while its outgoing queue is short.
     fn pump(&mut self, peer: PeerId) {
-        let Some(conn) = self.conns.get_mut(&peer) else { return };
+        let Some(conn) = self.conns.get_mut(&peer).filter(|c| c.closing.is_none()) else { return };
         let mut chunk = vec![0u8; CHUNK_BYTES];
         while conn.outgoing_bytes < OUTGOING_BYTES_HIGH
             && let Some(serving) = conn.serving.front_mut()
@@ -748,7 +749,8 @@ impl Server {
     }
 
     fn queue(&mut self, peer: PeerId, frame: Vec<u8>) {
-        let Some(conn) = self.conns.get_mut(&peer) else { return };
+        // A connection being closed takes nothing more: its role's part has ended.
+        let Some(conn) = self.conns.get_mut(&peer).filter(|c| c.closing.is_none()) else { return };
         conn.outgoing_bytes += frame.len();
         conn.outgoing.push_back(frame);
         if conn.outgoing_bytes > OUTGOING_BYTES_MAX {
@@ -778,11 +780,20 @@ impl Server {
             }
             conn.outgoing_bytes = conn.outgoing_bytes.saturating_sub(batch.len());
             match &mut conn.tls {
-                Some(tls) => tls.send(&batch, &mut conn.unsent),
+                Some(tls) => {
+                    if tls.send(&batch, &mut conn.unsent).is_err() {
+                        // The session failed: nothing more can go out on it.
+                        conn.outgoing.clear();
+                        conn.outgoing_bytes = 0;
+                    }
+                }
                 None => conn.unsent = batch,
             }
         }
         if conn.unsent.is_empty() {
+            if let Some((_, why)) = conn.closing.take() {
+                self.close(peer, &why, true);
+            }
             return;
         }
         conn.writing = true;
@@ -795,8 +806,12 @@ impl Server {
         let Some(conn) = self.conns.get_mut(&peer) else { return };
         conn.writing = false;
         if completion.result < 0 {
-            let why = io::Error::from_raw_os_error(-completion.result).to_string();
-            self.close(peer, &why, false);
+            let error = io::Error::from_raw_os_error(-completion.result);
+            // A connection being closed had its reason; say it, and what ended its last words.
+            match conn.closing.take() {
+                Some((_, why)) => self.close(peer, &format!("{why} (then, writing to it: {error})"), true),
+                None => self.close(peer, &error.to_string(), false),
+            }
             return;
         }
         let sent = completion.result as usize;

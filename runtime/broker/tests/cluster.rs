@@ -932,7 +932,7 @@ fn tls_peer(
         encode_control(&then, &mut plaintext).expect("encode");
     }
     let mut out = Vec::new();
-    session.send(&plaintext, &mut out);
+    session.send(&plaintext, &mut out).map_err(|e| e.to_string())?;
     stream.write_all(&out).map_err(|e| e.to_string())?;
     let (mut reader, mut controls, mut buf) = (FrameReader::default(), Vec::new(), [0u8; 65536]);
     loop {
@@ -1024,16 +1024,24 @@ fn a_secure_cluster_refuses_strangers_while_an_honest_client_finishes() {
     });
     assert!(client.status.success(), "{}", text(&client.stderr));
     assert_each_once(&text(&client.stdout), 300);
-    let log = cluster.broker.log().to_lowercase();
-    for reason in [
+    // The broker logs a refusal once its alert is written: give it a moment.
+    let reasons = [
         "tls handshake",
         "its certificate is for the client role: it may not act as the worker role",
         "its certificate is for the worker role: it may not act as the admin role",
         "a worker may not send an admin request",
         "expired",
         "issuer",
-    ] {
-        assert!(log.contains(reason), "the broker's log does not say {reason:?}:\n{log}");
+    ];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = cluster.broker.log().to_lowercase();
+        let missing: Vec<&str> = reasons.iter().copied().filter(|r| !log.contains(r)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the broker's log does not say {missing:?}:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(cluster.status()["workers"], 1, "the cluster still runs: no one stopped it");
 }

@@ -104,8 +104,9 @@ fn send(tls: &Tls, stream: &mut TcpStream, plaintext: &[u8]) -> io::Result<()> {
     match tls.as_mut() {
         Some(session) => {
             let mut out = Vec::with_capacity(plaintext.len() + 256);
-            session.send(plaintext, &mut out);
-            stream.write_all(&out)
+            let sent = session.send(plaintext, &mut out);
+            stream.write_all(&out)?;
+            sent
         }
         None => stream.write_all(plaintext),
     }

@@ -23,7 +23,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, ClientConnection, Connection, RootCertStore, ServerConfig, ServerConnection};
 
-#[cfg(feature = "generate")]
+#[cfg(any(test, feature = "generate"))]
 pub mod generate;
 
 pub use rustls;
@@ -187,6 +187,10 @@ impl Credentials {
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.chain.clone(), self.key.clone_key())
             .map_err(|e| self.tls(format!("cert.pem and key.pem: {e}")))?;
+        // No resumption: every connection shows, and has checked, a certificate valid now.
+        let mut config = config;
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
         Ok(Arc::new(config))
     }
 
@@ -198,6 +202,8 @@ impl Credentials {
             .with_root_certificates(self.roots()?)
             .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
             .map_err(|e| self.tls(format!("cert.pem and key.pem: {e}")))?;
+        let mut config = config;
+        config.resumption = rustls::client::Resumption::disabled();
         Ok(Arc::new(config))
     }
 }
@@ -251,11 +257,13 @@ impl Session {
     }
 
     /// Encrypts `plaintext` (held until the handshake is done), and appends what is to be
-    /// written to the peer to `out`.
-    pub fn send(&mut self, plaintext: &[u8], out: &mut Vec<u8>) {
-        // Nothing to fail: with no buffer limit, writing plaintext only queues it.
-        let _ = self.conn.writer().write_all(plaintext);
+    /// written to the peer to `out`. Fails only once the session has failed; what it still has
+    /// to say (an alert) is in `out` all the same.
+    pub fn send(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+        // With no buffer limit, writing plaintext only queues it.
+        let written = self.conn.writer().write_all(plaintext);
         self.pending(out);
+        written
     }
 
     /// Appends what the session has to write to the peer (handshake messages, alerts, records)
@@ -279,7 +287,6 @@ impl Session {
 }
 
 #[cfg(test)]
-#[cfg(feature = "generate")]
 mod tests {
     use super::*;
     use crate::generate::{Validity, cluster, issue};
@@ -288,7 +295,7 @@ mod tests {
     fn talk(server: &mut Session, client: &mut Session, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
         let (mut to_server, mut to_client, mut got, mut ignored) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        client.send(message, &mut to_server);
+        client.send(message, &mut to_server).unwrap();
         for _ in 0..10 {
             server.receive(&std::mem::take(&mut to_server), &mut got)?;
             server.pending(&mut to_client);
@@ -299,6 +306,27 @@ mod tests {
             }
         }
         Ok(got)
+    }
+
+    /// Runs a handshake until one side fails; the errors each side saw (`Ok` if none).
+    fn talk_both(
+        server: &mut Session,
+        client: &mut Session,
+    ) -> (Result<(), rustls::Error>, Result<(), rustls::Error>) {
+        let (mut to_server, mut to_client, mut ignored) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut server_result, mut client_result) = (Ok(()), Ok(()));
+        let _ = client.send(b"hello", &mut to_server);
+        for _ in 0..10 {
+            if server_result.is_ok() {
+                server_result = server.receive(&std::mem::take(&mut to_server), &mut ignored);
+                server.pending(&mut to_client);
+            }
+            if client_result.is_ok() {
+                client_result = client.receive(&std::mem::take(&mut to_client), &mut ignored);
+                client.pending(&mut to_server);
+            }
+        }
+        (server_result, client_result)
     }
 
     fn setup(dir: &Path) -> (Arc<ServerConfig>, impl Fn(&Path, Role) -> Session) {
@@ -324,18 +352,50 @@ mod tests {
         let error = Credentials::load(&dir.path().join("worker"), Role::Client).unwrap_err().to_string();
         assert!(error.contains("is the worker role's certificate, not the client role's"), "{error}");
 
-        // Another cluster's client, and this cluster's client whose certificate expired.
+        // Another cluster's client (which trusts this broker), and this cluster's client whose
+        // certificate expired: the broker refuses them.
         let other = tempfile::tempdir().unwrap();
         cluster(other.path(), Validity::days(30)).unwrap();
+        let foreign = dir.path().join("foreign");
+        std::fs::create_dir(&foreign).unwrap();
+        std::fs::copy(dir.path().join("client/ca.pem"), foreign.join("ca.pem")).unwrap();
+        for file in ["cert.pem", "key.pem"] {
+            std::fs::copy(other.path().join("client").join(file), foreign.join(file)).unwrap();
+        }
         let expired = dir.path().join("expired");
         issue(&dir.path().join("ca"), Role::Client, &expired, Validity { from: 1_000_000_000, days: 1 })
             .unwrap();
-        for (credential, why) in [(other.path().join("client"), "UnknownIssuer"), (expired, "Expired")] {
+        for (credential, why) in [(foreign, "UnknownIssuer"), (expired, "Expired")] {
             let mut server = Session::server(&broker).unwrap();
             let mut client = peer(&credential, Role::Client);
-            let error = talk(&mut server, &mut client, b"hello").unwrap_err();
-            assert!(format!("{error:?}").contains(why), "{error:?}");
+            let (server_error, _) = talk_both(&mut server, &mut client);
+            assert!(format!("{server_error:?}").contains(why), "{server_error:?}");
         }
+
+        // A client with no certificate at all, and the broker's certificate used as a client's.
+        let roots = Credentials::load(&dir.path().join("client"), Role::Client).unwrap().roots().unwrap();
+        let anonymous = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut server = Session::server(&broker).unwrap();
+        let mut client = Session::client(&Arc::new(anonymous)).unwrap();
+        let (server_error, _) = talk_both(&mut server, &mut client);
+        assert!(format!("{server_error:?}").contains("NoCertificatesPresented"), "{server_error:?}");
+        let as_client =
+            Credentials::load(&dir.path().join("broker"), Role::Broker).unwrap().client().unwrap();
+        let mut server = Session::server(&broker).unwrap();
+        let mut client = Session::client(&as_client).unwrap();
+        let (server_error, _) = talk_both(&mut server, &mut client);
+        assert!(format!("{server_error:?}").contains("Purpose"), "{server_error:?}");
+
+        // A client's certificate used as the broker's: the peer refuses it.
+        let impostor = Credentials::load(&dir.path().join("client"), Role::Client).unwrap().server().unwrap();
+        let mut server = Session::server(&impostor).unwrap();
+        let mut client = peer(&dir.path().join("worker"), Role::Worker);
+        let (_, client_error) = talk_both(&mut server, &mut client);
+        assert!(format!("{client_error:?}").contains("InvalidCertificate"), "{client_error:?}");
 
         // Garbage instead of a handshake.
         let mut server = Session::server(&broker).unwrap();

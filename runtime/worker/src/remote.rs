@@ -469,7 +469,8 @@ impl Worker {
                 batch.extend_from_slice(&next);
             }
             match &mut conn.tls {
-                Some(tls) => tls.send(&batch, &mut conn.unsent),
+                // A failed session says why on the next read; what it still has to say is sent.
+                Some(tls) => drop(tls.send(&batch, &mut conn.unsent)),
                 None => conn.unsent = batch,
             }
         }
