@@ -67,8 +67,14 @@ struct Broker {
 impl Broker {
     /// With the `broker` credential of the cluster's `credentials`, if given.
     fn start(dir: &Path, port: u16, credentials: Option<&Path>) -> Self {
+        Self::start_with(dir, port, credentials, &[])
+    }
+
+    /// With `extra` options too.
+    fn start_with(dir: &Path, port: u16, credentials: Option<&Path>, extra: &[&str]) -> Self {
         let log = dir.join(format!("broker-{}.log", Instant::now().elapsed().as_nanos()));
         let mut command = Command::new(bin("maelstrom-broker"));
+        command.args(extra);
         if let Some(credentials) = credentials {
             command.arg("--credentials").arg(credentials.join("broker"));
         }
@@ -844,26 +850,9 @@ fn each_peer_gets_only_what_its_role_needs() {
 fn a_client_past_its_bound_of_jobs_is_told_so() {
     use maelstrom_wire::artifact::Digest;
     use maelstrom_wire::cluster::{
-        Control, FrameReader, JobSpec, Kind, LayerKind, LayerRef, Outcome, PROTOCOL_VERSION, Role,
-        encode_job, encode_job_frame, typical_job,
+        Control, JobSpec, Kind, LayerKind, LayerRef, Outcome, encode_job, encode_job_frame, typical_job,
     };
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let mut child = Command::new(bin("maelstrom-broker"))
-        .args(["--port", "0", "--client-jobs-max", "3", "--cache-root"])
-        .arg(dir.path().join("cache"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start maelstrom-broker");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line).expect("the address");
-    let broker = Process(child);
-    let address = line.trim().rsplit(' ').next().expect("an address").to_owned();
-    let mut client = TcpStream::connect(&address).expect("connect");
-    client.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
-    client.write_all(&hello(PROTOCOL_VERSION, Role::Client)).expect("hello");
-    let mut reader = FrameReader::default();
-    assert_eq!(next_control(&mut client, &mut reader), Some(Control::Welcome));
+    let (_dir, broker, mut client, mut reader) = broker_and_client(&["--client-jobs-max", "3"]);
     // Jobs that wait for an artifact the client never sends: pending until it goes.
     let digest = Digest::of(b"never sent");
     let job = JobSpec { layers: vec![LayerRef { kind: LayerKind::Tar, digest }], ..typical_job() };
@@ -1052,26 +1041,10 @@ fn a_secure_cluster_refuses_strangers_while_an_honest_client_finishes() {
 fn a_client_past_its_bound_of_bytes_is_told_so() {
     use maelstrom_wire::artifact::Digest;
     use maelstrom_wire::cluster::{
-        ChunkHeader, Control, FrameReader, JobSpec, Kind, LayerKind, LayerRef, Outcome, PROTOCOL_VERSION,
-        Role, encode_chunk, encode_job, encode_job_frame, typical_job,
+        ChunkHeader, Control, JobSpec, Kind, LayerKind, LayerRef, Outcome, encode_chunk, encode_job,
+        encode_job_frame, typical_job,
     };
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let mut child = Command::new(bin("maelstrom-broker"))
-        .args(["--config-file", "-", "--port", "0", "--client-bytes-max", "16", "--cache-root"])
-        .arg(dir.path().join("cache"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start maelstrom-broker");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line).expect("the address");
-    let broker = Process(child);
-    let address = line.trim().rsplit(' ').next().expect("an address").to_owned();
-    let mut client = TcpStream::connect(&address).expect("connect");
-    client.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
-    client.write_all(&hello(PROTOCOL_VERSION, Role::Client)).expect("hello");
-    let mut reader = FrameReader::default();
-    assert_eq!(next_control(&mut client, &mut reader), Some(Control::Welcome));
+    let (_dir, broker, mut client, mut reader) = broker_and_client(&["--client-bytes-max", "16"]);
     let bytes = b"thirty-two bytes of layer, no le";
     let digest = Digest::of(bytes);
     let job = JobSpec { layers: vec![LayerRef { kind: LayerKind::Tar, digest }], ..typical_job() };
@@ -1089,4 +1062,20 @@ fn a_client_past_its_bound_of_bytes_is_told_so() {
         other => panic!("expected the job to fail saying why, got {other:?}"),
     }
     drop(broker);
+}
+
+/// A broker of its own, started with `extra` options, and a client connection to it that said
+/// hello and was welcomed.
+fn broker_and_client(
+    extra: &[&str],
+) -> (tempfile::TempDir, Broker, TcpStream, maelstrom_wire::cluster::FrameReader) {
+    use maelstrom_wire::cluster::{Control, FrameReader, PROTOCOL_VERSION, Role};
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let broker = Broker::start_with(dir.path(), 0, None, extra);
+    let mut client = TcpStream::connect(broker.address()).expect("connect");
+    client.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    client.write_all(&hello(PROTOCOL_VERSION, Role::Client)).expect("hello");
+    let mut reader = FrameReader::default();
+    assert_eq!(next_control(&mut client, &mut reader), Some(Control::Welcome));
+    (dir, broker, client, reader)
 }
