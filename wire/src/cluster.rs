@@ -23,7 +23,7 @@ use crate::artifact::Digest;
 use crate::zygote::{Device, NetworkMode};
 
 /// Bumped whenever a type in this module changes shape.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The most slots a worker may have (and say it has in its hello).
 pub const WORKER_SLOTS_MAX: u32 = 1000;
@@ -348,7 +348,13 @@ pub enum Outcome {
 #[rkyv(compare(PartialEq), derive(Debug))]
 pub enum Control {
     Hello(Hello),
-    Welcome,
+    /// The broker takes the peer; the peer says something (a [`Control::Ping`] if nothing
+    /// else) at least every `ping_ms`, or is taken for gone.
+    Welcome {
+        ping_ms: u64,
+    },
+    /// Peer → broker: still here.
+    Ping,
     /// The broker refuses the connection; it closes after this.
     Refused(String),
     /// Worker → broker, broker → client: a job ended.
@@ -888,7 +894,8 @@ mod tests {
                 name: "w".into(),
             }),
             Control::Hello(Hello { version: PROTOCOL_VERSION, role: Role::Client, name: "c".into() }),
-            Control::Welcome,
+            Control::Welcome { ping_ms: 60_000 },
+            Control::Ping,
             Control::Refused("version".into()),
             Control::Done {
                 id: 3,

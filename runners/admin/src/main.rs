@@ -121,7 +121,7 @@ impl Connection {
         let name = format!("maelstrom-admin (pid {})", std::process::id());
         conn.send(&Control::Hello(Hello { version: PROTOCOL_VERSION, role: Role::Admin, name }))?;
         match conn.next()? {
-            Control::Welcome => Ok(conn),
+            Control::Welcome { .. } => Ok(conn),
             Control::Refused(reason) => anyhow::bail!("the broker at {broker} refused: {reason}"),
             other => anyhow::bail!("the broker at {broker} answered hello with {other:?}"),
         }

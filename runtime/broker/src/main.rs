@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use maelstrom_broker::server::{ServerConfig, serve};
-use maelstrom_config::{CommonOptions, LogLevel, Size, Source, getenv, option};
+use maelstrom_config::{CommonOptions, LogLevel, Seconds, Size, Source, getenv, option};
 
 const KEYS: &[&str] = &[
     "port",
@@ -18,6 +18,7 @@ const KEYS: &[&str] = &[
     "cache-size",
     "client-jobs-max",
     "client-bytes-max",
+    "idle-timeout",
     "log-level",
 ];
 
@@ -68,6 +69,10 @@ struct Cli {
     /// refused, and the jobs that need it fail saying so [default: the cache size]
     #[arg(long, value_name = "SIZE")]
     client_bytes_max: Option<String>,
+    /// How long a peer may stay silent after its hello before it is closed; peers ping at a
+    /// third of it when they have nothing to say [default: 5 min]
+    #[arg(long, value_name = "DURATION")]
+    idle_timeout: Option<String>,
 }
 
 #[derive(Debug)]
@@ -80,6 +85,7 @@ struct Settings {
     cache_size: (Size, Source),
     client_jobs_max: (u64, Source),
     client_bytes_max: (Size, Source),
+    idle_timeout: (Seconds, Source),
     log_level: (LogLevel, Source),
 }
 
@@ -109,6 +115,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         )?,
         cache_size: config.get_or("cache-size", size, Size(1_000_000_000), &getenv)?,
         client_bytes_max: (Size(0), Source::Default),
+        idle_timeout: config.get_or(
+            "idle-timeout",
+            option::<Seconds>(cli.idle_timeout.as_deref(), "idle-timeout")?,
+            Seconds(300),
+            &getenv,
+        )?,
         client_jobs_max: config.get_or(
             "client-jobs-max",
             cli.client_jobs_max,
@@ -124,6 +136,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let cache_size = settings.cache_size.0;
     settings.client_bytes_max = config.get_or("client-bytes-max", client_bytes, cache_size, &getenv)?;
+    let (Seconds(idle), source) = &settings.idle_timeout;
+    anyhow::ensure!(*idle >= 1, "idle-timeout from {source}: must be at least 1 s");
     let (client_jobs_max, source) = &settings.client_jobs_max;
     anyhow::ensure!(*client_jobs_max >= 1, "client-jobs-max from {source}: must be at least 1");
     if cli.common.print_config {
@@ -156,6 +170,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             store_bytes_max: settings.cache_size.0.0,
             client_jobs_max: usize::try_from(settings.client_jobs_max.0).unwrap_or(usize::MAX),
             client_bytes_max: settings.client_bytes_max.0.0,
+            idle_timeout: std::time::Duration::from_secs(settings.idle_timeout.0.0),
             verbose: settings.log_level.0 >= LogLevel::Debug,
         },
     )

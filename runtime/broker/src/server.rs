@@ -103,6 +103,8 @@ struct Conn {
     discarding: HashSet<Digest>,
     serving: VecDeque<Serving>,
     accepted: Instant,
+    /// When the peer last sent anything.
+    heard: Instant,
     /// Artifacts refused to this worker so far (the first few are logged).
     refusals: u32,
     /// Being closed, once what is queued for it is written (a refusal's reason, a TLS alert):
@@ -207,6 +209,9 @@ fn manifest_files(bytes: &[u8]) -> Option<Vec<Digest>> {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub store: PathBuf,
+    /// How long a peer may stay silent after its hello before it is taken for gone (peers are
+    /// told to ping at a third of it).
+    pub idle_timeout: Duration,
     /// The broker's credentials: every peer must then speak TLS and prove its role.
     pub tls: Option<Arc<maelstrom_tls::rustls::ServerConfig>>,
     pub store_bytes_max: u64,
@@ -245,6 +250,7 @@ pub fn serve(listener: TcpListener, config: ServerConfig) -> anyhow::Result<()> 
         verbose: config.verbose,
         tls: config.tls.clone(),
         plaintext: Vec::new(),
+        idle_timeout: config.idle_timeout,
     };
     let mut completions = Vec::new();
     while !(server.exit && (server.drained() || server.deadline_passed)) {
@@ -291,6 +297,7 @@ struct Server {
     tls: Option<Arc<maelstrom_tls::rustls::ServerConfig>>,
     /// Scratch for what a TLS read carried.
     plaintext: Vec<u8>,
+    idle_timeout: Duration,
 }
 
 impl Server {
@@ -325,6 +332,21 @@ impl Server {
             })
             .collect();
         for (peer, why) in mute {
+            self.close(peer, &why, true);
+        }
+        let idle = self.idle_timeout;
+        let silent: Vec<PeerId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.role.is_some() && c.closing.is_none() && c.heard.elapsed() > idle)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in silent {
+            let why = format!(
+                "silent for {} s since its hello (a peer pings every {} ms when it has nothing to say)",
+                idle.as_secs(),
+                (idle / 3).as_millis()
+            );
             self.close(peer, &why, true);
         }
         self.apply_effects();
@@ -393,6 +415,7 @@ impl Server {
                 discarding: HashSet::new(),
                 serving: VecDeque::new(),
                 accepted: Instant::now(),
+                heard: Instant::now(),
                 refusals: 0,
                 closing: None,
             },
@@ -425,6 +448,7 @@ impl Server {
         if conn.closing.is_some() {
             return;
         }
+        conn.heard = Instant::now();
         if completion.result <= 0 {
             let cut = conn.reader.mid_frame();
             let why = if completion.result < 0 {
@@ -525,11 +549,14 @@ impl Server {
                         self.log(&format!("{address}: {role:?} {} connected", hello.name.as_str()));
                     }
                 }
-                self.send(peer, &Control::Welcome);
+                let ping_ms = u64::try_from((self.idle_timeout / 3).as_millis()).unwrap_or(u64::MAX);
+                self.send(peer, &Control::Welcome { ping_ms });
                 self.broker.handle(event, &mut self.effects);
                 Ok(())
             }
             (None, _) => Err("the first message must be a hello".into()),
+            // Any peer may say it is still here.
+            (Some(_), Frame::Control(ArchivedControl::Ping)) => Ok(()),
             (Some(Role::Client), Frame::Job { kind: Kind::Submit, id, spec, bytes }) => {
                 self.broker.handle(Event::Submit { peer, id, spec, bytes }, &mut self.effects);
                 Ok(())

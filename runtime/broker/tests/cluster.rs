@@ -703,7 +703,7 @@ fn a_bad_upload_fails_its_jobs_and_a_reused_id_closes_the_client() {
     stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
     let mut reader = FrameReader::default();
     stream.write_all(&hello(PROTOCOL_VERSION, Role::Client)).expect("hello");
-    assert_eq!(next_control(&mut stream, &mut reader), Some(Control::Welcome));
+    assert!(matches!(next_control(&mut stream, &mut reader), Some(Control::Welcome { .. })));
     let digest = Digest::of(b"the real bytes");
     let job = JobSpec { layers: vec![LayerRef { kind: LayerKind::Tar, digest }], ..typical_job() };
     let mut frame = Vec::new();
@@ -806,7 +806,7 @@ fn each_peer_gets_only_what_its_role_needs() {
     // being a real layer; what matters is that the broker holds the bytes).
     let mut client = connect(Role::Client);
     let mut reader = FrameReader::default();
-    assert_eq!(next_control(&mut client, &mut reader), Some(Control::Welcome));
+    assert!(matches!(next_control(&mut client, &mut reader), Some(Control::Welcome { .. })));
     let secret = b"a layer only the client's jobs need";
     let digest = Digest::of(secret);
     let job = JobSpec { layers: vec![LayerRef { kind: LayerKind::Tar, digest }], ..typical_job() };
@@ -822,7 +822,7 @@ fn each_peer_gets_only_what_its_role_needs() {
     // A worker no job was given asks for it: refused, with the reason.
     let mut worker = connect(Role::Worker { slots: 1 });
     let mut worker_reader = FrameReader::default();
-    assert_eq!(next_control(&mut worker, &mut worker_reader), Some(Control::Welcome));
+    assert!(matches!(next_control(&mut worker, &mut worker_reader), Some(Control::Welcome { .. })));
     let mut want = Vec::new();
     maelstrom_wire::cluster::encode_control(&Control::Want { digest }, &mut want).expect("encode");
     worker.write_all(&want).expect("want");
@@ -1003,7 +1003,7 @@ fn a_secure_cluster_refuses_strangers_while_an_honest_client_finishes() {
             Role::Worker { slots: 1 },
             Some(Control::Stop),
         );
-        assert!(matches!(answer.as_deref(), Ok([Control::Welcome])), "{answer:?}");
+        assert!(matches!(answer.as_deref(), Ok([Control::Welcome { .. }])), "{answer:?}");
         // An expired certificate, and another cluster's.
         for dir in [&expired, &foreign] {
             let answer = tls_peer(&address, dir, Credential::Client, Role::Client, None);
@@ -1076,6 +1076,43 @@ fn broker_and_client(
     client.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
     client.write_all(&hello(PROTOCOL_VERSION, Role::Client)).expect("hello");
     let mut reader = FrameReader::default();
-    assert_eq!(next_control(&mut client, &mut reader), Some(Control::Welcome));
+    assert!(matches!(next_control(&mut client, &mut reader), Some(Control::Welcome { .. })));
     (dir, broker, client, reader)
+}
+
+/// A peer that says hello and then nothing is closed after the idle timeout (with the reason
+/// logged), while a worker with nothing to do stays: it pings as the broker's welcome asked.
+#[test]
+fn a_silent_peer_is_closed_and_an_idle_worker_stays() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let broker = Broker::start_with(dir.path(), 0, None, &["--idle-timeout", "2s"]);
+    let worker = Process(
+        Command::new(bin("maelstrom-worker"))
+            .args(["--config-file", "-", "--broker", &broker.address(), "--slots", "1", "--cache-root"])
+            .arg(dir.path().join("worker"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start maelstrom-worker"),
+    );
+    // The silent one: a client of this broker that says hello, then nothing.
+    let mut silent_here = TcpStream::connect(broker.address()).expect("connect");
+    silent_here.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    silent_here
+        .write_all(&hello(maelstrom_wire::cluster::PROTOCOL_VERSION, maelstrom_wire::cluster::Role::Client))
+        .expect("hello");
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    // Its welcome, then the end: closed within the timeout and a sweep (5 s).
+    while matches!(silent_here.read(&mut buf), Ok(n) if n > 0) {}
+    assert!(started.elapsed() >= Duration::from_secs(2), "closed before its time: {:?}", started.elapsed());
+    let log = broker.log();
+    assert!(log.contains("silent for 2 s since its hello"), "{log}");
+    // Meanwhile the idle worker stayed, pinging.
+    let status = Command::new(bin("maelstrom-admin"))
+        .args(["--config-file", "-", "--broker", &broker.address(), "status"])
+        .output()
+        .expect("run maelstrom-admin");
+    assert!(text(&status.stdout).contains("Number of workers: 1"), "{}\n{log}", text(&status.stdout));
+    assert!(!log.contains("closing worker"), "{log}");
+    drop(worker);
 }

@@ -182,7 +182,7 @@ impl RemoteClient {
         let mut reader = FrameReader::default();
         let mut buf = vec![0u8; 64 << 10];
         let mut plaintext = Vec::new();
-        let mut answer: Option<Result<(), String>> = None;
+        let mut answer: Option<Result<Duration, String>> = None;
         while answer.is_none() {
             let n = stream.read(&mut buf).map_err(io_error)?;
             if n == 0 {
@@ -200,7 +200,9 @@ impl RemoteClient {
             reader
                 .feed(bytes, &mut |kind, payload| {
                     answer = Some(match cluster::decode(kind, payload) {
-                        Ok(Frame::Control(ArchivedControl::Welcome)) => Ok(()),
+                        Ok(Frame::Control(ArchivedControl::Welcome { ping_ms })) => {
+                            Ok(Duration::from_millis(ping_ms.to_native().max(100)))
+                        }
                         Ok(Frame::Control(ArchivedControl::Refused(reason))) => {
                             Err(reason.as_str().to_owned())
                         }
@@ -211,9 +213,11 @@ impl RemoteClient {
                 })
                 .map_err(|e| io_error(io::Error::other(e.to_string())))?;
         }
-        if let Some(Err(reason)) = answer {
-            return Err(ConnectError::Refused { broker: broker.to_owned(), reason });
-        }
+        let ping = match answer {
+            Some(Ok(ping)) => ping,
+            Some(Err(reason)) => return Err(ConnectError::Refused { broker: broker.to_owned(), reason }),
+            None => unreachable!("the loop ends with an answer"),
+        };
         // From here the connection may rightly be quiet for as long as jobs run; a broker that
         // vanishes is noticed by keepalive.
         stream.set_read_timeout(None).map_err(io_error)?;
@@ -226,7 +230,7 @@ impl RemoteClient {
             std::thread::Builder::new().name(name.into()).spawn(body).map(|_| ()).map_err(io_error)
         };
         let writer_tls = Arc::clone(&tls);
-        spawn("writer", Box::new(move || write_frames(writer_stream, &writer_tls, &outbox)))?;
+        spawn("writer", Box::new(move || write_frames(writer_stream, &writer_tls, &outbox, ping)))?;
         let upload_frames = frames.clone();
         let upload_shared = Arc::clone(&shared);
         spawn("uploader", Box::new(move || upload(&upload_queue, &upload_frames, &upload_shared)))?;
@@ -344,9 +348,18 @@ fn register(artifacts: &mut HashMap<Digest, Source>, built: &Built) {
     }
 }
 
-fn write_frames(mut stream: TcpStream, tls: &Tls, outbox: &Receiver<Vec<u8>>) {
+/// Writes the frames queued for the broker; with nothing to say for `ping`, says it is still
+/// here.
+fn write_frames(mut stream: TcpStream, tls: &Tls, outbox: &Receiver<Vec<u8>>, ping: Duration) {
     let mut batch = Vec::new();
-    while let Ok(frame) = outbox.recv() {
+    let mut still_here = Vec::new();
+    cluster::encode_control(&Control::Ping, &mut still_here).expect("INVARIANT: a ping fits a frame");
+    loop {
+        let frame = match outbox.recv_timeout(ping) {
+            Ok(frame) => frame,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => still_here.clone(),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        };
         batch.clear();
         batch.extend_from_slice(&frame);
         while batch.len() < (256 << 10)

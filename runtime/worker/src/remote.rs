@@ -83,6 +83,8 @@ const RECONNECT: Token = 1;
 const TAG_READ: u64 = 2;
 const TAG_WRITE: u64 = 3;
 const TAG_FILE: u64 = 4;
+/// Time to tell the broker the worker is still here (by connection generation).
+const TAG_PING: u64 = 5;
 
 fn tagged(tag: u64, n: u64) -> Token {
     (n << 8) | tag
@@ -226,6 +228,8 @@ struct Conn {
     unsent: Vec<u8>,
     writing: bool,
     welcomed: bool,
+    /// How often to say it is still here, once welcomed.
+    ping: Duration,
 }
 
 struct Worker {
@@ -331,6 +335,7 @@ pub fn serve(zygote: Zygote, config: RemoteConfig) -> Result<(), WorkerError> {
                     TAG_READ => worker.read(token >> 8, completion),
                     TAG_WRITE => worker.written(token >> 8, completion),
                     TAG_FILE => worker.file_written(token >> 8, &completion),
+                    TAG_PING => worker.ping(token >> 8),
                     _ => {}
                 },
             }
@@ -371,6 +376,7 @@ impl Worker {
                     unsent: Vec::new(),
                     writing: false,
                     welcomed: false,
+                    ping: Duration::ZERO,
                 });
                 let role = Role::Worker { slots: u32::try_from(self.config.slots).unwrap_or(u32::MAX) };
                 let hello = Hello { version: PROTOCOL_VERSION, role, name: self.config.name.clone() };
@@ -388,11 +394,21 @@ impl Worker {
         Ok(())
     }
 
+    /// Tells the broker this worker is still here, and when to do so again; for the
+    /// connection of `generation` only (one that is gone takes no more pings).
+    fn ping(&mut self, generation: u64) {
+        let Some(conn) = self.conn.as_ref().filter(|c| c.generation == generation) else { return };
+        let every = conn.ping;
+        self.send(&Control::Ping);
+        self.ring.timeout(tagged(TAG_PING, generation), every);
+    }
+
     /// The connection is gone: cancel its jobs and reconnect.
     fn disconnected(&mut self, why: &str) {
         let Some(conn) = self.conn.take() else { return };
         self.ring.cancel(tagged(TAG_READ, conn.generation));
         self.ring.cancel(tagged(TAG_WRITE, conn.generation));
+        self.ring.cancel(tagged(TAG_PING, conn.generation));
         if conn.welcomed {
             self.log(&format!("lost the broker at {}: {why}; reconnecting", self.config.broker));
         } else {
@@ -548,9 +564,15 @@ impl Worker {
     fn frame(&mut self, kind: Kind, payload: &[u8]) -> Result<(), String> {
         let frame = cluster::decode(kind, payload).map_err(|e| format!("bad frame from the broker: {e}"))?;
         match frame {
-            Frame::Control(ArchivedControl::Welcome) => {
+            Frame::Control(ArchivedControl::Welcome { ping_ms }) => {
                 if let Some(conn) = self.conn.as_mut() {
                     conn.welcomed = true;
+                    conn.ping = Duration::from_millis(ping_ms.to_native().max(100));
+                    let generation = conn.generation;
+                    self.ring.timeout(
+                        tagged(TAG_PING, generation),
+                        Duration::from_millis(ping_ms.to_native().max(100)),
+                    );
                 }
                 self.backoff = BACKOFF_FIRST;
                 self.log(&format!("connected to the broker at {}", self.config.broker));
