@@ -165,8 +165,10 @@ struct Worker {
 #[derive(Debug, Default)]
 struct Client {
     jobs: Map<u64, JobId>,
-    /// Bytes of the store its uploads hold.
+    /// Bytes of the store its uploads hold, and those of uploads under way (reserved when
+    /// each was admitted).
     held_bytes: u64,
+    uploading: Map<Digest, u64>,
 }
 
 #[derive(Debug)]
@@ -174,7 +176,8 @@ struct Stored {
     size: u64,
     last_use: u64,
     pins: u32,
-    /// The client whose upload it was, while it is connected.
+    /// The client whose upload it was (peer ids are never reused, so a gone client's is
+    /// simply never found).
     uploader: Option<PeerId>,
 }
 
@@ -432,6 +435,8 @@ impl Broker {
         self.stored_bytes += size;
         let uploader = from.and_then(|peer| {
             let client = self.clients.get_mut(&peer)?;
+            // Its reservation becomes what it holds.
+            client.uploading.remove(&digest);
             client.held_bytes += size;
             Some(peer)
         });
@@ -474,6 +479,9 @@ impl Broker {
     /// A client could not upload an artifact: its jobs that need it fail with the reason; if
     /// other clients' jobs need it too, the next of those clients is asked.
     fn unavailable(&mut self, peer: PeerId, digest: Digest, reason: &str, effects: &mut Vec<Effect>) {
+        if let Some(client) = self.clients.get_mut(&peer) {
+            client.uploading.remove(&digest);
+        }
         let Some(mut wanted) = self.wanted.remove(&digest) else { return };
         if wanted.from != peer {
             self.wanted.insert(digest, wanted);
@@ -672,36 +680,66 @@ impl Broker {
             .map(|(digest, s)| (s.last_use, *digest, s.size))
             .collect();
         candidates.sort_unstable();
-        for (_, digest, size) in candidates {
+        for (_, digest, _) in candidates {
             if self.stored_bytes <= self.stored_bytes_max {
                 break;
             }
-            if let Some(client) = self
-                .stored
-                .remove(&digest)
-                .and_then(|s| s.uploader)
-                .and_then(|peer| self.clients.get_mut(&peer))
-            {
-                client.held_bytes = client.held_bytes.saturating_sub(size);
-            }
-            self.manifests.remove(&digest);
-            self.stored_bytes -= size;
-            effects.push(Effect::Evict { digest });
+            self.remove_stored(digest, effects);
         }
     }
 
-    /// Whether `client` may upload `bytes` more: its uploads held in the store stay within its
-    /// bound (`client-bytes-max`); else why not.
-    pub fn may_upload(&self, client: PeerId, bytes: u64) -> Result<(), String> {
-        let held = self.clients.get(&client).map_or(0, |c| c.held_bytes);
-        if held.saturating_add(bytes) > self.client_bytes_max {
+    /// Admits `client`'s upload of `digest` (`bytes` long) if its uploads, held and under way,
+    /// stay within its bound (`client-bytes-max`): first making room by evicting what it
+    /// uploaded that no job needs now (least recently used first), as the store would anyway.
+    /// Reserves the bytes until the upload is stored or given up; else says why not.
+    pub fn admit_upload(
+        &mut self,
+        client: PeerId,
+        digest: Digest,
+        bytes: u64,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), String> {
+        let max = self.client_bytes_max;
+        let total = |c: &Client| c.held_bytes + c.uploading.values().sum::<u64>();
+        let Some(current) = self.clients.get(&client).map(total) else { return Ok(()) };
+        if current.saturating_add(bytes) > max {
+            let mut own: Vec<(u64, Digest, u64)> = self
+                .stored
+                .iter()
+                .filter(|(_, s)| s.uploader == Some(client) && s.pins == 0)
+                .map(|(d, s)| (s.last_use, *d, s.size))
+                .collect();
+            own.sort_unstable();
+            let mut held = current;
+            for (_, old, size) in own {
+                if held.saturating_add(bytes) <= max {
+                    break;
+                }
+                self.remove_stored(old, effects);
+                held = held.saturating_sub(size);
+            }
+        }
+        let Some(state) = self.clients.get_mut(&client) else { return Ok(()) };
+        let now = total(state);
+        if now.saturating_add(bytes) > max {
             return Err(format!(
-                "it has {bytes} bytes, and this client's uploads already hold {held} bytes of the broker's \
-                 store, its bound (client-bytes-max) being {}",
-                self.client_bytes_max
+                "it has {bytes} bytes, and this client's uploads already hold {now} bytes of the broker's \
+                 store (those its pending jobs need), its bound (client-bytes-max) being {max}"
             ));
         }
+        state.uploading.insert(digest, bytes);
         Ok(())
+    }
+
+    /// Deletes a stored artifact, no longer counted against its uploader.
+    fn remove_stored(&mut self, digest: Digest, effects: &mut Vec<Effect>) {
+        let Some(stored) = self.stored.remove(&digest) else { return };
+        if let Some(client) = stored.uploader.and_then(|peer| self.clients.get_mut(&peer)) {
+            client.held_bytes = client.held_bytes.saturating_sub(stored.size);
+        }
+        self.manifests.remove(&digest);
+        self.stored_bytes -= stored.size;
+        effects.push(Effect::Evict { digest });
     }
 
     /// Whether the broker asked `peer` to upload `digest` and still waits for it.
@@ -845,16 +883,32 @@ mod tests {
         let mut fx = Vec::new();
         b.handle(Event::ClientConnected(1), &mut fx);
         b.handle(Event::ClientConnected(2), &mut fx);
+        // Pinned by a job waiting for another layer, 60 bytes are held.
+        submit(&mut b, 1, 7, &job(vec![tar(1), tar(2)], 0, 0), &mut fx);
+        assert!(b.admit_upload(1, tar(1).digest, 60, &mut fx).is_ok());
         b.handle(Event::Stored { digest: tar(1).digest, size: 60, files: None, from: Some(1) }, &mut fx);
-        assert!(b.may_upload(1, 40).is_ok());
-        let why = b.may_upload(1, 41).unwrap_err();
-        assert!(why.contains("already hold 60 bytes") && why.contains("client-bytes-max"), "{why}");
-        assert!(b.may_upload(2, 100).is_ok(), "another client's bound is its own");
-        // Evicted, the bytes no longer count.
-        let mut small = Broker::new(50).with_client_bytes_max(100);
-        small.handle(Event::ClientConnected(1), &mut fx);
-        small.handle(Event::Stored { digest: tar(1).digest, size: 60, files: None, from: Some(1) }, &mut fx);
-        assert!(small.may_upload(1, 100).is_ok(), "the store evicted it, unpinned");
+        // Uploads under way count too: 30 reserved.
+        assert!(b.admit_upload(1, tar(3).digest, 30, &mut fx).is_ok());
+        let why = b.admit_upload(1, tar(4).digest, 11, &mut fx).unwrap_err();
+        assert!(why.contains("already hold 90 bytes") && why.contains("client-bytes-max"), "{why}");
+        assert!(b.admit_upload(2, tar(4).digest, 100, &mut fx).is_ok(), "another client's bound is its own");
+        // Given up, the reservation goes.
+        b.handle(Event::Unavailable { peer: 1, digest: tar(3).digest, reason: "gone".into() }, &mut fx);
+        assert!(b.admit_upload(1, tar(5).digest, 40, &mut fx).is_ok());
+        b.handle(Event::Stored { digest: tar(5).digest, size: 40, files: None, from: Some(1) }, &mut fx);
+        // What no job needs any more makes room, as the store would evict it anyway.
+        fx.clear();
+        assert!(b.admit_upload(1, tar(6).digest, 40, &mut fx).is_ok(), "the unpinned 40 are evicted");
+        assert_eq!(fx, [Effect::Evict { digest: tar(5).digest }]);
+        // The same digest stored twice counts once; a preloaded one counts for no one.
+        b.handle(Event::Stored { digest: tar(6).digest, size: 40, files: None, from: Some(1) }, &mut fx);
+        b.handle(Event::Stored { digest: tar(6).digest, size: 40, files: None, from: Some(1) }, &mut fx);
+        b.preload(tar(8).digest, 500, None);
+        fx.clear();
+        assert!(b.admit_upload(1, tar(9).digest, 1, &mut fx).is_ok());
+        assert_eq!(fx, [Effect::Evict { digest: tar(6).digest }], "the 40 held once, evicted for room");
+        let why = b.admit_upload(1, tar(10).digest, 40, &mut fx).unwrap_err();
+        assert!(why.contains("already hold 61 bytes"), "60 pinned and 1 reserved: {why}");
     }
 
     #[test]

@@ -34,7 +34,8 @@ const OUTGOING_BYTES_MAX: usize = 256 << 20;
 /// How long a new connection has to say hello.
 const HELLO_WITHIN: Duration = Duration::from_secs(10);
 
-/// How often connections without a hello are looked for.
+/// How often connections are looked over: for a hello that never came, last words never
+/// taken, or a peer gone silent.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// How long to wait before accepting again when out of file descriptors.
@@ -343,7 +344,7 @@ impl Server {
             .collect();
         for peer in silent {
             let why = format!(
-                "silent for {} s since its hello (a peer pings every {} ms when it has nothing to say)",
+                "nothing heard for {} s (a peer pings every {} ms when it has nothing to say)",
                 idle.as_secs(),
                 (idle / 3).as_millis()
             );
@@ -567,8 +568,12 @@ impl Server {
             }
             (Some(Role::Client), Frame::Control(ArchivedControl::Unavailable { digest, reason })) => {
                 let digest = Digest(digest.0);
-                if let Some(upload) = self.conns.get_mut(&peer).and_then(|c| c.uploads.remove(&digest)) {
-                    let _ = fs::remove_file(&upload.temp);
+                if let Some(conn) = self.conns.get_mut(&peer) {
+                    // An upload it gave up on, refused or not, takes no more of its chunks.
+                    conn.discarding.remove(&digest);
+                    if let Some(upload) = conn.uploads.remove(&digest) {
+                        let _ = fs::remove_file(&upload.temp);
+                    }
                 }
                 let event = Event::Unavailable { peer, digest, reason: reason.as_str().to_owned() };
                 self.broker.handle(event, &mut self.effects);
@@ -649,7 +654,7 @@ impl Server {
                         header.total, self.store_bytes_max
                     ))
                 } else {
-                    self.broker.may_upload(peer, header.total)
+                    self.broker.admit_upload(peer, digest, header.total, &mut self.effects)
                 };
                 if let Err(reason) = refused {
                     if !last {

@@ -1041,26 +1041,39 @@ fn a_secure_cluster_refuses_strangers_while_an_honest_client_finishes() {
 fn a_client_past_its_bound_of_bytes_is_told_so() {
     use maelstrom_wire::artifact::Digest;
     use maelstrom_wire::cluster::{
-        ChunkHeader, Control, JobSpec, Kind, LayerKind, LayerRef, Outcome, encode_chunk, encode_job,
-        encode_job_frame, typical_job,
+        ChunkHeader, Control, JobSpec, Kind, LayerKind, LayerRef, Outcome, encode_chunk, encode_control,
+        encode_job, encode_job_frame, typical_job,
     };
-    let (_dir, broker, mut client, mut reader) = broker_and_client(&["--client-bytes-max", "16"]);
-    let bytes = b"thirty-two bytes of layer, no le";
-    let digest = Digest::of(bytes);
-    let job = JobSpec { layers: vec![LayerRef { kind: LayerKind::Tar, digest }], ..typical_job() };
-    let mut frame = Vec::new();
-    encode_job_frame(Kind::Submit, 1, &encode_job(&job), &mut frame).expect("encode");
-    client.write_all(&frame).expect("submit");
-    assert_eq!(next_control(&mut client, &mut reader), Some(Control::Want { digest }));
-    let mut chunk = Vec::new();
-    encode_chunk(&ChunkHeader { digest, offset: 0, total: bytes.len() as u64 }, bytes, &mut chunk);
-    client.write_all(&chunk).expect("upload");
-    match next_control(&mut client, &mut reader) {
-        Some(Control::Done { id: 1, outcome: Outcome::SystemError(message) }) => {
-            assert!(message.contains("client-bytes-max") && message.contains("32 bytes"), "{message}");
-        }
-        other => panic!("expected the job to fail saying why, got {other:?}"),
+    // No worker: the first job waits, pinning its 32 bytes.
+    let (_dir, broker, mut client, mut reader) = broker_and_client(&["--client-bytes-max", "48"]);
+    for (id, bytes) in [(1, b"thirty-two bytes of layer, no le"), (2, b"thirty-two other bytes, no fewer")] {
+        let digest = Digest::of(bytes);
+        let job = JobSpec { layers: vec![LayerRef { kind: LayerKind::Tar, digest }], ..typical_job() };
+        let mut frame = Vec::new();
+        encode_job_frame(Kind::Submit, id, &encode_job(&job), &mut frame).expect("encode");
+        client.write_all(&frame).expect("submit");
+        assert_eq!(next_control(&mut client, &mut reader), Some(Control::Want { digest }));
+        let mut chunk = Vec::new();
+        encode_chunk(&ChunkHeader { digest, offset: 0, total: bytes.len() as u64 }, bytes, &mut chunk);
+        client.write_all(&chunk).expect("upload");
     }
+    match next_control(&mut client, &mut reader) {
+        Some(Control::Done { id: 2, outcome: Outcome::SystemError(message) }) => {
+            assert!(
+                message.contains("already hold 32 bytes") && message.contains("client-bytes-max"),
+                "{message}"
+            );
+        }
+        other => panic!("expected the second job to fail saying why, got {other:?}"),
+    }
+    // Still connected: the first job, within the bound, waits, and can be cancelled.
+    let mut cancel = Vec::new();
+    encode_control(&Control::Cancel { id: 1 }, &mut cancel).expect("encode");
+    client.write_all(&cancel).expect("cancel");
+    assert_eq!(
+        next_control(&mut client, &mut reader),
+        Some(Control::Done { id: 1, outcome: Outcome::SystemError("cancelled".into()) })
+    );
     drop(broker);
 }
 
@@ -1094,25 +1107,35 @@ fn a_silent_peer_is_closed_and_an_idle_worker_stays() {
             .spawn()
             .expect("start maelstrom-worker"),
     );
-    // The silent one: a client of this broker that says hello, then nothing.
-    let mut silent_here = TcpStream::connect(broker.address()).expect("connect");
-    silent_here.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
-    silent_here
+    let workers = || {
+        let out = Command::new(bin("maelstrom-admin"))
+            .args(["--config-file", "-", "--broker", &broker.address(), "status"])
+            .output()
+            .expect("run maelstrom-admin");
+        text(&out.stdout).contains("Number of workers: 1")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !workers() {
+        assert!(Instant::now() < deadline, "the worker did not connect:\n{}", broker.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let connected = Instant::now();
+    // The silent one: a client that says hello, then nothing.
+    let mut silent = TcpStream::connect(broker.address()).expect("connect");
+    silent.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    silent
         .write_all(&hello(maelstrom_wire::cluster::PROTOCOL_VERSION, maelstrom_wire::cluster::Role::Client))
         .expect("hello");
     let started = Instant::now();
     let mut buf = [0u8; 4096];
-    // Its welcome, then the end: closed within the timeout and a sweep (5 s).
-    while matches!(silent_here.read(&mut buf), Ok(n) if n > 0) {}
+    // Its welcome, then the end: closed after the timeout, within a sweep (5 s) of it.
+    while matches!(silent.read(&mut buf), Ok(n) if n > 0) {}
     assert!(started.elapsed() >= Duration::from_secs(2), "closed before its time: {:?}", started.elapsed());
     let log = broker.log();
-    assert!(log.contains("silent for 2 s since its hello"), "{log}");
-    // Meanwhile the idle worker stayed, pinging.
-    let status = Command::new(bin("maelstrom-admin"))
-        .args(["--config-file", "-", "--broker", &broker.address(), "status"])
-        .output()
-        .expect("run maelstrom-admin");
-    assert!(text(&status.stdout).contains("Number of workers: 1"), "{}\n{log}", text(&status.stdout));
-    assert!(!log.contains("closing worker"), "{log}");
+    assert!(log.contains("nothing heard for 2 s"), "{log}");
+    // The idle worker, connected longer than the timeout and a sweep, is still there.
+    std::thread::sleep((connected + Duration::from_secs(8)).saturating_duration_since(Instant::now()));
+    assert!(workers(), "{}", broker.log());
+    assert!(!broker.log().contains("closing worker"), "{}", broker.log());
     drop(worker);
 }
