@@ -2,7 +2,6 @@
 //! credentials.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -102,7 +101,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 struct Connection {
-    stream: TcpStream,
+    /// Its bytes move on io_uring.
+    stream: maelstrom_uring::RingStream,
     tls: Option<maelstrom_tls::Session>,
     reader: FrameReader,
     broker: String,
@@ -115,7 +115,8 @@ impl Connection {
     ) -> anyhow::Result<Self> {
         let stream = maelstrom_uring::connect(broker, Duration::from_secs(5))
             .map_err(|e| anyhow::anyhow!("connect to the broker at {broker}: {e}"))?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut stream = maelstrom_uring::RingStream::new(stream)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)));
         let tls = tls.map(maelstrom_tls::Session::client).transpose()?;
         let mut conn = Self { stream, tls, reader: FrameReader::default(), broker: broker.to_owned() };
         let name = format!("maelstrom-admin (pid {})", std::process::id());

@@ -9,6 +9,14 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
+
+use maelstrom_uring::RingStream;
+
+/// A stream whose reads and writes go through a ring of its own (made in the thread that uses
+/// it).
+fn ring_io(stream: TcpStream) -> io::Result<RingStream> {
+    RingStream::new(stream).map_err(|e| io::Error::other(e.to_string()))
+}
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -80,7 +88,7 @@ type Tls = Arc<Mutex<Option<maelstrom_tls::Session>>>;
 /// the session has to say back) and returns that; else returns them as they are.
 fn received<'a>(
     tls: &Tls,
-    stream: &mut TcpStream,
+    stream: &mut impl Write,
     bytes: &'a [u8],
     plaintext: &'a mut Vec<u8>,
 ) -> io::Result<&'a [u8]> {
@@ -99,7 +107,7 @@ fn received<'a>(
 }
 
 /// Writes `plaintext` to the broker, encrypted with TLS.
-fn send(tls: &Tls, stream: &mut TcpStream, plaintext: &[u8]) -> io::Result<()> {
+fn send(tls: &Tls, stream: &mut impl Write, plaintext: &[u8]) -> io::Result<()> {
     let mut tls = tls.lock().unwrap_or_else(|p| p.into_inner());
     match tls.as_mut() {
         Some(session) => {
@@ -162,7 +170,11 @@ impl RemoteClient {
     ) -> Result<Self, ConnectError> {
         let Broker { address: broker, tls } = broker;
         let io_error = |source| ConnectError::Io { broker: broker.to_owned(), source };
-        let mut stream = maelstrom_uring::connect(broker, Duration::from_secs(5)).map_err(io_error)?;
+        let stream = maelstrom_uring::connect(broker, Duration::from_secs(5)).map_err(io_error)?;
+        // Its bytes move on io_uring: a ring for the hello here, then one in each of the reader
+        // and writer threads (a ring stays in its thread). `stream` itself stays for shutting
+        // the connection down.
+        let mut reader_stream = ring_io(stream.try_clone().map_err(io_error)?).map_err(io_error)?;
         let session = tls
             .as_ref()
             .map(maelstrom_tls::Session::client)
@@ -170,7 +182,7 @@ impl RemoteClient {
             .map_err(|e| io_error(io::Error::other(format!("TLS: {e}"))))?;
         let tls: Tls = Arc::new(Mutex::new(session));
         // A broker that accepts but never answers is not waited for forever.
-        stream.set_read_timeout(Some(HELLO_WITHIN)).map_err(io_error)?;
+        reader_stream.set_read_timeout(Some(HELLO_WITHIN));
         let mut hello = Vec::new();
         let name = format!("maelstrom-run (pid {})", std::process::id());
         cluster::encode_control(
@@ -178,13 +190,13 @@ impl RemoteClient {
             &mut hello,
         )
         .expect("INVARIANT: a hello fits a frame");
-        send(&tls, &mut stream, &hello).map_err(io_error)?;
+        send(&tls, &mut reader_stream, &hello).map_err(io_error)?;
         let mut reader = FrameReader::default();
         let mut buf = vec![0u8; 64 << 10];
         let mut plaintext = Vec::new();
         let mut answer: Option<Result<Duration, String>> = None;
         while answer.is_none() {
-            let n = stream.read(&mut buf).map_err(io_error)?;
+            let n = reader_stream.read(&mut buf).map_err(io_error)?;
             if n == 0 {
                 let hint = if tls.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
                     " (a broker with credentials takes only TLS: give this client --credentials)"
@@ -196,7 +208,7 @@ impl RemoteClient {
                     format!("the broker hung up during hello{hint}"),
                 )));
             }
-            let bytes = received(&tls, &mut stream, &buf[..n], &mut plaintext).map_err(io_error)?;
+            let bytes = received(&tls, &mut reader_stream, &buf[..n], &mut plaintext).map_err(io_error)?;
             reader
                 .feed(bytes, &mut |kind, payload| {
                     answer = Some(match cluster::decode(kind, payload) {
@@ -220,7 +232,7 @@ impl RemoteClient {
         };
         // From here the connection may rightly be quiet for as long as jobs run; a broker that
         // vanishes is noticed by keepalive.
-        stream.set_read_timeout(None).map_err(io_error)?;
+        drop(reader_stream);
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (frames, outbox) = sync_channel::<Vec<u8>>(WRITER_QUEUE);
         let (uploads, upload_queue) = sync_channel::<Digest>(1024);
@@ -350,7 +362,11 @@ fn register(artifacts: &mut HashMap<Digest, Source>, built: &Built) {
 
 /// Writes the frames queued for the broker; with nothing to say for `ping`, says it is still
 /// here.
-fn write_frames(mut stream: TcpStream, tls: &Tls, outbox: &Receiver<Vec<u8>>, ping: Duration) {
+fn write_frames(control: TcpStream, tls: &Tls, outbox: &Receiver<Vec<u8>>, ping: Duration) {
+    let Ok(mut stream) = control.try_clone().and_then(ring_io) else {
+        let _ = control.shutdown(Shutdown::Both);
+        return;
+    };
     let mut batch = Vec::new();
     let mut still_here = Vec::new();
     cluster::encode_control(&Control::Ping, &mut still_here).expect("INVARIANT: a ping fits a frame");
@@ -368,7 +384,7 @@ fn write_frames(mut stream: TcpStream, tls: &Tls, outbox: &Receiver<Vec<u8>>, pi
             batch.extend_from_slice(&more);
         }
         if send(tls, &mut stream, &batch).is_err() {
-            let _ = stream.shutdown(Shutdown::Both);
+            let _ = control.shutdown(Shutdown::Both);
             return;
         }
     }
@@ -447,7 +463,7 @@ fn send_chunks(
 }
 
 fn read_results(
-    mut stream: TcpStream,
+    control: TcpStream,
     tls: &Tls,
     mut reader: FrameReader,
     shared: &Mutex<Shared>,
@@ -457,14 +473,19 @@ fn read_results(
 ) {
     let mut buf = vec![0u8; 256 << 10];
     let mut plaintext = Vec::new();
+    let mut stream = control.try_clone().and_then(ring_io);
     let why = loop {
+        let stream = match &mut stream {
+            Ok(stream) => stream,
+            Err(e) => break format!("set up io_uring for the connection: {e}"),
+        };
         let n = match stream.read(&mut buf) {
             Ok(0) => break "the broker closed the connection".to_owned(),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => break e.to_string(),
         };
-        let bytes = match received(tls, &mut stream, &buf[..n], &mut plaintext) {
+        let bytes = match received(tls, stream, &buf[..n], &mut plaintext) {
             Ok(bytes) => bytes,
             Err(e) => break e.to_string(),
         };
@@ -505,7 +526,7 @@ fn read_results(
         shared.lost = Some(message.clone());
         shared.pending.drain().collect()
     };
-    let _ = stream.shutdown(Shutdown::Both);
+    let _ = control.shutdown(Shutdown::Both);
     for id in pending {
         deliver(sink, JobResult { id, outcome: Outcome::SystemError(message.clone()) });
     }

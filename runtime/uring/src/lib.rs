@@ -149,6 +149,101 @@ impl Completion {
     }
 }
 
+/// A connected socket whose reads and writes go through a small ring of its own, one at a
+/// time: for a thread that waits on one connection (a client's reader or writer), so that it too
+/// moves its bytes on io_uring. `Read` and `Write`, like a `TcpStream`.
+#[derive(Debug)]
+pub struct RingStream {
+    ring: Ring,
+    fd: Arc<OwnedFd>,
+    read_timeout: Option<Duration>,
+    buf: Vec<u8>,
+}
+
+const STREAM_IO: Token = 1;
+const STREAM_TIMEOUT: Token = 2;
+
+impl RingStream {
+    /// Takes over `stream` (a clone of a `TcpStream` will do).
+    pub fn new(stream: std::net::TcpStream) -> Result<Self, RingError> {
+        Ok(Self {
+            ring: Ring::new(4)?,
+            fd: Arc::new(OwnedFd::from(stream)),
+            read_timeout: None,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Reads fail with `TimedOut` after `timeout`; `None` waits for ever.
+    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        self.read_timeout = timeout;
+    }
+
+    /// Waits for the completion of the one operation in flight (`STREAM_IO`), cancelling it if
+    /// `timeout` passes first.
+    fn complete(&mut self, timeout: Option<Duration>) -> io::Result<Completion> {
+        if let Some(after) = timeout {
+            self.ring.timeout(STREAM_TIMEOUT, after);
+        }
+        let mut done = None;
+        let mut timed_out = false;
+        let mut out = Vec::new();
+        while done.is_none() || self.ring.in_flight() > 0 {
+            out.clear();
+            self.ring.submit_and_wait(1, &mut out)?;
+            for completion in out.drain(..) {
+                match completion.token {
+                    STREAM_IO => done = Some(completion),
+                    STREAM_TIMEOUT if completion.result == -libc::ETIME => {
+                        timed_out = true;
+                        self.ring.cancel(STREAM_IO);
+                    }
+                    _ => {}
+                }
+                if done.is_some() && !timed_out {
+                    self.ring.cancel(STREAM_TIMEOUT);
+                }
+            }
+        }
+        let completion = done.expect("INVARIANT: the loop ends with the operation's completion");
+        if timed_out && completion.result == -libc::ECANCELED {
+            return Err(io::Error::from(io::ErrorKind::TimedOut));
+        }
+        Ok(completion)
+    }
+}
+
+impl io::Read for RingStream {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        // Exactly `out.len()` of room: the ring reads up to a buffer's capacity.
+        let buf = if self.buf.capacity() == out.len() {
+            std::mem::take(&mut self.buf)
+        } else {
+            Vec::with_capacity(out.len())
+        };
+        self.ring.read(STREAM_IO, &Arc::clone(&self.fd), buf);
+        let completion = self.complete(self.read_timeout)?;
+        let n = completion.io_result()?;
+        let Done::Read { buf } = completion.done else { return Err(io::Error::other("not a read")) };
+        let n = n.min(out.len()).min(buf.len());
+        out[..n].copy_from_slice(&buf[..n]);
+        self.buf = buf;
+        Ok(n)
+    }
+}
+
+impl io::Write for RingStream {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.ring.write(STREAM_IO, &Arc::clone(&self.fd), bytes.to_vec());
+        let completion = self.complete(None)?;
+        completion.io_result()
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Makes a TCP connection notice a peer that vanished without closing it (a host that lost
 /// power, a partition): keepalive probes after 15 s of silence, every 5 s, 3 times; and data
 /// left unacknowledged for 30 s fails the connection. Every cluster connection uses it.
@@ -518,6 +613,32 @@ impl Drop for Ring {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_ring_stream_reads_writes_and_times_out() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let mut stream = RingStream::new(accepted).unwrap();
+        stream.write_all(b"over the ring").unwrap();
+        let mut got = [0u8; 13];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"over the ring");
+        peer.write_all(b"and back").unwrap();
+        let mut back = [0u8; 64];
+        let n = stream.read(&mut back).unwrap();
+        assert_eq!(&back[..n], b"and back");
+        stream.set_read_timeout(Some(Duration::from_millis(100)));
+        assert_eq!(stream.read(&mut back).unwrap_err().kind(), io::ErrorKind::TimedOut);
+        // Still usable after a timeout.
+        peer.write_all(b"late").unwrap();
+        let n = stream.read(&mut back).unwrap();
+        assert_eq!(&back[..n], b"late");
+        drop(peer);
+        assert_eq!(stream.read(&mut back).unwrap(), 0, "the peer hung up");
+    }
+
     use super::*;
 
     fn pipe() -> (Arc<OwnedFd>, OwnedFd) {
