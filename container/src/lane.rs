@@ -619,7 +619,13 @@ impl Lane {
         };
         // SAFETY: CLONE_PIDFD stored a new pidfd that nothing else owns.
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-        let mut passed = take_fillable(self.fillable.1.as_fd(), args.fillable_seq);
+        // Only a job with fillable filesystems sends (a datagram a killed one left waits, its
+        // number telling it apart, for the next such spawn to drain).
+        let mut passed = if request.job.iter().any(ArchivedSetupOp::is_fillable) {
+            take_fillable(self.fillable.1.as_fd(), args.fillable_seq)
+        } else {
+            Vec::new()
+        };
         self.spawned += 1;
         // A job the lane cannot watch could neither be killed with the worker nor have its
         // namespaces proven empty: it does not run.

@@ -158,7 +158,7 @@ impl Connection {
                     let mut out = Vec::new();
                     tls.pending(&mut out);
                     self.stream.write_all(&out)?;
-                    received.map_err(|e| anyhow::anyhow!("TLS with the broker at {}: {e}", self.broker))?;
+                    received.map_err(|e| anyhow::anyhow!("with the broker at {}: {e}", self.broker))?;
                     &plaintext[..]
                 }
                 None => &buf[..n],

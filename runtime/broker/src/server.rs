@@ -310,44 +310,30 @@ impl Server {
             .all(|c| !c.writing && c.outgoing.is_empty() && c.unsent.is_empty())
     }
 
-    /// Closes connections that have not said hello in time, and those being closed that did
-    /// not take their last words in time.
+    /// Closes the connections that are done for: no hello in time, last words not taken in
+    /// time, or nothing heard for the idle timeout.
     fn sweep(&mut self) {
-        let late: Vec<PeerId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.role.is_none() && c.closing.is_none() && c.accepted.elapsed() > HELLO_WITHIN)
-            .map(|(peer, _)| *peer)
-            .collect();
-        for peer in late {
-            self.close(peer, &format!("no hello within {} s", HELLO_WITHIN.as_secs()), true);
-        }
-        let mute: Vec<(PeerId, String)> = self
+        let idle = self.idle_timeout;
+        let done: Vec<(PeerId, String)> = self
             .conns
             .iter()
             .filter_map(|(peer, c)| {
-                c.closing
-                    .as_ref()
-                    .filter(|(at, _)| at.elapsed() > LAST_WORDS_WITHIN)
-                    .map(|(_, why)| (*peer, why.clone()))
+                let why = match &c.closing {
+                    Some((at, why)) => (at.elapsed() > LAST_WORDS_WITHIN).then(|| why.clone()),
+                    None if c.role.is_none() => (c.accepted.elapsed() > HELLO_WITHIN)
+                        .then(|| format!("no hello within {} s", HELLO_WITHIN.as_secs())),
+                    None => (c.heard.elapsed() > idle).then(|| {
+                        format!(
+                            "nothing heard for {} s (a peer pings every {} ms when it has nothing to say)",
+                            idle.as_secs(),
+                            (idle / 3).as_millis()
+                        )
+                    }),
+                };
+                why.map(|why| (*peer, why))
             })
             .collect();
-        for (peer, why) in mute {
-            self.close(peer, &why, true);
-        }
-        let idle = self.idle_timeout;
-        let silent: Vec<PeerId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.role.is_some() && c.closing.is_none() && c.heard.elapsed() > idle)
-            .map(|(peer, _)| *peer)
-            .collect();
-        for peer in silent {
-            let why = format!(
-                "nothing heard for {} s (a peer pings every {} ms when it has nothing to say)",
-                idle.as_secs(),
-                (idle / 3).as_millis()
-            );
+        for (peer, why) in done {
             self.close(peer, &why, true);
         }
         self.apply_effects();
@@ -470,8 +456,7 @@ impl Server {
             let received = tls.receive(&buf, &mut plaintext);
             tls.pending(&mut conn.unsent);
             if let Err(e) = received {
-                let why =
-                    if tls.is_handshaking() { format!("TLS handshake: {e}") } else { format!("TLS: {e}") };
+                let why = e.to_string();
                 self.plaintext = plaintext;
                 self.close_after_last_words(peer, &why);
                 return;

@@ -101,8 +101,7 @@ fn received<'a>(
     if !out.is_empty() {
         stream.write_all(&out)?;
     }
-    let stage = if session.is_handshaking() { "TLS handshake" } else { "TLS" };
-    result.map_err(|e| io::Error::other(format!("{stage}: {e}")))?;
+    result.map_err(io::Error::other)?;
     Ok(plaintext)
 }
 

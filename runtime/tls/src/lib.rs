@@ -213,6 +213,14 @@ pub fn peer_config(dir: &Path, role: Role) -> Result<Arc<ClientConfig>, Credenti
     Credentials::load(dir, role)?.client()
 }
 
+/// Why a session ended: during its handshake (a certificate refused, garbage) or after.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {error}", if *.handshaking { "TLS handshake" } else { "TLS" })]
+pub struct SessionError {
+    pub handshaking: bool,
+    pub error: rustls::Error,
+}
+
 /// A TLS session over bytes the caller moves.
 #[derive(Debug)]
 pub struct Session {
@@ -236,7 +244,12 @@ impl Session {
 
     /// Takes bytes read from the peer; appends the plaintext they carried to `plaintext`. An
     /// error (a bad record, a failed handshake, a certificate refused) ends the session.
-    pub fn receive(&mut self, mut ciphertext: &[u8], plaintext: &mut Vec<u8>) -> Result<(), rustls::Error> {
+    pub fn receive(&mut self, ciphertext: &[u8], plaintext: &mut Vec<u8>) -> Result<(), SessionError> {
+        self.decrypt(ciphertext, plaintext)
+            .map_err(|error| SessionError { handshaking: self.conn.is_handshaking(), error })
+    }
+
+    fn decrypt(&mut self, mut ciphertext: &[u8], plaintext: &mut Vec<u8>) -> Result<(), rustls::Error> {
         while !ciphertext.is_empty() {
             self.conn.read_tls(&mut ciphertext).map_err(|e| rustls::Error::General(e.to_string()))?;
             let state = self.conn.process_new_packets()?;
@@ -292,7 +305,7 @@ mod tests {
     use crate::generate::{Validity, cluster, issue};
 
     /// Runs a handshake between two sessions in memory, then sends `message` from the client.
-    fn talk(server: &mut Session, client: &mut Session, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
+    fn talk(server: &mut Session, client: &mut Session, message: &[u8]) -> Result<Vec<u8>, SessionError> {
         let (mut to_server, mut to_client, mut got, mut ignored) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         client.send(message, &mut to_server).unwrap();
@@ -312,7 +325,7 @@ mod tests {
     fn talk_both(
         server: &mut Session,
         client: &mut Session,
-    ) -> (Result<(), rustls::Error>, Result<(), rustls::Error>) {
+    ) -> (Result<(), SessionError>, Result<(), SessionError>) {
         let (mut to_server, mut to_client, mut ignored) = (Vec::new(), Vec::new(), Vec::new());
         let (mut server_result, mut client_result) = (Ok(()), Ok(()));
         let _ = client.send(b"hello", &mut to_server);

@@ -534,8 +534,7 @@ impl Worker {
             let received = tls.receive(&buf, &mut plaintext);
             tls.pending(&mut conn.unsent);
             if let Err(e) = received {
-                let stage = if tls.is_handshaking() { "TLS handshake" } else { "TLS" };
-                self.disconnected(&format!("{stage}: {e}"));
+                self.disconnected(&e.to_string());
                 return;
             }
         }
