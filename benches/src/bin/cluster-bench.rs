@@ -12,7 +12,8 @@
 //!
 //! Ends with exactly one line:
 //! `cluster: dispatch_per_s=<n> e2e_jobs_per_s=<n> e2e_secure_jobs_per_s=<n> standalone_jobs_per_s=<n>
-//! broker_cpu_us_per_job=<n> broker_cpu_us_per_job_secure=<n> secure_ratio=<r> lost=<n>`
+//! broker_cpu_us_per_job=<n> broker_cpu_us_per_job_secure=<n> secure_ratio=<r> secure_cpu_ratio=<r>
+//! lost=<n>`
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use maelstrom_benches::median;
 use maelstrom_broker::core::{Broker, Effect, Event};
 use maelstrom_wire::cluster::{
     ArchivedJobSpec, Control, LayerKind, Outcome, Output, encode_job, typical_job,
@@ -59,13 +61,14 @@ fn main() {
     println!(
         "cluster: dispatch_per_s={dispatch:.0} e2e_jobs_per_s={:.0} e2e_secure_jobs_per_s={:.0} \
          standalone_jobs_per_s={:.0} broker_cpu_us_per_job={:.1} broker_cpu_us_per_job_secure={:.1} \
-         secure_ratio={:.2} lost={}",
+         secure_ratio={:.2} secure_cpu_ratio={:.2} lost={}",
         e.plain.jobs_per_s,
         e.secure.jobs_per_s,
         e.standalone,
         e.plain.broker_cpu_us,
         e.secure.broker_cpu_us,
         e.secure.jobs_per_s / e.plain.jobs_per_s,
+        e.secure_cpu_ratio,
         e.lost
     );
 }
@@ -148,6 +151,9 @@ struct EndToEnd {
     plain: Measured,
     secure: Measured,
     standalone: f64,
+    /// The median of each round's secure over plain broker CPU per job: paired by round, so
+    /// that a noisy stretch of the machine weighs on both sides of one ratio.
+    secure_cpu_ratio: f64,
     lost: usize,
 }
 
@@ -243,10 +249,12 @@ fn end_to_end(args: &Args) -> EndToEnd {
     }
     let [plain_rates, secure_rates] = rates;
     let [plain_cpus, secure_cpus] = cpus;
+    let secure_cpu_ratio = median(secure_cpus.iter().zip(&plain_cpus).map(|(s, p)| s / p).collect());
     EndToEnd {
         plain: Measured { jobs_per_s: median(plain_rates), broker_cpu_us: median(plain_cpus) },
         secure: Measured { jobs_per_s: median(secure_rates), broker_cpu_us: median(secure_cpus) },
         standalone: median(standalone),
+        secure_cpu_ratio,
         lost,
     }
 }
@@ -269,9 +277,4 @@ fn wait_for_workers(bins: &Path, cluster: &maelstrom_testbins::runners::Cluster,
         assert!(Instant::now() < deadline, "the workers did not connect in 30 s");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }

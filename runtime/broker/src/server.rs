@@ -98,6 +98,8 @@ struct Conn {
     /// Bytes ready for the wire (encrypted, with TLS) and not yet written.
     unsent: Vec<u8>,
     writing: bool,
+    /// In [`Server::unflushed`].
+    flush_queued: bool,
     reading: bool,
     uploads: HashMap<Digest, Upload>,
     /// Uploads refused midway (too large): their remaining chunks are dropped.
@@ -252,6 +254,7 @@ pub fn serve(listener: TcpListener, config: ServerConfig) -> anyhow::Result<()> 
         tls: config.tls.clone(),
         plaintext: Vec::new(),
         idle_timeout: config.idle_timeout,
+        unflushed: Vec::new(),
     };
     let mut completions = Vec::new();
     while !(server.exit && (server.drained() || server.deadline_passed)) {
@@ -279,6 +282,7 @@ pub fn serve(listener: TcpListener, config: ServerConfig) -> anyhow::Result<()> 
                 _ => server.completed(completion),
             }
         }
+        server.flush_queued();
     }
     Ok(())
 }
@@ -299,6 +303,10 @@ struct Server {
     /// Scratch for what a TLS read carried.
     plaintext: Vec<u8>,
     idle_timeout: Duration,
+    /// Connections with something queued since the last flush: flushed once each, after the
+    /// loop has handled every completion it reaped, so that what one round of events sends a
+    /// peer goes in one write (and, with TLS, one record).
+    unflushed: Vec<PeerId>,
 }
 
 impl Server {
@@ -397,6 +405,7 @@ impl Server {
                 outgoing_bytes: 0,
                 unsent: Vec::new(),
                 writing: false,
+                flush_queued: false,
                 reading: false,
                 uploads: HashMap::new(),
                 discarding: HashSet::new(),
@@ -481,7 +490,7 @@ impl Server {
         }
         let Some(conn) = self.conns.get_mut(&peer) else { return };
         conn.reader = reader;
-        self.flush(peer);
+        self.flush_later(peer);
         self.arm_read(peer, buf);
     }
 
@@ -754,7 +763,7 @@ impl Server {
             conn.outgoing_bytes += frame.len();
             conn.outgoing.push_back(frame);
         }
-        self.flush(peer);
+        self.flush_later(peer);
     }
 
     fn send(&mut self, peer: PeerId, message: &Control) {
@@ -775,7 +784,26 @@ impl Server {
             self.close(peer, &why, true);
             return;
         }
-        self.flush(peer);
+        self.flush_later(peer);
+    }
+
+    /// Flushes `peer` once this round of completions is handled.
+    fn flush_later(&mut self, peer: PeerId) {
+        if let Some(conn) = self.conns.get_mut(&peer)
+            && !conn.flush_queued
+        {
+            conn.flush_queued = true;
+            self.unflushed.push(peer);
+        }
+    }
+
+    fn flush_queued(&mut self) {
+        for peer in std::mem::take(&mut self.unflushed) {
+            if let Some(conn) = self.conns.get_mut(&peer) {
+                conn.flush_queued = false;
+                self.flush(peer);
+            }
+        }
     }
 
     /// Starts a write if none is in flight: what is left of the last, else the next frames
@@ -839,6 +867,7 @@ impl Server {
             conn.unsent = rest;
         }
         if conn.serving.is_empty() {
+            // At once: a connection being closed (below) goes only once nothing is left.
             self.flush(peer);
         } else {
             self.pump(peer);
