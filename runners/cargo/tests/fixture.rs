@@ -15,7 +15,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 mod common;
 
 use common::CARGO;
-use maelstrom_testbins::runners::{self, copy_tree};
+use maelstrom_testbins::runners::{self, fixture_copy};
 
 fn cargo_usable() -> bool {
     static USABLE: OnceLock<bool> = OnceLock::new();
@@ -24,18 +24,15 @@ fn cargo_usable() -> bool {
 
 /// The fixture's copy, shared by the tests one at a time (they share its build).
 struct Fixture {
-    dir: tempfile::TempDir,
+    dir: PathBuf,
 }
 
 fn fixture() -> MutexGuard<'static, Fixture> {
     static FIXTURE: OnceLock<Mutex<Fixture>> = OnceLock::new();
     FIXTURE
         .get_or_init(|| {
-            let dir =
-                tempfile::Builder::new().prefix("cargo-fixture-").tempdir_in("/tmp").expect("a temp dir");
             let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/cargo");
-            copy_tree(&source, dir.path());
-            Mutex::new(Fixture { dir })
+            Mutex::new(Fixture { dir: fixture_copy("cargo-fixture-", &source) })
         })
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -43,7 +40,7 @@ fn fixture() -> MutexGuard<'static, Fixture> {
 
 impl Fixture {
     fn path(&self) -> &Path {
-        self.dir.path()
+        &self.dir
     }
 
     fn command(&self, args: &[&str]) -> Command {

@@ -393,7 +393,7 @@ fn run<F: Framework>(
             .with_context(|| format!("write /etc/hosts under {}", state_dir.display()))?,
     };
     if options.list_tests {
-        return runner.list(build);
+        return runner.list(build, app.name);
     }
 
     let slots = settings.slots.0 as usize;
@@ -449,7 +449,7 @@ fn run<F: Framework>(
     session.db().retain_packages(&all.iter().map(|p| framework.package_name(p)).collect::<Vec<_>>());
     let stopper = build.stopper();
     let build_events = events;
-    std::thread::Builder::new()
+    let build_thread = std::thread::Builder::new()
         .name("build".into())
         .spawn(move || {
             let done = build.run(&mut |artifact| {
@@ -458,7 +458,12 @@ fn run<F: Framework>(
             let _ = build_events.send(Event::BuildDone(done.map_err(|e| format!("{e:#}"))));
         })
         .context("start the build thread")?;
-    runner.drive(session, &mut client, &inbox, &*stopper, &phases)
+    let code = runner.drive(session, &mut client, &inbox, &*stopper, &phases);
+    // The build ends with the run, and is dropped before the process exits: it holds what is
+    // cleaned up after the build tool (go's work directory, which go leaves when killed).
+    stopper();
+    let _ = build_thread.join();
+    code
 }
 
 enum Event<A> {
@@ -505,19 +510,32 @@ impl<F: Framework> Runner<'_, F> {
     }
 
     /// `--list-tests`: builds, and prints each selected test.
-    fn list(mut self, build: Box<dyn Build<F::Artifact>>) -> anyhow::Result<i32> {
+    /// A package whose cases cannot be listed (one that does not build, with go) is an error
+    /// of its own, as with `go test -list`: the others are listed, and the exit is 1.
+    fn list(mut self, build: Box<dyn Build<F::Artifact>>, name: &str) -> anyhow::Result<i32> {
         let mut artifacts = Vec::new();
         let code = build.run(&mut |artifact| artifacts.push(artifact))?;
         if code != 0 {
             return Ok(code);
         }
+        let mut code = 0;
         for artifact in artifacts {
-            for case in self.cases(&artifact)?.1 {
-                println!("{}", self.framework.case_display(&artifact, &case.name));
+            match self.cases(&artifact) {
+                Ok((_, selected)) => {
+                    for case in selected {
+                        println!("{}", self.framework.case_display(&artifact, &case.name));
+                    }
+                }
+                Err(e) => {
+                    let package =
+                        self.framework.package_of(&artifact).map(|p| self.framework.package_name(p));
+                    eprintln!("{name}: {}{e:#}", package.map(|p| format!("{p}: ")).unwrap_or_default());
+                    code = session::EXIT_FAILED;
+                }
             }
         }
         let _ = self.digests.save();
-        Ok(0)
+        Ok(code)
     }
 
     fn drive(

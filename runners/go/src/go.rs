@@ -170,6 +170,9 @@ pub struct Build {
     packages: Vec<(String, usize)>,
     /// Why go could not load a package (`go list -e`), by index.
     load_errors: Vec<(usize, String)>,
+    /// go's `GOTMPDIR`, where it keeps its work directory: removed when the build is dropped
+    /// (after go has ended), for go leaves its own behind when it is killed.
+    _work: tempfile::TempDir,
 }
 
 impl std::fmt::Debug for Build {
@@ -220,7 +223,13 @@ impl Build {
         // Each set of build flags keeps its own binaries: a -race run beside a plain one
         // does not swap them under it.
         let into = into.join(format!("{:016x}", fnv1a(flags.flags.join("\0").as_bytes())));
+        let parent = std::env::var_os("GOTMPDIR").filter(|dir| !dir.is_empty()).map(PathBuf::from);
+        let work = tempfile::Builder::new()
+            .prefix("maelstrom-go-test-")
+            .tempdir_in(parent.unwrap_or_else(std::env::temp_dir))
+            .map_err(|e| anyhow::anyhow!("make a directory for go's work: {e}"))?;
         let mut command = go();
+        command.env("GOTMPDIR", work.path());
         // -count=1: go must not answer from its test cache, or the helper is never run.
         command.args(["test", "-json", "-count=1", "-exec", &helper]).args(&flags.flags).args(patterns);
         let mut child = command
@@ -237,6 +246,7 @@ impl Build {
             stderr,
             packages: Vec::new(),
             load_errors: Vec::new(),
+            _work: work,
         })
     }
 

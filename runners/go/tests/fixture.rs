@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use maelstrom_testbins::runners::{self, copy_tree};
+use maelstrom_testbins::runners::{self, fixture_copy};
 
 fn go() -> String {
     std::env::var("MAELSTROM_GO").unwrap_or_else(|_| "go".to_owned())
@@ -34,17 +34,13 @@ fn go_usable() -> bool {
 
 /// The fixture's copy, shared by the tests one at a time (they share its build).
 struct Fixture {
-    dir: tempfile::TempDir,
+    dir: PathBuf,
 }
 
 fn fixture() -> MutexGuard<'static, Fixture> {
     static FIXTURE: OnceLock<Mutex<Fixture>> = OnceLock::new();
     FIXTURE
-        .get_or_init(|| {
-            let dir = tempfile::Builder::new().prefix("go-fixture-").tempdir_in("/tmp").expect("a temp dir");
-            copy_tree(&source(), dir.path());
-            Mutex::new(Fixture { dir })
-        })
+        .get_or_init(|| Mutex::new(Fixture { dir: fixture_copy("go-fixture-", &source()) }))
         .lock()
         .unwrap_or_else(|p| p.into_inner())
 }
@@ -55,15 +51,17 @@ fn source() -> PathBuf {
 
 impl Fixture {
     fn run_in(&self, dir: &str, args: &[&str]) -> Output {
+        self.command_in(dir, args).output().expect("run maelstrom-go-test")
+    }
+
+    fn command_in(&self, dir: &str, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_maelstrom-go-test"));
-        command
-            .current_dir(self.dir.path().join(dir))
-            .args(["--config-file", "-", "--ui", "simple"])
-            .args(args);
+        command.current_dir(self.dir.join(dir)).args(["--config-file", "-", "--ui", "simple"]).args(args);
         for var in ["MAELSTROM_GO_TEST_BROKER", "MAELSTROM_BROKER"] {
             command.env_remove(var);
         }
-        command.env("GOFLAGS", "-mod=mod").stdin(Stdio::null()).output().expect("run maelstrom-go-test")
+        command.env("GOFLAGS", "-mod=mod").stdin(Stdio::null());
+        command
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -218,6 +216,37 @@ fn go_test_flags() {
     assert!(!text(&out.stdout).contains("a passing test's log"), "{}", text(&out.stdout));
     let out = fixture.run(&["-run", "^Test(Fails|ExitsThree)$", "-failfast", "--slots", "1"]);
     assert_eq!(runners::statuses(&text(&out.stdout)).len(), 1, "{}", text(&out.stdout));
+}
+
+/// go leaves its work directory behind when it is killed, as it is when a run stops before
+/// every package is built: each run's goes in a directory of the runner's own, removed after.
+/// And `--list-tests` lists what builds when a package does not, as `go test -list` does.
+#[test]
+fn listing_past_a_broken_package_and_leaving_no_work_directory() {
+    if !go_usable() {
+        return;
+    }
+    let fixture = fixture();
+    let temp = tempfile::tempdir().expect("a temp dir");
+    let runs: [&[&str]; 3] = [
+        &["--list-tests", "./..."],
+        &["./...", "-run", "^TestFails$", "-failfast"],
+        &["-run", "^TestPasses$"],
+    ];
+    for args in runs {
+        let out = fixture.command_in("", args).env("GOTMPDIR", temp.path()).output().expect("run");
+        let stdout = text(&out.stdout);
+        assert!(stdout.contains("example.com/fixture"), "{args:?}: {stdout}\n{}", text(&out.stderr));
+        let left: Vec<_> =
+            std::fs::read_dir(temp.path()).expect("read").map(|e| e.expect("entry").path()).collect();
+        assert!(left.is_empty(), "{args:?} left {left:?}");
+        if args[0] == "--list-tests" {
+            assert!(stdout.contains("example.com/fixture/withmain TestSawMain\n"), "{stdout}");
+            let stderr = text(&out.stderr);
+            assert!(stderr.contains("maelstrom-go-test: example.com/fixture/broken: "), "{stderr}");
+            assert_eq!(out.status.code(), Some(1));
+        }
+    }
 }
 
 #[test]

@@ -23,6 +23,32 @@ pub fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
+/// A copy of the fixture at `source` in a new directory under /tmp (a project anywhere: the
+/// default spec's tmpfs covers /tmp), for the tests of this process to share; removed when the
+/// process exits, for statics are never dropped.
+pub fn fixture_copy(prefix: &str, source: &Path) -> PathBuf {
+    static COPIES: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    extern "C" fn remove_copies() {
+        for dir in COPIES.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain(..) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir_in("/tmp").expect("a temp dir").keep();
+    let mut copies = COPIES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if copies.is_empty() {
+        #[expect(unsafe_code, reason = "atexit: the one way to run code when a test binary exits")]
+        // SAFETY: `remove_copies` is a plain function that does not unwind (it ignores errors
+        // and a poisoned lock); registering it has no other precondition.
+        unsafe {
+            libc::atexit(remove_copies);
+        }
+    }
+    copies.push(dir.clone());
+    drop(copies);
+    copy_tree(source, &dir);
+    dir
+}
+
 /// The status of each test line (`name.....STATUS 0.001s`) in the simple UI's output.
 pub fn statuses(stdout: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
