@@ -950,8 +950,8 @@ fn tls_peer(
 
 /// With security on, a peer without credentials, with another role's credential, with an
 /// expired or another cluster's certificate, or speaking garbage is refused with the reason
-/// logged; a worker's credential cannot stop the cluster; and an honest client's 300 jobs all
-/// complete meanwhile.
+/// logged; a worker of another cluster refuses this broker, saying why in its alert; a worker's
+/// credential cannot stop the cluster; and an honest client's 300 jobs all complete meanwhile.
 #[test]
 fn a_secure_cluster_refuses_strangers_while_an_honest_client_finishes() {
     use maelstrom_tls::Role as Credential;
@@ -972,6 +972,16 @@ fn a_secure_cluster_refuses_strangers_while_an_honest_client_finishes() {
     for file in ["cert.pem", "key.pem"] {
         std::fs::copy(other.join("client").join(file), foreign.join(file)).expect("copy");
     }
+    let _stranger = Process(
+        Command::new(bin("maelstrom-worker"))
+            .args(["--broker", &address, "--credentials"])
+            .arg(other.join("worker"))
+            .arg("--cache-root")
+            .arg(cluster.path().join("stranger"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start maelstrom-worker"),
+    );
     let client = std::thread::scope(|s| {
         let honest = s.spawn(|| cluster.run(true, &numbered_jobs(300, 1)));
         // No credentials: a plaintext hello, then garbage.
@@ -1021,6 +1031,8 @@ fn a_secure_cluster_refuses_strangers_while_an_honest_client_finishes() {
         "a worker may not send an admin request",
         "expired",
         "issuer",
+        // The other cluster's worker does not trust this broker's certificate, and says so.
+        "received fatal alert: unknownca",
     ];
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -85,6 +85,9 @@ const TAG_WRITE: u64 = 3;
 const TAG_FILE: u64 = 4;
 /// Time to tell the broker the worker is still here (by connection generation).
 const TAG_PING: u64 = 5;
+/// A failed session's last words (its alert), written as the connection is dropped: nothing
+/// waits for the write, which holds the socket open until it is done.
+const TAG_LAST_WORDS: u64 = 6;
 
 fn tagged(tag: u64, n: u64) -> Token {
     (n << 8) | tag
@@ -534,6 +537,11 @@ impl Worker {
             let received = tls.receive(&buf, &mut plaintext);
             tls.pending(&mut conn.unsent);
             if let Err(e) = received {
+                // The alert that says why, so that the broker can say it too.
+                if !conn.writing && !conn.unsent.is_empty() {
+                    let alert = std::mem::take(&mut conn.unsent);
+                    self.ring.write(tagged(TAG_LAST_WORDS, generation), &conn.fd, alert);
+                }
                 self.disconnected(&e.to_string());
                 return;
             }
