@@ -74,11 +74,20 @@ impl Package {
 /// The oldest go whose test binaries frame their events (`-test.v=test2json`).
 const GO_MINOR_MIN: u32 = 20;
 
-/// The project's root: the directory of the `go.work` or `go.mod` go uses here. Checks that
-/// go is recent enough.
-pub fn project_root() -> anyhow::Result<PathBuf> {
+/// What go says of where it runs here.
+#[derive(Debug, Default)]
+pub struct GoEnv {
+    /// The project's root: the directory of the `go.work` or `go.mod` go uses.
+    pub root: PathBuf,
+    /// Where go keeps its work directories (`GOTMPDIR`, from the environment or `go env -w`),
+    /// if set.
+    pub tmp_dir: Option<PathBuf>,
+}
+
+/// Asks go where it runs here. Checks that go is recent enough.
+pub fn go_env() -> anyhow::Result<GoEnv> {
     let out = go()
-        .args(["env", "GOWORK", "GOMOD", "GOVERSION"])
+        .args(["env", "GOWORK", "GOMOD", "GOVERSION", "GOTMPDIR"])
         .stderr(Stdio::inherit())
         .output()
         .map_err(|e| anyhow::anyhow!("run go env (is go installed and on PATH?): {e}"))?;
@@ -87,6 +96,8 @@ pub fn project_root() -> anyhow::Result<PathBuf> {
     let mut lines = text.lines().map(str::trim);
     let (gowork, gomod) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
     let version = lines.next().unwrap_or("");
+    let tmp_dir = lines.next().filter(|dir| !dir.is_empty()).map(PathBuf::from);
+    let tmp_dir = tmp_dir.map(|dir| std::path::absolute(&dir).unwrap_or(dir));
     let minor =
         version.strip_prefix("go1.").and_then(|v| v.split(['.', 'r', 'b']).next()?.parse::<u32>().ok());
     if minor.is_some_and(|m| m < GO_MINOR_MIN) {
@@ -99,13 +110,14 @@ pub fn project_root() -> anyhow::Result<PathBuf> {
 
     for path in [gowork, gomod] {
         if !path.is_empty() && path != "off" && path != "/dev/null" {
-            let root = Path::new(path).parent().unwrap_or(Path::new("/"));
-            return Ok(root.to_owned());
+            let root = Path::new(path).parent().unwrap_or(Path::new("/")).to_owned();
+            return Ok(GoEnv { root, tmp_dir });
         }
     }
     if gomod.is_empty() {
         // GOPATH mode (GO111MODULE=off): the project is where go test is run.
-        return std::env::current_dir().map_err(|e| anyhow::anyhow!("the current directory: {e}"));
+        let root = std::env::current_dir().map_err(|e| anyhow::anyhow!("the current directory: {e}"))?;
+        return Ok(GoEnv { root, tmp_dir });
     }
     anyhow::bail!("no go.mod here or above: run maelstrom-go-test in a Go module (see go mod init)")
 }
@@ -216,18 +228,28 @@ impl Drop for Build {
 impl Build {
     /// Starts building the packages `patterns` name (as `go test` takes them) into `into`;
     /// [`Build::expect`] says which of them are wanted before the build is run.
-    pub fn start(patterns: &[String], flags: &BuildFlags, into: &Path) -> anyhow::Result<Self> {
+    /// go's work directory goes in one the build makes in `tmp_dir` (go's `GOTMPDIR`), or else
+    /// in the system's.
+    pub fn start(
+        patterns: &[String],
+        flags: &BuildFlags,
+        into: &Path,
+        tmp_dir: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let helper = std::env::current_exe().map_err(|e| anyhow::anyhow!("find this program: {e}"))?;
         // go splits -exec's value into words, as a shell would.
         let helper = format!("'{}'", helper.display().to_string().replace('\'', "'\\''"));
         // Each set of build flags keeps its own binaries: a -race run beside a plain one
         // does not swap them under it.
         let into = into.join(format!("{:016x}", fnv1a(flags.flags.join("\0").as_bytes())));
-        let parent = std::env::var_os("GOTMPDIR").filter(|dir| !dir.is_empty()).map(PathBuf::from);
-        let work = tempfile::Builder::new()
-            .prefix("maelstrom-go-test-")
-            .tempdir_in(parent.unwrap_or_else(std::env::temp_dir))
-            .map_err(|e| anyhow::anyhow!("make a directory for go's work: {e}"))?;
+        let parent = tmp_dir.map_or_else(std::env::temp_dir, Path::to_owned);
+        let work =
+            tempfile::Builder::new().prefix("maelstrom-go-test-").tempdir_in(&parent).map_err(|e| {
+                anyhow::anyhow!(
+                    "make a directory for go's work in {} (GOTMPDIR, else TMPDIR): {e}",
+                    parent.display()
+                )
+            })?;
         let mut command = go();
         command.env("GOTMPDIR", work.path());
         // -count=1: go must not answer from its test cache, or the helper is never run.

@@ -327,6 +327,8 @@ fn main() -> ExitCode {
 /// go as a test framework: a module's packages, built as `go test` builds them.
 struct GoTest {
     root: PathBuf,
+    /// go's `GOTMPDIR`, if set.
+    go_tmp_dir: Option<PathBuf>,
     packages: Vec<Package>,
     flags: BuildFlags,
     run: Option<GoPattern>,
@@ -459,6 +461,7 @@ impl GoTest {
         };
         let mut this = Self {
             root: PathBuf::new(),
+            go_tmp_dir: None,
             packages: Vec::new(),
             flags,
             run,
@@ -473,7 +476,8 @@ impl GoTest {
         if cli.runner.common.print_config {
             return Ok(this);
         }
-        this.root = go::project_root()?;
+        let env = go::go_env()?;
+        (this.root, this.go_tmp_dir) = (env.root, env.tmp_dir);
         if cli.runner.init {
             // Writing the spec file needs the project's root, nothing else.
             return Ok(this);
@@ -487,7 +491,8 @@ impl GoTest {
             || !runner.exclude.is_empty());
         if builds_everything {
             let into = this.state_dir().join("cache/test-binaries");
-            *this.early_build.borrow_mut() = Some(go::Build::start(&patterns, &this.flags, &into)?);
+            let build = go::Build::start(&patterns, &this.flags, &into, this.go_tmp_dir.as_deref())?;
+            *this.early_build.borrow_mut() = Some(build);
         }
         this.packages = go::list_packages(&patterns, &this.flags, &this.root)?;
         Ok(this)
@@ -603,7 +608,8 @@ impl Framework for GoTest {
             Some(build) => build,
             None => {
                 let paths: Vec<String> = build.iter().map(|(_, path, _)| path.clone()).collect();
-                go::Build::start(&paths, &self.flags, &state.join("cache/test-binaries"))?
+                let into = state.join("cache/test-binaries");
+                go::Build::start(&paths, &self.flags, &into, self.go_tmp_dir.as_deref())?
             }
         };
         started.expect(build);

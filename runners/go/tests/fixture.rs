@@ -247,6 +247,13 @@ fn listing_past_a_broken_package_and_leaving_no_work_directory() {
             assert_eq!(out.status.code(), Some(1));
         }
     }
+    // GOTMPDIR set with `go env -w` counts too.
+    let goenv = temp.path().join("goenv");
+    std::fs::write(&goenv, "GOTMPDIR=/nonexistent/go-tmp\n").expect("write");
+    let out = fixture.command_in("", &[]).env("GOENV", &goenv).output().expect("run");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("make a directory for go's work in /nonexistent/go-tmp (GOTMPDIR"), "{stderr}");
+    assert_eq!(out.status.code(), Some(2));
 }
 
 #[test]

@@ -99,7 +99,7 @@ struct Conn {
     unsent: Vec<u8>,
     writing: bool,
     /// In [`Server::unflushed`].
-    flush_queued: bool,
+    in_unflushed: bool,
     reading: bool,
     uploads: HashMap<Digest, Upload>,
     /// Uploads refused midway (too large): their remaining chunks are dropped.
@@ -282,7 +282,7 @@ pub fn serve(listener: TcpListener, config: ServerConfig) -> anyhow::Result<()> 
                 _ => server.completed(completion),
             }
         }
-        server.flush_queued();
+        server.flush_round();
     }
     Ok(())
 }
@@ -405,7 +405,7 @@ impl Server {
                 outgoing_bytes: 0,
                 unsent: Vec::new(),
                 writing: false,
-                flush_queued: false,
+                in_unflushed: false,
                 reading: false,
                 uploads: HashMap::new(),
                 discarding: HashSet::new(),
@@ -790,19 +790,24 @@ impl Server {
     /// Flushes `peer` once this round of completions is handled.
     fn flush_later(&mut self, peer: PeerId) {
         if let Some(conn) = self.conns.get_mut(&peer)
-            && !conn.flush_queued
+            && !conn.in_unflushed
         {
-            conn.flush_queued = true;
+            conn.in_unflushed = true;
             self.unflushed.push(peer);
         }
     }
 
-    fn flush_queued(&mut self) {
-        for peer in std::mem::take(&mut self.unflushed) {
-            if let Some(conn) = self.conns.get_mut(&peer) {
-                conn.flush_queued = false;
-                self.flush(peer);
+    /// Flushes every connection with something queued; until none has, for a flush may close
+    /// a connection, and what that sets off may queue more.
+    fn flush_round(&mut self) {
+        while !self.unflushed.is_empty() {
+            for peer in std::mem::take(&mut self.unflushed) {
+                if let Some(conn) = self.conns.get_mut(&peer) {
+                    conn.in_unflushed = false;
+                    self.flush(peer);
+                }
             }
+            self.apply_effects();
         }
     }
 

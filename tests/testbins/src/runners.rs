@@ -29,8 +29,11 @@ pub fn copy_tree(from: &Path, to: &Path) {
 pub fn fixture_copy(prefix: &str, source: &Path) -> PathBuf {
     static COPIES: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
     extern "C" fn remove_copies() {
-        for dir in COPIES.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain(..) {
-            let _ = std::fs::remove_dir_all(dir);
+        // Not waiting: a thread may hold the lock as the process exits.
+        if let Ok(mut copies) = COPIES.try_lock() {
+            for dir in copies.drain(..) {
+                let _ = std::fs::remove_dir_all(dir);
+            }
         }
     }
     let dir = tempfile::Builder::new().prefix(prefix).tempdir_in("/tmp").expect("a temp dir").keep();
