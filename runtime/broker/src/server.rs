@@ -47,6 +47,14 @@ const READ_BYTES: usize = 256 << 10;
 /// Connections at once.
 const CONNECTIONS_MAX: usize = 4096;
 
+/// Connections from one address that have not said hello yet (with TLS: whose handshake may
+/// not be done): a peer on one address cannot hold every connection the broker takes, or keep
+/// more than this many handshakes going. An honest peer's hello comes within milliseconds.
+const UNGREETED_PER_ADDRESS_MAX: usize = 64;
+
+/// At most one line per this about connections refused at accept; the others are counted.
+const REFUSALS_LOGGED_EVERY: Duration = Duration::from_secs(5);
+
 const ACCEPT: Token = u64::MAX;
 const STOP_DEADLINE: Token = u64::MAX - 1;
 const SWEEP: Token = u64::MAX - 2;
@@ -255,6 +263,8 @@ pub fn serve(listener: TcpListener, config: ServerConfig) -> anyhow::Result<()> 
         plaintext: Vec::new(),
         idle_timeout: config.idle_timeout,
         unflushed: Vec::new(),
+        refused_quietly: 0,
+        refusal_logged: None,
     };
     let mut completions = Vec::new();
     while !(server.exit && (server.drained() || server.deadline_passed)) {
@@ -303,6 +313,9 @@ struct Server {
     /// Scratch for what a TLS read carried.
     plaintext: Vec<u8>,
     idle_timeout: Duration,
+    /// Connections refused at accept since the last line that said so, and when that was.
+    refused_quietly: u64,
+    refusal_logged: Option<Instant>,
     /// Connections with something queued since the last flush: flushed once each, after the
     /// loop has handled every completion it reaped, so that what one round of events sends a
     /// peer goes in one write (and, with TLS, one record).
@@ -365,6 +378,22 @@ impl Server {
         self.ring.cancel(token(peer, false));
     }
 
+    /// Says why a connection was refused as it was accepted (it is closed as the stream is
+    /// dropped), in one line per [`REFUSALS_LOGGED_EVERY`] at most: a flood of connections
+    /// does not flood the log.
+    fn refuse_at_accept(&mut self, address: SocketAddr, why: &str) {
+        if self.refusal_logged.is_some_and(|at| at.elapsed() < REFUSALS_LOGGED_EVERY) {
+            self.refused_quietly += 1;
+            return;
+        }
+        let more = match std::mem::take(&mut self.refused_quietly) {
+            0 => String::new(),
+            n => format!(" ({n} more refused since the last such line)"),
+        };
+        self.log(&format!("{address}: refused: {why}{more}"));
+        self.refusal_logged = Some(Instant::now());
+    }
+
     fn log(&self, message: &str) {
         eprintln!("maelstrom-broker: {message}");
     }
@@ -378,7 +407,17 @@ impl Server {
         let mut address = stream.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         address.set_ip(address.ip().to_canonical());
         if self.conns.len() >= CONNECTIONS_MAX {
-            self.log(&format!("{address}: refused, {CONNECTIONS_MAX} connections already"));
+            self.refuse_at_accept(address, &format!("{CONNECTIONS_MAX} connections already"));
+            return;
+        }
+        let ungreeted = self
+            .conns
+            .values()
+            .filter(|c| c.role.is_none() && c.closing.is_none() && c.address.ip() == address.ip())
+            .count();
+        if ungreeted >= UNGREETED_PER_ADDRESS_MAX {
+            let why = format!("{ungreeted} connections from {} have not said hello yet", address.ip());
+            self.refuse_at_accept(address, &why);
             return;
         }
         let tls = match self.tls.as_ref().map(maelstrom_tls::Session::server).transpose() {
