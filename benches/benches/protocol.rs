@@ -52,7 +52,7 @@ fn main() {
             stdout: Output { bytes: b"test tests::parses_the_config_file ... ok\n".to_vec(), cut: 0 },
             stderr: Output::default(),
             duration_us: 1234,
-            full: Vec::new(),
+            met: Vec::new(),
         },
     };
     let mut control = Vec::new();

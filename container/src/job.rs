@@ -29,7 +29,7 @@ impl Job {
 
     /// Its filesystems that are full now (no block or no inode free): why its writes failed
     /// with `ENOSPC`, when it ends having failed.
-    pub fn full(&self) -> Vec<Full> {
+    pub fn full(&self) -> Vec<Met> {
         self.fillable
             .iter()
             .filter_map(|(fd, path)| {
@@ -37,7 +37,7 @@ impl Job {
                 // A filesystem without a bound (size or inodes 0) reports none free of that.
                 let no_blocks = stats.f_blocks != 0 && stats.f_bfree == 0;
                 let no_inodes = stats.f_files != 0 && stats.f_ffree == 0;
-                (no_blocks || no_inodes).then(|| Full {
+                (no_blocks || no_inodes).then(|| Met::Full {
                     path: path.clone(),
                     bytes: stats.f_blocks.saturating_mul(stats.f_bsize as u64),
                 })
@@ -146,7 +146,14 @@ pub struct Captured {
     pub bytes: Vec<u8>,
     /// Bytes written past the cap and discarded.
     pub cut: u64,
+    /// Whether it said `Too many open files` anywhere, kept or cut.
+    pub said_emfile: bool,
+    /// Its last bytes, shorter than what is looked for: the text may span two chunks.
+    tail: Vec<u8>,
 }
+
+/// `Too many open files` without its first letter, which runtimes write either way.
+const EMFILE_NEEDLE: &[u8] = b"oo many open files";
 
 impl Captured {
     /// Keeps what fits of `chunk` under `max` bytes in all, and counts the rest as cut.
@@ -154,11 +161,31 @@ impl Captured {
         let room = max.saturating_sub(self.bytes.len()).min(chunk.len());
         self.bytes.extend_from_slice(&chunk[..room]);
         self.cut += (chunk.len() - room) as u64;
+        if !self.said_emfile {
+            self.look_for_emfile(chunk);
+        }
+    }
+
+    fn look_for_emfile(&mut self, chunk: &[u8]) {
+        let keep = EMFILE_NEEDLE.len() - 1;
+        // The last bytes before this chunk, and its first: where the text may straddle them.
+        let mut seam = std::mem::take(&mut self.tail);
+        seam.extend_from_slice(&chunk[..chunk.len().min(keep)]);
+        let found = |bytes: &[u8]| memchr::memmem::find(bytes, EMFILE_NEEDLE).is_some();
+        self.said_emfile = found(&seam) || found(chunk);
+        if chunk.len() >= keep {
+            seam.clear();
+            seam.extend_from_slice(&chunk[chunk.len() - keep..]);
+        } else {
+            // The whole chunk is in the seam already.
+            seam.drain(..seam.len().saturating_sub(keep));
+        }
+        self.tail = seam;
     }
 }
 
 /// How a job ended: the wire's own type, so it is the same everywhere a result travels.
-pub use maelstrom_wire::cluster::{Ended, Full};
+pub use maelstrom_wire::cluster::{Ended, Met};
 
 /// A finished job.
 #[derive(Clone, Debug)]
@@ -168,8 +195,8 @@ pub struct Completed {
     pub stderr: Captured,
     /// From the spawn request to the reap.
     pub duration: Duration,
-    /// Its filesystems found full, if it failed (exited non-zero or by a signal).
-    pub full: Vec<Full>,
+    /// The bounds of its own it had met, if it failed (exited non-zero or by a signal).
+    pub met: Vec<Met>,
 }
 
 impl Zygote {
@@ -260,8 +287,8 @@ pub fn supervise(
         ExitStatus::Exited(code) => Ended::Exited(code),
         ExitStatus::Signaled(signal) => Ended::Signaled(signal),
     };
-    let full = if outcome.cause_unnamed() { job.full() } else { Vec::new() };
-    Ok(Completed { outcome, stdout, stderr, duration: start.elapsed(), full })
+    let met = if outcome.cause_unnamed() { job.full() } else { Vec::new() };
+    Ok(Completed { outcome, stdout, stderr, duration: start.elapsed(), met })
 }
 
 #[cfg(test)]
@@ -277,5 +304,25 @@ mod tests {
         assert_eq!(c.cut, 2);
         c.keep(b"!!!", 8);
         assert_eq!(c.cut, 5);
+    }
+
+    #[test]
+    fn too_many_open_files_is_seen_in_any_chunking_kept_or_cut() {
+        let text = b"lots of output first... open: Too many open files (os error 24)\n";
+        for size in [1, 2, 5, 17, 18, 19, 64] {
+            let mut c = Captured::default();
+            for chunk in text.chunks(size) {
+                c.keep(chunk, 4);
+            }
+            assert!(c.said_emfile, "in chunks of {size}");
+        }
+        let mut go = Captured::default();
+        go.keep(b"open x: too many open files", 1 << 20);
+        assert!(go.said_emfile);
+        let mut other = Captured::default();
+        for chunk in b"Too many open doors; many open files".chunks(3) {
+            other.keep(chunk, 1 << 20);
+        }
+        assert!(!other.said_emfile);
     }
 }

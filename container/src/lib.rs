@@ -20,7 +20,7 @@ mod sys;
 mod zygote;
 
 pub use cgroup::{JobCgroups, Settled};
-pub use job::{Captured, Completed, Ended, Job, Limits, OUTPUT_BYTES_MAX_DEFAULT, supervise};
+pub use job::{Captured, Completed, Ended, Job, Limits, Met, OUTPUT_BYTES_MAX_DEFAULT, supervise};
 pub use maelstrom_wire::zygote::REPLY_BYTES_MAX;
 pub use maelstrom_wire::zygote::{Allowance, NetworkMode, Rlimit, SpawnRequest, Step};
 pub use plan::{Device, Mount, PlanError, Share, Spec, compile};

@@ -104,26 +104,26 @@ fn a_full_tmpfs_is_named_when_its_job_fails(ctx: &Ctx) -> anyhow::Result<()> {
         "{:?}: {out}",
         done.outcome
     );
-    let names: Vec<String> = done.full.iter().map(ToString::to_string).collect();
+    let names: Vec<String> = done.met.iter().map(ToString::to_string).collect();
     anyhow::ensure!(names == ["/tmp full (2 MiB)"], "{names:?}");
 
     spec.arguments = vec!["fill".into(), "/tmp/filler".into(), "1".into()];
     let done = run(ctx, &spec)?;
     anyhow::ensure!(
-        done.outcome == Ended::Exited(0) && done.full.is_empty(),
+        done.outcome == Ended::Exited(0) && done.met.is_empty(),
         "{:?} {:?}",
         done.outcome,
-        done.full
+        done.met
     );
 
     // A job that fails for another reason, its tmpfs mounts not full.
     spec.arguments = vec!["exit".into(), "3".into()];
     let done = run(ctx, &spec)?;
     anyhow::ensure!(
-        done.outcome == Ended::Exited(3) && done.full.is_empty(),
+        done.outcome == Ended::Exited(3) && done.met.is_empty(),
         "{:?} {:?}",
         done.outcome,
-        done.full
+        done.met
     );
 
     // Past the first three, a job's tmpfs mounts are not watched; the job runs all the same.
@@ -131,7 +131,7 @@ fn a_full_tmpfs_is_named_when_its_job_fails(ctx: &Ctx) -> anyhow::Result<()> {
     for (file, named) in [("/work/filler", &[][..]), ("/mq/filler", &["/mq full (2 MiB)"][..])] {
         spec.arguments = vec!["fill".into(), file.into(), "64".into()];
         let done = run(ctx, &spec)?;
-        let names: Vec<String> = done.full.iter().map(ToString::to_string).collect();
+        let names: Vec<String> = done.met.iter().map(ToString::to_string).collect();
         anyhow::ensure!(done.outcome == Ended::Exited(1) && names == named, "{:?} {names:?}", done.outcome);
     }
 
@@ -140,7 +140,7 @@ fn a_full_tmpfs_is_named_when_its_job_fails(ctx: &Ctx) -> anyhow::Result<()> {
     writable.mounts = vec![Mount::Tmp { target: "/tmp".into() }];
     writable.tmpfs_bytes = 1 << 20;
     let done = run(ctx, &writable)?;
-    let names: Vec<String> = done.full.iter().map(ToString::to_string).collect();
+    let names: Vec<String> = done.met.iter().map(ToString::to_string).collect();
     anyhow::ensure!(
         done.outcome == Ended::Exited(1) && names == ["/ full (1 MiB)"],
         "{:?} {names:?}",

@@ -23,7 +23,7 @@ use crate::artifact::Digest;
 use crate::zygote::{Device, NetworkMode};
 
 /// Bumped whenever a type in this module changes shape.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The most slots a worker may have (and say it has in its hello).
 pub const WORKER_SLOTS_MAX: u32 = 1000;
@@ -230,21 +230,37 @@ impl fmt::Display for ArchivedLimit {
     }
 }
 
-/// A filesystem of the job's own (a sized tmpfs, or a writable root's changes) found full
-/// when the job ended: its writes there failed with `ENOSPC`.
+/// A bound of its own that a job that failed had met, found when it ended: likely why it
+/// failed, though nothing killed it.
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(compare(PartialEq), derive(Debug))]
-pub struct Full {
-    /// Where the job saw it: a tmpfs mount's path, or `/` for a writable root.
-    pub path: String,
-    pub bytes: u64,
+pub enum Met {
+    /// A filesystem of the job's own (a sized tmpfs, or a writable root's changes) was full:
+    /// its writes there failed with `ENOSPC`.
+    Full {
+        /// Where the job saw it: a tmpfs mount's path, or `/` for a writable root.
+        path: String,
+        bytes: u64,
+    },
+    /// The job said `Too many open files` (`EMFILE`, its open-files limit): the kernel keeps no
+    /// other trace of a refused open.
+    OpenFiles { limit: u64 },
 }
 
-impl fmt::Display for Full {
+impl fmt::Display for Met {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} full ({})", self.path, Bytes(self.bytes))
+        match self {
+            Met::Full { path, bytes } => write!(f, "{path} full ({})", Bytes(*bytes)),
+            Met::OpenFiles { limit } => {
+                write!(f, "open files limit {limit} reached (it said \"{EMFILE_TEXT}\")")
+            }
+        }
     }
 }
+
+/// What C's `strerror(EMFILE)` says, and so most runtimes (Rust's, Python's), but for its
+/// first letter (Go's says `too many`).
+pub const EMFILE_TEXT: &str = "Too many open files";
 
 /// A byte count as people read it: `1.5 GiB`, `64 MiB`, `512 B`.
 #[derive(Clone, Copy, Debug)]
@@ -315,15 +331,15 @@ pub enum Outcome {
         stdout: Output,
         stderr: Output,
         duration_us: u64,
-        /// Its filesystems that were full, if it failed.
-        full: Vec<Full>,
+        /// The bounds of its own it had met, if it failed.
+        met: Vec<Met>,
     },
     Signaled {
         signal: i32,
         stdout: Output,
         stderr: Output,
         duration_us: u64,
-        full: Vec<Full>,
+        met: Vec<Met>,
     },
     TimedOut {
         stdout: Output,
@@ -481,8 +497,8 @@ pub struct Ran<'a> {
     pub stdout: &'a Output,
     pub stderr: &'a Output,
     pub duration: std::time::Duration,
-    /// Its filesystems found full when a job that failed ended: likely why it failed.
-    pub full: &'a [Full],
+    /// The bounds of its own a job that failed had met when it ended: likely why it failed.
+    pub met: &'a [Met],
 }
 
 /// Why a job did not run.
@@ -499,16 +515,16 @@ pub enum NotRun<'a> {
 impl Outcome {
     /// The job as it ran, or why it did not.
     pub fn ran(&self) -> Result<Ran<'_>, NotRun<'_>> {
-        let ran = |ended, stdout, stderr, duration_us: &u64, full| {
+        let ran = |ended, stdout, stderr, duration_us: &u64, met| {
             let duration = std::time::Duration::from_micros(*duration_us);
-            Ok(Ran { ended, stdout, stderr, duration, full })
+            Ok(Ran { ended, stdout, stderr, duration, met })
         };
         match self {
-            Outcome::Exited { code, stdout, stderr, duration_us, full } => {
-                ran(Ended::Exited(*code), stdout, stderr, duration_us, full)
+            Outcome::Exited { code, stdout, stderr, duration_us, met } => {
+                ran(Ended::Exited(*code), stdout, stderr, duration_us, met)
             }
-            Outcome::Signaled { signal, stdout, stderr, duration_us, full } => {
-                ran(Ended::Signaled(*signal), stdout, stderr, duration_us, full)
+            Outcome::Signaled { signal, stdout, stderr, duration_us, met } => {
+                ran(Ended::Signaled(*signal), stdout, stderr, duration_us, met)
             }
             Outcome::TimedOut { stdout, stderr, duration_us } => {
                 ran(Ended::TimedOut, stdout, stderr, duration_us, &[])
@@ -904,7 +920,10 @@ mod tests {
                     stdout: Output { bytes: b"out".to_vec(), cut: 0 },
                     stderr: Output::default(),
                     duration_us: 10,
-                    full: vec![Full { path: "/tmp".into(), bytes: 8 << 20 }],
+                    met: vec![
+                        Met::Full { path: "/tmp".into(), bytes: 8 << 20 },
+                        Met::OpenFiles { limit: 64 },
+                    ],
                 },
             },
             Control::Done { id: 4, outcome: Outcome::SystemError("lost".into()) },
@@ -957,7 +976,7 @@ mod tests {
             stdout: big(3 << 20),
             stderr: big(3 << 20),
             duration_us: 1,
-            full: Vec::new(),
+            met: Vec::new(),
         };
         let mut frame = Vec::new();
         let done = |outcome: &Outcome| Control::Done { id: 1, outcome: outcome.clone() };
@@ -981,7 +1000,7 @@ mod tests {
                 stdout: big(5 << 20),
                 stderr: big(0),
                 duration_us: 1,
-                full: Vec::new(),
+                met: Vec::new(),
             },
         };
         encode_control_or_report(&too_big, &mut frame).unwrap();

@@ -95,7 +95,7 @@ fn dispatch_rate(args: &Args) -> f64 {
         stdout: Output::default(),
         stderr: Output::default(),
         duration_us: 1,
-        full: Vec::new(),
+        met: Vec::new(),
     };
     let mut started = Vec::new();
     let mut reported = 0u64;

@@ -315,7 +315,7 @@ impl Session {
             }
         }
         let (status, duration, stdout, stderr, mut details) = match result.outcome.ran() {
-            Ok(Ran { ended, stdout: out, stderr: err, duration, full }) => {
+            Ok(Ran { ended, stdout: out, stderr: err, duration, met }) => {
                 let empty = ended == Ended::Exited(0)
                     && self.rules.no_test_marker.is_some_and(|marker| {
                         out.bytes.windows(marker.len()).any(|w| w == marker.as_bytes())
@@ -362,7 +362,7 @@ impl Session {
                     Ended::Exited(_) => {}
                 }
                 if status == Status::Fail {
-                    details.extend(full.iter().map(ToString::to_string));
+                    details.extend(met.iter().map(ToString::to_string));
                 }
                 for (name, captured) in [("stdout", &out), ("stderr", &err)] {
                     if captured.cut > 0 {

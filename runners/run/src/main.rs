@@ -282,7 +282,7 @@ impl Exit {
 
 fn report(index: usize, result: &JobResult, exit: &mut Exit, debug: bool) {
     match result.outcome.ran() {
-        Ok(Ran { ended, stdout, stderr: err, duration, full }) => {
+        Ok(Ran { ended, stdout, stderr: err, duration, met }) => {
             let _ = io::stdout().lock().write_all(&stdout.bytes);
             let _ = io::stdout().flush();
             let mut stderr = io::stderr().lock();
@@ -306,8 +306,8 @@ fn report(index: usize, result: &JobResult, exit: &mut Exit, debug: bool) {
                     exit.fail(1);
                 }
             }
-            for full in full {
-                let _ = writeln!(stderr, "job {index}: {full}");
+            for met in met {
+                let _ = writeln!(stderr, "job {index}: {met}");
             }
             for (name, captured) in [("stdout", stdout), ("stderr", err)] {
                 if captured.cut > 0 {

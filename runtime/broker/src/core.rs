@@ -797,7 +797,7 @@ mod tests {
             stdout: Output::default(),
             stderr: Output::default(),
             duration_us: 1,
-            full: Vec::new(),
+            met: Vec::new(),
         }
     }
 

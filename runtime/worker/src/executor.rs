@@ -19,7 +19,7 @@ use maelstrom_container::{
     Captured, Completed, Ended, ExitStatus, Job, JobCgroups, Lane, SpawnError, SpawnRequest, Zygote,
 };
 use maelstrom_uring::{Completion, Done, Ring, RingError, Token};
-use maelstrom_wire::cluster::Limit;
+use maelstrom_wire::cluster::{Limit, Met};
 use maelstrom_wire::zygote::NO_CGROUP;
 use rkyv::util::AlignedVec;
 
@@ -94,9 +94,9 @@ pub fn outcome(result: Result<Completed, JobError>) -> maelstrom_wire::cluster::
             let stderr = Output { bytes: done.stderr.bytes, cut: done.stderr.cut };
             let duration_us = u64::try_from(done.duration.as_micros()).unwrap_or(u64::MAX);
             match done.outcome {
-                Ended::Exited(code) => Outcome::Exited { code, stdout, stderr, duration_us, full: done.full },
+                Ended::Exited(code) => Outcome::Exited { code, stdout, stderr, duration_us, met: done.met },
                 Ended::Signaled(signal) => {
-                    Outcome::Signaled { signal, stdout, stderr, duration_us, full: done.full }
+                    Outcome::Signaled { signal, stdout, stderr, duration_us, met: done.met }
                 }
                 Ended::TimedOut => Outcome::TimedOut { stdout, stderr, duration_us },
                 Ended::Killed(limit) => Outcome::Killed { limit, stdout, stderr, duration_us },
@@ -321,6 +321,8 @@ struct Running {
     fork_bomb: bool,
     /// Its processes' CPU time limit (SIGXCPU at it), if any.
     cpu_seconds: Option<u64>,
+    /// Its processes' open-files limit, if any.
+    open_files: Option<u64>,
 }
 
 struct EventLoop {
@@ -758,8 +760,8 @@ impl EventLoop {
             self.ring.timeout(job_token(id, Kind::Forks), FORKS_EVERY);
             timers.push(Kind::Forks);
         }
-        let cpu_seconds =
-            request.spawn.rlimits.iter().find(|l| l.resource == libc::RLIMIT_CPU).map(|l| l.soft);
+        let rlimit = |resource| request.spawn.rlimits.iter().find(|l| l.resource == resource).map(|l| l.soft);
+        let (cpu_seconds, open_files) = (rlimit(libc::RLIMIT_CPU), rlimit(libc::RLIMIT_NOFILE));
         let warning = request.timeout_warning;
         self.running.insert(
             id,
@@ -775,6 +777,7 @@ impl EventLoop {
                 cgroup,
                 fork_bomb: false,
                 cpu_seconds,
+                open_files,
             },
         );
     }
@@ -893,11 +896,19 @@ impl EventLoop {
                     (ExitStatus::Exited(code), None) => Ended::Exited(code),
                     (ExitStatus::Signaled(signal), None) => Ended::Signaled(signal),
                 };
-                // Read after the reap: the job's processes are gone, so are their writes.
-                let full = if outcome.cause_unnamed() { running.job.full() } else { Vec::new() };
+                let mut met = Vec::new();
+                if outcome.cause_unnamed() {
+                    // Read after the reap: the job's processes are gone, so are their writes.
+                    met = running.job.full();
+                    if let Some(limit) = running.open_files
+                        && running.streams.iter().any(|s| s.captured.said_emfile)
+                    {
+                        met.push(Met::OpenFiles { limit });
+                    }
+                }
                 self.close_elsewhere(running.job.detach_filesystems());
                 let [stdout, stderr] = running.streams.map(|s| s.captured);
-                Ok(Completed { outcome, stdout, stderr, duration: running.started.elapsed(), full })
+                Ok(Completed { outcome, stdout, stderr, duration: running.started.elapsed(), met })
             }
         };
         drop(running.pidfd);

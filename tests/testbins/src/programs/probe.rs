@@ -40,7 +40,8 @@
 //   probe fill FILE MIB    write FILE 1 MiB at a time until a write fails or MIB were written;
 //                          report the MiB written and the errno (exit 1 if a write failed)
 //   probe fds CAP          open /dev/null until it fails or CAP are open; report how many and
-//                          the errno
+//                          the errno (if an open failed: say why on stderr, as a program
+//                          would, and exit 1)
 //   probe spin SECONDS     burn CPU for SECONDS of wall time at most; report `spun`
 //   probe ns               report the network and IPC namespaces it is in (`net`, `ipc`; needs
 //                          /proc)
@@ -587,17 +588,22 @@ fn main() {
         "fds" => {
             let cap: usize = arg(1).parse().expect("fds CAP");
             let mut open = Vec::new();
-            let mut failed = "none".to_string();
+            let mut failed = None;
             while open.len() < cap {
                 match std::fs::File::open("/dev/null") {
                     Ok(file) => open.push(file),
                     Err(e) => {
-                        failed = code(&e);
+                        failed = Some(e);
                         break;
                     }
                 }
             }
-            println!("opened={}\nerrno={failed}", open.len());
+            let errno = failed.as_ref().map_or("none".to_owned(), code);
+            println!("opened={}\nerrno={errno}", open.len());
+            if let Some(e) = failed {
+                eprintln!("open /dev/null: {e}");
+                std::process::exit(1);
+            }
         }
         "spin" => {
             let until = std::time::Instant::now() + Duration::from_secs(arg(1).parse().expect("spin SECONDS"));
