@@ -152,8 +152,10 @@ pub struct Captured {
     tail: Vec<u8>,
 }
 
-/// `Too many open files` without its first letter, which runtimes write either way.
-const EMFILE_NEEDLE: &[u8] = b"oo many open files";
+/// `Too many open files` without its first letter, which runtimes write either way. (`ENFILE`,
+/// the whole system's table full, says `Too many open files in system`, and is taken for it.)
+static EMFILE_NEEDLE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"oo many open files"));
 
 impl Captured {
     /// Keeps what fits of `chunk` under `max` bytes in all, and counts the rest as cut.
@@ -167,11 +169,11 @@ impl Captured {
     }
 
     fn look_for_emfile(&mut self, chunk: &[u8]) {
-        let keep = EMFILE_NEEDLE.len() - 1;
+        let keep = EMFILE_NEEDLE.needle().len() - 1;
         // The last bytes before this chunk, and its first: where the text may straddle them.
         let mut seam = std::mem::take(&mut self.tail);
         seam.extend_from_slice(&chunk[..chunk.len().min(keep)]);
-        let found = |bytes: &[u8]| memchr::memmem::find(bytes, EMFILE_NEEDLE).is_some();
+        let found = |bytes: &[u8]| EMFILE_NEEDLE.find(bytes).is_some();
         self.said_emfile = found(&seam) || found(chunk);
         if chunk.len() >= keep {
             seam.clear();

@@ -243,17 +243,22 @@ pub enum Met {
         bytes: u64,
     },
     /// The job said `Too many open files` (`EMFILE`, its open-files limit): the kernel keeps no
-    /// other trace of a refused open.
-    OpenFiles { limit: u64 },
+    /// other trace of a refused open. Its limits: the one it started with, and the one it may
+    /// raise that to (as Go and Java do).
+    OpenFiles { soft: u64, hard: u64 },
 }
 
 impl fmt::Display for Met {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Met::Full { path, bytes } => write!(f, "{path} full ({})", Bytes(*bytes)),
-            Met::OpenFiles { limit } => {
-                write!(f, "open files limit {limit} reached (it said \"{EMFILE_TEXT}\")")
+            Met::OpenFiles { soft, hard } if soft == hard => {
+                write!(f, "open files limit {soft} reached (it said \"{EMFILE_TEXT}\")")
             }
+            Met::OpenFiles { soft, hard } => write!(
+                f,
+                "open files limit {soft} (or {hard}, if it raised it) reached (it said \"{EMFILE_TEXT}\")"
+            ),
         }
     }
 }
@@ -922,7 +927,7 @@ mod tests {
                     duration_us: 10,
                     met: vec![
                         Met::Full { path: "/tmp".into(), bytes: 8 << 20 },
-                        Met::OpenFiles { limit: 64 },
+                        Met::OpenFiles { soft: 64, hard: 64 },
                     ],
                 },
             },
@@ -960,11 +965,7 @@ mod tests {
         ]);
         seeds.push(("manifest", rkyv::to_bytes::<rancor::Error>(&manifest).unwrap().to_vec()));
         if std::env::var_os("MAELSTROM_WRITE_FUZZ_SEEDS").is_some() {
-            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
-            for (i, (target, bytes)) in seeds.iter().enumerate() {
-                std::fs::create_dir_all(root.join(target)).unwrap();
-                std::fs::write(root.join(target).join(format!("seed-{i}")), bytes).unwrap();
-            }
+            crate::write_fuzz_seeds(&seeds);
         }
     }
 

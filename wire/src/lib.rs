@@ -29,3 +29,22 @@ pub enum DecodeError {
     #[error("{what}: {reason}")]
     Semantic { what: &'static str, reason: String },
 }
+
+/// Writes each fuzz target's seeds (`fuzz/seeds/<target>/seed-<n>`, numbered per target),
+/// replacing the ones there: the seeds are always the valid messages of today's protocol.
+#[cfg(test)]
+fn write_fuzz_seeds(seeds: &[(&str, Vec<u8>)]) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
+    let mut targets: Vec<&str> = seeds.iter().map(|(target, _)| *target).collect();
+    targets.sort_unstable();
+    targets.dedup();
+    for target in targets {
+        let dir = root.join(target);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ours = seeds.iter().filter(|(t, _)| *t == target);
+        for (i, (_, bytes)) in ours.enumerate() {
+            std::fs::write(dir.join(format!("seed-{i}")), bytes).unwrap();
+        }
+    }
+}

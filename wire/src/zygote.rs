@@ -970,10 +970,7 @@ mod tests {
             seeds.push(("zygote_reply", buf.to_vec()));
         }
         if std::env::var_os("MAELSTROM_WRITE_FUZZ_SEEDS").is_some() {
-            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
-            for (i, (target, bytes)) in seeds.iter().enumerate() {
-                std::fs::write(root.join(target).join(format!("seed-{i}")), bytes).unwrap();
-            }
+            crate::write_fuzz_seeds(&seeds);
         }
     }
 

@@ -47,9 +47,10 @@ const READ_BYTES: usize = 256 << 10;
 /// Connections at once.
 const CONNECTIONS_MAX: usize = 4096;
 
-/// Connections from one address that have not said hello yet (with TLS: whose handshake may
-/// not be done): a peer on one address cannot hold every connection the broker takes, or keep
-/// more than this many handshakes going. An honest peer's hello comes within milliseconds.
+/// Connections from one address (an IPv6 /64) that have not said hello yet, or that are being
+/// closed without having said one: a peer on one address cannot hold every connection the
+/// broker takes, or keep more than this many handshakes going. An honest peer's hello comes
+/// within milliseconds.
 const UNGREETED_PER_ADDRESS_MAX: usize = 64;
 
 /// At most one line per this about connections refused at accept; the others are counted.
@@ -358,6 +359,14 @@ impl Server {
             self.close(peer, &why, true);
         }
         self.apply_effects();
+        // Refusals counted quietly are told once the flood is over too.
+        if self.refused_quietly > 0
+            && self.refusal_logged.is_some_and(|at| at.elapsed() >= REFUSALS_LOGGED_EVERY)
+        {
+            let count = std::mem::take(&mut self.refused_quietly);
+            self.log(&format!("{count} more connections refused at accept since the last such line"));
+            self.refusal_logged = Some(Instant::now());
+        }
     }
 
     /// Closes a connection the peer broke, once what is queued for it is written: the reason
@@ -410,13 +419,11 @@ impl Server {
             self.refuse_at_accept(address, &format!("{CONNECTIONS_MAX} connections already"));
             return;
         }
-        let ungreeted = self
-            .conns
-            .values()
-            .filter(|c| c.role.is_none() && c.closing.is_none() && c.address.ip() == address.ip())
-            .count();
+        let source = source_of(address.ip());
+        let ungreeted =
+            self.conns.values().filter(|c| c.role.is_none() && source_of(c.address.ip()) == source).count();
         if ungreeted >= UNGREETED_PER_ADDRESS_MAX {
-            let why = format!("{ungreeted} connections from {} have not said hello yet", address.ip());
+            let why = format!("{ungreeted} connections from {source} have not said hello yet");
             self.refuse_at_accept(address, &why);
             return;
         }
@@ -1003,6 +1010,32 @@ fn describe(frame: &Frame<'_>) -> &'static str {
         Frame::Job { kind: Kind::Start, .. } => "a start",
         Frame::Job { .. } => "a job",
         Frame::Chunk { .. } => "artifact bytes",
+    }
+}
+
+/// Where a connection comes from, for bounds per peer: its IPv4 address, or its IPv6 /64 (a
+/// host usually has a whole one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    V4(std::net::Ipv4Addr),
+    V6Prefix(u64),
+}
+
+fn source_of(ip: std::net::IpAddr) -> Source {
+    match ip {
+        std::net::IpAddr::V4(v4) => Source::V4(v4),
+        std::net::IpAddr::V6(v6) => Source::V6Prefix((u128::from(v6) >> 64) as u64),
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::V4(v4) => write!(f, "{v4}"),
+            Source::V6Prefix(prefix) => {
+                write!(f, "{}/64", std::net::Ipv6Addr::from(u128::from(*prefix) << 64))
+            }
+        }
     }
 }
 

@@ -198,9 +198,10 @@ impl RemoteClient {
             let n = reader_stream.read(&mut buf).map_err(io_error)?;
             if n == 0 {
                 let hint = if tls.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
-                    " (a broker with credentials takes only TLS: give this client --credentials)"
+                    " (a broker with credentials takes only TLS: give this client --credentials; \
+                     or it has too many connections waiting for their hello, its log says)"
                 } else {
-                    ""
+                    " (it has too many connections waiting for their hello, its log says)"
                 };
                 return Err(io_error(io::Error::new(
                     io::ErrorKind::UnexpectedEof,

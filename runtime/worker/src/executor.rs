@@ -35,9 +35,10 @@ const OUTPUT_CHUNK_BYTES: usize = 64 << 10;
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
 
 /// How far below its CPU time limit a job killed by SIGKILL may seem and still count as killed
-/// at it, at least (and a fifth of the limit, at least): the kernel checks the limit against
-/// CPU time charged by the tick, a whole tick to whoever runs at it, which on a busy machine
-/// runs ahead of the precise time /proc shows; and /proc counts in hundredths.
+/// at it: this, or a fifth of the limit if more. The kernel checks the limit against CPU time
+/// charged by the tick (a whole tick to whoever runs at it), which on a busy machine runs
+/// ahead of the precise time /proc shows; and /proc counts in hundredths. (Another SIGKILL
+/// past four fifths of the limit, the machine's OOM killer's, would be taken for it.)
 const CPU_TICK_SLACK: Duration = Duration::from_millis(50);
 
 /// How often a running job's cgroup is asked whether it refused a fork (a fork bomb at its
@@ -321,8 +322,8 @@ struct Running {
     fork_bomb: bool,
     /// Its processes' CPU time limit (SIGXCPU at it), if any.
     cpu_seconds: Option<u64>,
-    /// Its processes' open-files limit, if any.
-    open_files: Option<u64>,
+    /// Its processes' open-files limits (soft, hard), if any.
+    open_files: Option<(u64, u64)>,
 }
 
 struct EventLoop {
@@ -760,8 +761,9 @@ impl EventLoop {
             self.ring.timeout(job_token(id, Kind::Forks), FORKS_EVERY);
             timers.push(Kind::Forks);
         }
-        let rlimit = |resource| request.spawn.rlimits.iter().find(|l| l.resource == resource).map(|l| l.soft);
-        let (cpu_seconds, open_files) = (rlimit(libc::RLIMIT_CPU), rlimit(libc::RLIMIT_NOFILE));
+        let rlimit = |resource| request.spawn.rlimits.iter().find(|l| l.resource == resource);
+        let cpu_seconds = rlimit(libc::RLIMIT_CPU).map(|l| l.soft);
+        let open_files = rlimit(libc::RLIMIT_NOFILE).map(|l| (l.soft, l.hard));
         let warning = request.timeout_warning;
         self.running.insert(
             id,
@@ -900,10 +902,10 @@ impl EventLoop {
                 if outcome.cause_unnamed() {
                     // Read after the reap: the job's processes are gone, so are their writes.
                     met = running.job.full();
-                    if let Some(limit) = running.open_files
+                    if let Some((soft, hard)) = running.open_files
                         && running.streams.iter().any(|s| s.captured.said_emfile)
                     {
-                        met.push(Met::OpenFiles { limit });
+                        met.push(Met::OpenFiles { soft, hard });
                     }
                 }
                 self.close_elsewhere(running.job.detach_filesystems());
