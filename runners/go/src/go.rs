@@ -210,6 +210,23 @@ struct GoEvent {
     failed_build: Option<String>,
 }
 
+/// The start of the name of each run's directory for go's work: then the runner's pid.
+const WORK_PREFIX: &str = "maelstrom-go-test-";
+
+/// Removes the work directories of runs that ended without removing their own (interrupted,
+/// or killed): those whose runner's pid is gone.
+fn remove_stale_work(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(WORK_PREFIX)) else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Kills go and what it started, unless it has ended.
 fn kill(child: &Mutex<Child>) {
     let mut child = child.lock().unwrap_or_else(|p| p.into_inner());
@@ -243,13 +260,14 @@ impl Build {
         // does not swap them under it.
         let into = into.join(format!("{:016x}", fnv1a(flags.flags.join("\0").as_bytes())));
         let parent = tmp_dir.map_or_else(std::env::temp_dir, Path::to_owned);
-        let work =
-            tempfile::Builder::new().prefix("maelstrom-go-test-").tempdir_in(&parent).map_err(|e| {
-                anyhow::anyhow!(
-                    "make a directory for go's work in {} (GOTMPDIR, else TMPDIR): {e}",
-                    parent.display()
-                )
-            })?;
+        remove_stale_work(&parent);
+        let prefix = format!("{WORK_PREFIX}{}-", std::process::id());
+        let work = tempfile::Builder::new().prefix(&prefix).tempdir_in(&parent).map_err(|e| {
+            anyhow::anyhow!(
+                "make a directory for go's work in {} (GOTMPDIR, else TMPDIR): {e}",
+                parent.display()
+            )
+        })?;
         let mut command = go();
         command.env("GOTMPDIR", work.path());
         // -count=1: go must not answer from its test cache, or the helper is never run.

@@ -228,6 +228,9 @@ fn listing_past_a_broken_package_and_leaving_no_work_directory() {
     }
     let fixture = fixture();
     let temp = tempfile::tempdir().expect("a temp dir");
+    // What an interrupted run left (its pid is past any pid_max) goes too.
+    let stale = temp.path().join("maelstrom-go-test-99999999-x");
+    std::fs::create_dir_all(stale.join("go-build1/b001")).expect("mkdir");
     let runs: [&[&str]; 3] = [
         &["--list-tests", "./..."],
         &["./...", "-run", "^TestFails$", "-failfast"],
