@@ -278,6 +278,8 @@ impl Ipcns {
     /// One that made and removed objects is not clean either: the kernel's id cursor moved, so
     /// the next job's first id would tell.
     fn is_clean(&self, scratch: &mut [u8]) -> bool {
+        // A sysctl read allocates (and clears) a kernel buffer as large as the read asked for.
+        let scratch = &mut scratch[..32];
         let untouched =
             |fd: &OwnedFd| sys::pread0(fd.as_fd(), scratch).is_ok_and(|n| scratch[..n] == *b"0\n");
         self.next_ids.as_ref().is_some_and(|ids| ids.iter().all(untouched))
