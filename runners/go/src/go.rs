@@ -213,15 +213,23 @@ struct GoEvent {
 /// The start of the name of each run's directory for go's work: then the runner's pid.
 const WORK_PREFIX: &str = "maelstrom-go-test-";
 
+/// How long a work directory must have been left alone before a run that sees its runner gone
+/// removes it: a runner in another pid namespace that shares this directory looks gone too.
+const STALE_WORK_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Removes the work directories of runs that ended without removing their own (interrupted,
-/// or killed): those whose runner's pid is gone.
+/// or killed): those whose runner's pid is gone, untouched for [`STALE_WORK_AFTER`].
 fn remove_stale_work(parent: &Path) {
     let Ok(entries) = std::fs::read_dir(parent) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(WORK_PREFIX)) else { continue };
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        let untouched = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|at| at.elapsed().is_ok_and(|age| age > STALE_WORK_AFTER));
+        if untouched && !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }

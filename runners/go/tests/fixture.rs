@@ -228,9 +228,17 @@ fn listing_past_a_broken_package_and_leaving_no_work_directory() {
     }
     let fixture = fixture();
     let temp = tempfile::tempdir().expect("a temp dir");
-    // What an interrupted run left (its pid is past any pid_max) goes too.
+    // What an interrupted run left (its pid is past any pid_max) goes too, once old; a fresh
+    // one may be a live run's in another pid namespace.
     let stale = temp.path().join("maelstrom-go-test-99999999-x");
     std::fs::create_dir_all(stale.join("go-build1/b001")).expect("mkdir");
+    let day_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
+    std::fs::File::open(&stale).and_then(|dir| dir.set_modified(day_ago)).expect("age it");
+    let fresh = tempfile::tempdir().expect("a temp dir");
+    std::fs::create_dir(fresh.path().join("maelstrom-go-test-99999999-y")).expect("mkdir");
+    let out = fixture.command_in("", &["-run", "^TestPasses$"]).env("GOTMPDIR", fresh.path()).output();
+    assert!(out.expect("run").status.success());
+    assert!(fresh.path().join("maelstrom-go-test-99999999-y").exists(), "a fresh one is kept");
     let runs: [&[&str]; 3] = [
         &["--list-tests", "./..."],
         &["./...", "-run", "^TestFails$", "-failfast"],
