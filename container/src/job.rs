@@ -20,16 +20,33 @@ pub struct Job {
     /// An fd of each of its fillable filesystems (tmpfs mounts, a writable root's changes),
     /// with the path where the job sees it.
     pub(crate) fillable: Vec<(OwnedFd, String)>,
+    /// Its open-files limits (soft, hard), if its spawn set them.
+    pub(crate) open_files: Option<(u64, u64)>,
 }
 
 impl Job {
     pub(crate) fn new(pid: libc::pid_t, pidfd: OwnedFd) -> Self {
-        Self { pid, pidfd, status: None, fillable: Vec::new() }
+        Self { pid, pidfd, status: None, fillable: Vec::new(), open_files: None }
     }
 
-    /// Its filesystems that are full now (no block or no inode free): why its writes failed
-    /// with `ENOSPC`, when it ends having failed.
-    pub fn full(&self) -> Vec<Met> {
+    /// The bounds of its own that a job that ended as `outcome` (after its reap: its writes are
+    /// done) and printed `output` had met: none unless its cause is unnamed (it exited non-zero
+    /// or by a signal); else its filesystems that are full (no block or no inode free: why its
+    /// writes failed with `ENOSPC`), and its open-files limit if it said it ran out.
+    pub fn met(&self, outcome: &Ended, output: [&Captured; 2]) -> Vec<Met> {
+        if !outcome.cause_unnamed() {
+            return Vec::new();
+        }
+        let mut met = self.full();
+        if let Some((soft, hard)) = self.open_files
+            && output.iter().any(|c| c.said_emfile)
+        {
+            met.push(Met::OpenFiles { soft, hard });
+        }
+        met
+    }
+
+    fn full(&self) -> Vec<Met> {
         self.fillable
             .iter()
             .filter_map(|(fd, path)| {
@@ -289,7 +306,7 @@ pub fn supervise(
         ExitStatus::Exited(code) => Ended::Exited(code),
         ExitStatus::Signaled(signal) => Ended::Signaled(signal),
     };
-    let met = if outcome.cause_unnamed() { job.full() } else { Vec::new() };
+    let met = job.met(&outcome, [&stdout, &stderr]);
     Ok(Completed { outcome, stdout, stderr, duration: start.elapsed(), met })
 }
 

@@ -1001,8 +1001,8 @@ impl Drop for Lane {
 // A started job's reply carries its fillable filesystems' fds and its pidfd.
 const _: () = assert!(maelstrom_wire::zygote::FILLABLE_MAX < sys::MESSAGE_FDS_MAX);
 
-/// The fds the job of spawn `seq` sent over `sock` (none if its setup failed first), draining
-/// the socket: a datagram left by a job killed after it sent is closed, not taken for another
+/// The fds the job of spawn `seq` sent over `sock` (none if its setup failed first). The
+/// datagrams before it, left by jobs killed after they sent, are closed, not taken for this
 /// job's.
 fn take_fillable(sock: BorrowedFd<'_>, seq: u64) -> Vec<OwnedFd> {
     let mut mine = Vec::new();
@@ -1010,7 +1010,9 @@ fn take_fillable(sock: BorrowedFd<'_>, seq: u64) -> Vec<OwnedFd> {
     let mut number = [0u8; 8];
     while let Ok(len) = sys::recv_with_fds(sock, &mut number, &mut fds) {
         if len == number.len() && u64::from_ne_bytes(number) == seq {
+            // Ours is the last: a job sends once, before it execs, which the spawn waited for.
             mine = std::mem::take(&mut fds);
+            break;
         }
     }
     mine

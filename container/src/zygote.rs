@@ -173,6 +173,9 @@ impl Lane {
                 if paths.len() == fillable.len() {
                     job.fillable = fillable.into_iter().zip(paths).collect();
                 }
+                if let Some(limit) = request.rlimits.iter().find(|l| l.resource == libc::RLIMIT_NOFILE) {
+                    job.open_files = Some((limit.soft, limit.hard));
+                }
                 Ok(job)
             }
             (ArchivedSpawnReply::Failed { step, errno, pid }, pidfd) => {

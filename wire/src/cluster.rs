@@ -25,6 +25,12 @@ use crate::zygote::{Device, NetworkMode};
 /// Bumped whenever a type in this module changes shape.
 pub const PROTOCOL_VERSION: u32 = 7;
 
+/// How often a peer pings, from the broker's `Welcome { ping_ms }`: never more often than
+/// every 100 ms, whatever the broker says.
+pub fn ping_every(ping_ms: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(ping_ms.max(100))
+}
+
 /// The most slots a worker may have (and say it has in its hello).
 pub const WORKER_SLOTS_MAX: u32 = 1000;
 

@@ -627,10 +627,9 @@ impl Broker {
             let job = self.jobs.get_mut(&job_id).expect("checked live");
             job.state = State::Running { worker: worker_id };
             let worker = self.workers.get_mut(&worker_id).expect("picked");
-            let mut needed: Vec<Digest> =
-                job.pins.iter().chain(job.layers.iter().map(|l| &l.digest)).copied().collect();
-            needed.sort_unstable();
-            needed.dedup();
+            // What it pinned is every artifact it needs (its layers, their manifests' files),
+            // a digest named twice counted twice, here and when it is done alike.
+            let needed = job.pins.clone();
             for digest in &needed {
                 *worker.fetchable.entry(*digest).or_default() += 1;
             }

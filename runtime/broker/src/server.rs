@@ -913,7 +913,8 @@ impl Server {
         let sent = completion.result as usize;
         if sent < buf.len() {
             // Before anything the session produced meanwhile.
-            let mut rest = buf[sent..].to_vec();
+            let mut rest = buf;
+            rest.drain(..sent);
             rest.append(&mut conn.unsent);
             conn.unsent = rest;
         }

@@ -213,7 +213,7 @@ impl RemoteClient {
                 .feed(bytes, &mut |kind, payload| {
                     answer = Some(match cluster::decode(kind, payload) {
                         Ok(Frame::Control(ArchivedControl::Welcome { ping_ms })) => {
-                            Ok(Duration::from_millis(ping_ms.to_native().max(100)))
+                            Ok(cluster::ping_every(ping_ms.to_native()))
                         }
                         Ok(Frame::Control(ArchivedControl::Refused(reason))) => {
                             Err(reason.as_str().to_owned())

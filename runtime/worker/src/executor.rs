@@ -19,7 +19,7 @@ use maelstrom_container::{
     Captured, Completed, Ended, ExitStatus, Job, JobCgroups, Lane, SpawnError, SpawnRequest, Zygote,
 };
 use maelstrom_uring::{Completion, Done, Ring, RingError, Token};
-use maelstrom_wire::cluster::{Limit, Met};
+use maelstrom_wire::cluster::Limit;
 use maelstrom_wire::zygote::NO_CGROUP;
 use rkyv::util::AlignedVec;
 
@@ -322,8 +322,6 @@ struct Running {
     fork_bomb: bool,
     /// Its processes' CPU time limit (SIGXCPU at it), if any.
     cpu_seconds: Option<u64>,
-    /// Its processes' open-files limits (soft, hard), if any.
-    open_files: Option<(u64, u64)>,
 }
 
 struct EventLoop {
@@ -761,9 +759,8 @@ impl EventLoop {
             self.ring.timeout(job_token(id, Kind::Forks), FORKS_EVERY);
             timers.push(Kind::Forks);
         }
-        let rlimit = |resource| request.spawn.rlimits.iter().find(|l| l.resource == resource);
-        let cpu_seconds = rlimit(libc::RLIMIT_CPU).map(|l| l.soft);
-        let open_files = rlimit(libc::RLIMIT_NOFILE).map(|l| (l.soft, l.hard));
+        let cpu_seconds =
+            request.spawn.rlimits.iter().find(|l| l.resource == libc::RLIMIT_CPU).map(|l| l.soft);
         let warning = request.timeout_warning;
         self.running.insert(
             id,
@@ -779,7 +776,6 @@ impl EventLoop {
                 cgroup,
                 fork_bomb: false,
                 cpu_seconds,
-                open_files,
             },
         );
     }
@@ -898,18 +894,9 @@ impl EventLoop {
                     (ExitStatus::Exited(code), None) => Ended::Exited(code),
                     (ExitStatus::Signaled(signal), None) => Ended::Signaled(signal),
                 };
-                let mut met = Vec::new();
-                if outcome.cause_unnamed() {
-                    // Read after the reap: the job's processes are gone, so are their writes.
-                    met = running.job.full();
-                    if let Some((soft, hard)) = running.open_files
-                        && running.streams.iter().any(|s| s.captured.said_emfile)
-                    {
-                        met.push(Met::OpenFiles { soft, hard });
-                    }
-                }
-                self.close_elsewhere(running.job.detach_filesystems());
                 let [stdout, stderr] = running.streams.map(|s| s.captured);
+                let met = running.job.met(&outcome, [&stdout, &stderr]);
+                self.close_elsewhere(running.job.detach_filesystems());
                 Ok(Completed { outcome, stdout, stderr, duration: running.started.elapsed(), met })
             }
         };

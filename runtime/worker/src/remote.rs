@@ -513,7 +513,8 @@ impl Worker {
         let sent = completion.result as usize;
         if sent < buf.len() {
             // Before anything the session produced meanwhile.
-            let mut rest = buf[sent..].to_vec();
+            let mut rest = buf;
+            rest.drain(..sent);
             rest.append(&mut conn.unsent);
             conn.unsent = rest;
         }
@@ -574,12 +575,8 @@ impl Worker {
             Frame::Control(ArchivedControl::Welcome { ping_ms }) => {
                 if let Some(conn) = self.conn.as_mut() {
                     conn.welcomed = true;
-                    conn.ping = Duration::from_millis(ping_ms.to_native().max(100));
-                    let generation = conn.generation;
-                    self.ring.timeout(
-                        tagged(TAG_PING, generation),
-                        Duration::from_millis(ping_ms.to_native().max(100)),
-                    );
+                    conn.ping = cluster::ping_every(ping_ms.to_native());
+                    self.ring.timeout(tagged(TAG_PING, conn.generation), conn.ping);
                 }
                 self.backoff = BACKOFF_FIRST;
                 self.log(&format!("connected to the broker at {}", self.config.broker));
