@@ -28,3 +28,10 @@ pub use sys::{
     ExitStatus, available_bytes, die_by_signal, eventfd, kill_tree, mkfifo, pipe, posix_spawn_wait, write_all,
 };
 pub use zygote::{Lane, SpawnError, StartError, Zygote, ZygoteConfig, describe, encode_request};
+
+/// The host uid and gid a root worker's jobs run as (the host's nobody: real root's ids never
+/// reach a job), or `None` for any other worker, whose jobs run as its own ids. Files a job
+/// must be able to change as the owner (a layer under a writable root) are given to these.
+pub fn jobs_host_id() -> Option<u32> {
+    (sys::geteuid() == 0).then_some(lane::NOBODY)
+}

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use maelstrom_client::spec::{LayerSpec, PrefixOptions};
+use maelstrom_client::spec::{LayerSpec, MountSpec, PrefixOptions};
 use maelstrom_config::{Config, Source, getenv};
 use maelstrom_test_runner::filter::{self, Language, Selection, Selector};
 use maelstrom_test_runner::run::{self, App, Build, CaseJob, Framework, Listed, RunnerOptions};
@@ -446,12 +446,21 @@ impl Framework for Cargo {
             paths: vec![executable],
             prefix: PrefixOptions { strip_prefix: strip, ..PrefixOptions::default() },
         });
+        // `CARGO_TARGET_TMPDIR`, which integration tests and benchmarks may write in: here an
+        // empty directory of the test's own (a path with braces cannot be a stub, and is left).
+        let mut mounts = Vec::new();
+        let tmpdir = self.target_dir.join("tmp").display().to_string();
+        if matches!(artifact.kind, Kind::Test | Kind::Benchmark) && !tmpdir.contains(['{', '}']) {
+            layers.push(LayerSpec::Stubs { stubs: vec![format!("{tmpdir}/")] });
+            mounts.push(MountSpec::Tmp { mount_point: tmpdir });
+        }
         let mut arguments = vec!["--exact".to_owned(), "--nocapture".to_owned()];
         arguments.extend(self.extra_args.iter().cloned());
         arguments.push(case.to_owned());
         CaseJob {
             layers,
             environment: Self::variables(package, &artifact.target),
+            mounts,
             working_directory: package.dir().display().to_string(),
             program: format!("/{}", file_name(&artifact.executable)),
             arguments,

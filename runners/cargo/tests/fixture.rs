@@ -149,7 +149,8 @@ fn filters_and_listings() {
         text(&out.stdout),
         "other-pkg other-tool tests::exits_three\nother-pkg other-tool tests::tool_test\n"
     );
-    let out = fixture.run(&["--list", "-p", "fixture", "-i", "test", "-x", "n.c(cargo)"]);
+    let out =
+        fixture.run(&["--list", "-p", "fixture", "-i", "test", "-x", "n.c(cargo)", "-x", "n.c(tmpdir)"]);
     assert_eq!(text(&out.stdout), "fixture integration integration_passes\n");
     let out = fixture.run(&["-i", "package.equals(other-pkg) - name.contains(exits)"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));

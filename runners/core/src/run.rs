@@ -19,7 +19,7 @@ use anyhow::Context;
 use maelstrom_client::client::Client;
 use maelstrom_client::digests::DigestCache;
 use maelstrom_client::local::LocalConfig;
-use maelstrom_client::spec::{EnvironmentSpec, JobSpec, LayerSpec};
+use maelstrom_client::spec::{EnvironmentSpec, JobSpec, LayerSpec, MountSpec};
 use maelstrom_client::{Allotment, JobCgroups, JobResult, Zygote, ZygoteConfig};
 use maelstrom_config::{CommonOptions, Config, JobValues, LogLevel, Size, Source, getenv};
 
@@ -211,6 +211,8 @@ pub struct CaseJob {
     pub layers: Vec<LayerSpec>,
     /// Added to the directives' environment.
     pub environment: BTreeMap<String, String>,
+    /// Added after the directives' mounts (with the layers' stubs their mount points need).
+    pub mounts: Vec<MountSpec>,
     /// Unless the spec chose one.
     pub working_directory: String,
     pub program: String,
@@ -638,9 +640,13 @@ impl<F: Framework> Runner<'_, F> {
         timeout: Option<NonZeroU32>,
         estimate: Estimate,
     ) -> JobSpec {
-        let CaseJob { layers, environment, working_directory, program, arguments, timeout_warning } =
+        let CaseJob { layers, environment, mounts, working_directory, program, arguments, timeout_warning } =
             self.framework.case_job(artifact, case, settings);
         let mut container = settings.container.clone();
+        match &mut container.mounts {
+            Some(own) => own.extend(mounts),
+            None => container.added_mounts.get_or_insert_default().extend(mounts),
+        }
         let environment = vec![EnvironmentSpec { vars: environment, extend: true }];
         add_runner_items(&mut container, layers, environment, working_directory);
         // `/etc/hosts` goes below the directives' layers, so an image's or a layer's own wins

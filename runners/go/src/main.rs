@@ -703,6 +703,7 @@ impl Framework for GoTest {
         CaseJob {
             layers,
             environment: BTreeMap::new(),
+            mounts: Vec::new(),
             working_directory: package.dir.display().to_string(),
             program: format!("/{file}"),
             arguments,

@@ -74,16 +74,16 @@ fn probe_layers() -> Value {
     ])
 }
 
-/// The probe's layers and `/scratch`, a directory anyone may write to (so that a writable
-/// root's checks hold for a root worker, whose jobs run as nobody, as for any other).
+/// The probe's layers and `/scratch`, an ordinary directory (0755) holding `old`.
 fn scratch_layers(p: &Project) -> Value {
     let scratch = p.path().join("scratch");
     if !scratch.exists() {
         std::fs::create_dir(&scratch).unwrap();
-        std::fs::set_permissions(&scratch, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        std::fs::set_permissions(&scratch, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::write(scratch.join("old"), "old").unwrap();
     }
     let mut layers = probe_layers().as_array().unwrap().clone();
-    layers.push(json!({"paths": ["scratch"]}));
+    layers.push(json!({"paths": ["scratch", "scratch/old"]}));
     Value::Array(layers)
 }
 
@@ -339,8 +339,27 @@ fn network_user_group_workdir_and_writable_root() {
         "layers": scratch_layers(&p),
     });
     assert_eq!(stdout(&p.run(&[], std::slice::from_ref(&write))), format!("error:{}\n", libc::EROFS));
-    let writable = p.run(&[], &[with(write, json!({"enable_writable_file_system": true}))]);
-    assert_eq!(stdout(&writable), "ok\n", "{}", stderr(&writable));
+    // A writable root is the job's to change, whoever runs the worker (a root worker's jobs run
+    // as the host's nobody, and the layers are theirs all the same): a new file in a layer's
+    // directory, an existing file replaced, a new directory at the top.
+    let writable = |args: &[&str]| {
+        let job = with(write.clone(), json!({"arguments": args, "enable_writable_file_system": true}));
+        let out = p.run(&[], &[job]);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    assert_eq!(writable(&["write", "/scratch/new", "x"]), "ok\n");
+    assert_eq!(writable(&["write", "/scratch/old", "new"]), "ok\n");
+    assert_eq!(writable(&["mkdir", "/made"]), "ok\n");
+    // The layers' files are the job's root's, as they are its own worker's.
+    let owner = p.run(&[], &[with(write.clone(), json!({"arguments": ["owner", "/scratch/old"]}))]);
+    assert_eq!(stdout(&owner), "0\n", "{}", stderr(&owner));
+    assert_eq!(
+        std::fs::read_to_string(p.path().join("scratch/old")).unwrap(),
+        "old",
+        "the host's file changed"
+    );
+    assert!(!p.path().join("scratch/new").exists(), "a write reached the host");
 }
 
 #[test]

@@ -10,6 +10,11 @@
 //! <root>/v1/trash/          trees being deleted
 //! ```
 //!
+//! A root worker's jobs run as the host's nobody (see `maelstrom_container::jobs_host_id`), so
+//! its trees are given to nobody, as an ordinary worker's are its own: a writable root is then
+//! the job's to change, as it is under any other worker. `v1/` is then private to root, so no
+//! process of the host's nobody reaches the trees except through a job's read-only layers.
+//!
 //! A process that uses a tree holds a shared lock on its meta file for as long as it may use it;
 //! an evictor takes the exclusive lock without waiting and skips what it cannot lock, so no
 //! tree in use anywhere is ever deleted. Two processes building the same tree both build, and
@@ -18,7 +23,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -60,6 +65,8 @@ pub struct LayerCache {
     held: Mutex<HashMap<Digest, Held>>,
     /// Bytes added by this process since the last eviction.
     added: Mutex<u64>,
+    /// The host id trees belong to when it is not this process's own: a root worker's jobs'.
+    owner: Option<u32>,
 }
 
 impl LayerCache {
@@ -76,9 +83,14 @@ impl LayerCache {
         if !tag.exists() {
             fs::write(&tag, CACHEDIR_TAG).map_err(io_error(&tag, "write the cache tag"))?;
         }
+        let owner = maelstrom_container::jobs_host_id();
+        if owner.is_some() {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                .map_err(io_error(&dir, "make the cache private"))?;
+        }
         // Eviction runs once this process has added an eighth of the bound, not at every open:
         // opening must stay cheap for short runs.
-        Ok(Self { dir, size_max, held: Mutex::default(), added: Mutex::new(0) })
+        Ok(Self { dir, size_max, held: Mutex::default(), added: Mutex::new(0), owner })
     }
 
     pub fn dir(&self) -> &Path {
@@ -108,6 +120,7 @@ impl LayerCache {
         if !tree.is_dir() {
             return Ok(None);
         }
+        self.give_built(&tree)?;
         Ok(Some(self.hold(key, tree, meta)))
     }
 
@@ -128,7 +141,7 @@ impl LayerCache {
         let mut meta = lock_meta(&meta_path)?;
         if !tree.is_dir() {
             let staging = self.staging_dir()?;
-            let size = match build(&staging) {
+            let size = match build(&staging).and_then(|size| self.give(&staging).map(|()| size)) {
                 Ok(size) => size,
                 Err(message) => {
                     let _ = fs::remove_dir_all(&staging);
@@ -153,6 +166,8 @@ impl LayerCache {
             }
             meta.set_len(0).map_err(io_error(&meta_path, "write the size"))?;
             meta.write_all(size.to_string().as_bytes()).map_err(io_error(&meta_path, "write the size"))?;
+        } else {
+            self.give_built(&tree)?;
         }
         let tree = self.hold(key, tree, meta);
         if self.over_budget() {
@@ -175,6 +190,25 @@ impl LayerCache {
         let _ = meta.set_modified(SystemTime::now());
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         held.entry(*key).or_insert(Held { tree, _lock: meta }).tree.clone()
+    }
+
+    /// Gives the tree being built at `dir` to [`LayerCache::owner`], if the trees have one.
+    fn give(&self, dir: &Path) -> Result<(), String> {
+        match self.owner {
+            Some(id) => give_tree(dir, id).map_err(|e| format!("give the layer to the jobs' user: {e}")),
+            None => Ok(()),
+        }
+    }
+
+    /// Gives a finished tree to [`LayerCache::owner`] if an earlier version, or a worker run by
+    /// another user, built it: done once, and idempotent if two processes do it at once.
+    fn give_built(&self, tree: &Path) -> Result<(), CacheError> {
+        let Some(id) = self.owner else { return Ok(()) };
+        let owned = fs::symlink_metadata(tree).is_ok_and(|m| m.uid() == id && m.gid() == id);
+        if owned {
+            return Ok(());
+        }
+        give_tree(tree, id).map_err(io_error(tree, "give a tree to the jobs' user"))
     }
 
     fn over_budget(&self) -> bool {
@@ -245,6 +279,22 @@ impl LayerCache {
     }
 }
 
+/// Makes `id` the owner and group of `dir` and of everything below it (symlinks themselves, not
+/// what they point to). The directory is walked as found: it is the cache's own, and no one
+/// else writes in it.
+fn give_tree(dir: &Path, id: u32) -> io::Result<()> {
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        std::os::unix::fs::lchown(&path, Some(id), Some(id))?;
+        if fs::symlink_metadata(&path)?.is_dir() {
+            for entry in fs::read_dir(&path)? {
+                pending.push(entry?.path());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Opens and shared-locks the meta file at `path`, making sure the locked file is still the one
 /// at that path (an evictor may have removed it meanwhile).
 fn lock_meta(path: &Path) -> Result<File, CacheError> {
@@ -277,6 +327,38 @@ mod tests {
         move |dir| {
             fs::write(dir.join("file"), vec![b'x'; bytes]).map_err(|e| e.to_string())?;
             Ok(bytes as u64)
+        }
+    }
+
+    /// A root worker's trees are its jobs' (nobody's), an ordinary worker's its own; a tree an
+    /// earlier version left as root's is given over when next used.
+    #[test]
+    fn trees_belong_to_the_jobs_user() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = LayerCache::open(root.path(), 1 << 20).unwrap();
+        let own = fs::metadata("/proc/self").unwrap().uid();
+        let expected = maelstrom_container::jobs_host_id().unwrap_or(own);
+        let build = |dir: &Path| {
+            fs::create_dir(dir.join("sub")).map_err(|e| e.to_string())?;
+            fs::write(dir.join("sub/file"), "x").map_err(|e| e.to_string())?;
+            std::os::unix::fs::symlink("sub/file", dir.join("link")).map_err(|e| e.to_string())?;
+            Ok(1)
+        };
+        let tree = cache.get_or_build(&key(1), build).unwrap();
+        let owners = |tree: &Path| {
+            ["", "sub", "sub/file", "link"].map(|p| fs::symlink_metadata(tree.join(p)).unwrap().uid())
+        };
+        assert_eq!(owners(&tree), [expected; 4]);
+        let private = fs::metadata(root.path().join(LAYOUT)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(private == 0o700, own == 0, "mode {private:o}");
+        if own == 0 {
+            for p in ["", "sub", "sub/file", "link"] {
+                std::os::unix::fs::lchown(tree.join(p), Some(0), Some(0)).unwrap();
+            }
+            drop(cache);
+            let cache = LayerCache::open(root.path(), 1 << 20).unwrap();
+            let again = cache.get(&key(1)).unwrap().unwrap();
+            assert_eq!(owners(&again), [expected; 4]);
         }
     }
 

@@ -496,6 +496,14 @@ fn main() {
             Ok(()) => println!("ok"),
             Err(e) => println!("error:{}", code(&e)),
         },
+        "owner" => match std::fs::symlink_metadata(arg(1)) {
+            Ok(metadata) => println!("{}", std::os::unix::fs::MetadataExt::uid(&metadata)),
+            Err(e) => println!("error:{}", code(&e)),
+        },
+        "mkdir" => match std::fs::create_dir(arg(1)) {
+            Ok(()) => println!("ok"),
+            Err(e) => println!("error:{}", code(&e)),
+        },
         "exit" => std::process::exit(arg(1).parse().expect("exit CODE")),
         "segfault" => unsafe { std::ptr::null_mut::<u8>().write_volatile(1) },
         "spew" => {
