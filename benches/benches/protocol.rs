@@ -4,8 +4,8 @@
 
 use criterion::{Criterion, black_box};
 use maelstrom_wire::cluster::{
-    self, Control, Frame, HEADER_BYTES, Kind, Outcome, Output, decode, encode_job_frame, encode_job_into,
-    typical_job,
+    self, Control, Frame, HEADER_BYTES, Kind, Outcome, Output, Usage, decode, encode_job_frame,
+    encode_job_into, typical_job,
 };
 use rkyv::util::AlignedVec;
 
@@ -53,6 +53,7 @@ fn main() {
             stderr: Output::default(),
             duration_us: 1234,
             met: Vec::new(),
+            usage: Usage { cpu_us: 987, peak_rss_bytes: 3 << 20 },
         },
     };
     let mut control = Vec::new();

@@ -28,7 +28,9 @@ pub struct TrivialContainer {
 }
 
 impl TrivialContainer {
-    pub fn new(network: NetworkMode, mounts: Mounts) -> std::io::Result<Self> {
+    /// The container with `network`, `mounts`, and a writable root (its changes on a fresh
+    /// tmpfs) if `writable`.
+    pub fn new(network: NetworkMode, mounts: Mounts, writable: bool) -> std::io::Result<Self> {
         let layer = tempfile::Builder::new().prefix("maelstrom-bench-").tempdir()?;
         for dir in ["proc", "tmp", "dev"] {
             std::fs::create_dir(layer.path().join(dir))?;
@@ -39,6 +41,7 @@ impl TrivialContainer {
         std::fs::copy(maelstrom_testbins::static_true(), layer.path().join("true"))?;
         let mut spec = Spec::new(vec![layer.path().to_owned()], "/true");
         spec.network = network;
+        spec.writable_root = writable;
         if mounts == Mounts::Typical {
             spec.mounts = vec![
                 Mount::Proc { target: "/proc".into() },

@@ -16,7 +16,8 @@ use crate::zygote::{SpawnError, Zygote};
 pub struct Job {
     pid: libc::pid_t,
     pidfd: OwnedFd,
-    status: Option<ExitStatus>,
+    /// Once reaped: how it ended, and what it used.
+    status: Option<(ExitStatus, Usage)>,
     /// An fd of each of its fillable filesystems (tmpfs mounts, a writable root's changes),
     /// with the path where the job sees it.
     pub(crate) fillable: Vec<(OwnedFd, String)>,
@@ -110,13 +111,13 @@ impl Job {
 
     /// Waits for the job to exit and reaps it.
     pub fn wait(&mut self) -> io::Result<ExitStatus> {
-        if let Some(status) = self.status {
+        if let Some((status, _)) = self.status {
             return Ok(status);
         }
-        let status = sys::waitid_pidfd(self.pidfd.as_fd(), true)?
+        let reaped = sys::waitid_pidfd(self.pidfd.as_fd(), true)?
             .ok_or_else(|| io::Error::other("waitid returned without a status"))?;
-        self.status = Some(status);
-        Ok(status)
+        self.status = Some(reaped);
+        Ok(reaped.0)
     }
 
     /// Reaps the job if it has exited.
@@ -124,7 +125,12 @@ impl Job {
         if self.status.is_none() {
             self.status = sys::waitid_pidfd(self.pidfd.as_fd(), false)?;
         }
-        Ok(self.status)
+        Ok(self.status.map(|(status, _)| status))
+    }
+
+    /// What the job used, all its processes together, once reaped.
+    pub fn usage(&self) -> Option<Usage> {
+        self.status.map(|(_, usage)| usage)
     }
 }
 
@@ -204,7 +210,7 @@ impl Captured {
 }
 
 /// How a job ended: the wire's own type, so it is the same everywhere a result travels.
-pub use maelstrom_wire::cluster::{Ended, Met};
+pub use maelstrom_wire::cluster::{Ended, Met, Usage};
 
 /// A finished job.
 #[derive(Clone, Debug)]
@@ -216,6 +222,7 @@ pub struct Completed {
     pub duration: Duration,
     /// The bounds of its own it had met, if it failed (exited non-zero or by a signal).
     pub met: Vec<Met>,
+    pub usage: Usage,
 }
 
 impl Zygote {
@@ -307,7 +314,8 @@ pub fn supervise(
         ExitStatus::Signaled(signal) => Ended::Signaled(signal),
     };
     let met = job.met(&outcome, [&stdout, &stderr]);
-    Ok(Completed { outcome, stdout, stderr, duration: start.elapsed(), met })
+    let usage = job.usage().unwrap_or_default();
+    Ok(Completed { outcome, stdout, stderr, duration: start.elapsed(), met, usage })
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use maelstrom_wire::cluster::Usage;
+
 pub(crate) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
 }
@@ -397,15 +399,26 @@ pub enum ExitStatus {
     Signaled(i32),
 }
 
-/// `waitid(P_PIDFD)` for an exited child. With `block == false`, `Ok(None)` if it still runs.
-pub fn waitid_pidfd(pidfd: BorrowedFd<'_>, block: bool) -> io::Result<Option<ExitStatus>> {
+/// `waitid(P_PIDFD)` for an exited child, with what it used. With `block == false`,
+/// `Ok(None)` if it still runs.
+pub fn waitid_pidfd(pidfd: BorrowedFd<'_>, block: bool) -> io::Result<Option<(ExitStatus, Usage)>> {
     let flags = libc::WEXITED | if block { 0 } else { libc::WNOHANG };
     loop {
         let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
-        // SAFETY: `info` is writable siginfo_t storage.
-        let ret =
-            unsafe { libc::waitid(libc::P_PIDFD, pidfd.as_raw_fd() as libc::id_t, info.as_mut_ptr(), flags) };
-        match cvt(ret) {
+        let mut usage = MaybeUninit::<libc::rusage>::zeroed();
+        // The raw syscall: only it fills in a rusage (the child's, with every descendant it
+        // reaped). SAFETY: `info` and `usage` are writable storage of their types.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_waitid,
+                libc::P_PIDFD,
+                pidfd.as_raw_fd(),
+                info.as_mut_ptr(),
+                flags,
+                usage.as_mut_ptr(),
+            )
+        };
+        match cvt_long(ret) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
@@ -420,10 +433,19 @@ pub fn waitid_pidfd(pidfd: BorrowedFd<'_>, block: bool) -> io::Result<Option<Exi
         if pid == 0 {
             return Ok(None);
         }
-        return Ok(Some(match info.si_code {
+        // SAFETY: zero-initialised, and filled in by the kernel for the reaped child.
+        let usage = unsafe { usage.assume_init() };
+        let micros = |t: libc::timeval| (t.tv_sec.max(0) as u64) * 1_000_000 + t.tv_usec.max(0) as u64;
+        let usage = Usage {
+            cpu_us: micros(usage.ru_utime) + micros(usage.ru_stime),
+            // In KiB.
+            peak_rss_bytes: (usage.ru_maxrss.max(0) as u64).saturating_mul(1024),
+        };
+        let status = match info.si_code {
             libc::CLD_EXITED => ExitStatus::Exited(status),
             _ => ExitStatus::Signaled(status),
-        }));
+        };
+        return Ok(Some((status, usage)));
     }
 }
 

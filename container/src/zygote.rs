@@ -459,8 +459,8 @@ fn boot_hint(step: BootStep) -> &'static str {
     }
 }
 
-fn describe_status(status: io::Result<Option<ExitStatus>>) -> String {
-    match status {
+fn describe_status(status: io::Result<Option<(ExitStatus, crate::job::Usage)>>) -> String {
+    match status.map(|reaped| reaped.map(|(status, _)| status)) {
         Ok(Some(ExitStatus::Exited(code))) => format!("exited with code {code}"),
         Ok(Some(ExitStatus::Signaled(signal))) => format!("killed by signal {signal}"),
         Ok(None) => "still running but not answering".to_owned(),

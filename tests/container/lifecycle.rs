@@ -17,7 +17,26 @@ pub const CASES: &[(&str, Case)] = &[
     ("lifecycle::stdin_is_empty", stdin_is_empty),
     ("lifecycle::kill_goes_through_the_pidfd", kill_goes_through_the_pidfd),
     ("lifecycle::many_jobs_run_at_once", many_jobs_run_at_once),
+    ("lifecycle::usage_counts_every_process", usage_counts_every_process),
 ];
+
+/// A job's usage is its processes' together: here a child's, which the job reaped, holding
+/// 48 MiB and spinning until it used 300 ms of CPU while the job itself waits.
+fn usage_counts_every_process(ctx: &Ctx) -> anyhow::Result<()> {
+    let layer = Layer::new();
+    let done = run(ctx, &probe(&layer, &["child-hog", "48", "300"]))?;
+    anyhow::ensure!(done.outcome == Ended::Exited(0), "{:?}", done.outcome);
+    let usage = done.usage;
+    anyhow::ensure!(usage.cpu() >= Duration::from_millis(300), "{usage:?}");
+    anyhow::ensure!(usage.cpu() <= done.duration, "{usage:?} in {:?}", done.duration);
+    anyhow::ensure!(usage.peak_rss_bytes >= 48 << 20, "{usage:?}");
+    anyhow::ensure!(usage.peak_rss_bytes < 256 << 20, "{usage:?}");
+    // A job that does little uses little.
+    let done = run(ctx, &probe(&layer, &["exit", "0"]))?;
+    anyhow::ensure!(done.usage.peak_rss_bytes < 32 << 20, "{:?}", done.usage);
+    anyhow::ensure!(done.usage.cpu() < Duration::from_millis(200), "{:?}", done.usage);
+    Ok(())
+}
 
 fn exit_codes_pass_through(ctx: &Ctx) -> anyhow::Result<()> {
     let layer = Layer::new();

@@ -23,7 +23,7 @@ use crate::artifact::Digest;
 use crate::zygote::{Device, NetworkMode};
 
 /// Bumped whenever a type in this module changes shape.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// How often a peer pings, from the broker's `Welcome { ping_ms }`: never more often than
 /// every 100 ms, whatever the broker says.
@@ -333,6 +333,24 @@ pub struct Output {
     pub cut: u64,
 }
 
+/// What a job that ran used, as the kernel accounts it when the job is reaped: its processes
+/// and every descendant reaped before it (a job is the init of its pid namespace, so that is
+/// all of them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(compare(PartialEq), derive(Debug))]
+pub struct Usage {
+    /// CPU time, user and system, of all its processes together.
+    pub cpu_us: u64,
+    /// The largest resident set any one of its processes reached (tmpfs pages not included).
+    pub peak_rss_bytes: u64,
+}
+
+impl Usage {
+    pub fn cpu(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.cpu_us)
+    }
+}
+
 /// How a job ended.
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(compare(PartialEq), derive(Debug))]
@@ -344,6 +362,7 @@ pub enum Outcome {
         duration_us: u64,
         /// The bounds of its own it had met, if it failed.
         met: Vec<Met>,
+        usage: Usage,
     },
     Signaled {
         signal: i32,
@@ -351,11 +370,13 @@ pub enum Outcome {
         stderr: Output,
         duration_us: u64,
         met: Vec<Met>,
+        usage: Usage,
     },
     TimedOut {
         stdout: Output,
         stderr: Output,
         duration_us: u64,
+        usage: Usage,
     },
     /// The sandbox killed the job at `limit`.
     Killed {
@@ -363,6 +384,7 @@ pub enum Outcome {
         stdout: Output,
         stderr: Output,
         duration_us: u64,
+        usage: Usage,
     },
     /// The job's spec is at fault (its setup failed before exec).
     ExecutionError(String),
@@ -510,6 +532,7 @@ pub struct Ran<'a> {
     pub duration: std::time::Duration,
     /// The bounds of its own a job that failed had met when it ended: likely why it failed.
     pub met: &'a [Met],
+    pub usage: Usage,
 }
 
 /// Why a job did not run.
@@ -526,22 +549,22 @@ pub enum NotRun<'a> {
 impl Outcome {
     /// The job as it ran, or why it did not.
     pub fn ran(&self) -> Result<Ran<'_>, NotRun<'_>> {
-        let ran = |ended, stdout, stderr, duration_us: &u64, met| {
+        let ran = |ended, stdout, stderr, duration_us: &u64, met, usage: &Usage| {
             let duration = std::time::Duration::from_micros(*duration_us);
-            Ok(Ran { ended, stdout, stderr, duration, met })
+            Ok(Ran { ended, stdout, stderr, duration, met, usage: *usage })
         };
         match self {
-            Outcome::Exited { code, stdout, stderr, duration_us, met } => {
-                ran(Ended::Exited(*code), stdout, stderr, duration_us, met)
+            Outcome::Exited { code, stdout, stderr, duration_us, met, usage } => {
+                ran(Ended::Exited(*code), stdout, stderr, duration_us, met, usage)
             }
-            Outcome::Signaled { signal, stdout, stderr, duration_us, met } => {
-                ran(Ended::Signaled(*signal), stdout, stderr, duration_us, met)
+            Outcome::Signaled { signal, stdout, stderr, duration_us, met, usage } => {
+                ran(Ended::Signaled(*signal), stdout, stderr, duration_us, met, usage)
             }
-            Outcome::TimedOut { stdout, stderr, duration_us } => {
-                ran(Ended::TimedOut, stdout, stderr, duration_us, &[])
+            Outcome::TimedOut { stdout, stderr, duration_us, usage } => {
+                ran(Ended::TimedOut, stdout, stderr, duration_us, &[], usage)
             }
-            Outcome::Killed { limit, stdout, stderr, duration_us } => {
-                ran(Ended::Killed(*limit), stdout, stderr, duration_us, &[])
+            Outcome::Killed { limit, stdout, stderr, duration_us, usage } => {
+                ran(Ended::Killed(*limit), stdout, stderr, duration_us, &[], usage)
             }
             Outcome::ExecutionError(message) => Err(NotRun::Execution(message)),
             Outcome::SystemError(message) => Err(NotRun::System(message)),
@@ -844,6 +867,7 @@ mod tests {
                     stdout: Output::default(),
                     stderr: Output { bytes: b"x".to_vec(), cut: 9 },
                     duration_us: 5,
+                    usage: Usage { cpu_us: 4, peak_rss_bytes: 1 << 20 },
                 },
             },
             &mut stream,
@@ -935,6 +959,7 @@ mod tests {
                         Met::Full { path: "/tmp".into(), bytes: 8 << 20 },
                         Met::OpenFiles { soft: 64, hard: 64 },
                     ],
+                    usage: Usage { cpu_us: 9, peak_rss_bytes: 2 << 20 },
                 },
             },
             Control::Done { id: 4, outcome: Outcome::SystemError("lost".into()) },
@@ -984,6 +1009,7 @@ mod tests {
             stderr: big(3 << 20),
             duration_us: 1,
             met: Vec::new(),
+            usage: Usage::default(),
         };
         let mut frame = Vec::new();
         let done = |outcome: &Outcome| Control::Done { id: 1, outcome: outcome.clone() };
@@ -994,7 +1020,12 @@ mod tests {
         let Outcome::Exited { stdout, stderr, .. } = &outcome else { unreachable!() };
         assert_eq!(stdout.bytes.len(), stderr.bytes.len(), "two large streams share the room");
         assert_eq!(stdout.cut + stdout.bytes.len() as u64, (3 << 20) + 7, "what is cut is counted");
-        let mut lopsided = Outcome::TimedOut { stdout: big(10), stderr: big(5 << 20), duration_us: 1 };
+        let mut lopsided = Outcome::TimedOut {
+            stdout: big(10),
+            stderr: big(5 << 20),
+            duration_us: 1,
+            usage: Usage::default(),
+        };
         lopsided.fit();
         let Outcome::TimedOut { stdout, stderr, .. } = &lopsided else { unreachable!() };
         assert_eq!(stdout.bytes.len(), 10);
@@ -1008,6 +1039,7 @@ mod tests {
                 stderr: big(0),
                 duration_us: 1,
                 met: Vec::new(),
+                usage: Usage::default(),
             },
         };
         encode_control_or_report(&too_big, &mut frame).unwrap();

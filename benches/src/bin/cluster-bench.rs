@@ -96,6 +96,7 @@ fn dispatch_rate(args: &Args) -> f64 {
         stderr: Output::default(),
         duration_us: 1,
         met: Vec::new(),
+        usage: Default::default(),
     };
     let mut started = Vec::new();
     let mut reported = 0u64;

@@ -43,6 +43,9 @@ struct Args {
     /// cgroup per spawner where this process may make them.
     #[arg(long)]
     limits: bool,
+    /// A writable root (its changes on a fresh tmpfs, gone with the container).
+    #[arg(long)]
+    writable: bool,
 }
 
 struct Block {
@@ -109,7 +112,7 @@ fn main() {
         Mode::Loopback => NetworkMode::Loopback,
         Mode::Local => NetworkMode::Local,
     };
-    let bench = TrivialContainer::new(network, args.mounts).unwrap_or_else(|e| {
+    let bench = TrivialContainer::new(network, args.mounts, args.writable).unwrap_or_else(|e| {
         eprintln!("container-startup: cannot build the trivial container: {e}");
         std::process::exit(1);
     });
@@ -149,13 +152,14 @@ fn main() {
         rate(&floor)
     );
     eprintln!(
-        "containers: n={} p50={}us p99={}us p999={}us rate={:.0}/s mounts={:?}",
+        "containers: n={} p50={}us p99={}us p999={}us rate={:.0}/s mounts={:?} writable={}",
         containers.count,
         p(&containers, 0.5),
         p(&containers, 0.99),
         p(&containers, 0.999),
         rate(&containers),
-        args.mounts
+        args.mounts,
+        args.writable
     );
     let mode = format!("{:?}", args.mode).to_lowercase();
     println!(

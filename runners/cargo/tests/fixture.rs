@@ -125,8 +125,12 @@ fn the_table_holds_on_a_cluster() {
     let fixture = fixture();
     let cluster = runners::Cluster::start(cluster_bin_dir());
     let address = cluster.address.clone();
-    let out = fixture.run(&["--broker", &address]);
+    let report = fixture.path().join("reports/cluster.xml");
+    let out = fixture.run(&["--broker", &address, "--junit", report.to_str().expect("utf-8")]);
     assert_table(&out);
+    // What each test used comes back from the worker with its result (the ignored one never ran).
+    let xml = std::fs::read_to_string(&report).expect("the report is written");
+    assert_eq!(usage_reported(&xml), xml.matches("<testcase ").count() - 1, "{xml}");
 }
 
 #[test]
@@ -216,6 +220,20 @@ fn options_reports_and_exit_codes() {
         "{xml}"
     );
     assert!(xml.contains("name=\"tests::exits_three\""), "{xml}");
+    assert_eq!(usage_reported(&xml), 2, "{xml}");
+}
+
+/// How many of a JUnit report's test cases say what they used (CPU time, peak RSS); each must
+/// say it sensibly.
+fn usage_reported(xml: &str) -> usize {
+    let peaks: Vec<u64> = xml
+        .split("<property name=\"peak-rss-bytes\" value=\"")
+        .skip(1)
+        .map(|rest| rest.split('"').next().and_then(|n| n.parse().ok()).expect("a byte count"))
+        .collect();
+    assert!(peaks.iter().all(|&bytes| bytes > 0 && bytes < 1 << 30), "{peaks:?}");
+    assert_eq!(xml.matches("<property name=\"cpu-seconds\" value=\"").count(), peaks.len(), "{xml}");
+    peaks.len()
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use maelstrom_client::{Ended, JobId, JobResult, Output, Ran};
+use maelstrom_client::{Ended, JobId, JobResult, Output, Ran, Usage};
 
 use crate::specfile::TestSettings;
 use crate::testdb::{Estimate, TestDb};
@@ -129,6 +129,8 @@ struct Finished {
     details: Vec<String>,
     /// The case's own parts (go's subtests), for the JUnit report.
     parts: Vec<Part>,
+    /// What its job used, if it ran.
+    usage: Option<Usage>,
 }
 
 /// A part of a case with a result of its own (a go subtest): reported under its case.
@@ -220,6 +222,7 @@ impl Session {
             stderr: String::new(),
             details: vec![message],
             parts: Vec::new(),
+            usage: None,
         });
     }
 
@@ -256,6 +259,7 @@ impl Session {
                 stderr: String::new(),
                 details: Vec::new(),
                 parts: Vec::new(),
+                usage: None,
             });
             return;
         }
@@ -277,6 +281,7 @@ impl Session {
                     stderr: String::new(),
                     details: vec![format!("error: {message}")],
                     parts: Vec::new(),
+                    usage: None,
                 }),
             }
         }
@@ -314,8 +319,9 @@ impl Session {
                 }
             }
         }
+        let usage = result.outcome.ran().ok().map(|ran| ran.usage);
         let (status, duration, stdout, stderr, mut details) = match result.outcome.ran() {
-            Ok(Ran { ended, stdout: out, stderr: err, duration, met }) => {
+            Ok(Ran { ended, stdout: out, stderr: err, duration, met, usage: _ }) => {
                 let empty = ended == Ended::Exited(0)
                     && self.rules.no_test_marker.is_some_and(|marker| {
                         out.bytes.windows(marker.len()).any(|w| w == marker.as_bytes())
@@ -411,6 +417,7 @@ impl Session {
             stderr,
             details,
             parts,
+            usage,
         });
         self.refresh_running(false);
     }
@@ -551,6 +558,12 @@ impl Session {
             test.set_classname(format!("{} {}", case.package, case.artifact));
             if let Some(duration) = f.duration {
                 test.set_time(duration);
+            }
+            // What the test used, all its processes together: CPU time, and the largest
+            // resident set one of them reached.
+            if let Some(usage) = f.usage {
+                test.add_property(("cpu-seconds", format!("{:.3}", usage.cpu().as_secs_f64()).as_str()));
+                test.add_property(("peak-rss-bytes", usage.peak_rss_bytes.to_string().as_str()));
             }
             if f.status != Status::Ok {
                 test.set_system_out(f.stdout.clone());

@@ -282,7 +282,7 @@ impl Exit {
 
 fn report(index: usize, result: &JobResult, exit: &mut Exit, debug: bool) {
     match result.outcome.ran() {
-        Ok(Ran { ended, stdout, stderr: err, duration, met }) => {
+        Ok(Ran { ended, stdout, stderr: err, duration, met, usage }) => {
             let _ = io::stdout().lock().write_all(&stdout.bytes);
             let _ = io::stdout().flush();
             let mut stderr = io::stderr().lock();
@@ -315,7 +315,9 @@ fn report(index: usize, result: &JobResult, exit: &mut Exit, debug: bool) {
                 }
             }
             if debug {
-                let _ = writeln!(stderr, "job {index}: took {duration:?}");
+                let (cpu, rss) = (usage.cpu(), usage.peak_rss_bytes as f64 / f64::from(1 << 20));
+                let _ =
+                    writeln!(stderr, "job {index}: took {duration:?}, CPU {cpu:?}, peak RSS {rss:.1} MiB");
             }
             exit.one_outcome.get_or_insert(Some(ended));
         }

@@ -797,6 +797,7 @@ mod tests {
             stderr: Output::default(),
             duration_us: 1,
             met: Vec::new(),
+            usage: Default::default(),
         }
     }
 

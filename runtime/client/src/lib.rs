@@ -21,6 +21,6 @@ pub mod spec;
 // started before any thread; the one result type; exiting as a job did; ending a build tool
 // with the compilers it started.
 pub use maelstrom_container::{JobCgroups, Zygote, ZygoteConfig, die_by_signal, kill_tree};
-pub use maelstrom_wire::cluster::{Ended, Limit, NotRun, Ran, TimeoutWarning};
+pub use maelstrom_wire::cluster::{Ended, Limit, NotRun, Ran, TimeoutWarning, Usage};
 pub use maelstrom_worker::{Allotment, JobId, JobResult, Outcome, Output, ResultSink};
 pub use remote::Broker;

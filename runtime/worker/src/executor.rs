@@ -94,13 +94,14 @@ pub fn outcome(result: Result<Completed, JobError>) -> maelstrom_wire::cluster::
             let stdout = Output { bytes: done.stdout.bytes, cut: done.stdout.cut };
             let stderr = Output { bytes: done.stderr.bytes, cut: done.stderr.cut };
             let duration_us = u64::try_from(done.duration.as_micros()).unwrap_or(u64::MAX);
+            let (met, usage) = (done.met, done.usage);
             match done.outcome {
-                Ended::Exited(code) => Outcome::Exited { code, stdout, stderr, duration_us, met: done.met },
+                Ended::Exited(code) => Outcome::Exited { code, stdout, stderr, duration_us, met, usage },
                 Ended::Signaled(signal) => {
-                    Outcome::Signaled { signal, stdout, stderr, duration_us, met: done.met }
+                    Outcome::Signaled { signal, stdout, stderr, duration_us, met, usage }
                 }
-                Ended::TimedOut => Outcome::TimedOut { stdout, stderr, duration_us },
-                Ended::Killed(limit) => Outcome::Killed { limit, stdout, stderr, duration_us },
+                Ended::TimedOut => Outcome::TimedOut { stdout, stderr, duration_us, usage },
+                Ended::Killed(limit) => Outcome::Killed { limit, stdout, stderr, duration_us, usage },
             }
         }
         Err(JobError::Execution(message)) => Outcome::ExecutionError(message),
@@ -897,7 +898,9 @@ impl EventLoop {
                 let [stdout, stderr] = running.streams.map(|s| s.captured);
                 let met = running.job.met(&outcome, [&stdout, &stderr]);
                 self.close_elsewhere(running.job.detach_filesystems());
-                Ok(Completed { outcome, stdout, stderr, duration: running.started.elapsed(), met })
+                let duration = running.started.elapsed();
+                let usage = running.job.usage().unwrap_or_default();
+                Ok(Completed { outcome, stdout, stderr, duration, met, usage })
             }
         };
         drop(running.pidfd);

@@ -69,6 +69,7 @@ extern "C" {
     fn syscall(number: i64, ...) -> i64;
     fn kill(pid: i32, signal: i32) -> i32;
     fn fork() -> i32;
+    fn clock_gettime(clock: i32, time: *mut [i64; 2]) -> i32;
     fn flock(fd: i32, operation: i32) -> i32;
     fn __errno_location() -> *mut i32;
     fn getrlimit(resource: i32, limit: *mut [u64; 2]) -> i32;
@@ -612,6 +613,30 @@ fn main() {
                 eprintln!("open /dev/null: {e}");
                 std::process::exit(1);
             }
+        }
+        "child-hog" => {
+            // A child that holds MIB and spins until it has used MS milliseconds of CPU (however
+            // loaded the machine); this process reaps it.
+            let (mib, ms): (usize, i64) = (arg(1).parse().expect("child-hog MIB MS"), arg(2).parse().expect("MS"));
+            let child = unsafe { fork() };
+            if child == 0 {
+                let held: Vec<Vec<u8>> = (0..mib).map(|_| vec![1u8; 1 << 20]).collect();
+                const CLOCK_PROCESS_CPUTIME_ID: i32 = 2;
+                let used_ms = || {
+                    let mut time = [0i64; 2];
+                    unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut time) };
+                    time[0] * 1000 + time[1] / 1_000_000
+                };
+                let mut x = 0u64;
+                while used_ms() < ms {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+                std::hint::black_box(&held);
+                std::process::exit(0);
+            }
+            let mut status = 0;
+            unsafe { waitpid(child, &mut status, 0) };
+            println!("reaped");
         }
         "spin" => {
             let until = std::time::Instant::now() + Duration::from_secs(arg(1).parse().expect("spin SECONDS"));
