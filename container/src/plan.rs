@@ -469,6 +469,7 @@ fn per_job_mount(
     slots: &mut std::ops::RangeFrom<u8>,
     lowered: &Lowered,
     kept: &[(CBytes, PathBuf)],
+    fresh: &mut Vec<PathBuf>,
 ) {
     let Lowered::PerJob { kind, target, path } = lowered else { return };
     let held: Vec<(u8, &(CBytes, PathBuf))> = covered(lowered, kept)
@@ -477,7 +478,21 @@ fn per_job_mount(
     for (slot, (source, _)) in &held {
         ops.push(SetupOp::Hold { source: source.clone(), slot: *slot });
     }
+    // A mount point below an earlier fresh tmpfs (a directory the layers had, now covered) is
+    // made again in it, unless a kept tree shows it there.
+    if let Some(tmpfs) = fresh.iter().rev().find(|t| path.starts_with(t) && path != *t)
+        && !kept.iter().any(|(_, k)| path.starts_with(k) && k.starts_with(tmpfs))
+    {
+        let mut dir = tmpfs.clone();
+        for component in path.strip_prefix(tmpfs).expect("INVARIANT: found below it").components() {
+            dir.push(component);
+            ops.push(SetupOp::MakeDir { target: cbytes(&dir).expect("INVARIANT: a prefix of a valid path") });
+        }
+    }
     ops.push(SetupOp::Mount { kind: *kind, target: target.clone() });
+    if *kind == FsKind::Tmp {
+        fresh.push(path.clone());
+    }
     for (slot, (source, kept)) in held {
         let mut dir = path.clone();
         for component in
@@ -500,6 +515,7 @@ fn self_built(
     let mut before = vec![SetupOp::Root { layers, writable }];
     let mut after = Vec::new();
     let mut slots = 0u8..;
+    let mut fresh = Vec::new();
     for l in lowered {
         match l {
             Lowered::Static { source, read_only, target, .. } => {
@@ -512,7 +528,9 @@ fn self_built(
                 before.push(SetupOp::NewFs { kind, slot });
                 after.push(SetupOp::Attach { slot, target });
             }
-            per_job @ Lowered::PerJob { .. } => per_job_mount(&mut after, &mut slots, &per_job, kept),
+            per_job @ Lowered::PerJob { .. } => {
+                per_job_mount(&mut after, &mut slots, &per_job, kept, &mut fresh);
+            }
         }
     }
     before.push(SetupOp::PivotRoot);
@@ -532,6 +550,7 @@ fn templated(
     let mut job = Vec::new();
     let mut slots = 0u8..;
     let mut placeholders: Vec<FsKind> = Vec::new();
+    let mut fresh = Vec::new();
     for l in lowered {
         match l {
             Lowered::Static { source, read_only, target, .. } => {
@@ -546,7 +565,7 @@ fn templated(
                     before.push(SetupOp::NewFs { kind, slot });
                     after.push(SetupOp::Attach { slot, target: target.clone() });
                 }
-                per_job_mount(&mut job, &mut slots, &l, kept);
+                per_job_mount(&mut job, &mut slots, &l, kept, &mut fresh);
             }
         }
     }
@@ -732,6 +751,24 @@ mod tests {
         let text: Vec<String> = compile(&spec).unwrap().job.iter().map(ToString::to_string).collect();
         let pivot = text.iter().position(|op| op == "pivot root").unwrap();
         assert_eq!(text[pivot + 1], "hold /tmp/work/project in slot 0", "held after the pivot: {text:?}");
+    }
+
+    /// A mount below a fresh tmpfs (`CARGO_TARGET_TMPDIR` of a target directory under /tmp)
+    /// gets its mount point made in that tmpfs; below a kept tree, the tree has it.
+    #[test]
+    fn a_mount_below_a_fresh_tmpfs_gets_its_mount_point_made() {
+        let mut spec = typical();
+        spec.keep_visible = vec![p("/tmp/project")];
+        spec.mounts.push(Mount::Tmp { target: p("/tmp/target/tmp") });
+        spec.mounts.push(Mount::Tmp { target: p("/tmp/project/target/tmp") });
+        let text: Vec<String> = compile(&spec).unwrap().job.iter().map(ToString::to_string).collect();
+        let at = |op: &str| text.iter().position(|o| o == op).unwrap_or_else(|| panic!("{op}: {text:?}"));
+        let made = at("make directory /tmp/target");
+        assert_eq!(text[made + 1], "make directory /tmp/target/tmp");
+        assert_eq!(text[made + 2], "mount tmpfs at /tmp/target/tmp");
+        let kept = at("mount tmpfs at /tmp/project/target/tmp");
+        assert_eq!(text[kept - 1], "mount tmpfs at /tmp/target/tmp", "nothing made in a kept tree: {text:?}");
+        assert!(!text.iter().any(|o| o == "make directory /tmp/proc"), "{text:?}");
     }
 
     #[test]

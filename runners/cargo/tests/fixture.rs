@@ -111,6 +111,39 @@ fn a_fixed_localhost_port_twice_at_once() {
     assert_eq!(out.status.code(), Some(0));
 }
 
+/// With the target directory under /tmp but outside the workspace (`CARGO_TARGET_DIR=/tmp/...`,
+/// as CI often sets it), integration tests still get their own `CARGO_TARGET_TMPDIR`, though the
+/// tests' fresh /tmp covers where it was.
+#[test]
+fn a_target_directory_under_tmp_keeps_its_tmpdir() {
+    if !cargo_usable() {
+        return;
+    }
+    let fixture = fixture();
+    let target =
+        tempfile::Builder::new().prefix("maelstrom-target-").tempdir_in("/tmp").expect("a target dir");
+    let out = fixture
+        .command(&["-p", "fixture", "-i", "name.contains(tmpdir)"])
+        .env("CARGO_TARGET_DIR", target.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cargo maelstrom");
+    let statuses = runners::statuses(&text(&out.stdout));
+    assert_eq!(
+        statuses.len(),
+        2,
+        "{statuses:?}
+{}",
+        text(&out.stderr)
+    );
+    assert!(
+        statuses.values().all(|s| s == "OK"),
+        "{statuses:?}
+{}",
+        text(&out.stdout)
+    );
+}
+
 /// Where the broker and worker are: beside this package's binary, built first unless given.
 fn cluster_bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();

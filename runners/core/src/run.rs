@@ -643,12 +643,8 @@ impl<F: Framework> Runner<'_, F> {
         let CaseJob { layers, environment, mounts, working_directory, program, arguments, timeout_warning } =
             self.framework.case_job(artifact, case, settings);
         let mut container = settings.container.clone();
-        match &mut container.mounts {
-            Some(own) => own.extend(mounts),
-            None => container.added_mounts.get_or_insert_default().extend(mounts),
-        }
         let environment = vec![EnvironmentSpec { vars: environment, extend: true }];
-        add_runner_items(&mut container, layers, environment, working_directory);
+        add_runner_items(&mut container, layers, environment, mounts, working_directory);
         // `/etc/hosts` goes below the directives' layers, so an image's or a layer's own wins
         // (below the framework's additions at least, when the layers come from a parent).
         match (&mut container.layers, &mut container.added_layers) {

@@ -14,7 +14,7 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
 use maelstrom_client::spec::{
-    ContainerSpec, EnvSpecs, EnvironmentSpec, LayerSpec, NetworkMode, PrefixOptions, UseField,
+    ContainerSpec, EnvSpecs, EnvironmentSpec, LayerSpec, MountSpec, NetworkMode, PrefixOptions, UseField,
 };
 
 use crate::filter::{self, Language, Pattern, Subject};
@@ -274,6 +274,7 @@ pub fn add_runner_items(
     container: &mut ContainerSpec,
     layers: Vec<LayerSpec>,
     environment: Vec<EnvironmentSpec>,
+    mounts: Vec<MountSpec>,
     working_directory: String,
 ) {
     let inheritance = container.parent.as_ref().or(container.image.as_ref());
@@ -285,6 +286,10 @@ pub fn add_runner_items(
         (inherited(UseField::Layers), inherited(UseField::Environment));
     let working_directory_inherited = inherited(UseField::WorkingDirectory);
     list(&mut container.layers, &mut container.added_layers, &None, &Some(layers), layers_inherited);
+    if !mounts.is_empty() {
+        let inherited = inherited(UseField::Mounts);
+        list(&mut container.mounts, &mut container.added_mounts, &None, &Some(mounts), inherited);
+    }
     let env = |e: &Option<EnvSpecs>| e.as_ref().map(|e| e.0.clone());
     let (mut own, mut added) = (env(&container.environment), env(&container.added_environment));
     list(&mut own, &mut added, &None, &Some(environment), environment_inherited);
@@ -465,10 +470,12 @@ added_layers = [{ stubs = ["/c/"] }]
             ("layers = [{ stubs = [\"/d/\"] }]", vec![stubs("/d/"), stubs("/mine/")], "/pkg"),
         ] {
             let mut container: ContainerSpec = toml::from_str(parent).unwrap();
-            add_runner_items(&mut container, vec![stubs("/mine/")], env(), "/pkg".into());
+            let tmp = MountSpec::Tmp { mount_point: "/mine/tmp".into() };
+            add_runner_items(&mut container, vec![stubs("/mine/")], env(), vec![tmp.clone()], "/pkg".into());
             let resolved = maelstrom_client::resolve::resolve(&container, &containers, &|_| None)
                 .unwrap_or_else(|e| panic!("{parent}: {e}"));
             assert_eq!(resolved.layers, layers, "{parent}");
+            assert_eq!(resolved.mounts, [tmp], "{parent}");
             assert_eq!(resolved.environment, [("V".to_owned(), "1".to_owned())], "{parent}");
             assert_eq!(resolved.working_directory, workdir, "{parent}");
         }
@@ -490,7 +497,7 @@ added_layers = [{ stubs = ["/c/"] }]
             ("parent = \"plain\"", NetworkMode::Loopback),
         ] {
             let mut container: ContainerSpec = toml::from_str(own).unwrap();
-            add_runner_items(&mut container, vec![stubs("/mine/")], Vec::new(), "/pkg".into());
+            add_runner_items(&mut container, vec![stubs("/mine/")], Vec::new(), Vec::new(), "/pkg".into());
             default_network(&mut container, &containers);
             let resolved = maelstrom_client::resolve::resolve(&container, &containers, &|_| None).unwrap();
             assert_eq!(resolved.network, network, "{own}");

@@ -11,9 +11,11 @@
 //! ```
 //!
 //! A root worker's jobs run as the host's nobody (see `maelstrom_container::jobs_host_id`), so
-//! its trees are given to nobody, as an ordinary worker's are its own: a writable root is then
-//! the job's to change, as it is under any other worker. `v1/` is then private to root, so no
-//! process of the host's nobody reaches the trees except through a job's read-only layers.
+//! in a cache root owns, its trees are given to nobody, as an ordinary worker's are its own: a
+//! writable root is then the job's to change, as it is under any other worker. `v1/` is then
+//! private to root, so no process of the host's nobody reaches the trees except through a
+//! job's read-only layers. (A root worker using a cache someone else owns, as under `sudo -E`,
+//! leaves its trees as root's: it changes no ownership where another user could race it.)
 //!
 //! A process that uses a tree holds a shared lock on its meta file for as long as it may use it;
 //! an evictor takes the exclusive lock without waiting and skips what it cannot lock, so no
@@ -83,7 +85,10 @@ impl LayerCache {
         if !tag.exists() {
             fs::write(&tag, CACHEDIR_TAG).map_err(io_error(&tag, "write the cache tag"))?;
         }
-        let owner = maelstrom_container::jobs_host_id();
+        // Only in a cache that is root's own: root walks and changes the trees, and no one else
+        // may change them under it.
+        let owner = maelstrom_container::jobs_host_id()
+            .filter(|_| fs::symlink_metadata(&dir).is_ok_and(|m| m.uid() == 0 && m.is_dir()));
         if owner.is_some() {
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
                 .map_err(io_error(&dir, "make the cache private"))?;
@@ -200,12 +205,12 @@ impl LayerCache {
         }
     }
 
-    /// Gives a finished tree to [`LayerCache::owner`] if an earlier version, or a worker run by
-    /// another user, built it: done once, and idempotent if two processes do it at once.
+    /// Gives a finished tree to [`LayerCache::owner`] if an earlier version left it as root's:
+    /// done once (its top directory goes last, so an owned top means an owned tree), and
+    /// idempotent if two processes do it at once.
     fn give_built(&self, tree: &Path) -> Result<(), CacheError> {
         let Some(id) = self.owner else { return Ok(()) };
-        let owned = fs::symlink_metadata(tree).is_ok_and(|m| m.uid() == id && m.gid() == id);
-        if owned {
+        if fs::symlink_metadata(tree).is_ok_and(|m| m.uid() != 0) {
             return Ok(());
         }
         give_tree(tree, id).map_err(io_error(tree, "give a tree to the jobs' user"))
@@ -280,17 +285,22 @@ impl LayerCache {
 }
 
 /// Makes `id` the owner and group of `dir` and of everything below it (symlinks themselves, not
-/// what they point to). The directory is walked as found: it is the cache's own, and no one
-/// else writes in it.
+/// what they point to), `dir` itself last. Walked by path: it lies in a directory only root may
+/// change (see [`LayerCache::open`]).
 fn give_tree(dir: &Path, id: u32) -> io::Result<()> {
+    let mut found = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(path) = pending.pop() {
-        std::os::unix::fs::lchown(&path, Some(id), Some(id))?;
         if fs::symlink_metadata(&path)?.is_dir() {
             for entry in fs::read_dir(&path)? {
                 pending.push(entry?.path());
             }
         }
+        found.push(path);
+    }
+    // Every entry comes after its directory: in reverse, children go first.
+    for path in found.iter().rev() {
+        std::os::unix::fs::lchown(path, Some(id), Some(id))?;
     }
     Ok(())
 }
