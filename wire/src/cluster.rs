@@ -23,7 +23,7 @@ use crate::artifact::Digest;
 use crate::zygote::{Device, NetworkMode};
 
 /// Bumped whenever a type in this module changes shape.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// How often a peer pings, from the broker's `Welcome { ping_ms }`: never more often than
 /// every 100 ms, whatever the broker says.
@@ -110,7 +110,12 @@ fn header(kind: Kind, len: usize) -> [u8; HEADER_BYTES] {
 #[rkyv(compare(PartialEq), derive(Debug, Clone, Copy, PartialEq, Eq))]
 pub enum Role {
     Client,
-    Worker { slots: u32 },
+    Worker {
+        slots: u32,
+        /// What it grants jobs from the cluster beyond the default sandbox: allowances as bits
+        /// ([`Allowance::bit`](crate::zygote::Allowance::bit)), as its operator configured.
+        grants: u32,
+    },
     Admin,
 }
 
@@ -401,6 +406,9 @@ pub enum Control {
     /// else) at least every `ping_ms`, or is taken for gone.
     Welcome {
         ping_ms: u64,
+        /// The allowances (as bits) some worker connected now grants: a client sends the
+        /// cluster the jobs that ask for these at most, and runs any others itself.
+        grants: u32,
     },
     /// Peer → broker: still here.
     Ping,
@@ -851,7 +859,7 @@ mod tests {
         encode_control(
             &Control::Hello(Hello {
                 version: PROTOCOL_VERSION,
-                role: Role::Worker { slots: 4 },
+                role: Role::Worker { slots: 4, grants: 0 },
                 name: "w".into(),
             }),
             &mut stream,
@@ -941,11 +949,11 @@ mod tests {
         let controls = [
             Control::Hello(Hello {
                 version: PROTOCOL_VERSION,
-                role: Role::Worker { slots: 8 },
+                role: Role::Worker { slots: 8, grants: crate::zygote::Allowance::IoUring.bit() },
                 name: "w".into(),
             }),
             Control::Hello(Hello { version: PROTOCOL_VERSION, role: Role::Client, name: "c".into() }),
-            Control::Welcome { ping_ms: 60_000 },
+            Control::Welcome { ping_ms: 60_000, grants: 0b101 },
             Control::Ping,
             Control::Refused("version".into()),
             Control::Done {

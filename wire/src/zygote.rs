@@ -152,6 +152,16 @@ impl ArchivedAllowance {
     }
 }
 
+/// The allowances of a set of bits ([`Allowance::bit`]), in [`Allowance::ALL`]'s order;
+/// `Err` with the bits no allowance has.
+pub fn allowances_of(bits: u32) -> Result<Vec<Allowance>, u32> {
+    let known = Allowance::ALL.iter().fold(0, |all, a| all | a.bit());
+    if bits & !known != 0 {
+        return Err(bits & !known);
+    }
+    Ok(Allowance::ALL.into_iter().filter(|a| bits & a.bit() != 0).collect())
+}
+
 /// A set of allowances as bits ([`Allowance::bit`]).
 pub fn allowance_bits<'a>(allowances: impl IntoIterator<Item = &'a ArchivedAllowance>) -> u32 {
     allowances.into_iter().fold(0, |bits, a| bits | a.native().bit())

@@ -86,8 +86,10 @@ fn dispatch_rate(args: &Args) -> f64 {
     let mut effects = Vec::new();
     broker.handle(Event::ClientConnected(1), &mut effects);
     for worker in 0..args.simulated_workers {
-        broker
-            .handle(Event::WorkerConnected { peer: 100 + worker, slots: args.simulated_slots }, &mut effects);
+        broker.handle(
+            Event::WorkerConnected { peer: 100 + worker, slots: args.simulated_slots, grants: 0 },
+            &mut effects,
+        );
     }
     effects.clear();
     let exited = || Outcome::Exited {

@@ -63,6 +63,8 @@ pub enum Event<'a> {
     WorkerConnected {
         peer: PeerId,
         slots: u32,
+        /// The allowances it grants, as bits.
+        grants: u32,
     },
     AdminConnected(PeerId),
     Disconnected(PeerId),
@@ -150,11 +152,15 @@ struct Job {
     layers: Vec<LayerRef>,
     pins: Vec<Digest>,
     state: State,
+    /// The allowances it asks for, as bits: it runs only on a worker that grants them all.
+    needs: u32,
 }
 
 #[derive(Debug)]
 struct Worker {
     slots: u32,
+    /// The allowances it grants, as bits.
+    grants: u32,
     /// Its jobs, each with the artifacts it needs (its layers and their files).
     running: Map<JobId, Vec<Digest>>,
     /// How many of its jobs need each artifact: what it may fetch.
@@ -276,11 +282,12 @@ impl Broker {
             Event::ClientConnected(peer) => {
                 self.clients.insert(peer, Client::default());
             }
-            Event::WorkerConnected { peer, slots } => {
+            Event::WorkerConnected { peer, slots, grants } => {
                 self.workers.insert(
                     peer,
                     Worker {
                         slots: slots.max(1),
+                        grants,
                         running: Map::default(),
                         fetchable: Map::default(),
                         layers: Set::default(),
@@ -363,6 +370,7 @@ impl Broker {
             layers: Vec::new(),
             pins: Vec::new(),
             state: State::Waiting { missing: 0 },
+            needs: maelstrom_wire::zygote::allowance_bits(spec.allow.iter()),
         };
         let mut missing = 0;
         for layer in &layers {
@@ -612,16 +620,30 @@ impl Broker {
         }
     }
 
-    /// Starts queued jobs on workers with room.
+    /// The allowances (as bits) some worker connected now grants.
+    pub fn grants(&self) -> u32 {
+        self.workers.values().fold(0, |bits, worker| bits | worker.grants)
+    }
+
+    /// Starts queued jobs on workers with room. A job that asks for allowances waits, without
+    /// holding up the jobs behind it, until a worker that grants them has room.
     fn dispatch(&mut self, effects: &mut Vec<Effect>) {
+        let mut passed_over = Vec::new();
         while let Some(top) = self.queue.peek() {
             let job_id = top.order.0;
-            let live = self.jobs.get(&job_id).is_some_and(|job| matches!(job.state, State::Queued));
-            if !live {
+            let Some(job) = self.jobs.get(&job_id).filter(|job| matches!(job.state, State::Queued)) else {
                 self.queue.pop();
                 continue;
-            }
-            let Some(worker_id) = self.pick_worker(job_id) else { return };
+            };
+            let needs = job.needs;
+            let Some(worker_id) = self.pick_worker(job_id) else {
+                if needs == 0 {
+                    // No worker has room.
+                    break;
+                }
+                passed_over.extend(self.queue.pop());
+                continue;
+            };
             self.queue.pop();
             self.queued -= 1;
             let job = self.jobs.get_mut(&job_id).expect("checked live");
@@ -640,15 +662,17 @@ impl Broker {
             worker.layers.extend(job.layers.iter().map(|l| l.digest));
             effects.push(Effect::Start { worker: worker_id, id: job_id, job: Arc::clone(&job.bytes) });
         }
+        self.queue.extend(passed_over);
     }
 
-    /// Among workers with room, the one holding most of the job's layers, then the least loaded.
+    /// Among workers with room that grant what the job asks for, the one holding most of its
+    /// layers, then the least loaded.
     fn pick_worker(&self, job_id: JobId) -> Option<PeerId> {
         let job = self.jobs.get(&job_id)?;
         let mut best: Option<(usize, u64, PeerId)> = None;
         for (&peer, worker) in &self.workers {
             let capacity = worker.slots as usize * IN_FLIGHT_PER_SLOT;
-            if worker.running.len() >= capacity {
+            if worker.running.len() >= capacity || worker.grants & job.needs != job.needs {
                 continue;
             }
             let held = job.layers.iter().filter(|l| worker.layers.contains(&l.digest)).count();
@@ -760,7 +784,11 @@ mod tests {
     use rkyv::util::AlignedVec;
 
     fn job(layers: Vec<LayerRef>, priority: i8, estimated_ms: u64) -> AlignedVec {
-        maelstrom_wire::cluster::encode_job(&JobSpec {
+        maelstrom_wire::cluster::encode_job(&spec(layers, priority, estimated_ms))
+    }
+
+    fn spec(layers: Vec<LayerRef>, priority: i8, estimated_ms: u64) -> JobSpec {
+        JobSpec {
             program: "/bin/true".into(),
             arguments: vec![],
             environment: vec![],
@@ -778,7 +806,7 @@ mod tests {
             timeout_warning: None,
             priority,
             estimated_ms,
-        })
+        }
     }
 
     fn submit(broker: &mut Broker, client: PeerId, id: u64, bytes: &AlignedVec, effects: &mut Vec<Effect>) {
@@ -817,7 +845,7 @@ mod tests {
         let mut fx = Vec::new();
         b.preload(tar(1).digest, 10, None);
         b.handle(Event::ClientConnected(1), &mut fx);
-        b.handle(Event::WorkerConnected { peer: 9, slots: 1 }, &mut fx);
+        b.handle(Event::WorkerConnected { peer: 9, slots: 1, grants: 0 }, &mut fx);
         let bytes = job(vec![tar(1), tar(2)], 0, 0);
         submit(&mut b, 1, 100, &bytes, &mut fx);
         submit(&mut b, 1, 101, &bytes, &mut fx);
@@ -834,7 +862,7 @@ mod tests {
         let mut b = Broker::new(1 << 30);
         let mut fx = Vec::new();
         b.handle(Event::ClientConnected(1), &mut fx);
-        b.handle(Event::WorkerConnected { peer: 9, slots: 1 }, &mut fx);
+        b.handle(Event::WorkerConnected { peer: 9, slots: 1, grants: 0 }, &mut fx);
         let manifest = LayerRef { kind: LayerKind::Manifest, digest: Digest::of(b"m") };
         submit(&mut b, 1, 1, &job(vec![manifest], 0, 0), &mut fx);
         assert_eq!(fx, [Effect::Want { client: 1, digest: manifest.digest, manifest: true }]);
@@ -857,8 +885,8 @@ mod tests {
         let mut b = Broker::new(1 << 30);
         let mut fx = Vec::new();
         b.handle(Event::ClientConnected(1), &mut fx);
-        b.handle(Event::WorkerConnected { peer: 9, slots: 1 }, &mut fx);
-        b.handle(Event::WorkerConnected { peer: 8, slots: 1 }, &mut fx);
+        b.handle(Event::WorkerConnected { peer: 9, slots: 1, grants: 0 }, &mut fx);
+        b.handle(Event::WorkerConnected { peer: 8, slots: 1, grants: 0 }, &mut fx);
         let manifest = LayerRef { kind: LayerKind::Manifest, digest: Digest::of(b"m") };
         let file = Digest::of(b"f");
         b.preload(manifest.digest, 1, Some(vec![file]));
@@ -929,6 +957,42 @@ mod tests {
         assert_eq!(b.status().queued, 0, "the two in bound wait for their artifact");
     }
 
+    /// A job that asks for allowances runs only on a worker that grants them all, and waits
+    /// for one without holding up the jobs behind it.
+    #[test]
+    fn allowances_go_only_to_workers_that_grant_them() {
+        use maelstrom_wire::zygote::Allowance;
+        let mut b = Broker::new(1 << 30);
+        let mut fx = Vec::new();
+        b.preload(tar(1).digest, 1, None);
+        b.handle(Event::ClientConnected(1), &mut fx);
+        b.handle(Event::WorkerConnected { peer: 8, slots: 1, grants: 0 }, &mut fx);
+        assert_eq!(b.grants(), 0);
+        let allowing = |allow: Vec<Allowance>, priority| {
+            maelstrom_wire::cluster::encode_job(&JobSpec { allow, ..spec(vec![tar(1)], priority, 0) })
+        };
+        submit(&mut b, 1, 1, &allowing(vec![Allowance::IoUring], 5), &mut fx);
+        submit(&mut b, 1, 2, &job(vec![tar(1)], 0, 0), &mut fx);
+        assert_eq!(starts(&fx), [(8, 2)], "a plain job passes one no worker grants");
+        fx.clear();
+        let grants = Allowance::IoUring.bit() | Allowance::Ptrace.bit();
+        b.handle(Event::WorkerConnected { peer: 9, slots: 1, grants }, &mut fx);
+        assert_eq!(b.grants(), grants);
+        assert_eq!(starts(&fx), [(9, 1)]);
+        fx.clear();
+        submit(&mut b, 1, 3, &allowing(vec![Allowance::IoUring, Allowance::Bpf], 0), &mut fx);
+        assert!(starts(&fx).is_empty(), "no worker grants both");
+        // Its worker gone, the job waits for another that grants what it asks.
+        b.handle(Event::Disconnected(9), &mut fx);
+        assert_eq!(b.grants(), 0);
+        submit(&mut b, 1, 4, &job(vec![tar(1)], -1, 0), &mut fx);
+        assert_eq!(starts(&fx), [(8, 4)]);
+        fx.clear();
+        b.handle(Event::WorkerConnected { peer: 10, slots: 1, grants }, &mut fx);
+        assert_eq!(starts(&fx), [(10, 1)], "broker job ids follow the client's here");
+        assert_eq!(b.status().queued, 1, "the one asking for bpf still waits");
+    }
+
     #[test]
     fn priority_then_longest_estimated_first() {
         let mut b = Broker::new(1 << 30);
@@ -939,7 +1003,7 @@ mod tests {
             submit(&mut b, 1, id, &job(vec![tar(1)], priority, estimated), &mut fx);
         }
         fx.clear();
-        b.handle(Event::WorkerConnected { peer: 9, slots: 2 }, &mut fx);
+        b.handle(Event::WorkerConnected { peer: 9, slots: 2, grants: 0 }, &mut fx);
         let order: Vec<JobId> = starts(&fx).into_iter().map(|(_, id)| id).collect();
         assert_eq!(order, [3, 2, 1, 4]);
     }
@@ -952,8 +1016,8 @@ mod tests {
             b.preload(tar(n).digest, 1, None);
         }
         b.handle(Event::ClientConnected(1), &mut fx);
-        b.handle(Event::WorkerConnected { peer: 8, slots: 4 }, &mut fx);
-        b.handle(Event::WorkerConnected { peer: 9, slots: 4 }, &mut fx);
+        b.handle(Event::WorkerConnected { peer: 8, slots: 4, grants: 0 }, &mut fx);
+        b.handle(Event::WorkerConnected { peer: 9, slots: 4, grants: 0 }, &mut fx);
         submit(&mut b, 1, 1, &job(vec![tar(1)], 0, 0), &mut fx);
         submit(&mut b, 1, 2, &job(vec![tar(2)], 0, 0), &mut fx);
         let placed = starts(&fx);
@@ -974,14 +1038,14 @@ mod tests {
         let mut fx = Vec::new();
         b.preload(tar(1).digest, 1, None);
         b.handle(Event::ClientConnected(1), &mut fx);
-        b.handle(Event::WorkerConnected { peer: 8, slots: 1 }, &mut fx);
+        b.handle(Event::WorkerConnected { peer: 8, slots: 1, grants: 0 }, &mut fx);
         submit(&mut b, 1, 7, &job(vec![tar(1)], 0, 0), &mut fx);
         let (_, id) = starts(&fx)[0];
         fx.clear();
         b.handle(Event::Disconnected(8), &mut fx);
         b.handle(Event::Done { peer: 8, id, outcome: exited() }, &mut fx);
         assert!(fx.is_empty(), "a report from a gone worker counts for nothing: {fx:?}");
-        b.handle(Event::WorkerConnected { peer: 9, slots: 1 }, &mut fx);
+        b.handle(Event::WorkerConnected { peer: 9, slots: 1, grants: 0 }, &mut fx);
         assert_eq!(starts(&fx), [(9, id)]);
         fx.clear();
         b.handle(Event::Done { peer: 9, id, outcome: exited() }, &mut fx);
@@ -997,7 +1061,7 @@ mod tests {
         let mut fx = Vec::new();
         b.preload(tar(1).digest, 1, None);
         b.handle(Event::ClientConnected(1), &mut fx);
-        b.handle(Event::WorkerConnected { peer: 9, slots: 1 }, &mut fx);
+        b.handle(Event::WorkerConnected { peer: 9, slots: 1, grants: 0 }, &mut fx);
         for id in 0..4 {
             submit(&mut b, 1, id, &job(vec![tar(1)], 0, 0), &mut fx);
         }
@@ -1038,7 +1102,7 @@ mod tests {
         let mut fx = Vec::new();
         b.handle(Event::ClientConnected(1), &mut fx);
         b.handle(Event::ClientConnected(2), &mut fx);
-        b.handle(Event::WorkerConnected { peer: 9, slots: 1 }, &mut fx);
+        b.handle(Event::WorkerConnected { peer: 9, slots: 1, grants: 0 }, &mut fx);
         let bytes = job(vec![tar(1)], 0, 0);
         submit(&mut b, 1, 10, &bytes, &mut fx);
         submit(&mut b, 2, 20, &bytes, &mut fx);
@@ -1128,7 +1192,10 @@ mod tests {
                     let peer = next_worker;
                     next_worker += 1;
                     live_workers.push(peer);
-                    b.handle(Event::WorkerConnected { peer, slots: 1 + rng.below(3) as u32 }, &mut fx);
+                    b.handle(
+                        Event::WorkerConnected { peer, slots: 1 + rng.below(3) as u32, grants: 0 },
+                        &mut fx,
+                    );
                 }
                 1 if !live_workers.is_empty() && rng.below(8) == 0 => {
                     let peer = live_workers.remove(rng.below(live_workers.len() as u64) as usize);
@@ -1201,7 +1268,7 @@ mod tests {
                 let peer = next_worker;
                 next_worker += 1;
                 live_workers.push(peer);
-                b.handle(Event::WorkerConnected { peer, slots: 2 }, &mut fx);
+                b.handle(Event::WorkerConnected { peer, slots: 2, grants: 0 }, &mut fx);
             }
         }
         assert!(reported.values().all(|&n| n == 1), "seed {seed}: a job was reported twice");

@@ -568,9 +568,10 @@ impl Server {
                         return Err(reason);
                     }
                 }
+                let mut grants_said = String::new();
                 let (role, event) = match hello.role {
                     ArchivedRole::Client => (Role::Client, Event::ClientConnected(peer)),
-                    ArchivedRole::Worker { slots }
+                    ArchivedRole::Worker { slots, .. }
                         if !(1..=WORKER_SLOTS_MAX).contains(&slots.to_native()) =>
                     {
                         let reason =
@@ -578,8 +579,23 @@ impl Server {
                         self.send(peer, &Control::Refused(reason.clone()));
                         return Err(reason);
                     }
-                    ArchivedRole::Worker { slots } => {
-                        (Role::Worker, Event::WorkerConnected { peer, slots: slots.to_native() })
+                    ArchivedRole::Worker { slots, grants } => {
+                        let grants = grants.to_native();
+                        let granted = match maelstrom_wire::zygote::allowances_of(grants) {
+                            Ok(granted) => granted,
+                            Err(unknown) => {
+                                let reason = format!(
+                                    "a worker grants allowances this broker does not know (bits {unknown:#x}); run the same version on both"
+                                );
+                                self.send(peer, &Control::Refused(reason.clone()));
+                                return Err(reason);
+                            }
+                        };
+                        let names: Vec<&str> = granted.iter().map(|a| a.name()).collect();
+                        if !names.is_empty() {
+                            grants_said = format!(", granting {}", names.join(", "));
+                        }
+                        (Role::Worker, Event::WorkerConnected { peer, slots: slots.to_native(), grants })
                     }
                     ArchivedRole::Admin => (Role::Admin, Event::AdminConnected(peer)),
                 };
@@ -587,12 +603,16 @@ impl Server {
                     conn.role = Some(role);
                     let address = conn.address;
                     if self.verbose || role == Role::Worker {
-                        self.log(&format!("{address}: {role:?} {} connected", hello.name.as_str()));
+                        self.log(&format!(
+                            "{address}: {role:?} {} connected{grants_said}",
+                            hello.name.as_str()
+                        ));
                     }
                 }
                 let ping_ms = u64::try_from((self.idle_timeout / 3).as_millis()).unwrap_or(u64::MAX);
-                self.send(peer, &Control::Welcome { ping_ms });
+                // What the workers grant counts this one in.
                 self.broker.handle(event, &mut self.effects);
+                self.send(peer, &Control::Welcome { ping_ms, grants: self.broker.grants() });
                 Ok(())
             }
             (None, _) => Err("the first message must be a hello".into()),

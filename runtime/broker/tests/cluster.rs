@@ -327,6 +327,45 @@ fn three_workers_run_2000_jobs_exactly_once() {
     assert_eq!((status["running"], status["queued"]), (0, 0));
 }
 
+/// A worker grants what its operator names (`--allow`): jobs that ask for it run there, on the
+/// cluster, with it; a job that asks for more than any worker grants runs on its client's
+/// machine, as every such job did before.
+#[test]
+fn workers_grant_the_allowances_their_operators_name() {
+    let mut cluster = Cluster::start(1, 1);
+    cluster.add_worker(1, &["--allow", "io_uring,user_namespaces"]);
+    cluster.wait_for_status("both workers connected", |s| s["workers"] == 2);
+    let log = cluster.broker.log();
+    assert!(log.contains("granting user_namespaces, io_uring"), "{log}");
+    let tries = ["try", "io_uring", "ptrace"];
+    let granted = with(probe_job(&tries), json!({"allow": ["io_uring"]}));
+    let out = cluster.run(true, &vec![granted; 4]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let eperm = libc::EPERM;
+    let tried = |out: &Output| -> String {
+        text(&out.stdout).lines().filter(|l| !l.starts_with("caps=")).map(|l| format!("{l}\n")).collect()
+    };
+    assert_eq!(tried(&out), format!("io_uring=ok\nptrace={eperm}\n").repeat(4));
+    // They ran on the cluster: the broker counts them.
+    cluster.wait_for_status("the granted jobs done on the cluster", |s| s["completed"] == 4);
+    let more = with(probe_job(&tries), json!({"allow": ["io_uring", "ptrace"]}));
+    let plain = probe_job(&["exit", "0"]);
+    let out = cluster.run(true, &[more, plain]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(tried(&out), "io_uring=ok\nptrace=ok\n");
+    // The plain job went to the cluster, the other ran here.
+    cluster.wait_for_status("the plain job done on the cluster", |s| s["completed"] == 5);
+    assert_eq!(cluster.status()["completed"], 5, "{}", cluster.broker.log());
+    // A worker told to grant what does not exist says so and does not start.
+    let out = Command::new(bin("maelstrom-worker"))
+        .args(["--broker", &cluster.broker.address(), "--allow", "io_uring,root"])
+        .output()
+        .expect("run maelstrom-worker");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let said = text(&out.stderr);
+    assert!(said.contains("allow from command line: no allowance is named \"root\""), "{said}");
+}
+
 #[test]
 fn a_worker_killed_mid_run_loses_no_job() {
     worker_killed_mid_run(Cluster::start(3, 2));
@@ -490,7 +529,7 @@ fn rogue_peers_are_cut_off_while_others_finish() {
         push.extend_from_slice(&chunk);
         rogue(&address, &push, false);
         // A worker sending a client's message.
-        let mut confused = hello(PROTOCOL_VERSION, Role::Worker { slots: 1 });
+        let mut confused = hello(PROTOCOL_VERSION, Role::Worker { slots: 1, grants: 0 });
         maelstrom_wire::cluster::encode_control(
             &maelstrom_wire::cluster::Control::StatusRequest,
             &mut confused,
@@ -820,7 +859,7 @@ fn each_peer_gets_only_what_its_role_needs() {
     assert!(matches!(next_control(&mut client, &mut reader), Some(Control::Done { id: 1, .. })));
 
     // A worker no job was given asks for it: refused, with the reason.
-    let mut worker = connect(Role::Worker { slots: 1 });
+    let mut worker = connect(Role::Worker { slots: 1, grants: 0 });
     let mut worker_reader = FrameReader::default();
     assert!(matches!(next_control(&mut worker, &mut worker_reader), Some(Control::Welcome { .. })));
     let mut want = Vec::new();
@@ -836,8 +875,11 @@ fn each_peer_gets_only_what_its_role_needs() {
     drop(worker);
 
     // A worker claiming more slots than any worker has.
-    let answer =
-        rogue(&cluster.broker.address(), &hello(PROTOCOL_VERSION, Role::Worker { slots: u32::MAX }), false);
+    let answer = rogue(
+        &cluster.broker.address(),
+        &hello(PROTOCOL_VERSION, Role::Worker { slots: u32::MAX, grants: 0 }),
+        false,
+    );
     assert!(text(&answer).contains("1 to 1000 slots"), "{answer:?}");
     let log = cluster.broker.log();
     assert!(log.contains("refused to a worker: no job assigned") && log.contains("not 4294967295"), "{log}");
@@ -992,7 +1034,7 @@ fn a_secure_cluster_refuses_strangers_while_an_honest_client_finishes() {
             &address,
             &credentials.join("client"),
             Credential::Client,
-            Role::Worker { slots: 1 },
+            Role::Worker { slots: 1, grants: 0 },
             None,
         );
         let refused = |answer: &Result<Vec<Control>, String>| matches!(answer.as_deref(), Ok([Control::Refused(reason)]) if reason.contains("may not act as the"));
@@ -1010,7 +1052,7 @@ fn a_secure_cluster_refuses_strangers_while_an_honest_client_finishes() {
             &address,
             &credentials.join("worker"),
             Credential::Worker,
-            Role::Worker { slots: 1 },
+            Role::Worker { slots: 1, grants: 0 },
             Some(Control::Stop),
         );
         assert!(matches!(answer.as_deref(), Ok([Control::Welcome { .. }])), "{answer:?}");

@@ -156,6 +156,8 @@ pub struct RemoteClient {
     shared: Arc<Mutex<Shared>>,
     next_id: JobId,
     stream: TcpStream,
+    /// The allowances (as bits) the cluster's workers granted when this client connected.
+    grants: u32,
 }
 
 impl RemoteClient {
@@ -193,7 +195,7 @@ impl RemoteClient {
         let mut reader = FrameReader::default();
         let mut buf = vec![0u8; 64 << 10];
         let mut plaintext = Vec::new();
-        let mut answer: Option<Result<Duration, String>> = None;
+        let mut answer: Option<Result<(Duration, u32), String>> = None;
         while answer.is_none() {
             let n = reader_stream.read(&mut buf).map_err(io_error)?;
             if n == 0 {
@@ -212,8 +214,8 @@ impl RemoteClient {
             reader
                 .feed(bytes, &mut |kind, payload| {
                     answer = Some(match cluster::decode(kind, payload) {
-                        Ok(Frame::Control(ArchivedControl::Welcome { ping_ms })) => {
-                            Ok(cluster::ping_every(ping_ms.to_native()))
+                        Ok(Frame::Control(ArchivedControl::Welcome { ping_ms, grants })) => {
+                            Ok((cluster::ping_every(ping_ms.to_native()), grants.to_native()))
                         }
                         Ok(Frame::Control(ArchivedControl::Refused(reason))) => {
                             Err(reason.as_str().to_owned())
@@ -225,8 +227,8 @@ impl RemoteClient {
                 })
                 .map_err(|e| io_error(io::Error::other(e.to_string())))?;
         }
-        let ping = match answer {
-            Some(Ok(ping)) => ping,
+        let (ping, grants) = match answer {
+            Some(Ok(welcome)) => welcome,
             Some(Err(reason)) => return Err(ConnectError::Refused { broker: broker.to_owned(), reason }),
             None => unreachable!("the loop ends with an answer"),
         };
@@ -255,7 +257,7 @@ impl RemoteClient {
                 read_results(reader_stream, &tls, reader, &read_shared, &read_sink, &uploads, &read_broker)
             }),
         )?;
-        Ok(Self { local, broker: broker.to_owned(), frames, shared, next_id: REMOTE_IDS, stream })
+        Ok(Self { local, broker: broker.to_owned(), frames, shared, next_id: REMOTE_IDS, stream, grants })
     }
 
     pub fn add_containers(&mut self, named: BTreeMap<String, ContainerSpec>) {
@@ -266,7 +268,7 @@ impl RemoteClient {
     /// through the sink under the returned id.
     pub fn run(&mut self, job: &JobSpec) -> Result<JobId, PrepareError> {
         let (resolved, built) = self.local.resolve(job)?;
-        if must_run_locally(&resolved) {
+        if must_run_locally(&resolved, self.grants) {
             return self.local.run(job);
         }
         let layers: Vec<LayerRef> = built.iter().map(|b| b.layer_ref()).collect();
@@ -333,10 +335,12 @@ impl SharedSinkHandle {
 }
 
 /// Jobs that need this machine: bind mounts of its files, or its network. And jobs whose spec
-/// allows more than the default sandbox: they are the client's own risk, not the cluster's.
-pub fn must_run_locally(resolved: &Resolved) -> bool {
+/// allows more than the default sandbox and than the cluster's workers grant (`grants`, as
+/// bits): they are the client's own risk, not the cluster's.
+pub fn must_run_locally(resolved: &Resolved, grants: u32) -> bool {
+    let asked = resolved.allow.iter().fold(0, |bits, a| bits | a.bit());
     resolved.network == NetworkMode::Local
-        || !resolved.allow.is_empty()
+        || asked & !grants != 0
         || resolved.mounts.iter().any(|m| matches!(m, MountSpec::Bind { .. }))
 }
 
@@ -560,17 +564,21 @@ mod tests {
         ] {
             let job = job(text);
             let resolved = crate::resolve::resolve(&job.container, &BTreeMap::new(), &|_| None).unwrap();
-            assert!(must_run_locally(&resolved), "{text}");
+            assert!(must_run_locally(&resolved, u32::MAX), "{text}");
             let bytes = cluster::encode_job(&wire_job(&job, &resolved, vec![], Path::new("/project")));
             let archived = rkyv::access::<ArchivedJobSpec, rkyv::rancor::Error>(&bytes).unwrap();
             let local =
                 sandbox(archived, vec!["/l".into()], Origin::ThisMachine, &maelstrom_container::Share::of(1))
                     .unwrap();
             assert!(local.network == maelstrom_container::NetworkMode::Local || !local.mounts.is_empty());
-            let error =
-                sandbox(archived, vec!["/l".into()], Origin::Cluster, &maelstrom_container::Share::of(1))
-                    .unwrap_err()
-                    .to_string();
+            let error = sandbox(
+                archived,
+                vec!["/l".into()],
+                Origin::Cluster { grants: 0 },
+                &maelstrom_container::Share::of(1),
+            )
+            .unwrap_err()
+            .to_string();
             assert!(error.starts_with(why), "{error}");
         }
     }

@@ -10,7 +10,7 @@ use maelstrom_worker::Allotment;
 use maelstrom_worker::remote::{RemoteConfig, serve};
 
 const KEYS: &[&str] =
-    &["broker", "credentials", "slots", "cache-root", "cache-size", "inline-limit", "log-level"];
+    &["broker", "credentials", "slots", "cache-root", "cache-size", "inline-limit", "log-level", "allow"];
 
 const AFTER_HELP: &str = "Configuration values come, in order of preference, from the command line, from the \
 environment (MAELSTROM_WORKER_<NAME>, then MAELSTROM_<NAME>), and from TOML files \
@@ -44,6 +44,11 @@ struct Cli {
     /// Bytes kept of each job's stdout and of its stderr [default: 1 MB]
     #[arg(long, value_name = "SIZE")]
     inline_limit: Option<String>,
+    /// What this worker grants jobs from the cluster beyond the default sandbox, by name
+    /// (io_uring, ptrace, user_namespaces, capabilities, mount, userfaultfd, keyrings, bpf,
+    /// perf_events), comma-separated; a job that asks for more runs elsewhere [default: none]
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    allow: Option<Vec<String>>,
 }
 
 #[derive(Debug)]
@@ -56,6 +61,8 @@ struct Settings {
     inline_limit: (Size, Source),
     jobs: JobValues,
     log_level: (LogLevel, Source),
+    /// What it grants jobs from the cluster.
+    allow: (Vec<maelstrom_container::Allowance>, Source),
 }
 
 fn main() -> ExitCode {
@@ -83,7 +90,30 @@ fn settings(cli: &Cli, cores: u64) -> anyhow::Result<Settings> {
         inline_limit: worker.inline_limit,
         jobs: worker.jobs,
         log_level: cli.common.log_level(&config)?,
+        allow: allowances(config.get_or("allow", cli.allow.clone(), Vec::new(), &getenv)?)?,
     })
+}
+
+/// The allowances named in `allow` (from `source`).
+fn allowances(
+    (allow, source): (Vec<String>, Source),
+) -> anyhow::Result<(Vec<maelstrom_container::Allowance>, Source)> {
+    use maelstrom_container::Allowance;
+    let mut granted = Vec::new();
+    // From the environment the names are whitespace-separated; commas are taken everywhere.
+    for name in allow.iter().flat_map(|n| n.split(',')).map(str::trim).filter(|n| !n.is_empty()) {
+        let Some(allowance) = Allowance::ALL.into_iter().find(|a| a.name() == name) else {
+            let known: Vec<&str> = Allowance::ALL.iter().map(|a| a.name()).collect();
+            anyhow::bail!(
+                "allow from {source}: no allowance is named {name:?}; the names are {}",
+                known.join(", ")
+            );
+        };
+        if !granted.contains(&allowance) {
+            granted.push(allowance);
+        }
+    }
+    Ok((granted, source))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -127,6 +157,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             allotment,
             name: format!("{name} ({} slots)", slots),
             verbose: settings.log_level.0 >= LogLevel::Debug,
+            grants: settings.allow.0.iter().fold(0, |bits, a| bits | a.bit()),
             tls,
         },
     )?;

@@ -43,6 +43,9 @@ pub struct RemoteConfig {
     pub allotment: Allotment,
     /// For the broker's logs.
     pub name: String,
+    /// The allowances (as bits) this worker grants jobs from the cluster, as its operator
+    /// configured (none by default).
+    pub grants: u32,
     pub verbose: bool,
     /// The worker's credentials: the connection is then TLS, and the broker must prove it is
     /// the cluster's.
@@ -381,7 +384,8 @@ impl Worker {
                     welcomed: false,
                     ping: Duration::ZERO,
                 });
-                let role = Role::Worker { slots: u32::try_from(self.config.slots).unwrap_or(u32::MAX) };
+                let slots = u32::try_from(self.config.slots).unwrap_or(u32::MAX);
+                let role = Role::Worker { slots, grants: self.config.grants };
                 let hello = Hello { version: PROTOCOL_VERSION, role, name: self.config.name.clone() };
                 self.send(&Control::Hello(hello));
                 self.ring.read(tagged(TAG_READ, self.generation), &fd, Vec::with_capacity(READ_BYTES));
@@ -572,7 +576,7 @@ impl Worker {
     fn frame(&mut self, kind: Kind, payload: &[u8]) -> Result<(), String> {
         let frame = cluster::decode(kind, payload).map_err(|e| format!("bad frame from the broker: {e}"))?;
         match frame {
-            Frame::Control(ArchivedControl::Welcome { ping_ms }) => {
+            Frame::Control(ArchivedControl::Welcome { ping_ms, .. }) => {
                 if let Some(conn) = self.conn.as_mut() {
                     conn.welcomed = true;
                     conn.ping = cluster::ping_every(ping_ms.to_native());
@@ -612,14 +616,14 @@ impl Worker {
     }
 
     fn start(&mut self, id: u64, job: &ArchivedJobSpec) {
-        let spec =
-            match crate::sandbox::sandbox(job, Vec::new(), crate::sandbox::Origin::Cluster, &self.share) {
-                Ok(spec) => spec,
-                Err(e) => {
-                    self.send(&Control::Done { id, outcome: Outcome::ExecutionError(e.to_string()) });
-                    return;
-                }
-            };
+        let origin = crate::sandbox::Origin::Cluster { grants: self.config.grants };
+        let spec = match crate::sandbox::sandbox(job, Vec::new(), origin, &self.share) {
+            Ok(spec) => spec,
+            Err(e) => {
+                self.send(&Control::Done { id, outcome: Outcome::ExecutionError(e.to_string()) });
+                return;
+            }
+        };
         let layers: Vec<LayerRef> = job
             .layers
             .iter()

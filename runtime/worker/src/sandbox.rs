@@ -12,10 +12,12 @@ use maelstrom_wire::zygote::ArchivedNetworkMode;
 /// Where a job came from: what it may ask of the host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Origin {
-    /// This machine's own client: bind mounts and the host's network are allowed.
+    /// This machine's own client: bind mounts, the host's network and any allowance are
+    /// allowed (the client's own risk).
     ThisMachine,
-    /// A broker: the job may not reach this machine's files or network.
-    Cluster,
+    /// A broker: the job may not reach this machine's files or network, and gets only the
+    /// allowances (as bits) this worker's operator grants.
+    Cluster { grants: u32 },
 }
 
 /// A job a worker refuses to run.
@@ -23,6 +25,8 @@ pub enum Origin {
 pub enum SandboxError {
     #[error("{what} ties a job to its client's machine; a cluster worker does not run it")]
     HostOnly { what: &'static str },
+    #[error("this worker does not grant {names} (its operator may, with `maelstrom-worker --allow`)")]
+    NotGranted { names: String },
 }
 
 /// The sandbox spec of `job`, whose layers' trees are `layers` (bottom first), within the
@@ -47,11 +51,17 @@ pub fn sandbox(
     spec.network = match job.network {
         ArchivedNetworkMode::Disabled => NetworkMode::Disabled,
         ArchivedNetworkMode::Loopback => NetworkMode::Loopback,
-        ArchivedNetworkMode::Local if origin == Origin::Cluster => return refuse("the host's network"),
+        ArchivedNetworkMode::Local if origin != Origin::ThisMachine => return refuse("the host's network"),
         ArchivedNetworkMode::Local => NetworkMode::Local,
     };
-    if origin == Origin::Cluster && !job.allow.is_empty() {
-        return refuse("an allowance beyond the default sandbox");
+    if let Origin::Cluster { grants } = origin {
+        let asked = maelstrom_wire::zygote::allowance_bits(job.allow.iter());
+        if let Ok(missing) = maelstrom_wire::zygote::allowances_of(asked & !grants)
+            && !missing.is_empty()
+        {
+            let names: Vec<&str> = missing.iter().map(|a| a.name()).collect();
+            return Err(SandboxError::NotGranted { names: names.join(", ") });
+        }
     }
     spec.allow = job.allow.iter().map(|a| a.native()).collect();
     spec.user = job.user.to_native();
@@ -59,7 +69,7 @@ pub fn sandbox(
     let mut mounts = Vec::with_capacity(job.mounts.len());
     for mount in job.mounts.iter() {
         mounts.push(match mount {
-            ArchivedMount::Bind { .. } if origin == Origin::Cluster => return refuse("a bind mount"),
+            ArchivedMount::Bind { .. } if origin != Origin::ThisMachine => return refuse("a bind mount"),
             ArchivedMount::Bind { source, target, read_only } => Mount::Bind {
                 source: source.as_str().into(),
                 target: target.as_str().into(),
@@ -121,11 +131,22 @@ mod tests {
         let allowing = encode_job(&JobSpec { allow: vec![Allowance::IoUring], ..typical_job() });
         let access = |b| rkyv::access::<ArchivedJobSpec, rkyv::rancor::Error>(b).unwrap();
         let share = Share::of(2);
-        assert!(sandbox(access(&plain), vec!["/l".into()], Origin::Cluster, &share).is_ok());
-        let refused = sandbox(access(&allowing), vec!["/l".into()], Origin::Cluster, &share);
-        assert!(matches!(refused, Err(SandboxError::HostOnly { .. })), "{refused:?}");
+        let cluster = Origin::Cluster { grants: 0 };
+        assert!(sandbox(access(&plain), vec!["/l".into()], cluster, &share).is_ok());
+        let refused = sandbox(access(&allowing), vec!["/l".into()], cluster, &share).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "this worker does not grant io_uring (its operator may, with `maelstrom-worker --allow`)"
+        );
         let local = sandbox(access(&allowing), vec!["/l".into()], Origin::ThisMachine, &share).unwrap();
         assert_eq!(local.allow, [Allowance::IoUring]);
+        // A worker whose operator grants it runs it, with that allowance and no other.
+        let granting = Origin::Cluster { grants: Allowance::IoUring.bit() | Allowance::Ptrace.bit() };
+        let granted = sandbox(access(&allowing), vec!["/l".into()], granting, &share).unwrap();
+        assert_eq!(granted.allow, [Allowance::IoUring]);
+        let more = encode_job(&JobSpec { allow: vec![Allowance::IoUring, Allowance::Bpf], ..typical_job() });
+        let refused = sandbox(access(&more), vec!["/l".into()], granting, &share).unwrap_err();
+        assert!(refused.to_string().starts_with("this worker does not grant bpf "), "{refused}");
     }
 
     #[test]
@@ -146,7 +167,7 @@ mod tests {
         let spec_of = |limits| {
             let bytes = encode_job(&JobSpec { limits, ..typical_job() });
             let job = rkyv::access::<ArchivedJobSpec, rkyv::rancor::Error>(&bytes).unwrap();
-            sandbox(job, vec!["/l".into()], Origin::Cluster, &share).unwrap()
+            sandbox(job, vec!["/l".into()], Origin::Cluster { grants: 0 }, &share).unwrap()
         };
         let rlimit = |spec: &Spec, resource| spec.rlimits.iter().find(|l| l.resource == resource).copied();
         let default = spec_of(JobLimits::default());
