@@ -478,17 +478,7 @@ fn per_job_mount(
     for (slot, (source, _)) in &held {
         ops.push(SetupOp::Hold { source: source.clone(), slot: *slot });
     }
-    // A mount point below an earlier fresh tmpfs (a directory the layers had, now covered) is
-    // made again in it, unless a kept tree shows it there.
-    if let Some(tmpfs) = fresh.iter().rev().find(|t| path.starts_with(t) && path != *t)
-        && !kept.iter().any(|(_, k)| path.starts_with(k) && k.starts_with(tmpfs))
-    {
-        let mut dir = tmpfs.clone();
-        for component in path.strip_prefix(tmpfs).expect("INVARIANT: found below it").components() {
-            dir.push(component);
-            ops.push(SetupOp::MakeDir { target: cbytes(&dir).expect("INVARIANT: a prefix of a valid path") });
-        }
-    }
+    make_mount_point(ops, fresh, kept, path);
     ops.push(SetupOp::Mount { kind: *kind, target: target.clone() });
     if *kind == FsKind::Tmp {
         fresh.push(path.clone());
@@ -505,6 +495,20 @@ fn per_job_mount(
     }
 }
 
+/// A mount point below an earlier fresh tmpfs (a directory the layers had, now covered) is made
+/// again in it, unless a kept tree shown again there holds it.
+fn make_mount_point(ops: &mut Vec<SetupOp>, fresh: &[PathBuf], kept: &[(CBytes, PathBuf)], path: &Path) {
+    let Some(tmpfs) = fresh.iter().rev().find(|t| path.starts_with(t) && path != *t) else { return };
+    if kept.iter().any(|(_, k)| path.starts_with(k) && k.starts_with(tmpfs) && k != tmpfs) {
+        return;
+    }
+    let mut dir = tmpfs.clone();
+    for component in path.strip_prefix(tmpfs).expect("INVARIANT: found below it").components() {
+        dir.push(component);
+        ops.push(SetupOp::MakeDir { target: cbytes(&dir).expect("INVARIANT: a prefix of a valid path") });
+    }
+}
+
 /// The job builds its whole root: prepare every mount before the pivot, attach after it.
 fn self_built(
     layers: Vec<CBytes>,
@@ -518,14 +522,16 @@ fn self_built(
     let mut fresh = Vec::new();
     for l in lowered {
         match l {
-            Lowered::Static { source, read_only, target, .. } => {
+            Lowered::Static { source, read_only, target, path } => {
                 let slot = slots.next().expect("INVARIANT: compile checked the slot count");
                 before.push(SetupOp::CloneTree { source, read_only, slot });
+                make_mount_point(&mut after, &fresh, kept, &path);
                 after.push(SetupOp::Attach { slot, target });
             }
-            Lowered::PerJob { kind, target, .. } if needs_visible_instance(kind) => {
+            Lowered::PerJob { kind, target, path } if needs_visible_instance(kind) => {
                 let slot = slots.next().expect("INVARIANT: compile checked the slot count");
                 before.push(SetupOp::NewFs { kind, slot });
+                make_mount_point(&mut after, &fresh, kept, &path);
                 after.push(SetupOp::Attach { slot, target });
             }
             per_job @ Lowered::PerJob { .. } => {
@@ -661,6 +667,10 @@ mod tests {
         spec
     }
 
+    fn at_in(text: &[String], op: &str) -> usize {
+        text.iter().position(|o| o == op).unwrap_or_else(|| panic!("{op}: {text:?}"))
+    }
+
     fn printed(spec: &Spec) -> String {
         Printed(&compile(spec).unwrap()).to_string()
     }
@@ -722,7 +732,11 @@ mod tests {
         let plan = compile(&spec).unwrap();
         assert!(plan.template.is_empty(), "order must be kept, so the job builds everything");
         let text: Vec<String> = plan.job.iter().map(ToString::to_string).collect();
-        assert_eq!(&text[3..], ["mount tmpfs at /data", "attach slot 0 at /data/in"]);
+        assert_eq!(
+            &text[3..],
+            ["mount tmpfs at /data", "make directory /data/in", "attach slot 0 at /data/in"],
+            "the mount point, covered by the tmpfs, is made again in it"
+        );
 
         spec.mounts.reverse();
         assert!(!compile(&spec).unwrap().template.is_empty(), "a bind first can be hoisted");
@@ -768,7 +782,15 @@ mod tests {
         assert_eq!(text[made + 2], "mount tmpfs at /tmp/target/tmp");
         let kept = at("mount tmpfs at /tmp/project/target/tmp");
         assert_eq!(text[kept - 1], "mount tmpfs at /tmp/target/tmp", "nothing made in a kept tree: {text:?}");
-        assert!(!text.iter().any(|o| o == "make directory /tmp/proc"), "{text:?}");
+        // A kept tree at the tmpfs itself is not shown again, so it holds no mount point.
+        spec.keep_visible = vec![p("/tmp")];
+        let text: Vec<String> = compile(&spec).unwrap().job.iter().map(ToString::to_string).collect();
+        assert!(text.iter().any(|o| o == "make directory /tmp/target/tmp"), "{text:?}");
+        // A job that builds its root makes them as well.
+        spec.writable_root = true;
+        let text: Vec<String> = compile(&spec).unwrap().job.iter().map(ToString::to_string).collect();
+        let made = at_in(&text, "make directory /tmp/target/tmp");
+        assert_eq!(text[made + 1], "mount tmpfs at /tmp/target/tmp");
     }
 
     #[test]

@@ -16,6 +16,10 @@ pub const CASES: &[(&str, Case)] = &[
     ("setup::layers_stack_bottom_first", layers_stack_bottom_first),
     ("setup::writable_overlay_changes_vanish_with_the_job", writable_overlay_changes_vanish_with_the_job),
     ("setup::a_kept_tree_shows_through_a_fresh_tmp", a_kept_tree_shows_through_a_fresh_tmp),
+    (
+        "setup::mounts_below_a_fresh_tmp_get_their_mount_points",
+        mounts_below_a_fresh_tmp_get_their_mount_points,
+    ),
     ("setup::sys_shows_the_jobs_own_network", sys_shows_the_jobs_own_network),
     ("setup::devpts_mqueue_and_shm_are_fresh", devpts_mqueue_and_shm_are_fresh),
     ("setup::oversized_request_is_refused_before_sending", oversized_request_is_refused_before_sending),
@@ -258,6 +262,33 @@ fn a_kept_tree_shows_through_a_fresh_tmp(ctx: &Ctx) -> anyhow::Result<()> {
         anyhow::ensure!(stdout(ctx, &spec)? == "ok", "the job's /tmp is writable");
         spec.arguments = vec!["ls".into(), "/tmp".into()];
         anyhow::ensure!(stdout(ctx, &spec)? == "work", "the tmpfs holds only the way to the project");
+    }
+    Ok(())
+}
+
+/// Mounts below a fresh `/tmp` (a tmpfs, a bind) work though the tmpfs covers where the layers
+/// had their mount points (`CARGO_TARGET_TMPDIR` of a target directory under /tmp).
+fn mounts_below_a_fresh_tmp_get_their_mount_points(ctx: &Ctx) -> anyhow::Result<()> {
+    let bottom = Layer::new();
+    let top = tempfile::tempdir()?;
+    std::fs::create_dir_all(top.path().join("tmp/target/tmp"))?;
+    std::fs::create_dir_all(top.path().join("tmp/in"))?;
+    let host = tempfile::tempdir()?;
+    open_to_all(host.path());
+    write(&host.path().join("in.txt"), "from the host")?;
+    open_to_all(&host.path().join("in.txt"));
+    for writable in [false, true] {
+        let mut spec = probe(&bottom, &["write", "/tmp/target/tmp/x", "y"]);
+        spec.layers.push(top.path().to_owned());
+        spec.writable_root = writable;
+        spec.mounts = vec![
+            Mount::Tmp { target: "/tmp".into() },
+            Mount::Tmp { target: "/tmp/target/tmp".into() },
+            Mount::Bind { source: host.path().to_owned(), target: "/tmp/in".into(), read_only: true },
+        ];
+        anyhow::ensure!(stdout(ctx, &spec)? == "ok", "writable {writable}");
+        spec.arguments = vec!["cat".into(), "/tmp/in/in.txt".into()];
+        anyhow::ensure!(stdout(ctx, &spec)? == "from the host", "writable {writable}");
     }
     Ok(())
 }

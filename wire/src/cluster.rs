@@ -406,9 +406,10 @@ pub enum Control {
     /// else) at least every `ping_ms`, or is taken for gone.
     Welcome {
         ping_ms: u64,
-        /// The allowances (as bits) some worker connected now grants: a client sends the
-        /// cluster the jobs that ask for these at most, and runs any others itself.
-        grants: u32,
+        /// What the workers connected now grant, each set of allowances (as bits) once: a
+        /// client sends the cluster a job only if one of these holds all it asks for, and runs
+        /// any other itself.
+        grants: Vec<u32>,
     },
     /// Peer → broker: still here.
     Ping,
@@ -953,7 +954,7 @@ mod tests {
                 name: "w".into(),
             }),
             Control::Hello(Hello { version: PROTOCOL_VERSION, role: Role::Client, name: "c".into() }),
-            Control::Welcome { ping_ms: 60_000, grants: 0b101 },
+            Control::Welcome { ping_ms: 60_000, grants: vec![0, 0b101] },
             Control::Ping,
             Control::Refused("version".into()),
             Control::Done {

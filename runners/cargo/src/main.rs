@@ -435,9 +435,27 @@ impl Framework for Cargo {
             tree: tree.display().to_string(),
             exclude: vec![self.target_dir.display().to_string()],
         }];
+        // The package's binaries, where the integration tests and benchmarks that run them look
+        // (`CARGO_BIN_EXE_<name>`: in the build directory, the test binary's directory's
+        // parent). Cargo builds them before those tests; one a feature left out is not there.
+        let build_dir = artifact.executable.parent().and_then(Path::parent);
+        let binaries: Vec<String> = match (artifact.kind, build_dir) {
+            (Kind::Test | Kind::Benchmark, Some(build_dir)) => package
+                .targets
+                .iter()
+                .filter(|t| t.kind.iter().any(|k| k == "bin"))
+                .map(|t| build_dir.join(&t.name))
+                .filter(|path| path.is_file())
+                .map(|path| path.display().to_string())
+                .collect(),
+            _ => Vec::new(),
+        };
+        if !binaries.is_empty() {
+            layers.push(LayerSpec::Paths { paths: binaries.clone(), prefix: PrefixOptions::default() });
+        }
         if settings.include_shared_libraries {
             layers.push(LayerSpec::SharedLibraryDependencies {
-                binaries: vec![executable.clone()],
+                binaries: std::iter::once(executable.clone()).chain(binaries).collect(),
                 prefix: PrefixOptions::default(),
             });
         }

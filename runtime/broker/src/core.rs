@@ -208,7 +208,9 @@ pub struct Broker {
     workers: Map<PeerId, Worker>,
     admins: Set<PeerId>,
     jobs: Map<JobId, Job>,
-    queue: BinaryHeap<Ranked>,
+    /// Queued jobs, by the allowances they ask for (as bits; 0 for none): each heap's jobs can
+    /// go to the same workers, so a look at its top tells whether any of them can start.
+    queues: Map<u32, BinaryHeap<Ranked>>,
     queued: u64,
     stored: Map<Digest, Stored>,
     manifests: Map<Digest, Vec<Digest>>,
@@ -230,7 +232,7 @@ impl Broker {
             workers: Map::default(),
             admins: Set::default(),
             jobs: Map::default(),
-            queue: BinaryHeap::new(),
+            queues: Map::default(),
             queued: 0,
             stored: Map::default(),
             manifests: Map::default(),
@@ -421,7 +423,7 @@ impl Broker {
     }
 
     fn enqueue(&mut self, job_id: JobId, job: &Job) {
-        self.queue.push(Ranked {
+        self.queues.entry(job.needs).or_default().push(Ranked {
             priority: job.priority,
             estimated_ms: job.estimated_ms,
             order: std::cmp::Reverse(job_id),
@@ -587,14 +589,9 @@ impl Broker {
             for job_id in worker.running.into_keys() {
                 if let Some(job) = self.jobs.get_mut(&job_id) {
                     job.state = State::Queued;
-                    let job = self.jobs.get(&job_id).expect("just seen");
-                    let ranked = Ranked {
-                        priority: job.priority,
-                        estimated_ms: job.estimated_ms,
-                        order: std::cmp::Reverse(job_id),
-                    };
-                    self.queue.push(ranked);
-                    self.queued += 1;
+                    let job = self.jobs.remove(&job_id).expect("just seen");
+                    self.enqueue(job_id, &job);
+                    self.jobs.insert(job_id, job);
                 }
             }
         }
@@ -620,31 +617,41 @@ impl Broker {
         }
     }
 
-    /// The allowances (as bits) some worker connected now grants.
-    pub fn grants(&self) -> u32 {
-        self.workers.values().fold(0, |bits, worker| bits | worker.grants)
+    /// What the workers connected now grant: each set of allowances (as bits) once.
+    pub fn grants(&self) -> Vec<u32> {
+        let mut sets: Vec<u32> = self.workers.values().map(|worker| worker.grants).collect();
+        sets.sort_unstable();
+        sets.dedup();
+        sets
     }
 
-    /// Starts queued jobs on workers with room. A job that asks for allowances waits, without
-    /// holding up the jobs behind it, until a worker that grants them has room.
+    /// Starts queued jobs on workers with room: from each queue (the jobs asking for the same
+    /// allowances), best first, until its best finds no worker; so a job waiting for a worker
+    /// that grants what it asks never holds up the others.
     fn dispatch(&mut self, effects: &mut Vec<Effect>) {
-        let mut passed_over = Vec::new();
-        while let Some(top) = self.queue.peek() {
+        let mut masks: Vec<u32> = self.queues.keys().copied().collect();
+        // Plain jobs first, as they were before any job asked for more.
+        masks.sort_unstable();
+        for mask in masks {
+            self.dispatch_from(mask, effects);
+        }
+        self.queues.retain(|_, queue| !queue.is_empty());
+    }
+
+    fn dispatch_from(&mut self, mask: u32, effects: &mut Vec<Effect>) {
+        loop {
+            let Some(queue) = self.queues.get_mut(&mask) else { return };
+            let Some(top) = queue.peek() else { return };
             let job_id = top.order.0;
-            let Some(job) = self.jobs.get(&job_id).filter(|job| matches!(job.state, State::Queued)) else {
-                self.queue.pop();
+            let live = self.jobs.get(&job_id).is_some_and(|job| matches!(job.state, State::Queued));
+            if !live {
+                queue.pop();
                 continue;
-            };
-            let needs = job.needs;
-            let Some(worker_id) = self.pick_worker(job_id) else {
-                if needs == 0 {
-                    // No worker has room.
-                    break;
-                }
-                passed_over.extend(self.queue.pop());
-                continue;
-            };
-            self.queue.pop();
+            }
+            let Some(worker_id) = self.pick_worker(job_id) else { return };
+            if let Some(queue) = self.queues.get_mut(&mask) {
+                queue.pop();
+            }
             self.queued -= 1;
             let job = self.jobs.get_mut(&job_id).expect("checked live");
             job.state = State::Running { worker: worker_id };
@@ -662,14 +669,14 @@ impl Broker {
             worker.layers.extend(job.layers.iter().map(|l| l.digest));
             effects.push(Effect::Start { worker: worker_id, id: job_id, job: Arc::clone(&job.bytes) });
         }
-        self.queue.extend(passed_over);
     }
 
     /// Among workers with room that grant what the job asks for, the one holding most of its
-    /// layers, then the least loaded.
+    /// layers, then the least loaded, then the one granting least (keeping those that grant
+    /// more for the jobs that need it).
     fn pick_worker(&self, job_id: JobId) -> Option<PeerId> {
         let job = self.jobs.get(&job_id)?;
-        let mut best: Option<(usize, u64, PeerId)> = None;
+        let mut best: Option<(usize, u64, u32, PeerId)> = None;
         for (&peer, worker) in &self.workers {
             let capacity = worker.slots as usize * IN_FLIGHT_PER_SLOT;
             if worker.running.len() >= capacity || worker.grants & job.needs != job.needs {
@@ -678,18 +685,21 @@ impl Broker {
             let held = job.layers.iter().filter(|l| worker.layers.contains(&l.digest)).count();
             // Load as a fraction of slots, scaled to compare without floats.
             let load = (worker.running.len() as u64 * 1024) / u64::from(worker.slots);
+            let granted = worker.grants.count_ones();
+            let rank = |held, load, granted, peer| {
+                (held, std::cmp::Reverse(load), std::cmp::Reverse(granted), std::cmp::Reverse(peer))
+            };
             let better = match best {
                 None => true,
-                Some((best_held, best_load, best_peer)) => {
-                    (held, std::cmp::Reverse(load), std::cmp::Reverse(peer))
-                        > (best_held, std::cmp::Reverse(best_load), std::cmp::Reverse(best_peer))
+                Some((best_held, best_load, best_granted, best_peer)) => {
+                    rank(held, load, granted, peer) > rank(best_held, best_load, best_granted, best_peer)
                 }
             };
             if better {
-                best = Some((held, load, peer));
+                best = Some((held, load, granted, peer));
             }
         }
-        best.map(|(_, _, peer)| peer)
+        best.map(|(.., peer)| peer)
     }
 
     fn evict(&mut self, effects: &mut Vec<Effect>) {
@@ -967,7 +977,7 @@ mod tests {
         b.preload(tar(1).digest, 1, None);
         b.handle(Event::ClientConnected(1), &mut fx);
         b.handle(Event::WorkerConnected { peer: 8, slots: 1, grants: 0 }, &mut fx);
-        assert_eq!(b.grants(), 0);
+        assert_eq!(b.grants(), [0]);
         let allowing = |allow: Vec<Allowance>, priority| {
             maelstrom_wire::cluster::encode_job(&JobSpec { allow, ..spec(vec![tar(1)], priority, 0) })
         };
@@ -977,14 +987,14 @@ mod tests {
         fx.clear();
         let grants = Allowance::IoUring.bit() | Allowance::Ptrace.bit();
         b.handle(Event::WorkerConnected { peer: 9, slots: 1, grants }, &mut fx);
-        assert_eq!(b.grants(), grants);
+        assert_eq!(b.grants(), [0, grants]);
         assert_eq!(starts(&fx), [(9, 1)]);
         fx.clear();
         submit(&mut b, 1, 3, &allowing(vec![Allowance::IoUring, Allowance::Bpf], 0), &mut fx);
         assert!(starts(&fx).is_empty(), "no worker grants both");
         // Its worker gone, the job waits for another that grants what it asks.
         b.handle(Event::Disconnected(9), &mut fx);
-        assert_eq!(b.grants(), 0);
+        assert_eq!(b.grants(), [0]);
         submit(&mut b, 1, 4, &job(vec![tar(1)], -1, 0), &mut fx);
         assert_eq!(starts(&fx), [(8, 4)]);
         fx.clear();
@@ -1167,6 +1177,7 @@ mod tests {
             b.handle(Event::ClientConnected(c), &mut fx);
         }
         let leave_at = 50 + rng.below(1500);
+        let io_uring = maelstrom_wire::zygote::Allowance::IoUring.bit();
         let mut gone = false;
         // In flight to each worker: (deliver at step, job id), FIFO.
         let mut to_worker: Map<PeerId, std::collections::VecDeque<(u64, JobId)>> = Map::default();
@@ -1192,8 +1203,10 @@ mod tests {
                     let peer = next_worker;
                     next_worker += 1;
                     live_workers.push(peer);
+                    // Half the workers grant io_uring, which a quarter of the jobs ask for.
+                    let grants = if rng.below(2) == 0 { io_uring } else { 0 };
                     b.handle(
-                        Event::WorkerConnected { peer, slots: 1 + rng.below(3) as u32, grants: 0 },
+                        Event::WorkerConnected { peer, slots: 1 + rng.below(3) as u32, grants },
                         &mut fx,
                     );
                 }
@@ -1211,7 +1224,11 @@ mod tests {
                         continue;
                     }
                     let layers = vec![tar((submitted % 20) as u8)];
-                    let bytes = job(layers, (rng.below(3) as i8) - 1, rng.below(100));
+                    let mut spec = spec(layers, (rng.below(3) as i8) - 1, rng.below(100));
+                    if rng.below(4) == 0 {
+                        spec.allow = vec![maelstrom_wire::zygote::Allowance::IoUring];
+                    }
+                    let bytes = maelstrom_wire::cluster::encode_job(&spec);
                     submit(&mut b, client, id, &bytes, &mut fx);
                 }
                 _ => {
@@ -1268,7 +1285,7 @@ mod tests {
                 let peer = next_worker;
                 next_worker += 1;
                 live_workers.push(peer);
-                b.handle(Event::WorkerConnected { peer, slots: 2, grants: 0 }, &mut fx);
+                b.handle(Event::WorkerConnected { peer, slots: 2, grants: io_uring }, &mut fx);
             }
         }
         assert!(reported.values().all(|&n| n == 1), "seed {seed}: a job was reported twice");

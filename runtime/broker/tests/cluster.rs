@@ -881,6 +881,10 @@ fn each_peer_gets_only_what_its_role_needs() {
         false,
     );
     assert!(text(&answer).contains("1 to 1000 slots"), "{answer:?}");
+    // A worker granting what no allowance is (a newer or a forged worker).
+    let forged = hello(PROTOCOL_VERSION, Role::Worker { slots: 1, grants: 1 << 31 });
+    let answer = rogue(&cluster.broker.address(), &forged, false);
+    assert!(text(&answer).contains("allowances this broker does not know (bits 0x80000000)"), "{answer:?}");
     let log = cluster.broker.log();
     assert!(log.contains("refused to a worker: no job assigned") && log.contains("not 4294967295"), "{log}");
     assert_eq!(cluster.status()["workers"], 1, "only the honest worker");

@@ -156,8 +156,9 @@ pub struct RemoteClient {
     shared: Arc<Mutex<Shared>>,
     next_id: JobId,
     stream: TcpStream,
-    /// The allowances (as bits) the cluster's workers granted when this client connected.
-    grants: u32,
+    /// What the cluster's workers granted when this client connected: each set of allowances
+    /// (as bits) once.
+    grants: Vec<u32>,
 }
 
 impl RemoteClient {
@@ -195,7 +196,7 @@ impl RemoteClient {
         let mut reader = FrameReader::default();
         let mut buf = vec![0u8; 64 << 10];
         let mut plaintext = Vec::new();
-        let mut answer: Option<Result<(Duration, u32), String>> = None;
+        let mut answer: Option<Result<(Duration, Vec<u32>), String>> = None;
         while answer.is_none() {
             let n = reader_stream.read(&mut buf).map_err(io_error)?;
             if n == 0 {
@@ -215,7 +216,8 @@ impl RemoteClient {
                 .feed(bytes, &mut |kind, payload| {
                     answer = Some(match cluster::decode(kind, payload) {
                         Ok(Frame::Control(ArchivedControl::Welcome { ping_ms, grants })) => {
-                            Ok((cluster::ping_every(ping_ms.to_native()), grants.to_native()))
+                            let grants = grants.iter().map(|g| g.to_native()).collect();
+                            Ok((cluster::ping_every(ping_ms.to_native()), grants))
                         }
                         Ok(Frame::Control(ArchivedControl::Refused(reason))) => {
                             Err(reason.as_str().to_owned())
@@ -268,7 +270,7 @@ impl RemoteClient {
     /// through the sink under the returned id.
     pub fn run(&mut self, job: &JobSpec) -> Result<JobId, PrepareError> {
         let (resolved, built) = self.local.resolve(job)?;
-        if must_run_locally(&resolved, self.grants) {
+        if must_run_locally(&resolved, &self.grants) {
             return self.local.run(job);
         }
         let layers: Vec<LayerRef> = built.iter().map(|b| b.layer_ref()).collect();
@@ -335,12 +337,12 @@ impl SharedSinkHandle {
 }
 
 /// Jobs that need this machine: bind mounts of its files, or its network. And jobs whose spec
-/// allows more than the default sandbox and than the cluster's workers grant (`grants`, as
-/// bits): they are the client's own risk, not the cluster's.
-pub fn must_run_locally(resolved: &Resolved, grants: u32) -> bool {
+/// allows more than the default sandbox and than any one of the cluster's workers grants
+/// (`grants`: each worker's set of allowances, as bits): they are the client's own risk.
+pub fn must_run_locally(resolved: &Resolved, grants: &[u32]) -> bool {
     let asked = resolved.allow.iter().fold(0, |bits, a| bits | a.bit());
     resolved.network == NetworkMode::Local
-        || asked & !grants != 0
+        || (asked != 0 && !grants.iter().any(|granted| asked & !granted == 0))
         || resolved.mounts.iter().any(|m| matches!(m, MountSpec::Bind { .. }))
 }
 
@@ -564,7 +566,7 @@ mod tests {
         ] {
             let job = job(text);
             let resolved = crate::resolve::resolve(&job.container, &BTreeMap::new(), &|_| None).unwrap();
-            assert!(must_run_locally(&resolved, u32::MAX), "{text}");
+            assert!(must_run_locally(&resolved, &[u32::MAX]), "{text}");
             let bytes = cluster::encode_job(&wire_job(&job, &resolved, vec![], Path::new("/project")));
             let archived = rkyv::access::<ArchivedJobSpec, rkyv::rancor::Error>(&bytes).unwrap();
             let local =
@@ -581,6 +583,24 @@ mod tests {
             .to_string();
             assert!(error.starts_with(why), "{error}");
         }
+    }
+
+    /// A job asking for allowances goes to the cluster only if one worker grants them all: two
+    /// workers granting one each do not make one that grants both.
+    #[test]
+    fn jobs_asking_for_allowances_go_only_where_one_worker_grants_them_all() {
+        use maelstrom_wire::zygote::Allowance;
+        let resolved =
+            |text: &str| crate::resolve::resolve(&job(text).container, &BTreeMap::new(), &|_| None).unwrap();
+        let plain = resolved(r#"{"program": "x", "layers": [{"tar": "x.tar"}]}"#);
+        let both =
+            resolved(r#"{"program": "x", "layers": [{"tar": "x.tar"}], "allow": ["io_uring", "bpf"]}"#);
+        let (io_uring, bpf) = (Allowance::IoUring.bit(), Allowance::Bpf.bit());
+        assert!(!must_run_locally(&plain, &[]), "a plain job waits for the cluster's workers");
+        assert!(!must_run_locally(&plain, &[io_uring]));
+        assert!(must_run_locally(&both, &[]));
+        assert!(must_run_locally(&both, &[0, io_uring, bpf]));
+        assert!(!must_run_locally(&both, &[0, io_uring | bpf | Allowance::Ptrace.bit()]));
     }
 
     #[test]

@@ -14,8 +14,9 @@
 //! in a cache root owns, its trees are given to nobody, as an ordinary worker's are its own: a
 //! writable root is then the job's to change, as it is under any other worker. `v1/` is then
 //! private to root, so no process of the host's nobody reaches the trees except through a
-//! job's read-only layers. (A root worker using a cache someone else owns, as under `sudo -E`,
-//! leaves its trees as root's: it changes no ownership where another user could race it.)
+//! job's read-only layers. (A root worker using a cache on a path another user may change, as
+//! under `sudo -E`, leaves its trees as root's: it changes no ownership where another user
+//! could race it.)
 //!
 //! A process that uses a tree holds a shared lock on its meta file for as long as it may use it;
 //! an evictor takes the exclusive lock without waiting and skips what it cannot lock, so no
@@ -85,10 +86,9 @@ impl LayerCache {
         if !tag.exists() {
             fs::write(&tag, CACHEDIR_TAG).map_err(io_error(&tag, "write the cache tag"))?;
         }
-        // Only in a cache that is root's own: root walks and changes the trees, and no one else
-        // may change them under it.
-        let owner = maelstrom_container::jobs_host_id()
-            .filter(|_| fs::symlink_metadata(&dir).is_ok_and(|m| m.uid() == 0 && m.is_dir()));
+        // Only in a cache that is root's alone: root walks and changes the trees by path, and no
+        // one else may move anything on that path under it.
+        let owner = maelstrom_container::jobs_host_id().filter(|_| roots_alone(&dir));
         if owner.is_some() {
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
                 .map_err(io_error(&dir, "make the cache private"))?;
@@ -284,6 +284,16 @@ impl LayerCache {
     }
 }
 
+/// Whether only root may change `dir` or the way to it: it and every directory above it are
+/// root's, and none is writable by others, unless sticky (as /tmp is: no one may move there
+/// what is not theirs).
+fn roots_alone(dir: &Path) -> bool {
+    let Ok(dir) = fs::canonicalize(dir) else { return false };
+    dir.ancestors().all(|d| {
+        fs::metadata(d).is_ok_and(|m| m.uid() == 0 && (m.mode() & 0o022 == 0 || m.mode() & 0o1000 != 0))
+    })
+}
+
 /// Makes `id` the owner and group of `dir` and of everything below it (symlinks themselves, not
 /// what they point to), `dir` itself last. Walked by path: it lies in a directory only root may
 /// change (see [`LayerCache::open`]).
@@ -361,6 +371,13 @@ mod tests {
         assert_eq!(owners(&tree), [expected; 4]);
         let private = fs::metadata(root.path().join(LAYOUT)).unwrap().permissions().mode() & 0o777;
         assert_eq!(private == 0o700, own == 0, "mode {private:o}");
+        // A cache on a path another user could change is left as it is.
+        if own == 0 {
+            let shared = tempfile::tempdir().unwrap();
+            fs::set_permissions(shared.path(), fs::Permissions::from_mode(0o777)).unwrap();
+            let cache = LayerCache::open(&shared.path().join("cache"), 1 << 20).unwrap();
+            assert_eq!(cache.owner, None, "a world-writable parent, not sticky");
+        }
         if own == 0 {
             for p in ["", "sub", "sub/file", "link"] {
                 std::os::unix::fs::lchown(tree.join(p), Some(0), Some(0)).unwrap();

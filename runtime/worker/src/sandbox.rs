@@ -55,11 +55,13 @@ pub fn sandbox(
         ArchivedNetworkMode::Local => NetworkMode::Local,
     };
     if let Origin::Cluster { grants } = origin {
-        let asked = maelstrom_wire::zygote::allowance_bits(job.allow.iter());
-        if let Ok(missing) = maelstrom_wire::zygote::allowances_of(asked & !grants)
-            && !missing.is_empty()
-        {
-            let names: Vec<&str> = missing.iter().map(|a| a.name()).collect();
+        let missing = maelstrom_wire::zygote::allowance_bits(job.allow.iter()) & !grants;
+        if missing != 0 {
+            let names: Vec<&str> = maelstrom_wire::zygote::allowances_of(missing)
+                .unwrap_or_default()
+                .iter()
+                .map(|a| a.name())
+                .collect();
             return Err(SandboxError::NotGranted { names: names.join(", ") });
         }
     }
