@@ -159,8 +159,9 @@ struct Job {
 #[derive(Debug)]
 struct Worker {
     slots: u32,
-    /// The allowances it grants, as bits.
+    /// The allowances it grants, as bits, and how many.
     grants: u32,
+    granted: u32,
     /// Its jobs, each with the artifacts it needs (its layers and their files).
     running: Map<JobId, Vec<Digest>>,
     /// How many of its jobs need each artifact: what it may fetch.
@@ -208,9 +209,12 @@ pub struct Broker {
     workers: Map<PeerId, Worker>,
     admins: Set<PeerId>,
     jobs: Map<JobId, Job>,
-    /// Queued jobs, by the allowances they ask for (as bits; 0 for none): each heap's jobs can
-    /// go to the same workers, so a look at its top tells whether any of them can start.
-    queues: Map<u32, BinaryHeap<Ranked>>,
+    /// Queued jobs that ask for no allowance; and the others, by the allowances they ask for
+    /// (as bits): each heap's jobs can go to the same workers, so a look at its top tells
+    /// whether any of them can start. (A heap stays once made: there are at most as many as
+    /// sets of allowances, and its buffer serves the next jobs.)
+    plain: BinaryHeap<Ranked>,
+    allowing: Map<u32, BinaryHeap<Ranked>>,
     queued: u64,
     stored: Map<Digest, Stored>,
     manifests: Map<Digest, Vec<Digest>>,
@@ -232,7 +236,8 @@ impl Broker {
             workers: Map::default(),
             admins: Set::default(),
             jobs: Map::default(),
-            queues: Map::default(),
+            plain: BinaryHeap::new(),
+            allowing: Map::default(),
             queued: 0,
             stored: Map::default(),
             manifests: Map::default(),
@@ -290,6 +295,7 @@ impl Broker {
                     Worker {
                         slots: slots.max(1),
                         grants,
+                        granted: grants.count_ones(),
                         running: Map::default(),
                         fetchable: Map::default(),
                         layers: Set::default(),
@@ -423,7 +429,11 @@ impl Broker {
     }
 
     fn enqueue(&mut self, job_id: JobId, job: &Job) {
-        self.queues.entry(job.needs).or_default().push(Ranked {
+        let queue = match job.needs {
+            0 => &mut self.plain,
+            needs => self.allowing.entry(needs).or_default(),
+        };
+        queue.push(Ranked {
             priority: job.priority,
             estimated_ms: job.estimated_ms,
             order: std::cmp::Reverse(job_id),
@@ -629,18 +639,25 @@ impl Broker {
     /// allowances), best first, until its best finds no worker; so a job waiting for a worker
     /// that grants what it asks never holds up the others.
     fn dispatch(&mut self, effects: &mut Vec<Effect>) {
-        let mut masks: Vec<u32> = self.queues.keys().copied().collect();
         // Plain jobs first, as they were before any job asked for more.
-        masks.sort_unstable();
-        for mask in masks {
-            self.dispatch_from(mask, effects);
+        self.dispatch_from(0, effects);
+        if !self.allowing.is_empty() {
+            let masks: Vec<u32> = self.allowing.keys().copied().collect();
+            for mask in masks {
+                self.dispatch_from(mask, effects);
+            }
         }
-        self.queues.retain(|_, queue| !queue.is_empty());
     }
 
     fn dispatch_from(&mut self, mask: u32, effects: &mut Vec<Effect>) {
         loop {
-            let Some(queue) = self.queues.get_mut(&mask) else { return };
+            let queue = match mask {
+                0 => &mut self.plain,
+                mask => match self.allowing.get_mut(&mask) {
+                    Some(queue) => queue,
+                    None => return,
+                },
+            };
             let Some(top) = queue.peek() else { return };
             let job_id = top.order.0;
             let live = self.jobs.get(&job_id).is_some_and(|job| matches!(job.state, State::Queued));
@@ -649,9 +666,10 @@ impl Broker {
                 continue;
             }
             let Some(worker_id) = self.pick_worker(job_id) else { return };
-            if let Some(queue) = self.queues.get_mut(&mask) {
-                queue.pop();
-            }
+            match mask {
+                0 => self.plain.pop(),
+                mask => self.allowing.get_mut(&mask).and_then(BinaryHeap::pop),
+            };
             self.queued -= 1;
             let job = self.jobs.get_mut(&job_id).expect("checked live");
             job.state = State::Running { worker: worker_id };
@@ -685,7 +703,7 @@ impl Broker {
             let held = job.layers.iter().filter(|l| worker.layers.contains(&l.digest)).count();
             // Load as a fraction of slots, scaled to compare without floats.
             let load = (worker.running.len() as u64 * 1024) / u64::from(worker.slots);
-            let granted = worker.grants.count_ones();
+            let granted = worker.granted;
             let rank = |held, load, granted, peer| {
                 (held, std::cmp::Reverse(load), std::cmp::Reverse(granted), std::cmp::Reverse(peer))
             };
