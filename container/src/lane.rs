@@ -368,6 +368,8 @@ struct Lane {
     /// The open lane: its jobs may be allowed more than the default policy, and load their own
     /// filters, compiled here once per set of allowances.
     open: bool,
+    /// The first lane (which made the zygote's namespaces): the one a first job goes to.
+    first: bool,
     filters: Vec<(seccomp::Allowances, Vec<seccompiler::sock_filter>)>,
     /// Each job cgroup's `cgroup.procs` fds (memory, pids; -1 for none), inherited from the
     /// worker: a request's `cgroup` indexes them.
@@ -457,6 +459,7 @@ impl Lane {
             envp: Vec::new(),
             scratch: vec![0; TRACE_BYTES_MAX],
             open,
+            first: matches!(boot, Boot::Create { .. }),
             filters: Vec::new(),
             cgroups,
             fillable,
@@ -481,7 +484,12 @@ impl Lane {
     }
 
     fn serve(&mut self, sock: BorrowedFd<'_>) -> io::Result<()> {
-        self.prewarm();
+        // The first lane's only: a first job goes there, and a short run would pay for the
+        // others' namespaces for nothing (on two cores, a single job's run spent 1 ms of its 11
+        // on them). The others make theirs at their first job.
+        if self.first && !self.open {
+            self.prewarm();
+        }
         // Zeroed by the allocator's fresh pages rather than by a memset: most of it is never
         // touched. u128 gives the 16-byte alignment rkyv needs.
         let mut storage: Vec<u128> = vec![0; SPAWN_REQUEST_BYTES_MAX / 16];
