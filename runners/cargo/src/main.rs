@@ -436,22 +436,26 @@ impl Framework for Cargo {
             exclude: vec![self.target_dir.display().to_string()],
         }];
         // The package's binaries, where the integration tests and benchmarks that run them look
-        // (`CARGO_BIN_EXE_<name>`: in the build directory, the test binary's directory's
-        // parent). Cargo builds them before those tests; one a feature left out is not there.
-        let build_dir = artifact.executable.parent().and_then(Path::parent);
-        let binaries: Vec<String> = match (artifact.kind, build_dir) {
-            (Kind::Test | Kind::Benchmark, Some(build_dir)) => package
-                .targets
-                .iter()
-                .filter(|t| t.kind.iter().any(|k| k == "bin"))
-                .map(|t| build_dir.join(&t.name))
-                .filter(|path| path.is_file())
-                .map(|path| path.display().to_string())
-                .collect(),
-            _ => Vec::new(),
-        };
-        if !binaries.is_empty() {
-            layers.push(LayerSpec::Paths { paths: binaries.clone(), prefix: PrefixOptions::default() });
+        // (`CARGO_BIN_EXE_<name>`, in the compiled test and in its environment): in the build
+        // directory, kept visible even under a fresh /tmp. Cargo builds them before those tests;
+        // one a feature left out is not there.
+        let mut environment = Self::variables(package, &artifact.target);
+        let mut keep_visible = Vec::new();
+        let mut binaries = Vec::new();
+        if matches!(artifact.kind, Kind::Test | Kind::Benchmark) {
+            let build_dir = build_dir(&self.target_dir, &self.options);
+            for target in package.targets.iter().filter(|t| t.kind.iter().any(|k| k == "bin")) {
+                let path = build_dir.join(&target.name);
+                if path.is_file() {
+                    let path = path.display().to_string();
+                    environment.insert(format!("CARGO_BIN_EXE_{}", target.name), path.replace('$', "$$"));
+                    binaries.push(path);
+                }
+            }
+            if !binaries.is_empty() {
+                layers.push(LayerSpec::Paths { paths: binaries.clone(), prefix: PrefixOptions::default() });
+                keep_visible.push(build_dir.display().to_string());
+            }
         }
         if settings.include_shared_libraries {
             layers.push(LayerSpec::SharedLibraryDependencies {
@@ -477,8 +481,9 @@ impl Framework for Cargo {
         arguments.push(case.to_owned());
         CaseJob {
             layers,
-            environment: Self::variables(package, &artifact.target),
+            environment,
             mounts,
+            keep_visible,
             working_directory: package.dir().display().to_string(),
             program: format!("/{}", file_name(&artifact.executable)),
             arguments,

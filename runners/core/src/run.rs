@@ -213,6 +213,8 @@ pub struct CaseJob {
     pub environment: BTreeMap<String, String>,
     /// Added after the directives' mounts (with the layers' stubs their mount points need).
     pub mounts: Vec<MountSpec>,
+    /// Directories of its layers that stay visible at their own paths under a fresh tmpfs.
+    pub keep_visible: Vec<String>,
     /// Unless the spec chose one.
     pub working_directory: String,
     pub program: String,
@@ -640,8 +642,16 @@ impl<F: Framework> Runner<'_, F> {
         timeout: Option<NonZeroU32>,
         estimate: Estimate,
     ) -> JobSpec {
-        let CaseJob { layers, environment, mounts, working_directory, program, arguments, timeout_warning } =
-            self.framework.case_job(artifact, case, settings);
+        let CaseJob {
+            layers,
+            environment,
+            mounts,
+            keep_visible,
+            working_directory,
+            program,
+            arguments,
+            timeout_warning,
+        } = self.framework.case_job(artifact, case, settings);
         let mut container = settings.container.clone();
         let environment = vec![EnvironmentSpec { vars: environment, extend: true }];
         add_runner_items(&mut container, layers, environment, mounts, working_directory);
@@ -660,6 +670,7 @@ impl<F: Framework> Runner<'_, F> {
             timeout_warning,
             priority: estimate.priority,
             estimated: estimate.duration,
+            keep_visible,
         }
     }
 }

@@ -704,6 +704,7 @@ impl Framework for GoTest {
             layers,
             environment: BTreeMap::new(),
             mounts: Vec::new(),
+            keep_visible: Vec::new(),
             working_directory: package.dir.display().to_string(),
             program: format!("/{file}"),
             arguments,

@@ -195,7 +195,7 @@ struct Wanted {
     jobs: Vec<JobId>,
 }
 
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Ranked {
     priority: i8,
     estimated_ms: u64,
@@ -639,54 +639,74 @@ impl Broker {
     /// allowances), best first, until its best finds no worker; so a job waiting for a worker
     /// that grants what it asks never holds up the others.
     fn dispatch(&mut self, effects: &mut Vec<Effect>) {
-        // Plain jobs first, as they were before any job asked for more.
-        self.dispatch_from(0, effects);
-        if !self.allowing.is_empty() {
-            let masks: Vec<u32> = self.allowing.keys().copied().collect();
-            for mask in masks {
-                self.dispatch_from(mask, effects);
-            }
+        if self.allowing.values().all(BinaryHeap::is_empty) {
+            return self.dispatch_plain(effects);
         }
-    }
-
-    fn dispatch_from(&mut self, mask: u32, effects: &mut Vec<Effect>) {
+        // The best job some worker can take goes first, whichever queue it waits in: a job
+        // asking for allowances is not passed by worse plain jobs on the workers granting them.
         loop {
-            let queue = match mask {
-                0 => &mut self.plain,
-                mask => match self.allowing.get_mut(&mask) {
-                    Some(queue) => queue,
-                    None => return,
-                },
+            self.drop_ended_tops();
+            let mut tops: Vec<(Ranked, u32)> = self.plain.peek().map(|top| (*top, 0)).into_iter().collect();
+            tops.extend(self.allowing.iter().filter_map(|(mask, queue)| Some((*queue.peek()?, *mask))));
+            tops.sort_unstable_by_key(|&(top, _)| std::cmp::Reverse(top));
+            let Some((job_id, mask, worker_id)) = tops
+                .iter()
+                .find_map(|(top, mask)| Some((top.order.0, *mask, self.pick_worker(top.order.0)?)))
+            else {
+                return;
             };
-            let Some(top) = queue.peek() else { return };
-            let job_id = top.order.0;
-            let live = self.jobs.get(&job_id).is_some_and(|job| matches!(job.state, State::Queued));
-            if !live {
-                queue.pop();
-                continue;
-            }
-            let Some(worker_id) = self.pick_worker(job_id) else { return };
             match mask {
                 0 => self.plain.pop(),
                 mask => self.allowing.get_mut(&mask).and_then(BinaryHeap::pop),
             };
-            self.queued -= 1;
-            let job = self.jobs.get_mut(&job_id).expect("checked live");
-            job.state = State::Running { worker: worker_id };
-            let worker = self.workers.get_mut(&worker_id).expect("picked");
-            // What it pinned is every artifact it needs (its layers, their manifests' files),
-            // a digest named twice counted twice, here and when it is done alike.
-            let needed = job.pins.clone();
-            for digest in &needed {
-                *worker.fetchable.entry(*digest).or_default() += 1;
-            }
-            worker.running.insert(job_id, needed);
-            if worker.layers.len() + job.layers.len() > WORKER_LAYERS_MAX {
-                worker.layers.clear();
-            }
-            worker.layers.extend(job.layers.iter().map(|l| l.digest));
-            effects.push(Effect::Start { worker: worker_id, id: job_id, job: Arc::clone(&job.bytes) });
+            self.start(job_id, worker_id, effects);
         }
+    }
+
+    /// The dispatch while no queued job asks for an allowance.
+    fn dispatch_plain(&mut self, effects: &mut Vec<Effect>) {
+        while let Some(top) = self.plain.peek() {
+            let job_id = top.order.0;
+            if !self.jobs.get(&job_id).is_some_and(|job| matches!(job.state, State::Queued)) {
+                self.plain.pop();
+                continue;
+            }
+            let Some(worker_id) = self.pick_worker(job_id) else { return };
+            self.plain.pop();
+            self.start(job_id, worker_id, effects);
+        }
+    }
+
+    /// Pops from every queue the jobs on top that are no longer queued (cancelled, or ended).
+    fn drop_ended_tops(&mut self) {
+        let jobs = &self.jobs;
+        let ended =
+            |top: &Ranked| !jobs.get(&top.order.0).is_some_and(|job| matches!(job.state, State::Queued));
+        for queue in std::iter::once(&mut self.plain).chain(self.allowing.values_mut()) {
+            while queue.peek().is_some_and(ended) {
+                queue.pop();
+            }
+        }
+    }
+
+    /// Starts queued job `job_id` (popped from its queue) on `worker_id`.
+    fn start(&mut self, job_id: JobId, worker_id: PeerId, effects: &mut Vec<Effect>) {
+        self.queued -= 1;
+        let job = self.jobs.get_mut(&job_id).expect("INVARIANT: a queued job is live");
+        job.state = State::Running { worker: worker_id };
+        let worker = self.workers.get_mut(&worker_id).expect("INVARIANT: picked among the workers");
+        // What it pinned is every artifact it needs (its layers, their manifests' files),
+        // a digest named twice counted twice, here and when it is done alike.
+        let needed = job.pins.clone();
+        for digest in &needed {
+            *worker.fetchable.entry(*digest).or_default() += 1;
+        }
+        worker.running.insert(job_id, needed);
+        if worker.layers.len() + job.layers.len() > WORKER_LAYERS_MAX {
+            worker.layers.clear();
+        }
+        worker.layers.extend(job.layers.iter().map(|l| l.digest));
+        effects.push(Effect::Start { worker: worker_id, id: job_id, job: Arc::clone(&job.bytes) });
     }
 
     /// Among workers with room that grant what the job asks for, the one holding most of its
@@ -1019,6 +1039,27 @@ mod tests {
         b.handle(Event::WorkerConnected { peer: 10, slots: 1, grants }, &mut fx);
         assert_eq!(starts(&fx), [(10, 1)], "broker job ids follow the client's here");
         assert_eq!(b.status().queued, 1, "the one asking for bpf still waits");
+    }
+
+    /// Priority holds across the queues: a job asking for an allowance is not passed by worse
+    /// plain jobs on the worker that grants it.
+    #[test]
+    fn priority_holds_across_allowances() {
+        use maelstrom_wire::zygote::Allowance;
+        let mut b = Broker::new(1 << 30);
+        let mut fx = Vec::new();
+        b.preload(tar(1).digest, 1, None);
+        b.handle(Event::ClientConnected(1), &mut fx);
+        submit(&mut b, 1, 1, &job(vec![tar(1)], 0, 0), &mut fx);
+        submit(&mut b, 1, 2, &job(vec![tar(1)], 0, 0), &mut fx);
+        let allowing = JobSpec { allow: vec![Allowance::IoUring], ..spec(vec![tar(1)], 5, 0) };
+        submit(&mut b, 1, 3, &maelstrom_wire::cluster::encode_job(&allowing), &mut fx);
+        fx.clear();
+        b.handle(Event::WorkerConnected { peer: 9, slots: 1, grants: Allowance::IoUring.bit() }, &mut fx);
+        assert_eq!(starts(&fx), [(9, 3), (9, 1)], "two in flight on one slot, the best first");
+        fx.clear();
+        b.handle(Event::Done { peer: 9, id: 3, outcome: exited() }, &mut fx);
+        assert_eq!(starts(&fx), [(9, 2)]);
     }
 
     #[test]

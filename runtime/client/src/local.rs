@@ -16,7 +16,7 @@ use maelstrom_worker::{Allotment, Executor, ExecutorConfig, ExecutorError, JobId
 use crate::digests::DigestCache;
 use crate::layers::{Built, LayerBuilder};
 use crate::resolve::{Resolved, resolve};
-use crate::spec::{ContainerSpec, JobSpec, LayerSpec, MountSpec, PrefixOptions};
+use crate::spec::{ContainerSpec, JobSpec, LayerSpec, MountSpec};
 
 #[derive(Clone, Debug)]
 pub struct LocalConfig {
@@ -195,8 +195,7 @@ pub fn wire_job(
         })
         .collect();
     // A runner's project tree stays visible at its own path, even under a fresh /tmp; so do the
-    // files a paths layer places at their own absolute paths (a cargo package's binaries, in a
-    // target directory under /tmp), by their directories.
+    // directories the runner names (cargo's build directory, with a package's binaries).
     let mut keep_visible: Vec<String> = resolved
         .layers
         .iter()
@@ -205,26 +204,9 @@ pub fn wire_job(
             _ => None,
         })
         .collect();
-    let fresh: Vec<&Path> = resolved
-        .mounts
-        .iter()
-        .filter_map(|mount| match mount {
-            MountSpec::Tmp { mount_point } => Some(Path::new(mount_point)),
-            _ => None,
-        })
-        .collect();
-    for layer in &resolved.layers {
-        let LayerSpec::Paths { paths, prefix } = layer else { continue };
-        if *prefix != PrefixOptions::default() {
-            continue;
-        }
-        for path in paths.iter().map(Path::new).filter(|p| p.is_absolute()) {
-            let Some(dir) = path.parent() else { continue };
-            let covered = fresh.iter().any(|tmpfs| dir.starts_with(tmpfs) && dir != *tmpfs);
-            let kept = keep_visible.iter().any(|k| dir.starts_with(k));
-            if covered && !kept && keep_visible.len() < maelstrom_container::plan::KEEP_VISIBLE_MAX {
-                keep_visible.push(dir.display().to_string());
-            }
+    for dir in &job.keep_visible {
+        if !keep_visible.iter().any(|kept| Path::new(dir).starts_with(kept)) {
+            keep_visible.push(dir.clone());
         }
     }
     cluster::JobSpec {

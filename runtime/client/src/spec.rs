@@ -439,6 +439,10 @@ pub struct JobSpec {
     pub priority: i8,
     /// How long it is expected to take (longest first, within a priority).
     pub estimated: Option<std::time::Duration>,
+    /// Directories of its layers that stay visible at their own paths under a fresh tmpfs, as
+    /// tree layers' roots do (runners only: cargo's build directory, holding a package's
+    /// binaries for its integration tests).
+    pub keep_visible: Vec<String>,
 }
 
 /// What one stream object asks for.
@@ -508,6 +512,7 @@ impl StreamItem {
             timeout_warning: None,
             priority: priority.unwrap_or(0),
             estimated: None,
+            keep_visible: Vec::new(),
         })))
     }
 }
