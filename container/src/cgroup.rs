@@ -350,9 +350,11 @@ fn make_part(controller: Controller, dir: &Path, limit: u64) -> io::Result<Part>
 }
 
 /// Removes what workers that are gone left in `own`: their job cgroups, killing whatever still
-/// runs in them.
+/// runs in them. Only those of this user's workers (or any, for root): another user's are not
+/// this worker's to remove, nor can it.
 fn remove_stale(own: &Path) {
     let Ok(entries) = fs::read_dir(own) else { return };
+    let uid = sys::geteuid();
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(pid) =
@@ -360,14 +362,17 @@ fn remove_stale(own: &Path) {
         else {
             continue;
         };
-        if !Path::new("/proc").join(pid.to_string()).exists() {
+        let mine = uid == 0 || entry.metadata().is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == uid);
+        if mine && !Path::new("/proc").join(pid.to_string()).exists() {
             remove_tree(&entry.path());
         }
     }
 }
 
-/// Kills every process in the cgroups below `base` and removes them, then `base`.
-fn remove_tree(base: &Path) {
+/// Kills every process in the cgroups below `base` and removes them, then `base`. Returns the
+/// removals tried (waiting, while the cgroup is busy, for its processes to go).
+fn remove_tree(base: &Path) -> usize {
+    let mut tried = 0;
     let jobs: Vec<PathBuf> = fs::read_dir(base)
         .map(|entries| entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
         .unwrap_or_default();
@@ -378,17 +383,33 @@ fn remove_tree(base: &Path) {
             for pid in procs.lines().filter_map(|l| l.trim().parse::<libc::pid_t>().ok()).filter(|&p| p > 0) {
                 sys::kill(pid, libc::SIGKILL);
             }
-            if fs::remove_dir(dir).is_ok() || std::time::Instant::now() > deadline {
-                break;
+            // Only a cgroup whose processes are still on their way out is worth waiting for.
+            tried += 1;
+            match fs::remove_dir(dir) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && std::time::Instant::now() <= deadline => {}
+                _ => break,
             }
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+    tried
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What cannot be removed for another reason than busy processes (another user's, not
+    /// empty) is tried once, not waited for: a worker starts at once beside such leftovers.
+    #[test]
+    fn only_busy_cgroups_are_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("maelstrom-4194304");
+        fs::create_dir_all(base.join("job-0")).unwrap();
+        fs::write(base.join("job-0/left"), "").unwrap();
+        assert_eq!(remove_tree(&base), 2, "job-0, then the base, once each");
+        assert!(base.join("job-0/left").exists());
+    }
 
     #[test]
     fn counters_are_read_by_key() {
