@@ -436,25 +436,29 @@ impl Framework for Cargo {
             exclude: vec![self.target_dir.display().to_string()],
         }];
         // The package's binaries, where the integration tests and benchmarks that run them look
-        // (`CARGO_BIN_EXE_<name>`, in the compiled test and in its environment): in the build
-        // directory, kept visible even under a fresh /tmp. Cargo builds them before those tests;
-        // one a feature left out is not there.
+        // (`CARGO_BIN_EXE_<name>`, in the compiled test and in its environment), kept visible
+        // even under a fresh /tmp. Cargo builds them before those tests, beside the test binary's
+        // `deps/` (whatever target it was built for), or, with `build.build-dir`, in the target
+        // directory's profile directory; one a feature left out is not there.
         let mut environment = Self::variables(package, &artifact.target);
         let mut keep_visible = Vec::new();
         let mut binaries = Vec::new();
         if matches!(artifact.kind, Kind::Test | Kind::Benchmark) {
-            let build_dir = build_dir(&self.target_dir, &self.options);
+            let beside = artifact.executable.parent().and_then(Path::parent).map(Path::to_path_buf);
+            let dirs: Vec<PathBuf> =
+                beside.into_iter().chain([build_dir(&self.target_dir, &self.options)]).collect();
             for target in package.targets.iter().filter(|t| t.kind.iter().any(|k| k == "bin")) {
-                let path = build_dir.join(&target.name);
-                if path.is_file() {
-                    let path = path.display().to_string();
-                    environment.insert(format!("CARGO_BIN_EXE_{}", target.name), path.replace('$', "$$"));
-                    binaries.push(path);
+                let Some(dir) = dirs.iter().find(|dir| dir.join(&target.name).is_file()) else { continue };
+                let path = dir.join(&target.name).display().to_string();
+                environment.insert(format!("CARGO_BIN_EXE_{}", target.name), path.replace('$', "$$"));
+                binaries.push(path);
+                let dir = dir.display().to_string();
+                if !keep_visible.contains(&dir) {
+                    keep_visible.push(dir);
                 }
             }
             if !binaries.is_empty() {
                 layers.push(LayerSpec::Paths { paths: binaries.clone(), prefix: PrefixOptions::default() });
-                keep_visible.push(build_dir.display().to_string());
             }
         }
         if settings.include_shared_libraries {

@@ -205,7 +205,11 @@ pub fn wire_job(
         })
         .collect();
     for dir in &job.keep_visible {
-        if !keep_visible.iter().any(|kept| Path::new(dir).starts_with(kept)) {
+        if keep_visible.iter().any(|kept| Path::new(dir).starts_with(kept)) {
+            continue;
+        }
+        keep_visible.retain(|kept| !Path::new(kept).starts_with(dir));
+        if keep_visible.len() < maelstrom_container::plan::KEEP_VISIBLE_MAX {
             keep_visible.push(dir.clone());
         }
     }
