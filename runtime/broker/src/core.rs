@@ -428,16 +428,17 @@ impl Broker {
         1
     }
 
+    /// Queues job `job_id` in the queue of what it asks for.
     fn enqueue(&mut self, job_id: JobId, job: &Job) {
-        let queue = match job.needs {
-            0 => &mut self.plain,
-            needs => self.allowing.entry(needs).or_default(),
-        };
-        queue.push(Ranked {
+        let ranked = Ranked {
             priority: job.priority,
             estimated_ms: job.estimated_ms,
             order: std::cmp::Reverse(job_id),
-        });
+        };
+        match job.needs {
+            0 => self.plain.push(ranked),
+            needs => self.allowing.entry(needs).or_default().push(ranked),
+        }
         self.queued += 1;
     }
 
@@ -597,9 +598,8 @@ impl Broker {
         self.admins.remove(&peer);
         if let Some(worker) = self.workers.remove(&peer) {
             for job_id in worker.running.into_keys() {
-                if let Some(job) = self.jobs.get_mut(&job_id) {
+                if let Some(mut job) = self.jobs.remove(&job_id) {
                     job.state = State::Queued;
-                    let job = self.jobs.remove(&job_id).expect("just seen");
                     self.enqueue(job_id, &job);
                     self.jobs.insert(job_id, job);
                 }
@@ -635,9 +635,8 @@ impl Broker {
         sets
     }
 
-    /// Starts queued jobs on workers with room: from each queue (the jobs asking for the same
-    /// allowances), best first, until its best finds no worker; so a job waiting for a worker
-    /// that grants what it asks never holds up the others.
+    /// Starts queued jobs on workers with room, best first. A queue (the jobs asking for the
+    /// same allowances) whose best finds no worker waits without holding up the others.
     fn dispatch(&mut self, effects: &mut Vec<Effect>) {
         if self.allowing.values().all(BinaryHeap::is_empty) {
             return self.dispatch_plain(effects);
@@ -713,8 +712,9 @@ impl Broker {
     /// layers, then the least loaded, then the one granting least (keeping those that grant
     /// more for the jobs that need it).
     fn pick_worker(&self, job_id: JobId) -> Option<PeerId> {
+        use std::cmp::Reverse;
         let job = self.jobs.get(&job_id)?;
-        let mut best: Option<(usize, u64, u32, PeerId)> = None;
+        let mut best = None;
         for (&peer, worker) in &self.workers {
             let capacity = worker.slots as usize * IN_FLIGHT_PER_SLOT;
             if worker.running.len() >= capacity || worker.grants & job.needs != job.needs {
@@ -723,21 +723,12 @@ impl Broker {
             let held = job.layers.iter().filter(|l| worker.layers.contains(&l.digest)).count();
             // Load as a fraction of slots, scaled to compare without floats.
             let load = (worker.running.len() as u64 * 1024) / u64::from(worker.slots);
-            let granted = worker.granted;
-            let rank = |held, load, granted, peer| {
-                (held, std::cmp::Reverse(load), std::cmp::Reverse(granted), std::cmp::Reverse(peer))
-            };
-            let better = match best {
-                None => true,
-                Some((best_held, best_load, best_granted, best_peer)) => {
-                    rank(held, load, granted, peer) > rank(best_held, best_load, best_granted, best_peer)
-                }
-            };
-            if better {
-                best = Some((held, load, granted, peer));
+            let rank = (held, Reverse(load), Reverse(worker.granted), Reverse(peer));
+            if best.is_none_or(|best| rank > best) {
+                best = Some(rank);
             }
         }
-        best.map(|(.., peer)| peer)
+        best.map(|(.., Reverse(peer))| peer)
     }
 
     fn evict(&mut self, effects: &mut Vec<Effect>) {
